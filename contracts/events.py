@@ -1,0 +1,208 @@
+"""Conversation events published upstream to ``chat.events`` (see SPEC.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES, MAX_SEQUENCE, EventId, Id
+
+
+class BadEvent(ValueError):  # noqa: N818 - named for what it is, not how it is used
+    """An input message that can never be processed: it belongs in the dead-letter queue."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Data(BaseModel):
+    # Unknown fields are ignored (forward compatibility); types are strict so that
+    # "4" is not silently taken for 4.
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class EmptyData(_Data):
+    pass
+
+
+class AccountSnapshot(_Data):
+    plan: Literal["free", "standard", "pro"]
+    agents: list[Id]
+    groups: dict[Id, list[Id]] = Field(default_factory=dict)
+
+
+class ConversationCreatedData(_Data):
+    group_id: Id | None = None
+
+
+class MessageCreatedData(_Data):
+    author: Literal["visitor", "agent"]
+    agent_id: Id | None = None
+
+    @model_validator(mode="after")
+    def _agent_needs_id(self) -> MessageCreatedData:
+        if self.author == "agent" and self.agent_id is None:
+            raise ValueError("agent_id is required when author is 'agent'")
+        return self
+
+
+class AgentData(_Data):
+    agent_id: Id
+
+
+class TransferData(_Data):
+    to_agent_id: Id | None = None
+    to_group_id: Id | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_target(self) -> TransferData:
+        if (self.to_agent_id is None) == (self.to_group_id is None):
+            raise ValueError("exactly one of to_agent_id or to_group_id is required")
+        return self
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    event_id: EventId
+    account_id: Id
+    # JSON has no datetime type: an ISO 8601 string is the strict form here.
+    occurred_at: Annotated[datetime, Field(strict=False)]
+    sequence: Annotated[int, Field(ge=0, le=MAX_SEQUENCE)] | None = None
+
+
+class AccountEvent(_Envelope):
+    """An event about the account as a whole; ``sequence`` counts per account."""
+
+
+class ConversationEvent(_Envelope):
+    """An event about one conversation; ``sequence`` counts per conversation."""
+
+    conversation_id: Id
+
+
+class AccountUpdated(AccountEvent):
+    type: Literal["account.updated"]
+    data: AccountSnapshot
+
+
+class ConversationCreated(ConversationEvent):
+    type: Literal["conversation.created"]
+    data: ConversationCreatedData = Field(default_factory=ConversationCreatedData)
+
+
+class MessageCreated(ConversationEvent):
+    type: Literal["message.created"]
+    data: MessageCreatedData
+
+
+class AgentAssigned(ConversationEvent):
+    type: Literal["conversation.assigned"]
+    data: AgentData
+
+
+class AgentUnassigned(ConversationEvent):
+    type: Literal["conversation.unassigned"]
+    data: AgentData
+
+
+class ConversationTransferred(ConversationEvent):
+    type: Literal["conversation.transferred"]
+    data: TransferData
+
+
+class ConversationResolved(ConversationEvent):
+    type: Literal["conversation.resolved"]
+    data: EmptyData = Field(default_factory=EmptyData)
+
+
+class ConversationReopened(ConversationEvent):
+    type: Literal["conversation.reopened"]
+    data: EmptyData = Field(default_factory=EmptyData)
+
+
+class ConversationDeleted(ConversationEvent):
+    type: Literal["conversation.deleted"]
+    data: EmptyData = Field(default_factory=EmptyData)
+
+
+Event = Annotated[
+    AccountUpdated
+    | ConversationCreated
+    | MessageCreated
+    | AgentAssigned
+    | AgentUnassigned
+    | ConversationTransferred
+    | ConversationResolved
+    | ConversationReopened
+    | ConversationDeleted,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: tuple[str, ...] = (
+    "account.updated",
+    "conversation.created",
+    "message.created",
+    "conversation.assigned",
+    "conversation.unassigned",
+    "conversation.transferred",
+    "conversation.resolved",
+    "conversation.reopened",
+    "conversation.deleted",
+)
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming every wrong field and why, e.g. ``data.agent_id: Field required``."""
+    parts = []
+    for item in error.errors(include_url=False):
+        kind = item["type"]
+        if kind == "union_tag_invalid":
+            tag = str(item.get("ctx", {}).get("tag", ""))[:64]
+            expected = ", ".join(EVENT_TYPES)
+            parts.append(f"type: unknown event type {tag!r}; expected one of {expected}")
+            continue
+        if kind == "union_tag_not_found":
+            parts.append("type: Field required")
+            continue
+        if kind == "json_invalid":
+            parts.append(f"invalid JSON: {item.get('ctx', {}).get('error', item['msg'])}")
+            continue
+        if kind == "model_type" and not item["loc"]:
+            parts.append(f"event must be a JSON object, got {type(item['input']).__name__}")
+            continue
+        # The discriminated union adds the tag as a path step: drop it for readability.
+        loc = [str(p) for p in item["loc"] if str(p) not in EVENT_TYPES]
+        field = ".".join(loc) or "(event)"
+        parts.append(f"{field}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_event(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Event:
+    """Decode one AMQP body into an event, or raise :class:`BadEvent` saying why.
+
+    The size limit is checked before any parsing so an oversized body costs nothing.
+    """
+    if len(body) > max_bytes:
+        raise BadEvent(f"message too large: {len(body)} bytes exceeds the limit of {max_bytes}")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadEvent(f"message is not valid UTF-8: byte {exc.start}: {exc.reason}") from exc
+    try:
+        return EVENT_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        raise BadEvent(describe_validation_error(exc)) from exc
+
+
+def parse_event_object(raw: Any) -> Event:
+    """Validate an already decoded JSON value (a replay line, a rule test case) as an event."""
+    try:
+        return EVENT_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        raise BadEvent(describe_validation_error(exc)) from exc

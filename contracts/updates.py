@@ -1,0 +1,29 @@
+"""Category updates published downstream to ``inbox.categories`` (see SPEC.md)."""
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from contracts.ids import Id
+
+
+class CategoryUpdate(BaseModel):
+    """The categories of one conversation for one agent after one event."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    update_id: str
+    account_id: Id
+    agent_id: Id
+    conversation_id: Id
+    categories: list[str]
+    added: list[str]
+    removed: list[str]
+    counts: dict[str, int]
+    cause_event_id: str
+    rules_version: str
+    occurred_at: datetime
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self.account_id}.{self.agent_id}"

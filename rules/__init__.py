@@ -1,0 +1,1 @@
+"""The default rule set ships as data files in this folder (no code runs from here)."""

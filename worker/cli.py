@@ -1,0 +1,103 @@
+"""The ``inbox-rules`` command line (a contract too: see SPEC.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+import click
+
+from worker.domain.inbox import Inbox
+from worker.errors import RuleFileError
+from worker.replay import BadLine, replay_lines
+from worker.rulebook.cases import run_cases
+from worker.rulebook.engine import check_rules, default_rules_dir, load_rules
+
+RULES_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Sort live-chat conversations into per-agent inbox categories with rule files."""
+
+
+@main.command()
+@click.argument("events", type=click.File("rb"))
+@click.option("--rules", "rules_dir", type=RULES_DIR, default=None,
+              help="Rule directory (default: the shipped rule set).")
+def replay(events: BinaryIO, rules_dir: Path | None) -> None:
+    """Print the category updates EVENTS.jsonl would produce ('-' reads stdin)."""
+    rules = _load_or_exit(rules_dir)
+    inbox = Inbox(rules)
+    out = sys.stdout
+    bad = 0
+    for item in replay_lines(inbox, events):
+        if isinstance(item, BadLine):
+            bad += 1
+            click.echo(f"line {item.number}: {item.reason}", err=True)
+        else:
+            out.write(item.model_dump_json())
+            out.write("\n")
+    out.flush()
+    if bad:
+        click.echo(f"{bad} bad line(s) skipped", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def rules() -> None:
+    """Tools for rule authors."""
+
+
+@rules.command("check")
+@click.argument("directory", type=RULES_DIR, required=False)
+def rules_check(directory: Path | None) -> None:
+    """Validate the rule files of DIRECTORY (default: the shipped rule set)."""
+    directory = directory or default_rules_dir()
+    try:
+        definitions, version = check_rules(directory)
+    except RuleFileError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    names = ", ".join(definitions.categories)
+    click.echo(f"{directory}: ok, rules version {version}, categories: {names}")
+
+
+@rules.command("test")
+@click.argument("directory", type=RULES_DIR, required=False)
+def rules_test(directory: Path | None) -> None:
+    """Run the rule test cases in DIRECTORY/cases against DIRECTORY's rules."""
+    directory = directory or default_rules_dir()
+    compiled = _load_or_exit(directory)
+    try:
+        results = run_cases(compiled, directory)
+    except RuleFileError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    failed = [r for r in results if not r.passed]
+    for result in results:
+        mark = "PASS" if result.passed else "FAIL"
+        click.echo(f"{mark} {result.file}:{result.line} {result.name}")
+        for failure in result.failures:
+            click.echo(f"     {failure}")
+    click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed or not results:
+        if not results:
+            click.echo(f"no test cases found in {directory / 'cases'}", err=True)
+        sys.exit(1)
+
+
+def _load_or_exit(directory: Path | None):  # type: ignore[no-untyped-def]
+    try:
+        return load_rules(directory)
+    except RuleFileError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Business state as plain data, changed by pure transition functions.
+
+What a conversation *is* (status, group, who joined) lives here; which inbox
+categories that puts it in lives only in the rule files.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+from contracts import (
+    AccountUpdated,
+    AgentAssigned,
+    AgentUnassigned,
+    ConversationCreated,
+    ConversationDeleted,
+    ConversationEvent,
+    ConversationReopened,
+    ConversationResolved,
+    ConversationTransferred,
+    MessageCreated,
+)
+
+# An agent's relation to a conversation: (joined it, member of its group). Agents in
+# the same relation share one evaluation, so categories are stored per relation.
+Relation = tuple[bool, bool]
+RELATIONS: tuple[Relation, ...] = ((False, False), (False, True), (True, False), (True, True))
+NO_CATEGORIES: frozenset[str] = frozenset()
+EMPTY_BY_RELATION: tuple[frozenset[str], ...] = (NO_CATEGORIES,) * 4
+
+
+def relation_index(joined: bool, in_group: bool) -> int:
+    return 2 * joined + in_group
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    plan: str = "free"
+    agents: frozenset[str] = frozenset()
+    groups: dict[str, frozenset[str]] = field(default_factory=dict)
+    last_sequence: int | None = None
+
+    def members(self, group_id: str | None) -> frozenset[str]:
+        if group_id is None:
+            return frozenset()
+        return self.groups.get(group_id, frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    account_id: str
+    conversation_id: str
+    status: str = "open"  # open | resolved | deleted
+    group_id: str | None = None
+    joined: frozenset[str] = frozenset()
+    last_sequence: int | None = None
+    # Categories per relation (index: relation_index), as last evaluated against the
+    # current account and rules. Stored, not recomputed, so a rules change can be
+    # diffed against what downstream was told.
+    categories: tuple[frozenset[str], ...] = EMPTY_BY_RELATION
+
+    def relation_of(self, agent_id: str, account: Account) -> int:
+        return relation_index(agent_id in self.joined,
+                              agent_id in account.members(self.group_id))
+
+
+def apply_snapshot(account: Account, event: AccountUpdated) -> Account:
+    """An account snapshot replaces plan, agents and groups (learned agents included)."""
+    snapshot = event.data
+    return replace(
+        account,
+        plan=snapshot.plan,
+        agents=frozenset(snapshot.agents),
+        groups={g: frozenset(members) for g, members in snapshot.groups.items()},
+        last_sequence=_next_sequence(account.last_sequence, event.sequence),
+    )
+
+
+def agents_mentioned(event: ConversationEvent) -> tuple[str, ...]:
+    """Agents an event reveals; the worker may know an account only from these."""
+    if isinstance(event, MessageCreated) and event.data.agent_id is not None:
+        return (event.data.agent_id,) if event.data.author == "agent" else ()
+    if isinstance(event, AgentAssigned | AgentUnassigned):
+        return (event.data.agent_id,)
+    if isinstance(event, ConversationTransferred) and event.data.to_agent_id is not None:
+        return (event.data.to_agent_id,)
+    return ()
+
+
+def learn_agents(account: Account, agents: tuple[str, ...]) -> Account:
+    unknown = [a for a in agents if a not in account.agents]
+    if not unknown:
+        return account
+    return replace(account, agents=account.agents | frozenset(unknown))
+
+
+def apply_conversation_event(conversation: Conversation, event: ConversationEvent) -> Conversation:
+    """The conversation after one event. A deleted conversation stays deleted."""
+    sequence = _next_sequence(conversation.last_sequence, event.sequence)
+    if conversation.status == "deleted":
+        return replace(conversation, last_sequence=sequence)
+    status, group_id, joined = conversation.status, conversation.group_id, conversation.joined
+    if isinstance(event, ConversationCreated):
+        group_id = event.data.group_id
+    elif isinstance(event, MessageCreated):
+        if event.data.author == "visitor":
+            if status == "resolved":
+                status = "open"  # a visitor writing into a resolved chat reopens it
+        elif event.data.agent_id is not None:
+            joined = joined | {event.data.agent_id}  # an agent who replies joins
+    elif isinstance(event, AgentAssigned):
+        joined = joined | {event.data.agent_id}
+    elif isinstance(event, AgentUnassigned):
+        joined = joined - {event.data.agent_id}
+    elif isinstance(event, ConversationTransferred):
+        if event.data.to_agent_id is not None:
+            joined = frozenset({event.data.to_agent_id})
+        else:
+            joined, group_id = frozenset(), event.data.to_group_id
+    elif isinstance(event, ConversationResolved):
+        status = "resolved"
+    elif isinstance(event, ConversationReopened):
+        status = "open"
+    elif isinstance(event, ConversationDeleted):
+        status = "deleted"
+    return replace(conversation, status=status, group_id=group_id, joined=joined,
+                   last_sequence=sequence)
+
+
+def is_stale(last_sequence: int | None, sequence: int | None) -> bool:
+    """An event older than one already applied changes nothing."""
+    return sequence is not None and last_sequence is not None and sequence < last_sequence
+
+
+def _next_sequence(last: int | None, sequence: int | None) -> int | None:
+    if sequence is None:
+        return last
+    return sequence if last is None else max(last, sequence)
+
+
+@dataclass
+class Changes:
+    """What changed since the last commit: a store writes exactly this."""
+
+    accounts: set[str] = field(default_factory=set)
+    conversations: set[tuple[str, str]] = field(default_factory=set)
+    counts: set[tuple[str, str]] = field(default_factory=set)
+    seen_added: list[tuple[str, str]] = field(default_factory=list)
+    seen_evicted: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.accounts or self.conversations or self.counts
+                    or self.seen_added or self.seen_evicted)
+
+
+class State:
+    """All state the categoriser needs, in memory, with change tracking for stores."""
+
+    def __init__(self, dedup_window: int = 1_000_000) -> None:
+        self.accounts: dict[str, Account] = {}
+        self.conversations: dict[str, dict[str, Conversation]] = {}
+        self.counts: dict[str, dict[str, dict[str, int]]] = {}
+        self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.dedup_window = dedup_window
+        self.rules_version: str | None = None
+        self.changes = Changes()
+
+    def account(self, account_id: str) -> Account:
+        return self.accounts.get(account_id) or Account(account_id)
+
+    def put_account(self, account: Account) -> None:
+        self.accounts[account.account_id] = account
+        self.changes.accounts.add(account.account_id)
+
+    def conversation(self, account_id: str, conversation_id: str) -> Conversation | None:
+        return self.conversations.get(account_id, {}).get(conversation_id)
+
+    def conversations_of(self, account_id: str) -> list[Conversation]:
+        return list(self.conversations.get(account_id, {}).values())
+
+    def put_conversation(self, conversation: Conversation) -> None:
+        by_id = self.conversations.setdefault(conversation.account_id, {})
+        by_id[conversation.conversation_id] = conversation
+        self.changes.conversations.add((conversation.account_id, conversation.conversation_id))
+
+    def counts_of(self, account_id: str, agent_id: str) -> dict[str, int]:
+        return self.counts.setdefault(account_id, {}).setdefault(agent_id, {})
+
+    def touch_counts(self, account_id: str, agent_id: str) -> None:
+        self.changes.counts.add((account_id, agent_id))
+
+    def has_seen(self, account_id: str, event_id: str) -> bool:
+        return (account_id, event_id) in self.seen
+
+    def remember(self, account_id: str, event_id: str) -> None:
+        """Record a processed event id; the oldest fall out past the window."""
+        key = (account_id, event_id)
+        self.seen[key] = None
+        self.changes.seen_added.append(key)
+        while len(self.seen) > self.dedup_window:
+            evicted, _ = self.seen.popitem(last=False)
+            self.changes.seen_evicted.append(evicted)
+
+    def take_changes(self) -> Changes:
+        changes, self.changes = self.changes, Changes()
+        return changes

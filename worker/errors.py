@@ -1,0 +1,39 @@
+"""One error tree: every error a user can see names what was wrong and where."""
+
+
+class InboxRulesError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class RuleFileError(InboxRulesError):
+    """A rule file that does not validate; it never goes live."""
+
+    def __init__(self, problems: list["RuleProblem"]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class RuleProblem:
+    """One precise complaint about a rule file: file, line and reason."""
+
+    __slots__ = ("file", "line", "reason")
+
+    def __init__(self, file: str, line: int | None, reason: str) -> None:
+        self.file = file
+        self.line = line
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"RuleProblem({str(self)!r})"
+
+
+class TransientError(InboxRulesError):
+    """A failure that may pass (store busy, broker hiccup): retry with backoff."""
+
+
+class StoreError(TransientError):
+    """The state store could not commit; nothing of the batch may be acknowledged."""

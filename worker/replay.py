@@ -1,0 +1,32 @@
+"""Offline replay: the worker's rules and state logic with no broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from contracts import BadEvent, CategoryUpdate, parse_event
+from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES
+from worker.domain.inbox import Inbox
+
+
+@dataclass(frozen=True)
+class BadLine:
+    number: int
+    reason: str
+
+
+def replay_lines(inbox: Inbox, lines: Iterable[bytes],
+                 max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 ) -> Iterator[CategoryUpdate | BadLine]:
+    """Updates in publish order; a bad line yields a :class:`BadLine` and is skipped."""
+    for number, line in enumerate(lines, start=1):
+        body = line.rstrip(b"\r\n")
+        if not body.strip():
+            continue
+        try:
+            event = parse_event(body, max_bytes=max_bytes)
+        except BadEvent as exc:
+            yield BadLine(number, exc.reason)
+            continue
+        yield from inbox.handle(event)

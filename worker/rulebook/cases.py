@@ -1,0 +1,135 @@
+"""Rule test cases: data files beside the rules (given events -> expected categories).
+
+A case file ``cases/*.yaml`` holds a list under ``cases``; each case names its events
+(envelope fields may be left out and get defaults) and what an agent should see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from contracts import BadEvent, parse_event_object
+from worker.domain.inbox import Inbox, categories_of
+from worker.errors import RuleFileError, RuleProblem
+from worker.rulebook.engine import CompiledRules
+
+DEFAULT_ACCOUNT = "acc-1"
+DEFAULT_TIME = "2026-01-01T00:00:00Z"
+LINE_KEY = "__line__"
+
+
+class _LineLoader(yaml.SafeLoader):
+    """Safe loader that notes the line of every mapping, for precise messages."""
+
+
+def _mapping_with_line(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
+    mapping = loader.construct_mapping(node, deep=True)
+    mapping[LINE_KEY] = node.start_mark.line + 1
+    return mapping  # type: ignore[return-value]
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_with_line)
+
+
+@dataclass
+class CaseResult:
+    file: str
+    line: int
+    name: str
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _strip_lines(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_lines(v) for k, v in value.items() if k != LINE_KEY}
+    if isinstance(value, list):
+        return [_strip_lines(v) for v in value]
+    return value
+
+
+def case_files(rules_dir: Path) -> list[Path]:
+    folder = rules_dir / "cases"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
+
+
+def load_cases(path: Path) -> list[dict[str, Any]]:
+    display = str(path)
+    try:
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise RuleFileError([RuleProblem(display, mark.line + 1 if mark else None,
+                                         f"invalid YAML: {exc.problem}")]) from exc
+    if not isinstance(document, dict) or not isinstance(document.get("cases"), list):
+        raise RuleFileError([RuleProblem(display, 1, "a case file needs a list under 'cases'")])
+    cases: list[dict[str, Any]] = document["cases"]
+    return cases
+
+
+def run_case(rules: CompiledRules, case: dict[str, Any], file: str) -> CaseResult:
+    line = int(case.get(LINE_KEY, 0)) if isinstance(case, dict) else 0
+    if not isinstance(case, dict):
+        return CaseResult(file, line, "?", ["a case must be a mapping"])
+    result = CaseResult(file, line, str(case.get("name", f"case at line {line}")))
+    events, expectations = case.get("events"), case.get("expect")
+    if not isinstance(events, list) or not isinstance(expectations, list) or not expectations:
+        result.failures.append("a case needs a list of 'events' and a non-empty list 'expect'")
+        return result
+    inbox = Inbox(rules)
+    for number, raw in enumerate(events, start=1):
+        if not isinstance(raw, dict):
+            result.failures.append(f"event {number}: must be a mapping")
+            return result
+        at = raw.get(LINE_KEY, line)
+        event = {"event_id": f"case-{line}-{number}", "account_id": DEFAULT_ACCOUNT,
+                 "occurred_at": DEFAULT_TIME, **_strip_lines(raw)}
+        try:
+            inbox.handle(parse_event_object(event))
+        except BadEvent as exc:
+            result.failures.append(f"line {at}: event {number} is invalid: {exc.reason}")
+            return result
+    for expectation in expectations:
+        result.failures.extend(_check(inbox, expectation, line))
+    return result
+
+
+def _check(inbox: Inbox, expectation: Any, case_line: int) -> list[str]:
+    if not isinstance(expectation, dict) or "agent" not in expectation:
+        return [f"line {case_line}: each expectation needs an 'agent'"]
+    at = expectation.get(LINE_KEY, case_line)
+    account = str(expectation.get("account", DEFAULT_ACCOUNT))
+    agent = str(expectation["agent"])
+    failures = []
+    if "conversation" in expectation:
+        expected = expectation.get("categories")
+        if not isinstance(expected, list):
+            return [f"line {at}: 'categories' must be a list"]
+        got = sorted(categories_of(inbox.state, account, str(expectation["conversation"]), agent))
+        if sorted(map(str, expected)) != got:
+            failures.append(f"line {at}: {agent} / {expectation['conversation']}: expected "
+                            f"{sorted(map(str, expected))}, got {got}")
+    if "counts" in expectation:
+        counts = inbox.state.counts.get(account, {}).get(agent, {})
+        for name, value in _strip_lines(expectation["counts"]).items():
+            if counts.get(name, 0) != value:
+                failures.append(f"line {at}: {agent} count of {name!r}: expected {value}, "
+                                f"got {counts.get(name, 0)}")
+    return failures
+
+
+def run_cases(rules: CompiledRules, rules_dir: Path) -> list[CaseResult]:
+    results: list[CaseResult] = []
+    for path in case_files(rules_dir):
+        for case in load_cases(path):
+            results.append(run_case(rules, case, str(path)))
+    return results

@@ -1,0 +1,275 @@
+"""Parse rule files into a small condition tree, with the line of every node.
+
+Rule files are YAML *data*: they are composed with PyYAML's safe loader into nodes
+(no tags, no object construction) and never executed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from worker.errors import RuleFileError, RuleProblem
+from worker.rulebook.facts import FACTS
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+OPERATORS = ("equals", "not_equals", "in", "not_in", "greater_than", "at_least",
+             "less_than", "at_most")
+ORDERING = ("greater_than", "at_least", "less_than", "at_most")
+MAX_DEPTH = 32
+MAX_FILE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FactTest:
+    fact: str
+    op: str
+    value: object
+    line: int
+
+
+@dataclass(frozen=True)
+class AllOf:
+    items: tuple[Condition, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    items: tuple[Condition, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Condition
+    line: int
+
+
+@dataclass(frozen=True)
+class Ref:
+    kind: str  # "predicate" or "category"
+    name: str
+    line: int
+
+
+Condition = FactTest | AllOf | AnyOf | Not | Ref
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A named condition: a category (an output) or a predicate (a reusable helper)."""
+
+    kind: str
+    name: str
+    description: str
+    when: Condition
+    file: str
+    line: int
+
+
+class _Reader:
+    """Walks one composed YAML document, collecting every problem instead of the first."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[RuleProblem] = []
+
+    def fail(self, node: yaml.Node | None, reason: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else None
+        self.problems.append(RuleProblem(self.file, line, reason))
+
+    @staticmethod
+    def line(node: yaml.Node) -> int:
+        return int(node.start_mark.line) + 1
+
+    def mapping(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]] | None:
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, f"{what} must be a mapping")
+            return None
+        entries: list[tuple[str, yaml.Node, yaml.Node]] = []
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                self.fail(key_node, f"{what}: keys must be plain strings")
+                continue
+            if key in seen:
+                self.fail(key_node, f"{what}: duplicate key {key!r}")
+                continue
+            seen.add(key)
+            entries.append((key, key_node, value_node))
+        return entries
+
+    # -- documents ---------------------------------------------------------
+    def document(self, root: yaml.Node | None) -> list[Definition]:
+        if root is None:
+            self.fail(None, "the file is empty")
+            return []
+        entries = self.mapping(root, "a rule file")
+        if entries is None:
+            return []
+        definitions: list[Definition] = []
+        for key, key_node, value in entries:
+            if key == "description":
+                continue
+            if key not in ("categories", "predicates"):
+                self.fail(key_node, f"unknown section {key!r}: expected categories, "
+                                    "predicates or description")
+                continue
+            kind = "category" if key == "categories" else "predicate"
+            section = self.mapping(value, key)
+            for name, name_node, body in section or []:
+                definition = self.definition(kind, name, name_node, body)
+                if definition is not None:
+                    definitions.append(definition)
+        return definitions
+
+    def definition(self, kind: str, name: str, name_node: yaml.Node,
+                   body: yaml.Node) -> Definition | None:
+        if not NAME_PATTERN.match(name):
+            self.fail(name_node, f"{kind} name {name!r} must match {NAME_PATTERN.pattern}")
+            return None
+        entries = self.mapping(body, f"{kind} {name!r}")
+        if entries is None:
+            return None
+        description = ""
+        when: Condition | None = None
+        for key, key_node, value in entries:
+            if key == "description":
+                text = _resolve(value) if isinstance(value, yaml.ScalarNode) else None
+                if not isinstance(text, str):
+                    self.fail(value, f"{kind} {name!r}: description must be text")
+                else:
+                    description = text
+            elif key == "when":
+                when = self.condition(value, 0)
+            else:
+                self.fail(key_node, f"{kind} {name!r}: unknown key {key!r}: "
+                                    "expected when or description")
+        if when is None:
+            if not any(key == "when" for key, _, _ in entries):
+                self.fail(body, f"{kind} {name!r} has no 'when' condition")
+            return None
+        return Definition(kind, name, description, when, self.file, self.line(name_node))
+
+    # -- conditions --------------------------------------------------------
+    def condition(self, node: yaml.Node, depth: int) -> Condition | None:
+        if depth > MAX_DEPTH:
+            self.fail(node, f"condition nested deeper than {MAX_DEPTH} levels")
+            return None
+        entries = self.mapping(node, "a condition")
+        if entries is None:
+            return None
+        keys = [key for key, _, _ in entries]
+        line = self.line(node)
+        if keys and keys[0] in ("all", "any"):
+            if len(keys) != 1:
+                self.fail(node, f"'{keys[0]}' must be alone in its condition")
+                return None
+            items_node = entries[0][2]
+            if not isinstance(items_node, yaml.SequenceNode) or not items_node.value:
+                self.fail(items_node, f"'{keys[0]}' takes a non-empty list of conditions")
+                return None
+            items = [self.condition(item, depth + 1) for item in items_node.value]
+            if any(item is None for item in items):
+                return None
+            parsed = tuple(item for item in items if item is not None)
+            return AllOf(parsed, line) if keys[0] == "all" else AnyOf(parsed, line)
+        if keys == ["not"]:
+            inner = self.condition(entries[0][2], depth + 1)
+            return Not(inner, line) if inner is not None else None
+        if len(keys) == 1 and keys[0] in ("predicate", "category"):
+            target = _resolve(entries[0][2]) if isinstance(entries[0][2], yaml.ScalarNode) else None
+            if not isinstance(target, str):
+                self.fail(entries[0][2], f"'{keys[0]}' takes a name")
+                return None
+            return Ref(keys[0], target, line)
+        if "fact" in keys:
+            return self.fact_test(node, entries, line)
+        self.fail(node, "a condition is one of: all, any, not, predicate, category, "
+                        f"or a fact test (fact + one of {', '.join(OPERATORS)}); got "
+                        f"{', '.join(keys) or 'nothing'}")
+        return None
+
+    def fact_test(self, node: yaml.Node, entries: list[tuple[str, yaml.Node, yaml.Node]],
+                  line: int) -> FactTest | None:
+        by_key = {key: (key_node, value) for key, key_node, value in entries}
+        fact_node = by_key.pop("fact")[1]
+        fact = _resolve(fact_node) if isinstance(fact_node, yaml.ScalarNode) else None
+        if not isinstance(fact, str) or fact not in FACTS:
+            self.fail(fact_node, f"unknown fact {fact!r}: expected one of {', '.join(FACTS)}")
+            return None
+        unknown = [key for key in by_key if key not in OPERATORS]
+        if unknown:
+            self.fail(by_key[unknown[0]][0], f"unknown operator {unknown[0]!r}: expected one "
+                                             f"of {', '.join(OPERATORS)}")
+            return None
+        if len(by_key) != 1:
+            self.fail(node, f"a fact test needs exactly one operator ({', '.join(OPERATORS)})")
+            return None
+        op, (_, value_node) = next(iter(by_key.items()))
+        spec = FACTS[fact]
+        if op in ("in", "not_in"):
+            if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
+                self.fail(value_node, f"'{op}' takes a non-empty list of values")
+                return None
+            values = [self.typed_value(spec.name, item) for item in value_node.value]
+            if any(v is None for v in values):
+                return None
+            return FactTest(fact, op, tuple(values), line)
+        if op in ORDERING and spec.kind is not int:
+            self.fail(value_node, f"'{op}' compares numbers, but {fact} is a {spec.kind.__name__}")
+            return None
+        value = self.typed_value(spec.name, value_node)
+        return FactTest(fact, op, value, line) if value is not None else None
+
+    def typed_value(self, fact: str, node: yaml.Node) -> object:
+        spec = FACTS[fact]
+        value = _resolve(node) if isinstance(node, yaml.ScalarNode) else None
+        # bool is a subclass of int: check the exact type.
+        if type(value) is not spec.kind:
+            self.fail(node, f"{fact} is a {spec.kind.__name__}; {value!r} is not")
+            return None
+        if spec.choices and value not in spec.choices:
+            self.fail(node, f"{fact} is one of {', '.join(spec.choices)}; {value!r} is not")
+            return None
+        return value
+
+
+def _resolve(node: yaml.ScalarNode) -> object:
+    """Construct a plain scalar safely (bool/int/float/null/str), never an object."""
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def read_rule_file(path: Path, display: str) -> list[Definition]:
+    """Parse one rule file; raise :class:`RuleFileError` with file:line on any problem."""
+    reader = _Reader(display)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RuleFileError([RuleProblem(display, None, f"cannot read: {exc.strerror}")]) from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise RuleFileError([RuleProblem(display, None,
+                                         f"file larger than {MAX_FILE_BYTES} bytes")])
+    try:
+        root = yaml.compose(data.decode("utf-8"), Loader=yaml.SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise RuleFileError([RuleProblem(display, None, "not valid UTF-8")]) from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise RuleFileError([RuleProblem(display, line, f"invalid YAML: {exc.problem}")]) from exc
+    except yaml.YAMLError as exc:
+        raise RuleFileError([RuleProblem(display, None, f"invalid YAML: {exc}")]) from exc
+    definitions = reader.document(root)
+    if reader.problems:
+        raise RuleFileError(reader.problems)
+    return definitions
