@@ -12,7 +12,8 @@ EVENTS = [
      "occurred_at": "2026-11-24T10:00:00Z", "sequence": 1,
      "data": {"plan": "pro", "agents": ["ag-1", "ag-2"], "groups": {"g-sales": ["ag-1"]}}},
     {"event_id": "e2", "type": "conversation.created", "account_id": "acc-1",
-     "occurred_at": "2026-11-24T10:00:01Z", "conversation_id": "c-1", "data": {"group_id": "g-sales"}},
+     "occurred_at": "2026-11-24T10:00:01Z", "conversation_id": "c-1",
+     "data": {"group_id": "g-sales"}},
 ]
 
 

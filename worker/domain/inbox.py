@@ -10,7 +10,7 @@ them, so that work is paid for by output.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 
@@ -34,6 +34,8 @@ _UPDATE_NAMESPACE = uuid.UUID("5b0f5d7e-3c1a-4c53-9d55-0a3f7a1c2e10")
 
 # (agent_id, categories before, categories after)
 AgentChange = tuple[str, frozenset[str], frozenset[str]]
+# (account_id, conversation_id, agent_id, categories before, categories after)
+Change = tuple[str, str, str, frozenset[str], frozenset[str]]
 
 
 def update_id_for(account_id: str, cause_event_id: str, agent_id: str,
@@ -59,33 +61,32 @@ class Inbox:
         if state.has_seen(event.account_id, event.event_id):
             return []
         if isinstance(event, AccountUpdated):
-            updates = self._account_updated(event)
+            changes = self._account_updated(event)
         else:
-            updates = self._conversation_event(event)
+            changes = self._conversation_event(event)
         state.remember(event.account_id, event.event_id)
-        return updates
+        return self._publishable(changes, event.event_id, event.occurred_at)
 
     def adopt_rules(self, rules: CompiledRules, occurred_at: datetime) -> list[CategoryUpdate]:
         """Switch to new rules and re-categorise everything, diffing against what was sent."""
         self.rules = rules
-        cause = f"rules:{rules.version}"
-        updates: list[CategoryUpdate] = []
+        changes: list[Change] = []
         for account_id in sorted(self.state.accounts.keys() | self.state.conversations.keys()):
             account = self.state.account(account_id)
-            updates.extend(self._recategorise_account(account, account, cause, occurred_at))
+            changes.extend(self._recategorise_account(account, account))
         self.state.rules_version = rules.version
-        return updates
+        return self._publishable(changes, f"rules:{rules.version}", occurred_at)
 
     # -- events ------------------------------------------------------------
-    def _account_updated(self, event: AccountUpdated) -> list[CategoryUpdate]:
+    def _account_updated(self, event: AccountUpdated) -> list[Change]:
         old = self.state.account(event.account_id)
         if is_stale(old.last_sequence, event.sequence):
             return []
         new = apply_snapshot(old, event)
         self.state.put_account(new)
-        return self._recategorise_account(old, new, event.event_id, event.occurred_at)
+        return self._recategorise_account(old, new)
 
-    def _conversation_event(self, event: ConversationEvent) -> list[CategoryUpdate]:
+    def _conversation_event(self, event: ConversationEvent) -> list[Change]:
         state = self.state
         old_account = state.account(event.account_id)
         old = state.conversation(event.account_id, event.conversation_id)
@@ -101,34 +102,30 @@ class Inbox:
             # the whole account is re-categorised, this conversation included.
             state.put_account(account)
             state.put_conversation(replace(new, categories=base.categories))
-            return self._recategorise_account(old_account, account, event.event_id,
-                                              event.occurred_at, changed={new.conversation_id:
-                                                                          base})
-        return self._settle(old_account, account, base, new, event.event_id, event.occurred_at)
+            return self._recategorise_account(old_account, account,
+                                              changed={new.conversation_id: base})
+        return self._settle(old_account, account, base, new)
 
     # -- categorisation ----------------------------------------------------
-    def _recategorise_account(self, old_account: Account, account: Account, cause: str,
-                              occurred_at: datetime,
+    def _recategorise_account(self, old_account: Account, account: Account,
                               changed: dict[str, Conversation] | None = None,
-                              ) -> list[CategoryUpdate]:
-        updates: list[CategoryUpdate] = []
+                              ) -> list[Change]:
+        changes: list[Change] = []
         conversations = sorted(self.state.conversations_of(account.account_id),
                                key=lambda c: c.conversation_id)
         for conversation in conversations:
             before = (changed or {}).get(conversation.conversation_id, conversation)
-            updates.extend(self._settle(old_account, account, before, conversation, cause,
-                                        occurred_at))
-        return updates
+            changes.extend(self._settle(old_account, account, before, conversation))
+        return changes
 
     def _settle(self, old_account: Account, account: Account, old: Conversation,
-                new: Conversation, cause: str, occurred_at: datetime) -> list[CategoryUpdate]:
+                new: Conversation) -> list[Change]:
         """Evaluate ``new``, store it, and emit an update for every agent whose set changed."""
         categories = self._evaluate(account, new)
         new = replace(new, categories=categories)
         self.state.put_conversation(new)
-        changes = self._changed_agents(old_account, account, old, new)
-        return self._publishable(account.account_id, new.conversation_id, changes, cause,
-                                 occurred_at)
+        return [(account.account_id, new.conversation_id, agent, before, after)
+                for agent, before, after in self._changed_agents(old_account, account, old, new)]
 
     def _evaluate(self, account: Account, conversation: Conversation) -> tuple[frozenset[str], ...]:
         evaluate = self.rules.evaluate
@@ -162,19 +159,25 @@ class Inbox:
             if before != after:
                 yield agent, before, after
 
-    def _publishable(self, account_id: str, conversation_id: str,
-                     changes: Iterable[AgentChange], cause: str,
+    def _publishable(self, changes: list[Change], cause: str,
                      occurred_at: datetime) -> list[CategoryUpdate]:
+        """Apply the count deltas of the whole event, then build its updates.
+
+        Counts are the badge counts *after* the event, so every delta is applied before
+        the first update is built.
+        """
         state = self.state
-        names = self.rules.categories
-        updates = []
-        for agent, before, after in changes:
+        for account_id, _, agent, before, after in changes:
             counts = state.counts_of(account_id, agent)
             for category in before - after:
                 counts[category] = counts.get(category, 0) - 1
             for category in after - before:
                 counts[category] = counts.get(category, 0) + 1
             state.touch_counts(account_id, agent)
+        names, version = self.rules.categories, self.rules.version
+        updates = []
+        for account_id, conversation_id, agent, before, after in changes:
+            counts = state.counts_of(account_id, agent)
             updates.append(CategoryUpdate(
                 update_id=update_id_for(account_id, cause, agent, conversation_id),
                 account_id=account_id,
@@ -185,12 +188,10 @@ class Inbox:
                 removed=sorted(before - after),
                 counts={name: counts.get(name, 0) for name in names},
                 cause_event_id=cause,
-                rules_version=self.rules.version,
+                rules_version=version,
                 occurred_at=occurred_at,
             ))
         return updates
-
-
 
 def categories_of(state: State, account_id: str, conversation_id: str,
                   agent_id: str) -> frozenset[str]:

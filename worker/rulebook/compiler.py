@@ -46,8 +46,13 @@ class Definitions:
             table[definition.name] = definition
         if not self.categories and not problems:
             problems.append(RuleProblem("(rules)", None, "no category is defined"))
+        reported: set[tuple[str, int | None]] = set()
         for definition in [*self.categories.values(), *self.predicates.values()]:
-            problems.extend(self._check_refs(definition, definition.when, (definition.name,)))
+            for problem in self._check_refs(definition, definition.when, (definition.name,)):
+                # A cycle is found from each of its members: report each place once.
+                if (problem.file, problem.line) not in reported:
+                    reported.add((problem.file, problem.line))
+                    problems.append(problem)
         if problems:
             raise RuleFileError(problems)
 
@@ -68,7 +73,7 @@ class Definitions:
         if condition.name in chain:
             cycle = " -> ".join((*chain, condition.name))
             return [RuleProblem(owner.file, condition.line, f"circular reference: {cycle}")]
-        return self._check_refs(owner, target.when, (*chain, condition.name))
+        return self._check_refs(target, target.when, (*chain, condition.name))
 
     def expand(self, condition: Condition) -> Condition:
         """Replace every reference by the condition it names."""

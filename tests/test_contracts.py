@@ -1,0 +1,102 @@
+"""The event and update contracts: what is accepted, what is bad input and why."""
+
+import json
+
+import pytest
+
+from contracts import (
+    AgentAssigned,
+    BadEvent,
+    ConversationTransferred,
+    MessageCreated,
+    parse_event,
+)
+from contracts.schema import SCHEMA_DIR, render, schemas
+
+ASSIGNED = {"event_id": "e-123", "type": "conversation.assigned", "account_id": "acc-1",
+            "occurred_at": "2026-11-24T10:00:00Z", "conversation_id": "c-9", "sequence": 4,
+            "data": {"agent_id": "ag-2"}}
+
+
+def body(**changes: object) -> bytes:
+    event = {**ASSIGNED, **changes}
+    return json.dumps({k: v for k, v in event.items() if v is not None}).encode()
+
+
+def test_spec_example_parses_and_unknown_fields_are_ignored() -> None:
+    event = parse_event(body(extra_field={"x": 1}))
+    assert isinstance(event, AgentAssigned)
+    assert (event.event_id, event.account_id, event.conversation_id, event.sequence) == (
+        "e-123", "acc-1", "c-9", 4)
+    assert event.data.agent_id == "ag-2"
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"{nope", "invalid JSON"),
+    (b"\xff\xfe{}", "not valid UTF-8"),
+    (b"[1, 2]", "(event)"),
+    (body(type="conversation.exploded"), "unknown event type 'conversation.exploded'"),
+    (body(type=None), "type: Field required"),
+    (body(event_id=None), "event_id: Field required"),
+    (body(conversation_id=None), "conversation_id: Field required"),
+    (body(sequence="4"), "sequence: Input should be a valid integer"),
+    (body(sequence=-1), "sequence: Input should be greater than or equal to 0"),
+    (body(sequence=10**30), "sequence"),
+    (body(account_id="acc.1"), "account_id: String should match pattern"),
+    (body(account_id="acc*"), "account_id"),
+    (body(account_id="x" * 129), "account_id"),
+    (body(data={"agent_id": "ag#2"}), "data.agent_id"),
+    (body(data={}), "data.agent_id: Field required"),
+    (body(occurred_at="yesterday"), "occurred_at"),
+    (b"[" * 5000 + b"]" * 5000, "invalid JSON"),
+])
+def test_bad_input_names_what_is_wrong(raw: bytes, reason: str) -> None:
+    with pytest.raises(BadEvent) as caught:
+        parse_event(raw)
+    assert reason in caught.value.reason
+
+
+def test_size_limit_is_checked_before_parsing() -> None:
+    oversized = b"{" + b" " * 70_000 + b"}"  # would be invalid JSON too: size wins
+    expected = "message too large: 70002 bytes exceeds the limit of 65536"
+    with pytest.raises(BadEvent, match=expected):
+        parse_event(oversized)
+    assert parse_event(body(), max_bytes=len(body())).event_id == "e-123"
+
+
+def test_message_author_agent_needs_agent_id() -> None:
+    with pytest.raises(BadEvent, match="agent_id is required"):
+        parse_event(body(type="message.created", data={"author": "agent"}))
+    event = parse_event(body(type="message.created", data={"author": "visitor"}))
+    assert isinstance(event, MessageCreated)
+    assert event.data.agent_id is None
+
+
+def test_transfer_needs_exactly_one_target() -> None:
+    with pytest.raises(BadEvent, match="exactly one"):
+        parse_event(body(type="conversation.transferred", data={}))
+    with pytest.raises(BadEvent, match="exactly one"):
+        parse_event(body(type="conversation.transferred",
+                         data={"to_agent_id": "a", "to_group_id": "g"}))
+    event = parse_event(body(type="conversation.transferred", data={"to_group_id": "g-1"}))
+    assert isinstance(event, ConversationTransferred)
+    assert event.data.to_group_id == "g-1"
+
+
+def test_empty_data_events_need_no_data_field() -> None:
+    event = parse_event(body(type="conversation.resolved", data=None))
+    assert event.type == "conversation.resolved"
+
+
+def test_account_updated_needs_a_valid_plan() -> None:
+    raw = {**ASSIGNED, "type": "account.updated", "data": {"plan": "gold", "agents": []}}
+    raw.pop("conversation_id")
+    with pytest.raises(BadEvent, match=r"data\.plan"):
+        parse_event(json.dumps(raw).encode())
+
+
+def test_checked_in_json_schemas_are_up_to_date() -> None:
+    for name, schema in schemas().items():
+        path = SCHEMA_DIR / name
+        assert path.read_text(encoding="utf-8") == render(schema), (
+            f"{path} is stale: run `python -m contracts.schema`")

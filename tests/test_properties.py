@@ -1,0 +1,82 @@
+"""Random event streams: the categoriser agrees with a naive reading of SPEC.md."""
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+
+from contracts import CategoryUpdate, parse_event_object
+from tests.event_streams import event_stream
+from tests.spec_oracle import SpecOracle
+from worker.domain.inbox import Inbox, categories_of
+from worker.rulebook import load_rules
+
+RULES = load_rules()
+SETTINGS = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def replay(stream: list[dict[str, Any]]) -> tuple[Inbox, list[list[CategoryUpdate]]]:
+    inbox = Inbox(RULES)
+    return inbox, [inbox.handle(parse_event_object(event)) for event in stream]
+
+
+@SETTINGS
+@given(event_stream())
+def test_updates_match_a_from_scratch_recomputation_of_the_spec(
+        stream: list[dict[str, Any]]) -> None:
+    inbox = Inbox(RULES)
+    oracle = SpecOracle()
+    for event in stream:
+        before = oracle.snapshot()
+        oracle.apply(event)
+        after = oracle.snapshot()
+        expected = {key: after.get(key, frozenset()) for key in before.keys() | after.keys()
+                    if before.get(key, frozenset()) != after.get(key, frozenset())}
+        updates = inbox.handle(parse_event_object(event))
+        got = {(u.account_id, u.agent_id, u.conversation_id): frozenset(u.categories)
+               for u in updates}
+        assert len(got) == len(updates), "one update per (agent, conversation) per event"
+        assert got == expected, event
+        for update in updates:
+            assert update.counts == {name: oracle.counts(update.account_id, update.agent_id)
+                                     .get(name, 0) for name in RULES.categories}
+            previous = before.get((update.account_id, update.agent_id, update.conversation_id),
+                                  frozenset())
+            assert set(update.added) == set(update.categories) - previous
+            assert set(update.removed) == previous - set(update.categories)
+
+
+@SETTINGS
+@given(event_stream())
+def test_incremental_counts_equal_a_full_recount(stream: list[dict[str, Any]]) -> None:
+    inbox, _ = replay(stream)
+    state = inbox.state
+    for account_id, by_agent in state.counts.items():
+        account = state.account(account_id)
+        for agent, counts in by_agent.items():
+            recount: dict[str, int] = {}
+            for conversation in state.conversations_of(account_id):
+                cats = (categories_of(state, account_id, conversation.conversation_id, agent)
+                        if agent in account.agents else frozenset())
+                for category in cats:
+                    recount[category] = recount.get(category, 0) + 1
+            assert {k: v for k, v in counts.items() if v} == recount
+
+
+@SETTINGS
+@given(event_stream())
+def test_replaying_twice_gives_identical_updates(stream: list[dict[str, Any]]) -> None:
+    _, first = replay(stream)
+    _, second = replay(stream)
+    assert [[u.model_dump() for u in batch] for batch in first] == [
+        [u.model_dump() for u in batch] for batch in second]
+    ids = [u.update_id for batch in first for u in batch]
+    assert len(ids) == len(set(ids)), "update ids are unique per (event, agent, conversation)"
+
+
+@SETTINGS
+@given(event_stream())
+def test_redelivering_every_event_changes_nothing(stream: list[dict[str, Any]]) -> None:
+    inbox, _ = replay(stream)
+    for event in stream:
+        assert inbox.handle(parse_event_object(event)) == []

@@ -1,0 +1,185 @@
+"""Rule files: validation with file:line, compilation, and behaviour as data."""
+
+import operator
+import shutil
+from collections.abc import Callable
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contracts import parse_event_object
+from worker.domain.inbox import Inbox, categories_of
+from worker.errors import RuleFileError
+from worker.rulebook import FACT_NAMES, FACTS, load_rules
+from worker.rulebook.compiler import Definitions
+from worker.rulebook.engine import check_rules, default_rules_dir
+from worker.rulebook.syntax import AllOf, AnyOf, Condition, FactTest, Not, Ref
+
+DEFAULT_RULES = load_rules()
+
+
+def write_rules(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def problems(directory: Path) -> list[str]:
+    with pytest.raises(RuleFileError) as caught:
+        load_rules(directory)
+    return [str(p) for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), [
+    ("categories:\n  all:\n    when: {fact: conversation.colour, equals: red}\n",
+     3, "unknown fact 'conversation.colour'"),
+    ("categories:\n  all:\n    when: {fact: conversation.status, equals: closed}\n",
+     3, "conversation.status is one of open, resolved, deleted; 'closed' is not"),
+    ("categories:\n  all:\n    when:\n      fact: agent.joined\n      equals: 1\n",
+     5, "agent.joined is a bool; 1 is not"),
+    ("categories:\n  all:\n    when: {fact: account.plan, greater_than: 2}\n",
+     3, "'greater_than' compares numbers"),
+    ("categories:\n  all:\n    when: {fact: account.plan, like: pro}\n",
+     3, "unknown operator 'like'"),
+    ("categories:\n  all:\n    when:\n      all: []\n", 4, "non-empty list"),
+    ("categories:\n  all:\n    when: {predicate: nowhere}\n", 3, "unknown predicate 'nowhere'"),
+    ("categories:\n  a:\n    when: {category: b}\n  b:\n    when: {category: a}\n",
+     5, "circular reference: a -> b -> a"),
+    ("categories:\n  all:\n    description: x\n", 3, "has no 'when' condition"),
+    ("categories:\n  All:\n    when: {fact: agent.joined, equals: true}\n", 2, "must match"),
+    ("categories:\n  all:\n    when: {fact: agent.joined, equals: true\n", 4, "invalid YAML"),
+    ("rules:\n  all: {}\n", 1, "unknown section 'rules'"),
+    ("categories:\n  all:\n    when: {fact: agent.joined, equals: true}\n"
+     "predicates:\n  all:\n    when: {fact: agent.joined, equals: true}\n",
+     5, "already defined as a category"),
+])
+def test_invalid_rule_files_fail_with_file_line_and_reason(
+        tmp_path: Path, text: str, line: int, reason: str) -> None:
+    found = problems(write_rules(tmp_path, text))
+    assert any(p.startswith(f"{tmp_path / 'rules.yaml'}:{line}: ") and reason in p
+               for p in found), found
+
+
+def test_python_tags_in_rule_files_are_never_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    text = ("categories:\n  all:\n    when:\n      fact: conversation.status\n"
+            f"      equals: !!python/object/apply:os.system ['touch {marker}']\n")
+    found = problems(write_rules(tmp_path, text))
+    assert found and not marker.exists()
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
+    text = ("categories:\n  a:\n    when: {fact: nope, equals: 1}\n"
+            "  b:\n    when: {fact: agent.joined, equals: yes please}\n")
+    assert len(problems(write_rules(tmp_path, text))) == 2
+
+
+def test_default_rules_validate_and_declare_the_spec_categories() -> None:
+    definitions, version = check_rules(default_rules_dir())
+    assert list(definitions.categories) == ["all", "new", "mine", "primary", "resolved"]
+    assert DEFAULT_RULES.version == version and len(version) == 12
+
+
+def test_rules_version_changes_with_the_files(tmp_path: Path) -> None:
+    shutil.copytree(default_rules_dir(), tmp_path / "r", ignore=shutil.ignore_patterns("*.py"))
+    before = load_rules(tmp_path / "r").version
+    with (tmp_path / "r" / "inbox.yaml").open("a") as handle:
+        handle.write("\n# a comment is a change too\n")
+    assert load_rules(tmp_path / "r").version != before
+
+
+def _run(rules_dir: Path | None, events: list[dict[str, object]]) -> Inbox:
+    inbox = Inbox(load_rules(rules_dir))
+    for number, event in enumerate(events):
+        inbox.handle(parse_event_object({"event_id": f"e{number}", "account_id": "acc-1",
+                                         "occurred_at": "2026-11-24T10:00:00Z", **event}))
+    return inbox
+
+
+PRO_GROUP_CHAT: list[dict[str, object]] = [
+    {"type": "account.updated",
+     "data": {"plan": "pro", "agents": ["ag-1", "ag-2"], "groups": {"g-sales": ["ag-1"]}}},
+    {"type": "conversation.created", "conversation_id": "c-1", "data": {"group_id": "g-sales"}},
+]
+
+
+def test_editing_a_rule_file_changes_behaviour_without_python(tmp_path: Path) -> None:
+    """Make `new` ignore groups and add an `unassigned` category: rule edits only."""
+    custom = tmp_path / "custom"
+    shutil.copytree(default_rules_dir(), custom, ignore=shutil.ignore_patterns("*.py", "cases"))
+    text = (custom / "inbox.yaml").read_text()
+    text = text.replace("            - predicate: routed_to_agent\n",
+                        "            - predicate: open\n")
+    text += ("  unassigned:\n    description: Nobody has joined it.\n"
+             "    when: {predicate: waiting}\n")
+    (custom / "inbox.yaml").write_text(text)
+
+    default = _run(None, PRO_GROUP_CHAT)
+    edited = _run(custom, PRO_GROUP_CHAT)
+    assert categories_of(default.state, "acc-1", "c-1", "ag-2") == {"all"}
+    assert categories_of(edited.state, "acc-1", "c-1", "ag-2") == {
+        "all", "new", "primary", "unassigned"}
+    assert edited.rules.categories[-1] == "unassigned"
+
+
+# -- durable-rules agrees with a direct reading of the conditions -----------------------
+
+def _reference(definitions: Definitions, condition: Condition, facts: dict[str, object]) -> bool:
+    if isinstance(condition, AllOf):
+        return all(_reference(definitions, c, facts) for c in condition.items)
+    if isinstance(condition, AnyOf):
+        return any(_reference(definitions, c, facts) for c in condition.items)
+    if isinstance(condition, Not):
+        return not _reference(definitions, condition.item, facts)
+    if isinstance(condition, Ref):
+        table = definitions.categories if condition.kind == "category" else definitions.predicates
+        return _reference(definitions, table[condition.name].when, facts)
+    assert isinstance(condition, FactTest)
+    value: Any = facts[condition.fact]
+    expected: Any = condition.value
+    compare: dict[str, Callable[[Any, Any], bool]] = {
+        "equals": operator.eq, "not_equals": operator.ne,
+        "in": lambda v, e: v in e, "not_in": lambda v, e: v not in e,
+        "greater_than": operator.gt, "at_least": operator.ge,
+        "less_than": operator.lt, "at_most": operator.le,
+    }
+    return compare[condition.op](value, expected)
+
+
+def _fact_strategy(name: str) -> st.SearchStrategy[object]:
+    spec = FACTS[name]
+    if spec.choices:
+        return st.sampled_from(spec.choices)
+    if spec.kind is bool:
+        return st.booleans()
+    return st.integers(min_value=0, max_value=4)
+
+
+FACT_VECTORS = st.fixed_dictionaries({name: _fact_strategy(name) for name in FACT_NAMES})
+
+
+@given(FACT_VECTORS)
+def test_durable_rules_agrees_with_a_direct_reading_of_the_default_rules(
+        facts: dict[str, object]) -> None:
+    definitions, _ = check_rules(default_rules_dir())
+    expected = {name for name, d in definitions.categories.items()
+                if _reference(definitions, d.when, facts)}
+    assert DEFAULT_RULES.evaluate_facts(facts) == expected
+
+
+def test_not_and_any_compile_with_de_morgan(tmp_path: Path) -> None:
+    text = ("categories:\n  odd:\n    when:\n      not:\n        any:\n"
+            "          - {fact: account.agent_count, at_most: 1}\n"
+            "          - not: {fact: account.plan, in: [pro, standard]}\n")
+    rules = load_rules(write_rules(tmp_path, text))
+    definitions, _ = check_rules(tmp_path)
+    for count, plan in product(range(4), ("free", "standard", "pro")):
+        facts = {name: False for name in FACT_NAMES} | {
+            "conversation.status": "open", "conversation.joined_count": 0,
+            "account.group_count": 0, "account.agent_count": count, "account.plan": plan}
+        expected = {"odd"} if count > 1 and plan in ("pro", "standard") else set()
+        assert rules.evaluate_facts(facts) == expected
+        assert _reference(definitions, definitions.categories["odd"].when, facts) == bool(expected)
