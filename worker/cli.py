@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import BinaryIO
 
 import click
+from pydantic import ValidationError
 
+from worker.demo import run_demo
 from worker.domain.inbox import Inbox
-from worker.errors import RuleFileError
+from worker.errors import DemoError, RuleFileError, StoreError
 from worker.replay import BadLine, replay_lines
 from worker.rulebook.cases import run_cases
 from worker.rulebook.engine import check_rules, default_rules_dir, load_rules
+from worker.service import serve
+from worker.settings import Settings, describe_settings
 
 RULES_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -43,6 +48,50 @@ def replay(events: BinaryIO, rules_dir: Path | None) -> None:
     if bad:
         click.echo(f"{bad} bad line(s) skipped", err=True)
         sys.exit(1)
+
+
+def _settings_help() -> str:
+    rows = describe_settings()
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"  {name:<{width}}  {description} [default: {default}]"
+             for name, default, description in rows]
+    # '\b' keeps click from re-wrapping the table.
+    return "Settings (environment variables):\n\n\b\n" + "\n".join(lines)
+
+
+@main.command(epilog=_settings_help())
+@click.option("--rules", "rules_dir", type=RULES_DIR, default=None,
+              help="Rule directory (overrides INBOX_RULES_RULES_DIR).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def run(rules_dir: Path | None, log_level: str) -> None:
+    """Run the worker: consume chat.events, publish inbox.categories, until SIGTERM."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level.upper() != "DEBUG":
+        logging.getLogger("pika").setLevel(logging.WARNING)  # one line per socket step
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from exc
+    if rules_dir is not None:
+        settings = settings.model_copy(update={"rules_dir": rules_dir})
+    compiled = _load_or_exit(settings.rules_dir)
+    try:
+        serve(settings, compiled)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for the worker's updates.")
+def demo(timeout: float) -> None:
+    """Publish a small scenario to a running worker and print each agent's inbox."""
+    try:
+        click.echo(run_demo(Settings(), timeout))
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.group()

@@ -37,3 +37,15 @@ class TransientError(InboxRulesError):
 
 class StoreError(TransientError):
     """The state store could not commit; nothing of the batch may be acknowledged."""
+
+
+class StoreConflictError(StoreError):
+    """Another worker committed to the same store since we loaded it: reload, then retry."""
+
+
+class PublishRejectedError(TransientError):
+    """The broker refused (nacked) a publish: the batch is retried, nothing is acknowledged."""
+
+
+class DemoError(InboxRulesError):
+    """The demo could not show an inbox (no broker, or no worker answering)."""

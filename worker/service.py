@@ -1,0 +1,384 @@
+"""The worker: events in, category updates out, at least once, nothing lost.
+
+Acknowledgement policy, stated: an input message is acknowledged only after
+
+1. its state change is committed to the store, and
+2. every update it caused (or its dead letter) is confirmed by the broker.
+
+A batch goes through the same steps every time: evaluate every event in memory,
+publish the updates and dead letters, wait for all their confirms, commit the store
+once, then ack the batch with one ``multiple=True`` ack. The commit comes *after* the
+confirms on purpose: if the link drops before the commit, memory is reloaded from the
+store (memory == last commit), the broker redelivers the batch, and the events are
+applied again so their updates are published again (same ``update_id``; downstream
+drops the duplicates). Committing first would mark the events seen while their
+updates might never reach the broker.
+
+A failed commit (store busy, disk full) reloads the state and retries the same batch,
+still held unacknowledged, after a bounded, jittered backoff. The messages are not
+requeued: requeueing would count against the queue's delivery limit and dead-letter
+good events during a store outage, and would let later events overtake them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pika
+
+from contracts import BadEvent, CategoryUpdate, parse_event
+from worker.amqp import AmqpLink, Delivery, Outgoing
+from worker.backoff import backoff_delay
+from worker.domain.inbox import Inbox
+from worker.errors import PublishRejectedError, StoreError
+from worker.rulebook import CompiledRules
+from worker.settings import Settings
+from worker.store import SqliteStore, StateStore
+from worker.topology import Topology
+
+log = logging.getLogger(__name__)
+
+# Publishes per ioloop callback: bounded so heartbeats and confirms keep flowing.
+PUBLISH_CHUNK = 500
+
+
+@dataclass
+class Stats:
+    """Counters for operators, tests and the benchmark."""
+
+    acked: int = 0
+    updates: int = 0
+    dead_lettered: int = 0
+    commits: int = 0
+    failed_batches: int = 0
+
+
+@dataclass
+class Batch:
+    """Deliveries handled together: one commit, one ack."""
+
+    deliveries: list[Delivery]
+    adopt_rules: bool = False
+    # Deliveries whose handling raised: dead-lettered on every retry (poison is final).
+    poison: dict[int, str] = field(default_factory=dict)
+    outgoing: list[Outgoing] = field(default_factory=list)
+    published: int = 0
+    unconfirmed: set[int] = field(default_factory=set)
+    rejected: bool = False
+
+    @property
+    def settled(self) -> bool:
+        return self.published == len(self.outgoing) and not self.unconfirmed
+
+
+class Worker:
+    """Consumes events, runs the rules, publishes updates; see the module docstring."""
+
+    def __init__(self, settings: Settings, rules: CompiledRules, store: StateStore,
+                 ioloop: pika.adapters.select_connection.IOLoop | None = None) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.store = store
+        self.topology = Topology.from_settings(settings)
+        self.ioloop = ioloop or pika.adapters.select_connection.IOLoop()
+        self.link = AmqpLink(settings, self.topology, self, self.ioloop)
+        self.inbox = Inbox(rules, store.load(settings.dedup_window))
+        self.stats = Stats()
+        self._buffer: deque[Delivery] = deque()
+        self._batch: Batch | None = None
+        self._batch_timer: object | None = None
+        self._retry_timer: object | None = None
+        self._failures = 0
+        self._dirty = False  # memory is ahead of the store
+        self._consuming = False
+        self._stopping = False
+
+    # -- running -----------------------------------------------------------
+    def run(self) -> None:
+        """Block, running the ioloop, until :meth:`stop` has finished its work."""
+        self.link.start()
+        self.ioloop.start()
+
+    def request_stop(self) -> None:
+        """Thread- and signal-safe: ask the ioloop thread to stop gracefully."""
+        self.ioloop.add_callback_threadsafe(self.stop)
+
+    def stop(self) -> None:
+        """Stop consuming, finish what is in hand, commit, ack, close."""
+        if self._stopping:
+            return
+        log.info("stopping: finishing the events in hand")
+        self._stopping = True
+        if self._consuming:
+            self.link.cancel()
+        else:
+            self._maybe_finish()
+
+    # -- LinkHandler -------------------------------------------------------
+    def on_ready(self) -> None:
+        if self._stopping:
+            self.link.close()
+            return
+        if self.inbox.state.rules_version != self.rules.version:
+            log.info("rules changed (%s -> %s): re-categorising before consuming",
+                     self.inbox.state.rules_version, self.rules.version)
+            self._start(Batch([], adopt_rules=True))
+        else:
+            self._consume()
+
+    def on_delivery(self, delivery: Delivery) -> None:
+        self._buffer.append(delivery)
+        self._maybe_start()
+
+    def on_cancelled(self) -> None:
+        self._consuming = False
+        self._maybe_start()
+        self._maybe_finish()
+
+    def on_confirm(self, sequence: int, multiple: bool, ok: bool) -> None:
+        batch = self._batch
+        if batch is None:
+            return
+        if multiple:
+            batch.unconfirmed = {s for s in batch.unconfirmed if s > sequence}
+        else:
+            batch.unconfirmed.discard(sequence)
+        if not ok:
+            batch.rejected = True
+        self._pump(batch)
+
+    def on_lost(self) -> None:
+        """Everything unacked comes back from the broker: drop it, and the memory it
+        touched."""
+        for timer in (self._batch_timer, self._retry_timer):
+            if timer is not None:
+                self.link.cancel_timer(timer)
+        self._batch_timer = self._retry_timer = None
+        self._batch = None
+        self._buffer.clear()
+        self._consuming = False
+        self._reload_if_dirty()
+        if self._stopping:
+            self.link.close()
+
+    # -- batching ----------------------------------------------------------
+    def _consume(self) -> None:
+        self._consuming = True
+        self.link.consume()
+
+    def _maybe_start(self) -> None:
+        if self._batch is not None or self._retry_timer is not None or not self._buffer:
+            return
+        if len(self._buffer) >= self.settings.batch_size or not self._consuming:
+            self._start_next()
+        elif self._batch_timer is None:
+            self._batch_timer = self.link.call_later(self.settings.max_batch_delay,
+                                                     self._on_batch_timer)
+
+    def _on_batch_timer(self) -> None:
+        self._batch_timer = None
+        if self._batch is None and self._retry_timer is None and self._buffer:
+            self._start_next()
+
+    def _start_next(self) -> None:
+        if self._batch_timer is not None:
+            self.link.cancel_timer(self._batch_timer)
+            self._batch_timer = None
+        size = min(len(self._buffer), self.settings.batch_size)
+        self._start(Batch([self._buffer.popleft() for _ in range(size)]))
+
+    def _start(self, batch: Batch) -> None:
+        if not self._reload_if_dirty():
+            self._retry_later(batch, "state store unreadable")
+            return
+        self._batch = batch
+        try:
+            self._evaluate(batch)
+        except StoreError as exc:
+            self._retry_later(batch, str(exc))
+            return
+        self._pump(batch)
+
+    def _evaluate(self, batch: Batch) -> None:
+        """Run every event of the batch through the inbox; collect what to publish."""
+        while True:
+            batch.outgoing = []
+            try:
+                self._evaluate_once(batch)
+                return
+            except _Poisoned as poisoned:
+                # The inbox may be half-way through the event: start again from the
+                # store, with that message set aside for the dead-letter queue.
+                batch.poison[poisoned.tag] = poisoned.reason
+                if not self._reload_if_dirty():
+                    raise StoreError("state store unreadable after a failed event") from None
+
+    def _evaluate_once(self, batch: Batch) -> None:
+        out = batch.outgoing
+        if batch.adopt_rules and self.inbox.state.rules_version != self.rules.version:
+            self._dirty = True
+            out.extend(self._update(u) for u in
+                       self.inbox.adopt_rules(self.rules, datetime.now(UTC)))
+        for delivery in batch.deliveries:
+            reason = batch.poison.get(delivery.tag)
+            if reason is None:
+                try:
+                    event = parse_event(delivery.body, max_bytes=self.settings.max_message_bytes)
+                except BadEvent as exc:
+                    reason = exc.reason
+                except Exception as exc:  # e.g. JSON nested too deep for the parser
+                    raise _Poisoned(delivery.tag, f"unreadable: {type(exc).__name__}: {exc}"
+                                    ) from exc
+            if reason is not None:
+                out.append(self._dead_letter(delivery, reason))
+                continue
+            self._dirty = True
+            try:
+                updates = self.inbox.handle(event)
+            except Exception as exc:  # a worker bug must not stop the stream
+                log.exception("event %s failed; dead-lettering it", event.event_id)
+                raise _Poisoned(delivery.tag, f"worker error: {type(exc).__name__}: {exc}"
+                                ) from exc
+            out.extend(self._update(u) for u in updates)
+
+    def _update(self, update: CategoryUpdate) -> Outgoing:
+        properties = pika.BasicProperties(
+            content_type="application/json", delivery_mode=2, message_id=update.update_id,
+            type="category.update", app_id="inbox-rules")
+        return Outgoing(self.topology.updates_exchange, update.routing_key,
+                        update.model_dump_json().encode(), properties)
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> Outgoing:
+        original = delivery.properties
+        headers = dict(original.headers or {})
+        headers["x-error"] = reason
+        properties = pika.BasicProperties(
+            content_type=original.content_type, content_encoding=original.content_encoding,
+            message_id=original.message_id, timestamp=original.timestamp,
+            type=original.type, app_id=original.app_id, headers=headers, delivery_mode=2)
+        log.warning("dead-lettering message %d (%s): %s", delivery.tag, delivery.routing_key,
+                    reason)
+        self.stats.dead_lettered += 1
+        return Outgoing(self.topology.dead_letter_exchange, delivery.routing_key,
+                        delivery.body, properties)
+
+    def _pump(self, batch: Batch) -> None:
+        """Publish within the confirm window, a bounded chunk per ioloop callback."""
+        if batch is not self._batch:
+            return
+        window = self.settings.publish_window
+        sent = 0
+        while (batch.published < len(batch.outgoing) and len(batch.unconfirmed) < window
+               and sent < PUBLISH_CHUNK):
+            batch.unconfirmed.add(self.link.publish(batch.outgoing[batch.published]))
+            batch.published += 1
+            sent += 1
+        if batch.settled:
+            self._settle(batch)
+        elif sent == PUBLISH_CHUNK and len(batch.unconfirmed) < window:
+            self.link.call_later(0, lambda: self._pump(batch))
+
+    def _settle(self, batch: Batch) -> None:
+        """All confirmed: commit once, then ack the whole batch."""
+        try:
+            if batch.rejected:
+                raise PublishRejectedError("the broker refused a publish")
+            self.store.commit(self.inbox.state.take_changes(), self.inbox.state)
+        except (StoreError, PublishRejectedError) as exc:
+            self._retry_later(batch, str(exc))
+            return
+        self._dirty = False
+        self._failures = 0
+        self._batch = None
+        self.stats.commits += 1
+        self.stats.updates += sum(
+            1 for o in batch.outgoing if o.exchange == self.topology.updates_exchange)
+        if batch.deliveries:
+            self.link.ack(batch.deliveries[-1].tag, multiple=True)
+            self.stats.acked += len(batch.deliveries)
+        self._after_batch()
+
+    def _after_batch(self) -> None:
+        if self._stopping:
+            if self._buffer:
+                self._start_next()
+            else:
+                self._maybe_finish()
+            return
+        if not self._consuming:
+            self._consume()
+        self._maybe_start()
+
+    def _retry_later(self, batch: Batch, why: str) -> None:
+        """Memory may be ahead of the store: reload, wait, run the same batch again."""
+        self._batch = None
+        self._failures += 1
+        self.stats.failed_batches += 1
+        self._reload_if_dirty()
+        if self._stopping:
+            # Give the events in hand back to the queue rather than hang the shutdown.
+            log.warning("batch of %d event(s) not acknowledged: %s; stopping anyway, the "
+                        "broker will redeliver them", len(batch.deliveries), why)
+            self.link.close()
+            return
+        delay = backoff_delay(self._failures, self.settings.reconnect_max_delay)
+        log.warning("batch of %d event(s) not acknowledged: %s; state reloaded, retrying "
+                    "in %.1f s", len(batch.deliveries), why, delay)
+        retry = Batch(batch.deliveries, adopt_rules=batch.adopt_rules, poison=batch.poison)
+
+        def again() -> None:
+            self._retry_timer = None
+            self._start(retry)
+
+        self._retry_timer = self.link.call_later(delay, again)
+
+    def _reload_if_dirty(self) -> bool:
+        """Make memory equal the last commit; False if the store cannot be read."""
+        if not self._dirty:
+            return True
+        try:
+            state = self.store.load(self.settings.dedup_window)
+        except StoreError as exc:
+            log.error("cannot reload state: %s", exc)
+            return False
+        self.inbox = Inbox(self.rules, state)
+        self._dirty = False
+        return True
+
+    def _maybe_finish(self) -> None:
+        if (self._stopping and not self._consuming and self._batch is None
+                and self._retry_timer is None and not self._buffer):
+            log.info("all events in hand committed and acknowledged; closing")
+            self.link.close()
+
+
+class _Poisoned(Exception):  # noqa: N818 - internal signal, never escapes this module
+    def __init__(self, tag: int, reason: str) -> None:
+        super().__init__(reason)
+        self.tag = tag
+        self.reason = reason
+
+
+def serve(settings: Settings, rules: CompiledRules) -> Stats:
+    """Run the worker in this thread until SIGTERM or SIGINT; the state store is closed
+    on the way out."""
+    store = SqliteStore(settings.state_path)
+    try:
+        worker = Worker(settings, rules, store)
+        known = sum(len(c) for c in worker.inbox.state.conversations.values())
+        log.info("rules version %s; state %s; %d conversation(s) known", rules.version,
+                 settings.state_path, known)
+        previous = {sig: signal.signal(sig, lambda _sig, _frame: worker.request_stop())
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            worker.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return worker.stats
+    finally:
+        store.close()

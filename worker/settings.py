@@ -1,0 +1,98 @@
+"""The worker's settings, read once from environment variables and passed in."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES
+
+ENV_PREFIX = "INBOX_RULES_"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; every field is an environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
+                                      populate_by_name=True)
+
+    # AMQP_URL is the one name the SPEC fixes; the others carry the prefix.
+    amqp_url: str = Field("amqp://guest:guest@localhost:5672/%2F", validation_alias="AMQP_URL",
+                          description="Broker URL (amqp:// or amqps://).")
+    events_exchange: str = Field("chat.events",
+                                 description="Topic exchange the platform publishes events to.")
+    events_queue: str = Field("inbox-rules.events",
+                              description="The worker's input quorum queue (bound with #).")
+    dead_letter_queue: str = Field("chat.events.dlq",
+                                   description="Queue receiving bad and undeliverable events.")
+    updates_exchange: str = Field("inbox.categories",
+                                  description="Topic exchange category updates go to.")
+    delivery_limit: int = Field(20, ge=1, description=(
+        "Deliveries of one event before the broker dead-letters it (a crash loop)."))
+    prefetch: int = Field(200, ge=1, description="Unacknowledged events held at once.")
+    batch_size: int = Field(200, ge=1, description="Events per store commit at most.")
+    max_batch_delay: float = Field(0.05, ge=0, description=(
+        "Seconds a partial batch waits for more events."))
+    publish_window: int = Field(2000, ge=1, description="Unconfirmed publishes at most.")
+    state_path: Path = Field(Path("./inbox-rules.sqlite3"),
+                             description="SQLite file holding the worker's state.")
+    dedup_window: int = Field(1_000_000, ge=1, description=(
+        "Event ids remembered to drop redeliveries (oldest forgotten first)."))
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1,
+                                   description="Larger events are dead-lettered.")
+    rules_dir: Path | None = Field(None, description="Rule directory (default: shipped rules).")
+    heartbeat: int = Field(30, ge=0, description="AMQP heartbeat in seconds (0: broker's).")
+    reconnect_max_delay: float = Field(30.0, gt=0, description=(
+        "Longest wait between reconnects or store retries, seconds."))
+    tls_ca_file: Path | None = Field(None, description="CA bundle for amqps:// (default: system).")
+    tls_cert_file: Path | None = Field(None, description="Client certificate for amqps://.")
+    tls_key_file: Path | None = Field(None, description="Client key for amqps://.")
+    tls_verify: bool = Field(True, description="Verify the broker's certificate and host name.")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an amqps:// URL, None for plain amqp://."""
+        if urlsplit(self.amqp_url).scheme != "amqps":
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.tls_ca_file) if self.tls_ca_file else None)
+        if self.tls_cert_file is not None:
+            context.load_cert_chain(str(self.tls_cert_file),
+                                    str(self.tls_key_file) if self.tls_key_file else None)
+        if not self.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    @property
+    def safe_amqp_url(self) -> str:
+        return mask_url(self.amqp_url)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else (ENV_PREFIX + field).upper()
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, for --help."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        shown = "-" if default is None else str(default)
+        rows.append((env_name(name), shown, info.description or ""))
+    return rows
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced: credentials never reach a log."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
