@@ -92,11 +92,11 @@ class SpecOracle:
             return
         if seq is not None:
             conv.seq = seq if conv.seq is None else max(seq, conv.seq)
-        if conv.status == "deleted":
-            return
         agent = data.get("agent_id") or data.get("to_agent_id")
         if agent and not (kind == "message.created" and data.get("author") == "visitor"):
             account.agents.add(agent)
+        if conv.status == "deleted":
+            return
         if kind == "conversation.created":
             conv.group = data.get("group_id")
         elif kind == "message.created":

@@ -2,6 +2,7 @@
 
 import operator
 import shutil
+import tempfile
 from collections.abc import Callable
 from itertools import product
 from pathlib import Path
@@ -161,13 +162,57 @@ def _fact_strategy(name: str) -> st.SearchStrategy[object]:
 FACT_VECTORS = st.fixed_dictionaries({name: _fact_strategy(name) for name in FACT_NAMES})
 
 
-@given(FACT_VECTORS)
-def test_durable_rules_agrees_with_a_direct_reading_of_the_default_rules(
-        facts: dict[str, object]) -> None:
-    definitions, _ = check_rules(default_rules_dir())
+def _variant_rules_dir() -> Path:
+    """The default rules with groups in effect on standard too, written with `in`."""
+    directory = Path(tempfile.mkdtemp(prefix="rules-variant-"))
+    text = (default_rules_dir() / "inbox.yaml").read_text()
+    old = "        - {fact: account.plan, equals: pro}\n"
+    assert old in text
+    (directory / "inbox.yaml").write_text(
+        text.replace(old, "        - {fact: account.plan, in: [pro, standard]}\n"))
+    return directory
+
+
+VARIANT_DIR = _variant_rules_dir()
+VARIANT_RULES = load_rules(VARIANT_DIR)
+
+
+@pytest.mark.parametrize("rules_dir", [default_rules_dir(), VARIANT_DIR],
+                         ids=["default", "in-operator-variant"])
+@given(facts=FACT_VECTORS)
+def test_durable_rules_agrees_with_a_direct_reading_of_the_rules(
+        rules_dir: Path, facts: dict[str, object]) -> None:
+    definitions, _ = check_rules(rules_dir)
+    compiled = DEFAULT_RULES if rules_dir == default_rules_dir() else VARIANT_RULES
     expected = {name for name, d in definitions.categories.items()
                 if _reference(definitions, d.when, facts)}
-    assert DEFAULT_RULES.evaluate_facts(facts) == expected
+    assert compiled.evaluate_facts(facts) == expected
+
+
+def test_conditions_too_big_for_one_durable_rule_are_split(tmp_path: Path) -> None:
+    """durable-rules allows 32 expression steps per rule; DNF splitting keeps under it."""
+    alternatives = "\n".join(
+        f"          - all: [{{fact: account.agent_count, at_least: {n}}}, "
+        f"{{fact: account.group_count, at_most: {n}}}, {{fact: agent.joined, equals: true}}]"
+        for n in range(20))
+    text = f"categories:\n  big:\n    when:\n      all:\n        - any:\n{alternatives}\n" \
+           "        - {fact: conversation.status, in: [open, resolved]}\n"
+    rules = load_rules(write_rules(tmp_path, text))
+    facts = {name: False for name in FACT_NAMES} | {
+        "conversation.status": "resolved", "conversation.joined_count": 1,
+        "account.plan": "free", "account.agent_count": 3, "account.group_count": 2,
+        "agent.joined": True}
+    assert rules.evaluate_facts(facts) == {"big"}
+    assert rules.evaluate_facts(facts | {"agent.joined": False}) == set()
+
+
+def test_a_condition_that_explodes_is_a_rule_file_error(tmp_path: Path) -> None:
+    pairs = "\n".join(
+        f"        - any: [{{fact: account.agent_count, at_least: {n}}}, "
+        f"{{fact: account.group_count, at_least: {n}}}]" for n in range(12))
+    text = f"categories:\n  huge:\n    when:\n      all:\n{pairs}\n"
+    found = problems(write_rules(tmp_path, text))
+    assert any(":2: category 'huge' is too complex" in p for p in found), found
 
 
 def test_not_and_any_compile_with_de_morgan(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ them, so that work is paid for by output.
 
 from __future__ import annotations
 
-import uuid
+import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -30,8 +30,6 @@ from worker.domain.state import (
 )
 from worker.rulebook import CompiledRules
 
-_UPDATE_NAMESPACE = uuid.UUID("5b0f5d7e-3c1a-4c53-9d55-0a3f7a1c2e10")
-
 # (agent_id, categories before, categories after)
 AgentChange = tuple[str, frozenset[str], frozenset[str]]
 # (account_id, conversation_id, agent_id, categories before, categories after)
@@ -42,7 +40,8 @@ def update_id_for(account_id: str, cause_event_id: str, agent_id: str,
                   conversation_id: str) -> str:
     """Deterministic per (cause event, agent, conversation): downstream dedups by it."""
     name = "\x1f".join((account_id, cause_event_id, agent_id, conversation_id))
-    return str(uuid.uuid5(_UPDATE_NAMESPACE, name))
+    # blake2b is ~10x cheaper than uuid5 and just as deterministic; 128 bits, hex.
+    return hashlib.blake2b(name.encode(), digest_size=16, person=b"inbox-rules-upd").hexdigest()
 
 
 class Inbox:
@@ -94,9 +93,8 @@ class Inbox:
             return []
         base = old or Conversation(event.account_id, event.conversation_id)
         new = apply_conversation_event(base, event)
-        account = old_account
-        if base.status != "deleted":
-            account = learn_agents(old_account, agents_mentioned(event))
+        # Any event reveals its agents, even one for a deleted conversation.
+        account = learn_agents(old_account, agents_mentioned(event))
         if account is not old_account:
             # A newly seen agent can change the account's shape (one agent -> several):
             # the whole account is re-categorised, this conversation included.

@@ -104,28 +104,100 @@ def negation_normal_form(condition: Condition, negate: bool = False) -> Conditio
     raise TypeError(f"unexpanded reference {condition!r}")
 
 
-def to_durable(condition: Condition) -> dict[str, Any]:
-    """durable-rules expression for a condition in negation normal form."""
-    if isinstance(condition, AllOf):
-        return {"$and": [to_durable(i) for i in condition.items]}
+# durable-rules keeps at most 32 expression steps per rule (ERR_EXPRESSION_LIMIT_EXCEEDED,
+# error 113): a whole category inlined into one expression overflows it. So each
+# category is compiled to disjunctive normal form, one small rule per conjunction,
+# all with the same action; the category holds when any of them fires.
+MAX_CONJUNCTIONS = 512
+MAX_TESTS_PER_CONJUNCTION = 12
+
+Conjunction = frozenset[tuple[str, str, object]]  # (fact, op, value)
+
+
+def disjunctive_normal_form(condition: Condition) -> list[Conjunction]:
+    """The conjunctions (of single-value fact tests) whose union is ``condition``.
+
+    Needs negation normal form. ``in``/``not_in`` expand to equalities; contradictory
+    conjunctions (a fact equal to two values, or equal and not equal to one) are dropped.
+    """
+    terms = list(dict.fromkeys(t for t in _dnf(condition) if not _contradictory(t)))
+    # Absorption: a conjunction that contains another one adds nothing.
+    return [t for t in terms if not any(other < t for other in terms)]
+
+
+def _dnf(condition: Condition) -> list[Conjunction]:
+    if isinstance(condition, FactTest):
+        if condition.op == "in":
+            return [frozenset({(condition.fact, "equals", v)})
+                    for v in condition.value]  # type: ignore[attr-defined]
+        if condition.op == "not_in":
+            return [frozenset((condition.fact, "not_equals", v)
+                              for v in condition.value)]  # type: ignore[attr-defined]
+        return [frozenset({(condition.fact, condition.op, condition.value)})]
     if isinstance(condition, AnyOf):
-        return {"$or": [to_durable(i) for i in condition.items]}
-    if not isinstance(condition, FactTest):
-        raise TypeError(f"not in negation normal form: {condition!r}")
-    key = fact_key(condition.fact)
-    if condition.op == "equals":
-        return {key: condition.value}
-    if condition.op == "in":
-        return {"$or": [{key: v} for v in condition.value]}  # type: ignore[attr-defined]
-    if condition.op == "not_in":
-        return {"$and": [{"$neq": {key: v}} for v in condition.value]}  # type: ignore[attr-defined]
-    return {_DURABLE_OPS[condition.op]: {key: condition.value}}
+        return [term for item in condition.items for term in _dnf(item)]
+    if isinstance(condition, AllOf):
+        terms: list[Conjunction] = [frozenset()]
+        for item in condition.items:
+            terms = [left | right for left in terms for right in _dnf(item)
+                     if not _contradictory(left | right)]
+            if len(terms) > MAX_CONJUNCTIONS:
+                break
+        return terms
+    raise TypeError(f"not in negation normal form: {condition!r}")
+
+
+def _contradictory(term: Conjunction) -> bool:
+    equal: dict[str, object] = {}
+    for fact, op, value in term:
+        if op == "equals":
+            if fact in equal and equal[fact] != value:
+                return True
+            equal[fact] = value
+    return any(op == "not_equals" and equal.get(fact, _MISSING) == value
+               for fact, op, value in term)
+
+
+_MISSING = object()
+
+
+def _test_to_durable(fact: str, op: str, value: object) -> dict[str, Any]:
+    key = fact_key(fact)
+    if op == "equals":
+        return {key: value}
+    return {_DURABLE_OPS[op]: {key: value}}
+
+
+def conjunction_to_durable(term: Conjunction) -> dict[str, Any]:
+    tests = [_test_to_durable(*test) for test in sorted(term, key=repr)]
+    if not tests:
+        # An always-true conjunction: every fact vector has a status.
+        return {"$neq": {fact_key("conversation.status"): ""}}
+    return tests[0] if len(tests) == 1 else {"$and": tests}
 
 
 def compile_ruleset(definitions: Definitions) -> dict[str, Any]:
-    """The durable-rules ruleset body: one rule per category, its action named after it."""
+    """The durable-rules ruleset body: per category, one rule per DNF conjunction.
+
+    Every rule's action is named after its category. A category whose condition can
+    never hold compiles to no rule at all.
+    """
     rules: dict[str, Any] = {}
+    problems: list[RuleProblem] = []
     for name, definition in definitions.categories.items():
-        expression = to_durable(negation_normal_form(definitions.expand(definition.when)))
-        rules[f"category_{name}"] = {"all": [{"m": expression}], "run": name}
+        terms = disjunctive_normal_form(
+            negation_normal_form(definitions.expand(definition.when)))
+        too_long = [t for t in terms if len(t) > MAX_TESTS_PER_CONJUNCTION]
+        if len(terms) > MAX_CONJUNCTIONS or too_long:
+            problems.append(RuleProblem(
+                definition.file, definition.line,
+                f"category {name!r} is too complex for the engine: simplify its condition "
+                f"(at most {MAX_CONJUNCTIONS} alternatives of {MAX_TESTS_PER_CONJUNCTION} "
+                "fact tests each once expanded)"))
+            continue
+        for number, term in enumerate(terms):
+            rules[f"category_{name}_{number}"] = {
+                "all": [{"m": conjunction_to_durable(term)}], "run": name}
+    if problems:
+        raise RuleFileError(problems)
     return rules

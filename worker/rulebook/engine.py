@@ -81,7 +81,11 @@ class CompiledRules:
                 action = f"{self._name}:{rule['run']}"
                 host._actions[action] = self._recorder(rule["run"])
                 body[rule_name] = {**rule, "run": action}
-            host.register_rulesets({self._name: body})
+            try:
+                host.register_rulesets({self._name: body})
+            except Exception as exc:
+                raise RuleFileError([RuleProblem(
+                    source, None, f"durable-rules rejected the compiled rules: {exc}")]) from exc
         self.evaluate: Callable[[FactVector], frozenset[str]] = lru_cache(maxsize=CACHE_SIZE)(
             self._evaluate_uncached)
 
@@ -140,7 +144,9 @@ def check_rules(directory: Path) -> tuple[Definitions, str]:
             problems.extend(exc.problems)
     if problems:
         raise RuleFileError(problems)
-    return Definitions(definitions), digest.hexdigest()[:12]
+    checked = Definitions(definitions)
+    compile_ruleset(checked)  # limits of the engine are rule-file errors too
+    return checked, digest.hexdigest()[:12]
 
 
 def load_rules(directory: Path | None = None) -> CompiledRules:
