@@ -1,0 +1,482 @@
+"""The worker against the bare relay, in the same run, on the same streams.
+
+    python -m benchmarks.compare [--quick] [--only light/2,...]
+
+Against the local RabbitMQ (127.0.0.1:5672, guest/guest), in a vhost made for this
+run and deleted after it. For each variant (fan-out light or heavy; 2, 50 or 500
+agents per account) it runs ``benchmarks.relay`` and then ``inbox-rules run`` (the
+worker, defaults except broker URL and state file; both with the worker's prefetch)
+as subprocesses on the same pre-generated stream (:mod:`benchmarks.streams`):
+
+1. **Throughput**: the stream is pre-published into the worker's quorum queue
+   (persistent), then the program is started; the clock runs from the moment its
+   consumer appears until the output of a sentinel event published last arrives (one
+   consumer processes the queue in order; everything before it was confirmed by
+   then). Every output (the relay's copies, the worker's updates) is routed to a
+   durable queue bound with ``#``, as downstream would have. Afterwards the program is
+   stopped with SIGTERM and the input queue must be empty (everything acked) and the
+   dead-letter queue too.
+2. **Latency**: the program is started idle; events are published paced at HALF the
+   measured maximum rate — half the relay's events/s, or half the worker's if the
+   worker cannot sustain that (the table's ``rate`` column; the same rate for both
+   programs) — and every output is received; latency = receive time minus publish
+   time of its cause (matched by ``event_id`` for the relay, whose output is the event
+   itself, and ``cause_event_id`` for the worker). p50/p99 are over outputs (updates).
+3. **Peak RSS**: VmHWM of the program at half-way through the throughput run and at
+   the end; a longer "soak" run of the default stream checks that it stays flat.
+
+Ratios are worker/relay, measured minutes apart on the same machine: absolute times on
+this 2-core machine (broker included) drift, ratios much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pika
+
+from benchmarks.streams import as_lines, generate
+from worker.settings import Settings
+from worker.topology import Topology
+
+REPO = Path(__file__).resolve().parents[1]
+SINK = "bench.outputs"  # every output, as downstream queues would hold it
+SENTINEL_QUEUE = "bench.sentinel"
+SENTINEL_ACCOUNT = "bench-sentinel"
+SENTINEL_KEY = f"{SENTINEL_ACCOUNT}.end"  # the relay republishes with the same key
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+# The relay's output is the event (`"event_id": "…"`); the worker's names its cause.
+CAUSE = re.compile(rb'"(cause_)?event_id": ?"([^"]+)"')
+
+PROGRAMS = {
+    "relay": [sys.executable, "-m", "benchmarks.relay"],
+    "worker": [sys.executable, "-m", "worker.cli", "run"],
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    fanout: str
+    agents: int
+    conversations: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.fanout}/{self.agents}"
+
+
+# Conversations per variant: sized so that each run takes seconds, not minutes (at 500
+# agents an event averages well over 100 updates).
+FULL = [Variant("light", 2, 4000), Variant("light", 50, 500), Variant("light", 500, 80),
+        Variant("heavy", 2, 4000), Variant("heavy", 50, 300), Variant("heavy", 500, 50)]
+QUICK = [Variant("light", 2, 1500), Variant("light", 50, 150), Variant("light", 500, 25),
+         Variant("heavy", 2, 1500), Variant("heavy", 50, 100), Variant("heavy", 500, 16)]
+DEFAULT = "light/2"  # the common case: small accounts, chats routed to groups
+
+
+@dataclass
+class Result:
+    events: int = 0
+    updates: int = 0
+    seconds: float = 0.0
+    rss_half_kb: int = 0
+    rss_end_kb: int = 0
+    rate: float = 0.0  # events/s of the latency run
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def updates_per_second(self) -> float:
+        return self.updates / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- the broker -------------------------------------------------------------
+def rabbitmqctl(*args: str) -> str:
+    result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                            timeout=120, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+@contextmanager
+def fresh_vhost() -> Iterator[str]:
+    vhost = f"inbox-rules-bench-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield vhost
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+class Broker:
+    """A blocking connection to the run's vhost: topology, publishing, queue depths."""
+
+    def __init__(self, vhost: str) -> None:
+        self.url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+        self.settings = Settings(AMQP_URL=self.url)
+        self.topology = Topology.from_settings(self.settings)
+        self.connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        self.channel = self.connection.channel()
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            self.connection.close()
+
+    def reset(self) -> None:
+        """Empty everything: delete the queues and declare them again."""
+        t = self.topology
+        for queue in (t.events_queue, t.dead_letter_queue, SINK, SENTINEL_QUEUE):
+            self.channel.queue_delete(queue)
+        t.declare_blocking(self.channel)
+        self.channel.queue_declare(SINK, durable=True)
+        self.channel.queue_bind(SINK, t.updates_exchange, "#")
+        self.channel.queue_declare(SENTINEL_QUEUE, durable=True)
+        self.channel.queue_bind(SENTINEL_QUEUE, t.updates_exchange, f"{SENTINEL_ACCOUNT}.#")
+
+    def depth(self, queue: str) -> int:
+        return int(self.channel.queue_declare(queue, passive=True).method.message_count)
+
+    def consumers(self) -> int:
+        queue = self.topology.events_queue
+        return int(self.channel.queue_declare(queue, passive=True).method.consumer_count)
+
+    def publish(self, routing_key: str, body: bytes) -> None:
+        self.channel.basic_publish(self.topology.events_exchange, routing_key, body,
+                                   PERSISTENT)
+
+    def pump(self, seconds: float) -> None:
+        self.connection.process_data_events(time_limit=seconds)
+
+
+def sentinel(run: str) -> bytes:
+    """An event that makes exactly one update (an agent joins an unknown account's
+    conversation), published last: its output arrives after every other output."""
+    return json.dumps({"event_id": f"sentinel-{run}", "type": "conversation.assigned",
+                       "account_id": SENTINEL_ACCOUNT, "conversation_id": "c-end",
+                       "occurred_at": "2026-11-24T23:59:59Z",
+                       "data": {"agent_id": "ag-end"}}).encode()
+
+
+# -- the programs -----------------------------------------------------------
+class Program:
+    def __init__(self, kind: str, broker: Broker, workdir: Path) -> None:
+        self.kind = kind
+        self.log = workdir / f"{kind}.log"
+        env = {**os.environ, "AMQP_URL": broker.url,
+               "INBOX_RULES_STATE_PATH": str(workdir / f"state-{uuid.uuid4().hex[:6]}.db"),
+               "INBOX_RULES_PREFETCH": str(broker.settings.prefetch)}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(PROGRAMS[kind], cwd=REPO, env=env, stdout=out,
+                                            stderr=out)
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise SystemExit(f"{self.kind} exited with {self.process.returncode}:\n"
+                             f"{self.log.read_text()[-3000:]}")
+
+    def status_kb(self, key: str) -> int:
+        try:
+            text = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise SystemExit(f"{self.kind} did not stop on SIGTERM") from None
+        if self.process.returncode != 0:
+            raise SystemExit(f"{self.kind} exited with {self.process.returncode}:\n"
+                             f"{self.log.read_text()[-3000:]}")
+
+
+def wait_until(condition: Callable[[], bool], program: Program, timeout: float,
+               what: str, broker: Broker, interval: float = 0.002) -> float:
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        program.check_alive()
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"{program.kind}: timed out after {timeout:.0f} s waiting for "
+                             f"{what}")
+        broker.pump(interval)
+    return time.perf_counter()
+
+
+def check_clean(broker: Broker, kind: str) -> None:
+    """After the program stopped: every input acked, nothing dead-lettered."""
+    left = broker.depth(broker.topology.events_queue)
+    dead = broker.depth(broker.topology.dead_letter_queue)
+    if left or dead:
+        raise SystemExit(f"{kind}: {left} event(s) not acked, {dead} dead-lettered")
+
+
+# -- the measurements -------------------------------------------------------
+def throughput(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
+               workdir: Path, timeout: float) -> Result:
+    broker.reset()
+    run = uuid.uuid4().hex[:8]
+    for key, line in zip(keys, lines, strict=True):
+        broker.publish(key, line)
+    broker.publish(SENTINEL_KEY, sentinel(run))
+    total = len(lines) + 1
+    queue = broker.topology.events_queue
+    deadline = time.perf_counter() + 60
+    while broker.depth(queue) < total:  # quorum queue: publishes land asynchronously
+        if time.perf_counter() > deadline:
+            raise SystemExit("pre-published events did not all reach the queue")
+        time.sleep(0.01)
+    arrived: list[float] = []
+    tag = broker.channel.basic_consume(
+        SENTINEL_QUEUE, lambda _c, _m, _p, _b: arrived.append(time.perf_counter()),
+        auto_ack=True)
+    program = Program(kind, broker, workdir)
+    result = Result(events=len(lines))
+    try:
+        started = wait_until(lambda: broker.consumers() > 0, program, 120,
+                             "its consumer", broker)
+        last_poll = 0.0
+
+        def done() -> bool:
+            nonlocal last_poll
+            now = time.perf_counter()
+            if not result.rss_half_kb and now - last_poll > 0.05:
+                last_poll = now
+                if broker.depth(queue) <= total // 2:
+                    result.rss_half_kb = program.status_kb("VmHWM")
+            return bool(arrived)
+
+        wait_until(done, program, timeout, "the sentinel's output", broker, 0.01)
+        result.seconds = arrived[0] - started
+        result.rss_end_kb = program.status_kb("VmHWM")
+    finally:
+        program.stop()
+        broker.channel.basic_cancel(tag)
+    check_clean(broker, kind)
+    outputs = broker.depth(SINK) - 1  # the sentinel's
+    result.updates = outputs
+    if kind == "relay" and outputs != len(lines):
+        raise SystemExit(f"relay: {outputs} outputs for {len(lines)} events")
+    return result
+
+
+def latency(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
+            ids: list[str], rate: float, workdir: Path) -> Result:
+    broker.reset()
+    run = uuid.uuid4().hex[:8]
+    sent: dict[str, list[float]] = {}
+    result = Result(events=len(lines), rate=rate)
+    finished: list[float] = []
+    relay = kind == "relay"
+    sentinel_id = f"sentinel-{run}"
+
+    def on_output(_channel: object, _method: object, _props: object, body: bytes) -> None:
+        now = time.perf_counter()
+        match = CAUSE.search(body)
+        if match is None:
+            return
+        cause = match.group(2).decode()
+        if cause == sentinel_id:
+            finished.append(now)
+            return
+        times = sent.get(cause)
+        if not times:
+            return
+        result.latencies.append(now - (times.pop(0) if relay else times[0]))
+        result.updates += 1
+
+    program = Program(kind, broker, workdir)
+    tag = None
+    try:
+        wait_until(lambda: broker.consumers() > 0, program, 120, "its consumer", broker)
+        tag = broker.channel.basic_consume(SINK, on_output, auto_ack=True)
+        schedule = [*zip(keys, lines, ids, strict=True),
+                    (SENTINEL_KEY, sentinel(run), sentinel_id)]
+        start = time.perf_counter()
+        index = 0
+        while index < len(schedule):
+            now = time.perf_counter()
+            due = min(len(schedule), int((now - start) * rate) + 1)
+            while index < due:
+                key, line, event_id = schedule[index]
+                broker.publish(key, line)
+                sent.setdefault(event_id, []).append(time.perf_counter())
+                index += 1
+            broker.pump(min(0.002, max(0.0, start + index / rate - time.perf_counter())))
+            program.check_alive()
+        wait_until(lambda: bool(finished), program, 120, "the sentinel's output", broker,
+                   0.01)
+    finally:
+        program.stop()
+        if tag is not None:
+            broker.channel.basic_cancel(tag)
+    check_clean(broker, kind)
+    return result
+
+
+# -- the run ----------------------------------------------------------------
+@dataclass
+class Row:
+    variant: Variant
+    updates_per_event: float
+    relay: Result
+    worker: Result
+    relay_latency: Result
+    worker_latency: Result
+
+
+def measure(variant: Variant, broker: Broker, workdir: Path, latency_seconds: float,
+            ) -> Row:
+    events = generate(variant.agents, conversations=variant.conversations,
+                      fanout=variant.fanout)
+    lines = as_lines(events)
+    keys = [str(e["type"]) for e in events]
+    ids = [str(e["event_id"]) for e in events]
+    relay = throughput("relay", broker, lines, keys, workdir, timeout=300)
+    worker = throughput("worker", broker, lines, keys, workdir, timeout=600)
+    # Half the measured maximum: the relay's, unless the worker cannot sustain it.
+    rate = 0.5 * min(relay.events_per_second, worker.events_per_second)
+    count = max(100, min(len(lines), int(rate * latency_seconds)))
+    relay_latency = latency("relay", broker, lines[:count], keys[:count], ids[:count],
+                            rate, workdir)
+    worker_latency = latency("worker", broker, lines[:count], keys[:count], ids[:count],
+                             rate, workdir)
+    return Row(variant, worker.updates / worker.events, relay, worker, relay_latency,
+               worker_latency)
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
+
+
+def table(rows: list[Row]) -> str:
+    head = (f"{'variant':11} {'program':7} {'events':>6} {'upd/ev':>6} {'events/s':>9} "
+            f"{'updates/s':>9} {'rate ev/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7}")
+    out = [head, "-" * len(head)]
+    for row in rows:
+        for name, thr, lat in (("relay", row.relay, row.relay_latency),
+                               ("worker", row.worker, row.worker_latency)):
+            out.append(
+                f"{row.variant.name:11} {name:7} {thr.events:6d} "
+                f"{thr.updates / thr.events:6.1f} {thr.events_per_second:9.0f} "
+                f"{thr.updates_per_second:9.0f} {lat.rate:9.0f} "
+                f"{lat.percentile(0.5) * 1e3:8.1f} {lat.percentile(0.99) * 1e3:8.1f} "
+                f"{thr.rss_end_kb / 1024:7.1f}")
+        w, r, wl, rl = row.worker, row.relay, row.worker_latency, row.relay_latency
+        out.append(
+            f"{'':11} {'w/r':7} {'':6} {'':6} "
+            f"{ratio(w.events_per_second, r.events_per_second):>9} "
+            f"{ratio(w.updates_per_second, r.updates_per_second):>9} {'':9} "
+            f"{ratio(wl.percentile(0.5), rl.percentile(0.5)):>8} "
+            f"{ratio(wl.percentile(0.99), rl.percentile(0.99)):>8} "
+            f"{ratio(w.rss_end_kb, r.rss_end_kb):>7}")
+    return "\n".join(out)
+
+
+def verdicts(rows: list[Row], soak: Result | None) -> list[str]:
+    by_name = {row.variant.name: row for row in rows}
+    lines = []
+
+    def verdict(ok: bool, text: str) -> None:
+        lines.append(f"{'PASS' if ok else 'FAIL'} {text}")
+
+    default = by_name.get(DEFAULT)
+    if default is not None:
+        value = default.worker.events_per_second / default.relay.events_per_second
+        verdict(value >= 0.7, f"events/s worker/relay on the default stream ({DEFAULT}: "
+                f"fan-out light, 2 agents) = {value:.2f} (target >= 0.70)")
+    for fanout in ("light", "heavy"):
+        small, large = by_name.get(f"{fanout}/2"), by_name.get(f"{fanout}/500")
+        if small is None or large is None:
+            continue
+        value = large.worker.updates_per_second / small.worker.updates_per_second
+        verdict(value >= 0.5, f"per update produced, {fanout}: worker updates/s at 500 "
+                f"agents / at 2 agents = {value:.2f} (target >= 0.50; events/s ratio "
+                f"{large.worker.events_per_second / small.worker.events_per_second:.3f} "
+                f"at {large.updates_per_event:.0f} vs {small.updates_per_event:.1f} "
+                f"updates/event)")
+    if default is not None:
+        w, r = default.worker_latency, default.relay_latency
+        value = w.percentile(0.99) / r.percentile(0.99)
+        verdict(value <= 3.0, f"p99 latency at half load, worker/relay on {DEFAULT} "
+                f"({w.rate:.0f} events/s) = {w.percentile(0.99) * 1e3:.1f} ms / "
+                f"{r.percentile(0.99) * 1e3:.1f} ms = {value:.2f} (target <= 3.00)")
+    if soak is not None:
+        value = soak.rss_end_kb / soak.rss_half_kb if soak.rss_half_kb else float("inf")
+        verdict(value <= 1.10, f"RSS flat over a long run ({soak.events} events of "
+                f"{DEFAULT}): peak RSS at half-way {soak.rss_half_kb / 1024:.1f} MB, at "
+                f"the end {soak.rss_end_kb / 1024:.1f} MB = {value:.2f} (target <= 1.10)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller streams (~3 min)")
+    parser.add_argument("--only", default="", help="comma-separated variants, e.g. light/2")
+    parser.add_argument("--no-soak", action="store_true", help="skip the RSS soak run")
+    args = parser.parse_args()
+    variants = QUICK if args.quick else FULL
+    if args.only:
+        wanted = set(args.only.split(","))
+        variants = [v for v in variants if v.name in wanted]
+    latency_seconds = 4.0 if args.quick else 10.0
+    soak_conversations = 2000 if args.quick else 6000
+    began = time.perf_counter()
+    rows: list[Row] = []
+    soak: Result | None = None
+    with fresh_vhost() as vhost, tempfile.TemporaryDirectory() as tmp:
+        broker = Broker(vhost)
+        try:
+            for variant in variants:
+                rows.append(measure(variant, broker, Path(tmp), latency_seconds))
+                print(f"[{time.perf_counter() - began:5.0f} s] {variant.name} done",
+                      file=sys.stderr, flush=True)
+            if not args.no_soak:
+                events = generate(2, conversations=soak_conversations, fanout="light",
+                                  seed=11)
+                soak = throughput("worker", broker, as_lines(events),
+                                  [str(e["type"]) for e in events], Path(tmp), timeout=600)
+        finally:
+            broker.close()
+    print(f"benchmarks.compare{' --quick' if args.quick else ''}: "
+          f"{time.perf_counter() - began:.0f} s, prefetch {Settings().prefetch}, "
+          f"latency runs ~{latency_seconds:.0f} s each")
+    print(table(rows))
+    print()
+    for line in verdicts(rows, soak):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
