@@ -1,0 +1,577 @@
+"""Machinery of the reliability suite: the worker as a subprocess, a paced producer and
+update collectors on connections of their own, and the verdict against the offline
+replay (the oracle).
+
+Everything the suite and ``benchmarks/reliability.py`` observe goes through here, so
+a figure in the README and an assertion in CI are computed the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pika
+import pika.exceptions
+
+from contracts import parse_event
+from tests.broker.bus import rabbitmqctl, wait_for
+from tests.broker.streams import event_stream
+from worker.domain.inbox import Inbox
+from worker.domain.state import State
+from worker.rulebook import load_rules
+from worker.settings import Settings
+from worker.store import SqliteStore
+from worker.topology import Topology
+
+REPO = Path(__file__).resolve().parents[2]
+# Our own connections carry this name, so a test can cut the worker's and only those.
+HARNESS_CONNECTION = "reliability-harness"
+WORKER_CONNECTION = "inbox-rules worker"
+UPDATES_QUEUE = "reliability.updates"
+READY_LINE = "topology declared"
+# AMQP errors a client of a restarting broker sees; all of them mean "reconnect".
+LINK_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+Key = tuple[str, str, str]  # (account, agent, conversation)
+
+
+def amqp_url(vhost: str, user: str = "guest", password: str = "guest") -> str:
+    return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:5672/" \
+           f"{quote(vhost, safe='')}"
+
+
+def topology() -> Topology:
+    """The default names, exactly as the worker derives them."""
+    return Topology.from_settings(Settings(AMQP_URL="amqp://unused", state_path=Path("unused")))
+
+
+def connect(vhost: str, attempts: int = 1, pause: float = 0.5) -> pika.BlockingConnection:
+    params = pika.URLParameters(amqp_url(vhost))
+    params.client_properties = {"connection_name": HARNESS_CONNECTION}
+    for attempt in range(attempts):
+        try:
+            return pika.BlockingConnection(params)
+        except LINK_ERRORS:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+# -- the broker as the test sees it -----------------------------------------------------
+class Broker:
+    """A blocking connection to the test's vhost: topology declared, an updates queue
+    bound with ``#`` before anything is published."""
+
+    def __init__(self, vhost: str) -> None:
+        self.vhost = vhost
+        self.topology = topology()
+        self.connection = connect(vhost)
+        self.channel = self.connection.channel()
+        self.topology.declare_blocking(self.channel)
+        self.channel.queue_declare(UPDATES_QUEUE, durable=True)
+        self.channel.queue_bind(UPDATES_QUEUE, self.topology.updates_exchange, "#")
+        self.channel.confirm_delivery()
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            with suppress(*LINK_ERRORS):  # a broker restart may have closed it already
+                self.connection.close()
+
+    def queue_totals(self, queue: str) -> tuple[int, int]:
+        """(ready, unacknowledged) as the broker counts them."""
+        for row in json.loads(rabbitmqctl("list_queues", "-p", self.vhost, "--formatter", "json",
+                                          "name", "messages_ready",
+                                          "messages_unacknowledged")):
+            if row["name"] == queue:
+                return int(row["messages_ready"]), int(row["messages_unacknowledged"])
+        raise AssertionError(f"queue {queue} not found in {self.vhost}")
+
+    def drained(self, queue: str) -> bool:
+        return self.queue_totals(queue) == (0, 0)
+
+
+def worker_connections(vhost: str) -> list[str]:
+    """Broker-side ids of the worker's connections in ``vhost`` (not the harness's)."""
+    # The table form, not JSON: close_connection wants the pid as the table prints it.
+    marker = f'{{"connection_name","{WORKER_CONNECTION}"}}'
+    pids = []
+    for line in rabbitmqctl("list_connections", "--no-table-headers", "vhost", "pid",
+                            "client_properties").splitlines():
+        name, pid, properties = line.split("\t", 2)
+        if name == vhost and marker in properties:
+            pids.append(pid)
+    return pids
+
+
+def cut_worker_connections(vhost: str) -> int:
+    """Close the worker's connections from the broker side (a network cut, a broker
+    failover); returns how many."""
+    pids = worker_connections(vhost)
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "reliability test: connection cut")
+    return len(pids)
+
+
+@contextmanager
+def broker_restart() -> Iterator[None]:
+    """``stop_app`` now, ``start_app`` on leaving, always; then wait until it answers.
+
+    This stops every vhost of the shared broker: keep what runs inside short."""
+    rabbitmqctl("stop_app")
+    try:
+        yield
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+
+
+@contextmanager
+def vhost_user(vhost: str, user: str, password: str) -> Iterator[None]:
+    rabbitmqctl("add_user", user, password)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        yield
+    finally:
+        rabbitmqctl("delete_user", user)
+
+
+# -- the worker -------------------------------------------------------------------------
+def worker_env(url: str, state_path: Path, **settings: object) -> dict[str, str]:
+    """The environment of ``inbox-rules run``: settings only from here, none inherited."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("INBOX_RULES_") and k != "AMQP_URL"}
+    env.update(AMQP_URL=url, INBOX_RULES_STATE_PATH=str(state_path))
+    defaults: dict[str, object] = {"max_batch_delay": 0.01, "reconnect_max_delay": 1.0,
+                                   "heartbeat": 5}
+    for name, value in {**defaults, **settings}.items():
+        env[f"INBOX_RULES_{name.upper()}"] = str(value)
+    return env
+
+
+class WorkerProcess:
+    """``python -m worker.cli run`` as a subprocess: start, SIGKILL, restart, stop.
+
+    Every run appends to one log file; ``log()`` is everything it said so far."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log_path = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.kills = 0
+        self._log_offset = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", "run"], cwd=REPO, env=self.env,
+                stdout=out, stderr=subprocess.STDOUT)
+        self.starts += 1
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until this run has declared its topology (it is about to consume)."""
+        def ready() -> bool:
+            assert self.alive(), f"worker exited: {self.log_tail()}"
+            return READY_LINE in self.log(self._log_offset)
+        wait_for(ready, timeout, "the worker to connect", interval=0.05)
+
+    def kill(self) -> None:
+        assert self.process is not None and self.alive(), f"worker died: {self.log_tail()}"
+        self.process.send_signal(signal.SIGKILL)
+        assert self.process.wait(10) == -signal.SIGKILL
+        self.kills += 1
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM: finish the batch in hand, ack, exit; the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def ensure_dead(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def rss_kib(self) -> int:
+        """Resident set size now (VmRSS), KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS line")
+
+    def log(self, offset: int = 0) -> str:
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+
+@contextmanager
+def running(worker: WorkerProcess) -> Iterator[WorkerProcess]:
+    """Start it, and whatever happens never leave it behind."""
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.ensure_dead()
+
+
+# -- producing and collecting -----------------------------------------------------------
+@dataclass(frozen=True)
+class Message:
+    routing_key: str
+    body: bytes
+    properties: pika.BasicProperties = field(
+        default_factory=lambda: pika.BasicProperties(delivery_mode=2))
+
+
+def as_messages(events: Iterable[dict[str, Any]]) -> list[Message]:
+    return [Message(str(e["type"]), json.dumps(e).encode()) for e in events]
+
+
+class Producer(threading.Thread):
+    """Publishes ``messages`` in order to ``chat.events`` at ``rate`` per second, each
+    confirmed, on its own connection. If the broker goes away it reconnects and
+    publishes the unconfirmed message again (at least once, like a real producer: an
+    adjacent re-send changes nothing downstream, the worker drops it by event id)."""
+
+    def __init__(self, vhost: str, messages: list[Message], rate: float) -> None:
+        super().__init__(name="producer", daemon=True)
+        self.vhost = vhost
+        self.messages = messages
+        self.rate = rate
+        self.published = 0
+        self.resends = 0
+        self.error: BaseException | None = None
+        self._stop_requested = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test by finish()
+            self.error = exc
+
+    def _run(self) -> None:
+        exchange = topology().events_exchange
+        started = time.monotonic()
+        channel: Any = None
+        connection: pika.BlockingConnection | None = None
+        while self.published < len(self.messages) and not self._stop_requested.is_set():
+            if channel is None:
+                connection = connect(self.vhost, attempts=240)
+                channel = connection.channel()
+                channel.confirm_delivery()
+            due = started + self.published / self.rate
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            message = self.messages[self.published]
+            try:
+                channel.basic_publish(exchange, message.routing_key, message.body,
+                                      message.properties)
+            except LINK_ERRORS:
+                self.resends += 1
+                channel = None
+                continue
+            self.published += 1
+        if connection is not None and connection.is_open:
+            connection.close()
+
+    @property
+    def done(self) -> bool:
+        return self.published == len(self.messages)
+
+    def finish(self, timeout: float = 600.0) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "producer did not finish"
+        if self.error is not None:
+            raise self.error
+        assert self.done
+
+    def abandon(self) -> None:
+        self._stop_requested.set()
+        self.join(30)
+
+
+@dataclass(frozen=True)
+class Received:
+    routing_key: str
+    properties: pika.BasicProperties
+    body: bytes
+
+
+class Collector(threading.Thread):
+    """Consumes ``queue`` on a connection of its own, acking each message after keeping
+    it; reconnects if the broker goes away. A message the broker redelivers after such
+    a cut is kept only if it is not the one already kept."""
+
+    def __init__(self, vhost: str, queue: str) -> None:
+        super().__init__(name=f"collect-{queue}", daemon=True)
+        self.vhost = vhost
+        self.queue = queue
+        self.received: list[Received] = []
+        self.reconnects = 0
+        self.last_seen = time.monotonic()
+        self.error: BaseException | None = None
+        self._kept: set[tuple[str | None, bytes]] = set()
+        self._stop_requested = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self.received)
+
+    def run(self) -> None:
+        try:
+            while not self._stop_requested.is_set():
+                try:
+                    self._consume()
+                except LINK_ERRORS:
+                    self.reconnects += 1
+                    time.sleep(0.2)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test by stop()
+            self.error = exc
+
+    def _consume(self) -> None:
+        connection = connect(self.vhost, attempts=240)
+        try:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=1000)
+            channel.basic_consume(self.queue, self._on_message)
+            while not self._stop_requested.is_set():
+                connection.process_data_events(time_limit=0.05)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _on_message(self, channel: Any, method: Any, properties: pika.BasicProperties,
+                    body: bytes) -> None:
+        key = (properties.message_id, body)
+        if not (method.redelivered and key in self._kept):
+            self.received.append(Received(method.routing_key, properties, body))
+            self._kept.add(key)
+        self.last_seen = time.monotonic()
+        channel.basic_ack(method.delivery_tag)
+
+    def quiet_for(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_seen >= seconds
+
+    def stop(self) -> list[Received]:
+        self._stop_requested.set()
+        self.join(30)
+        assert not self.is_alive(), f"collector of {self.queue} did not stop"
+        if self.error is not None:
+            raise self.error
+        return self.received
+
+
+@contextmanager
+def collecting(vhost: str, queue: str) -> Iterator[Collector]:
+    collector = Collector(vhost, queue)
+    collector.start()
+    try:
+        yield collector
+    finally:
+        if collector.is_alive():
+            collector.stop()
+
+
+def settle(broker: Broker, worker: WorkerProcess, collectors: Iterable[Collector],
+           timeout: float = 120.0) -> None:
+    """Until the input queue is empty with nothing unacked, then stop the worker
+    cleanly (exit status 0) and wait until every collector has all there is."""
+    events_queue = broker.topology.events_queue
+
+    def drained() -> bool:
+        assert worker.alive(), f"worker died: {worker.log_tail()}"
+        return broker.drained(events_queue)
+
+    wait_for(drained, timeout, "the worker to consume and ack every event", interval=0.3)
+    status = worker.stop()
+    assert status == 0, f"worker exit status {status}: {worker.log_tail()}"
+    for collector in collectors:
+        def collected(c: Collector = collector) -> bool:
+            return broker.queue_totals(c.queue) == (0, 0) and c.quiet_for(0.3)
+
+        wait_for(collected, 60, f"{collector.queue} to be collected", interval=0.2)
+
+
+# -- the oracle -------------------------------------------------------------------------
+def chaos_stream(seed: int, count: int, accounts: int) -> list[dict[str, Any]]:
+    """A valid stream over many accounts, with every event type, re-sent duplicates
+    (same event id), stale events (an older event of the same conversation or account
+    sent again under a new id) and some events without a sequence."""
+    rng = random.Random(seed)
+    stream: list[dict[str, Any]] = []
+    for event in event_stream(seed, count, accounts=accounts):
+        roll = rng.random()
+        if roll < 0.02:
+            event = {k: v for k, v in event.items() if k != "sequence"}
+        stream.append(event)
+        if roll > 0.97 and len(stream) > 10:
+            older = dict(rng.choice(stream[:-1]))
+            if "sequence" in older:
+                older["event_id"] = f"{older['event_id']}-stale-{len(stream)}"
+                stream.append(older)
+    return stream
+
+
+@dataclass
+class Oracle:
+    """What a clean, crash-free run produces for ``events``: the updates in publish
+    order and the final state."""
+
+    updates: list[dict[str, Any]]
+    state: State
+
+    @classmethod
+    def replay(cls, events: Iterable[dict[str, Any]], dedup_window: int = 1_000_000) -> Oracle:
+        inbox = Inbox(load_rules(None), State(dedup_window=dedup_window))
+        updates = []
+        for event in events:
+            for update in inbox.handle(parse_event(json.dumps(event).encode())):
+                updates.append(json.loads(update.model_dump_json()))
+        return cls(updates, inbox.state)
+
+
+def last_per_key(updates: Iterable[dict[str, Any]]) -> tuple[dict[Key, list[str]],
+                                                              dict[tuple[str, str], Any]]:
+    categories: dict[Key, list[str]] = {}
+    counts: dict[tuple[str, str], Any] = {}
+    for u in updates:
+        categories[(u["account_id"], u["agent_id"], u["conversation_id"])] = u["categories"]
+        counts[(u["account_id"], u["agent_id"])] = u["counts"]
+    return categories, counts
+
+
+@dataclass
+class Verdict:
+    """Downstream and the state file compared with the oracle. Every list should be
+    empty; the numbers are figures."""
+
+    events: int
+    expected_updates: int
+    received_updates: int
+    duplicates: int = 0
+    lost_updates: list[str] = field(default_factory=list)
+    lost_events: list[str] = field(default_factory=list)
+    unexpected_updates: list[str] = field(default_factory=list)
+    wrong_bodies: list[str] = field(default_factory=list)
+    conflicting_duplicates: list[str] = field(default_factory=list)
+    bad_message_ids: list[str] = field(default_factory=list)
+    wrong_final_categories: list[str] = field(default_factory=list)
+    wrong_final_counts: list[str] = field(default_factory=list)
+    state_differences: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("lost_updates", "lost_events", "unexpected_updates", "wrong_bodies",
+                     "conflicting_duplicates", "bad_message_ids", "wrong_final_categories",
+                     "wrong_final_counts", "state_differences"):
+            items = getattr(self, name)
+            if items:
+                out.append(f"{name}: {len(items)}, e.g. {items[:3]}")
+        return out
+
+    def assert_clean(self) -> None:
+        problems = self.problems()
+        assert not problems, "differs from the offline replay:\n" + "\n".join(problems)
+
+
+def judge(oracle: Oracle, received: list[Received], events: int,
+          state_path: Path | None = None) -> Verdict:
+    """Compare what downstream received (in arrival order) with the oracle."""
+    verdict = Verdict(events, len(oracle.updates), len(received))
+    expected = {u["update_id"]: u for u in oracle.updates}
+    first_body: dict[str, bytes] = {}
+    bodies: list[dict[str, Any]] = []
+    for message in received:
+        update = json.loads(message.body)
+        uid = update["update_id"]
+        bodies.append(update)
+        if message.properties.message_id != uid:
+            verdict.bad_message_ids.append(f"{uid} has message_id {message.properties.message_id}")
+        if uid in first_body:
+            verdict.duplicates += 1
+            if first_body[uid] != message.body:
+                verdict.conflicting_duplicates.append(uid)
+            continue
+        first_body[uid] = message.body
+        if uid not in expected:
+            verdict.unexpected_updates.append(f"{uid} caused by {update['cause_event_id']}")
+        elif update != expected[uid]:
+            verdict.wrong_bodies.append(f"{uid}: {update} != {expected[uid]}")
+    lost = [u for u in oracle.updates if u["update_id"] not in first_body]
+    verdict.lost_updates = [f"{u['update_id']} caused by {u['cause_event_id']}" for u in lost]
+    verdict.lost_events = sorted({u["cause_event_id"] for u in lost})
+
+    want, want_counts = last_per_key(oracle.updates)
+    got, got_counts = last_per_key(bodies)
+    for key in sorted(set(want) | set(got)):
+        # Never non-empty for the oracle and never seen downstream: nothing to show.
+        if want.get(key, []) != got.get(key, []):
+            verdict.wrong_final_categories.append(
+                f"{key}: downstream {got.get(key)}, replay {want.get(key)}")
+    for agent in sorted(set(want_counts) | set(got_counts)):
+        if want_counts.get(agent) != got_counts.get(agent):
+            verdict.wrong_final_counts.append(
+                f"{agent}: downstream {got_counts.get(agent)}, replay {want_counts.get(agent)}")
+    if state_path is not None:
+        committed = load_state(state_path, oracle.state.dedup_window)
+        verdict.state_differences = compare_state(oracle.state, committed)
+        never_committed = {event_id for key in oracle.state.seen if key not in committed.seen
+                           for event_id in key[1:]}
+        verdict.lost_events = sorted(set(verdict.lost_events) | never_committed)
+    return verdict
+
+
+def load_state(state_path: Path, dedup_window: int) -> State:
+    store = SqliteStore(state_path)
+    try:
+        return store.load(dedup_window)
+    finally:
+        store.close()
+
+
+def compare_state(want: State, got: State) -> list[str]:
+    """Where the worker's committed state differs from the oracle's final state."""
+    out = []
+    for name in ("accounts", "conversations", "counts"):
+        mine, theirs = getattr(got, name), getattr(want, name)
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key) != theirs.get(key):
+                out.append(f"{name}[{key}]: worker {mine.get(key)!r}, replay {theirs.get(key)!r}")
+    if list(got.seen) != list(want.seen):
+        out.append(f"remembered event ids differ: worker {len(got.seen)}, replay {len(want.seen)}")
+    return out
+
+
+def type_counts(events: Iterable[dict[str, Any]]) -> Counter[str]:
+    return Counter(str(e["type"]) for e in events)

@@ -1,0 +1,156 @@
+"""The fault scenarios, sized by their callers: CI-sized by the tests, long by
+``--soak`` and ``benchmarks/reliability.py``. Each runs a real worker subprocess
+against the test's vhost and returns a report; the caller asserts or prints it."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.broker.bus import wait_for
+from tests.reliability.harness import (
+    UPDATES_QUEUE,
+    Broker,
+    Oracle,
+    Producer,
+    Verdict,
+    WorkerProcess,
+    amqp_url,
+    as_messages,
+    broker_restart,
+    chaos_stream,
+    collecting,
+    cut_worker_connections,
+    judge,
+    running,
+    settle,
+    worker_connections,
+    worker_env,
+)
+
+
+@dataclass
+class FaultReport:
+    """What happened to one run and how it ended."""
+
+    verdict: Verdict
+    faults: int = 0
+    starts: int = 0
+    reconnects_logged: int = 0
+    dead_letters: int = 0
+    producer_resends: int = 0
+    seconds: float = 0.0
+    fault_moments: list[float] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        v = self.verdict
+        return (f"{v.events} events, {self.faults} faults, {v.received_updates} updates "
+                f"({v.duplicates} duplicates) for {v.expected_updates} expected, "
+                f"lost events {len(v.lost_events)}, wrong finals "
+                f"{len(v.wrong_final_categories)}, {self.seconds:.1f} s "
+                + " ".join(f"{k} {t:.1f}" for k, t in self.phases.items()))
+
+
+def fault_moments(rng: random.Random, count: int, duration: float) -> list[float]:
+    """``count`` moments spread at random over the middle 90% of ``duration``."""
+    return sorted(rng.uniform(0.05, 0.95) * duration for _ in range(count))
+
+
+def _run(vhost: str, workdir: Path, stream: list[dict[str, Any]], rate: float,
+         moments: list[float], fault: Any, **settings: object) -> FaultReport:
+    """Publish ``stream`` at ``rate`` while calling ``fault(worker)`` at each moment
+    (seconds after the producer starts); then settle and judge."""
+    started = time.monotonic()
+    oracle = Oracle.replay(stream)
+    state = workdir / "state.sqlite3"
+    broker = Broker(vhost)
+    worker = WorkerProcess(worker_env(amqp_url(vhost), state, **settings),
+                           workdir / "worker.log")
+    try:
+        with collecting(vhost, UPDATES_QUEUE) as updates, \
+                collecting(vhost, broker.topology.dead_letter_queue) as dead:
+            producer = Producer(vhost, as_messages(stream), rate)
+            with running(worker):
+                worker.wait_ready()
+                producer.start()
+                begin = time.monotonic()
+                try:
+                    for moment in moments:
+                        time.sleep(max(0.0, begin + moment - time.monotonic()))
+                        fault(worker)
+                    producer.finish()
+                finally:
+                    producer.abandon()
+                published = time.monotonic()
+                broker.close()  # a restart may have cut it: open a fresh one to settle
+                broker = Broker(vhost)
+                settle(broker, worker, [updates, dead])
+                settled = time.monotonic()
+            received = updates.stop()
+            dead_letters = dead.stop()
+    finally:
+        broker.close()
+    report = FaultReport(judge(oracle, received, len(stream), state), faults=len(moments),
+                         starts=worker.starts, dead_letters=len(dead_letters),
+                         producer_resends=producer.resends, fault_moments=moments)
+    report.reconnects_logged = worker.log().count("reconnecting in")
+    report.seconds = time.monotonic() - started
+    report.phases = {"replay": begin - started, "publish": published - begin,
+                     "settle": settled - published, "judge": time.monotonic() - settled}
+    return report
+
+
+def crash_run(vhost: str, workdir: Path, *, events: int, kills: int, seed: int,
+              accounts: int = 40, rate: float = 600.0, **settings: object) -> FaultReport:
+    """SIGKILL the worker ``kills`` times at random moments mid-stream, restarting it
+    at once each time."""
+    stream = chaos_stream(seed, events, accounts)
+    moments = fault_moments(random.Random(seed), kills, len(stream) / rate)
+
+    def kill_and_restart(worker: WorkerProcess) -> None:
+        worker.kill()
+        worker.start()
+
+    report = _run(vhost, workdir, stream, rate, moments, kill_and_restart, **settings)
+    assert report.starts == kills + 1
+    return report
+
+
+def cut_run(vhost: str, workdir: Path, *, events: int, cuts: int, seed: int,
+            accounts: int = 40, rate: float = 600.0) -> FaultReport:
+    """Close the worker's connection from the broker side ``cuts`` times mid-stream;
+    nobody restarts the worker."""
+    stream = chaos_stream(seed, events, accounts)
+    moments = fault_moments(random.Random(seed), cuts, len(stream) / rate)
+
+    def cut(worker: WorkerProcess) -> None:
+        assert worker.alive(), worker.log_tail()
+        # Cut a live link, not one still reconnecting from the previous cut.
+        wait_for(lambda: bool(worker_connections(vhost)), 30, "the worker to reconnect",
+                 interval=0.1)
+        assert cut_worker_connections(vhost) >= 1
+
+    report = _run(vhost, workdir, stream, rate, moments, cut)
+    assert report.starts == 1
+    return report
+
+
+def restart_run(vhost: str, workdir: Path, *, events: int, restarts: int, seed: int,
+                accounts: int = 40, rate: float = 600.0, down: float = 1.0) -> FaultReport:
+    """Stop and start the broker application ``restarts`` times mid-stream (every vhost
+    of the broker goes down for a moment); nobody restarts the worker."""
+    stream = chaos_stream(seed, events, accounts)
+    moments = fault_moments(random.Random(seed), restarts, len(stream) / rate)
+
+    def restart(worker: WorkerProcess) -> None:
+        assert worker.alive(), worker.log_tail()
+        with broker_restart():
+            time.sleep(down)
+
+    report = _run(vhost, workdir, stream, rate, moments, restart)
+    assert report.starts == 1
+    return report

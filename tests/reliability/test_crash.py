@@ -1,0 +1,32 @@
+"""SIGKILL at random moments: nothing lost, downstream ends like an offline replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contracts.events import EVENT_TYPES
+from tests.reliability.conftest import Size
+from tests.reliability.harness import chaos_stream, type_counts
+from tests.reliability.scenarios import crash_run
+
+
+def test_the_stream_has_every_event_type_duplicates_and_stale_events() -> None:
+    stream = chaos_stream(seed=1, count=3000, accounts=40)
+    assert set(type_counts(stream)) == set(EVENT_TYPES)
+    ids = [(e["account_id"], e["event_id"]) for e in stream]
+    assert len(ids) - len(set(ids)) > 10, "re-sent duplicates"
+    assert sum("-stale-" in e["event_id"] for e in stream) > 10, "stale events"
+    assert sum("sequence" not in e for e in stream) > 10, "events without a sequence"
+    assert len({e["account_id"] for e in stream}) == 40
+
+
+@pytest.mark.broker
+def test_sigkilled_and_restarted_worker_loses_nothing(
+        vhost: str, tmp_path: Path, size: Size) -> None:
+    report = crash_run(vhost, tmp_path, events=size.crash_events, kills=size.kills, seed=11,
+                       batch_size=50)
+    print(report.summary())
+    report.verdict.assert_clean()
+    assert report.dead_letters == 0, "good events dead-lettered"
