@@ -149,11 +149,13 @@ class Inbox:
             candidates |= old_account.agents ^ account.agents
         if old_cats[0] != new_cats[0]:  # neither joined nor a member: everybody else
             candidates |= old_account.agents | account.agents
+        old_agents, new_agents = old_account.agents, account.agents
+        old_joined, new_joined = old.joined, new.joined
         for agent in sorted(candidates):
-            before = (old_cats[old.relation_of(agent, old_account)]
-                      if agent in old_account.agents else NO_CATEGORIES)
-            after = (new_cats[new.relation_of(agent, account)]
-                     if agent in account.agents else NO_CATEGORIES)
+            before = (old_cats[2 * (agent in old_joined) + (agent in old_members)]
+                      if agent in old_agents else NO_CATEGORIES)
+            after = (new_cats[2 * (agent in new_joined) + (agent in new_members)]
+                     if agent in new_agents else NO_CATEGORIES)
             if before != after:
                 yield agent, before, after
 
@@ -173,23 +175,31 @@ class Inbox:
                 counts[category] = counts.get(category, 0) + 1
             state.touch_counts(account_id, agent)
         names, version = self.rules.categories, self.rules.version
+        # A fan-out repeats the same (before, after) pair for many agents: sort once.
+        lists: dict[tuple[frozenset[str], frozenset[str]],
+                    tuple[list[str], list[str], list[str]]] = {}
         updates = []
         for account_id, conversation_id, agent, before, after in changes:
-            counts = state.counts_of(account_id, agent)
+            counts = state.counts[account_id][agent]
+            pair = lists.get((before, after))
+            if pair is None:
+                pair = lists[(before, after)] = (
+                    sorted(after), sorted(after - before), sorted(before - after))
             updates.append(CategoryUpdate(
                 update_id=update_id_for(account_id, cause, agent, conversation_id),
                 account_id=account_id,
                 agent_id=agent,
                 conversation_id=conversation_id,
-                categories=sorted(after),
-                added=sorted(after - before),
-                removed=sorted(before - after),
+                categories=pair[0],
+                added=pair[1],
+                removed=pair[2],
                 counts={name: counts.get(name, 0) for name in names},
                 cause_event_id=cause,
                 rules_version=version,
                 occurred_at=occurred_at,
             ))
         return updates
+
 
 def categories_of(state: State, account_id: str, conversation_id: str,
                   agent_id: str) -> frozenset[str]:
