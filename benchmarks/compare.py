@@ -42,16 +42,19 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pika
+import pika.exceptions
 
 from benchmarks.streams import as_lines, generate
 from worker.settings import Settings
 from worker.topology import Topology
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 SINK = "bench.outputs"  # every output, as downstream queues would hold it
 SENTINEL_QUEUE = "bench.sentinel"
@@ -61,6 +64,7 @@ PERSISTENT = pika.BasicProperties(delivery_mode=2)
 # The relay's output is the event (`"event_id": "…"`); the worker's names its cause.
 CAUSE = re.compile(rb'"(cause_)?event_id": ?"([^"]+)"')
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROGRAMS = {
     "relay": [sys.executable, "-m", "benchmarks.relay"],
     "worker": [sys.executable, "-m", "worker.cli", "run"],
@@ -94,6 +98,7 @@ class Result:
     seconds: float = 0.0
     rss_half_kb: int = 0
     rss_end_kb: int = 0
+    cpu_seconds: float = 0.0  # the program's own CPU time (user + system) in the run
     rate: float = 0.0  # events/s of the latency run
     latencies: list[float] = field(default_factory=list)
 
@@ -105,6 +110,10 @@ class Result:
     def updates_per_second(self) -> float:
         return self.updates / self.seconds if self.seconds else 0.0
 
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.cpu_seconds / self.events * 1e6 if self.events else 0.0
+
     def percentile(self, q: float) -> float:
         if not self.latencies:
             return float("nan")
@@ -112,23 +121,42 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class BenchError(RuntimeError):
+    """A run went wrong (a program died, the broker restarted): the variant is retried."""
+
+
 # -- the broker -------------------------------------------------------------
 def rabbitmqctl(*args: str) -> str:
     result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
                             timeout=120, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+        raise BenchError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
+
+
+def await_broker(timeout: float = 180) -> None:
+    """Until the broker answers again (other work on this machine may restart it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            rabbitmqctl("await_startup")
+            return
+        except BenchError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 @contextmanager
 def fresh_vhost() -> Iterator[str]:
-    vhost = f"inbox-rules-bench-{uuid.uuid4().hex[:8]}"
+    vhost = f"inbox-rules-compare-{uuid.uuid4().hex[:8]}"
+    await_broker()
     rabbitmqctl("add_vhost", vhost)
     try:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield vhost
     finally:
+        await_broker()
         rabbitmqctl("delete_vhost", vhost)
 
 
@@ -195,8 +223,17 @@ class Program:
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
-            raise SystemExit(f"{self.kind} exited with {self.process.returncode}:\n"
+            raise BenchError(f"{self.kind} exited with {self.process.returncode}:\n"
                              f"{self.log.read_text()[-3000:]}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time so far (immune to other load, unlike wall time)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1]
+        except OSError:
+            return 0.0
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / CLOCK_TICKS
 
     def status_kb(self, key: str) -> int:
         try:
@@ -216,9 +253,9 @@ class Program:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-                raise SystemExit(f"{self.kind} did not stop on SIGTERM") from None
+                raise BenchError(f"{self.kind} did not stop on SIGTERM") from None
         if self.process.returncode != 0:
-            raise SystemExit(f"{self.kind} exited with {self.process.returncode}:\n"
+            raise BenchError(f"{self.kind} exited with {self.process.returncode}:\n"
                              f"{self.log.read_text()[-3000:]}")
 
 
@@ -228,7 +265,7 @@ def wait_until(condition: Callable[[], bool], program: Program, timeout: float,
     while not condition():
         program.check_alive()
         if time.perf_counter() > deadline:
-            raise SystemExit(f"{program.kind}: timed out after {timeout:.0f} s waiting for "
+            raise BenchError(f"{program.kind}: timed out after {timeout:.0f} s waiting for "
                              f"{what}")
         broker.pump(interval)
     return time.perf_counter()
@@ -239,12 +276,12 @@ def check_clean(broker: Broker, kind: str) -> None:
     left = broker.depth(broker.topology.events_queue)
     dead = broker.depth(broker.topology.dead_letter_queue)
     if left or dead:
-        raise SystemExit(f"{kind}: {left} event(s) not acked, {dead} dead-lettered")
+        raise BenchError(f"{kind}: {left} event(s) not acked, {dead} dead-lettered")
 
 
 # -- the measurements -------------------------------------------------------
 def throughput(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
-               workdir: Path, timeout: float) -> Result:
+               workdir: Path, timeout: float, profile: Path | None = None) -> Result:
     broker.reset()
     run = uuid.uuid4().hex[:8]
     for key, line in zip(keys, lines, strict=True):
@@ -255,7 +292,7 @@ def throughput(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
     deadline = time.perf_counter() + 60
     while broker.depth(queue) < total:  # quorum queue: publishes land asynchronously
         if time.perf_counter() > deadline:
-            raise SystemExit("pre-published events did not all reach the queue")
+            raise BenchError("pre-published events did not all reach the queue")
         time.sleep(0.01)
     arrived: list[float] = []
     tag = broker.channel.basic_consume(
@@ -263,9 +300,14 @@ def throughput(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
         auto_ack=True)
     program = Program(kind, broker, workdir)
     result = Result(events=len(lines))
+    spy: subprocess.Popen[bytes] | None = None
+    raw = workdir / "profile.raw"
     try:
         started = wait_until(lambda: broker.consumers() > 0, program, 120,
                              "its consumer", broker)
+        cpu_started = program.cpu_seconds()
+        if profile is not None:
+            spy = start_profiler(program.process.pid, raw)
         last_poll = 0.0
 
         def done() -> bool:
@@ -279,15 +321,24 @@ def throughput(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
 
         wait_until(done, program, timeout, "the sentinel's output", broker, 0.01)
         result.seconds = arrived[0] - started
+        result.cpu_seconds = program.cpu_seconds() - cpu_started
         result.rss_end_kb = program.status_kb("VmHWM")
+        if spy is not None and profile is not None:
+            stop_profiler(spy)
+            spy = None
+            profile.write_text(summarize(raw.read_text(), f"{kind}, {profile.stem}: "
+                                         f"{len(lines)} events in {result.seconds:.1f} s"))
     finally:
+        if spy is not None:
+            spy.kill()
+            spy.wait()
         program.stop()
         broker.channel.basic_cancel(tag)
     check_clean(broker, kind)
     outputs = broker.depth(SINK) - 1  # the sentinel's
     result.updates = outputs
     if kind == "relay" and outputs != len(lines):
-        raise SystemExit(f"relay: {outputs} outputs for {len(lines)} events")
+        raise BenchError(f"relay: {outputs} outputs for {len(lines)} events")
     return result
 
 
@@ -345,6 +396,82 @@ def latency(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
     return result
 
 
+# -- the profile ------------------------------------------------------------
+# The worker is idle when its ioloop waits in poll(): its stack ends in pika's poller
+# (PollPoller.poll, EPollPoller.poll, SelectPoller.poll).
+IDLE_LEAF = re.compile(r"^\w*Poller\.poll \(pika/adapters/select_connection\.py:")
+
+
+def start_profiler(pid: int, raw: Path) -> subprocess.Popen[bytes]:
+    """py-spy (``pip install py-spy``) sampling the program without pausing it, idle
+    included, until :func:`stop_profiler`."""
+    spy = Path(sys.executable).with_name("py-spy")
+    command = [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid),
+               "--idle", "--nonblocking", "--rate", "200", "--format", "raw",
+               "-o", str(raw)]
+    try:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SystemExit("--profile needs py-spy: pip install py-spy") from None
+
+
+def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    spy.wait(60)
+
+
+def summarize(raw: str, title: str, top: int = 25) -> str:
+    """py-spy's collapsed stacks (``frame;frame;... count``) as a short text: the idle
+    share, then busy samples by package (self time), and the functions with the most
+    inclusive and self time."""
+    total = idle = 0
+    inclusive: dict[str, int] = {}
+    self_time: dict[str, int] = {}
+    packages: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_function(frame) for frame in stack.split(";")]
+        if IDLE_LEAF.match(stack.rsplit(";", 1)[-1]):
+            idle += count
+            continue
+        for name in set(frames):
+            inclusive[name] = inclusive.get(name, 0) + count
+        self_time[frames[-1]] = self_time.get(frames[-1], 0) + count
+        package = _package(frames[-1])
+        packages[package] = packages.get(package, 0) + count
+    busy = max(total - idle, 1)
+
+    def rows(counts: dict[str, int]) -> list[str]:
+        ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [f"  {100 * n / busy:5.1f}%  {name}" for name, n in ranked]
+
+    return "\n".join([
+        f"# py-spy profile of the {title}",
+        f"# {total} samples at 200/s; idle (ioloop waiting in poll): "
+        f"{100 * idle / max(total, 1):.1f}% of wall time; percentages below are of the "
+        f"{busy} busy samples",
+        "", "busy time by package (self):", *rows(packages),
+        "", f"top {top} functions, inclusive:", *rows(inclusive),
+        "", f"top {top} functions, self:", *rows(self_time), ""])
+
+
+def _function(frame: str) -> str:
+    """``name (path:line)`` without the line number."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
+
+
+def _package(function: str) -> str:
+    where = function.rpartition(" (")[2].rstrip(")")
+    parts = where.split("/")
+    return "/".join(parts[:2]) if parts[0] == "worker" else parts[0]
+
+
 # -- the run ----------------------------------------------------------------
 @dataclass
 class Row:
@@ -356,15 +483,28 @@ class Row:
     worker_latency: Result
 
 
+def best(results: list[Result]) -> Result:
+    """Noise only slows a run down: keep the fastest, and the least CPU seen."""
+    fastest = max(results, key=lambda r: r.events_per_second)
+    fastest.cpu_seconds = min(r.cpu_seconds for r in results)
+    return fastest
+
+
 def measure(variant: Variant, broker: Broker, workdir: Path, latency_seconds: float,
-            ) -> Row:
+            profiles: Path | None, repeat: int) -> Row:
     events = generate(variant.agents, conversations=variant.conversations,
                       fanout=variant.fanout)
     lines = as_lines(events)
     keys = [str(e["type"]) for e in events]
     ids = [str(e["event_id"]) for e in events]
-    relay = throughput("relay", broker, lines, keys, workdir, timeout=300)
-    worker = throughput("worker", broker, lines, keys, workdir, timeout=600)
+    profile = (profiles / f"{variant.fanout}-{variant.agents}.txt"
+               if profiles is not None else None)
+    relays, workers = [], []
+    for attempt in range(repeat):  # interleaved, so that both see the same noise
+        relays.append(throughput("relay", broker, lines, keys, workdir, timeout=300))
+        workers.append(throughput("worker", broker, lines, keys, workdir, timeout=600,
+                                  profile=profile if attempt == repeat - 1 else None))
+    relay, worker = best(relays), best(workers)
     # Half the measured maximum: the relay's, unless the worker cannot sustain it.
     rate = 0.5 * min(relay.events_per_second, worker.events_per_second)
     count = max(100, min(len(lines), int(rate * latency_seconds)))
@@ -382,7 +522,8 @@ def ratio(a: float, b: float) -> str:
 
 def table(rows: list[Row]) -> str:
     head = (f"{'variant':11} {'program':7} {'events':>6} {'upd/ev':>6} {'events/s':>9} "
-            f"{'updates/s':>9} {'rate ev/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7}")
+            f"{'updates/s':>9} {'CPU us/ev':>9} {'rate ev/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'RSS MB':>7}")
     out = [head, "-" * len(head)]
     for row in rows:
         for name, thr, lat in (("relay", row.relay, row.relay_latency),
@@ -390,14 +531,15 @@ def table(rows: list[Row]) -> str:
             out.append(
                 f"{row.variant.name:11} {name:7} {thr.events:6d} "
                 f"{thr.updates / thr.events:6.1f} {thr.events_per_second:9.0f} "
-                f"{thr.updates_per_second:9.0f} {lat.rate:9.0f} "
+                f"{thr.updates_per_second:9.0f} {thr.cpu_us_per_event:9.0f} {lat.rate:9.0f} "
                 f"{lat.percentile(0.5) * 1e3:8.1f} {lat.percentile(0.99) * 1e3:8.1f} "
                 f"{thr.rss_end_kb / 1024:7.1f}")
         w, r, wl, rl = row.worker, row.relay, row.worker_latency, row.relay_latency
         out.append(
             f"{'':11} {'w/r':7} {'':6} {'':6} "
             f"{ratio(w.events_per_second, r.events_per_second):>9} "
-            f"{ratio(w.updates_per_second, r.updates_per_second):>9} {'':9} "
+            f"{ratio(w.updates_per_second, r.updates_per_second):>9} "
+            f"{ratio(w.cpu_us_per_event, r.cpu_us_per_event):>9} {'':9} "
             f"{ratio(wl.percentile(0.5), rl.percentile(0.5)):>8} "
             f"{ratio(wl.percentile(0.99), rl.percentile(0.99)):>8} "
             f"{ratio(w.rss_end_kb, r.rss_end_kb):>7}")
@@ -445,33 +587,63 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller streams (~3 min)")
     parser.add_argument("--only", default="", help="comma-separated variants, e.g. light/2")
     parser.add_argument("--no-soak", action="store_true", help="skip the RSS soak run")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="throughput runs per program, best kept (default: 2, "
+                        "--quick: 1)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", default=None,
+                        help="profile the worker's throughput runs with py-spy; a text "
+                        "summary per variant goes to DIR (e.g. benchmarks/profiles)")
     args = parser.parse_args()
     variants = QUICK if args.quick else FULL
     if args.only:
         wanted = set(args.only.split(","))
         variants = [v for v in variants if v.name in wanted]
     latency_seconds = 4.0 if args.quick else 10.0
+    repeat = args.repeat or (1 if args.quick else 2)
+    load_before = os.getloadavg()[0]
     soak_conversations = 2000 if args.quick else 6000
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     rows: list[Row] = []
     soak: Result | None = None
     with fresh_vhost() as vhost, tempfile.TemporaryDirectory() as tmp:
-        broker = Broker(vhost)
-        try:
-            for variant in variants:
-                rows.append(measure(variant, broker, Path(tmp), latency_seconds))
-                print(f"[{time.perf_counter() - began:5.0f} s] {variant.name} done",
-                      file=sys.stderr, flush=True)
-            if not args.no_soak:
-                events = generate(2, conversations=soak_conversations, fanout="light",
-                                  seed=11)
-                soak = throughput("worker", broker, as_lines(events),
-                                  [str(e["type"]) for e in events], Path(tmp), timeout=600)
-        finally:
-            broker.close()
+        def attempt(what: str, run: Callable[[Broker], T]) -> T:
+            for tries in range(1, 4):
+                broker: Broker | None = None
+                try:
+                    broker = Broker(vhost)
+                    return run(broker)
+                except (BenchError, pika.exceptions.AMQPError, OSError) as exc:
+                    if tries == 3:
+                        raise
+                    print(f"{what}: {type(exc).__name__}: {exc}; retrying once the broker "
+                          "answers", file=sys.stderr, flush=True)
+                    await_broker()
+                finally:
+                    if broker is not None:
+                        with suppress(pika.exceptions.AMQPError, OSError):
+                            broker.close()
+            raise AssertionError("unreachable")
+
+        work = Path(tmp)
+        for variant in variants:
+            def run_variant(broker: Broker, variant: Variant = variant) -> Row:
+                return measure(variant, broker, work, latency_seconds, args.profile, repeat)
+
+            rows.append(attempt(variant.name, run_variant))
+            print(f"[{time.perf_counter() - began:5.0f} s] {variant.name} done",
+                  file=sys.stderr, flush=True)
+        if not args.no_soak:
+            events = generate(2, conversations=soak_conversations, fanout="light", seed=11)
+            soak = attempt("soak", lambda b: throughput(
+                "worker", b, as_lines(events), [str(e["type"]) for e in events], work,
+                timeout=600))
     print(f"benchmarks.compare{' --quick' if args.quick else ''}: "
-          f"{time.perf_counter() - began:.0f} s, prefetch {Settings().prefetch}, "
-          f"latency runs ~{latency_seconds:.0f} s each")
+          f"{time.perf_counter() - began:.0f} s; prefetch {Settings().prefetch}, batch "
+          f"{Settings().batch_size}; best of {repeat} throughput run(s); latency runs "
+          f"~{latency_seconds:.0f} s; load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after (2 cores)")
     print(table(rows))
     print()
     for line in verdicts(rows, soak):
