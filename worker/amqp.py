@@ -175,7 +175,8 @@ class AmqpLink:
     def _on_channel_closed(self, _channel: object, reason: BaseException) -> None:
         # One channel per connection: a closed channel (a declaration refused, a
         # broker error) is handled like a lost connection.
-        log.warning("channel closed: %s", reason)
+        if not self._closing:
+            log.warning("channel closed: %s", reason)
         connection = self._connection
         if connection is not None and not (connection.is_closed or connection.is_closing):
             connection.close()

@@ -101,7 +101,10 @@ class Worker:
     def run(self) -> None:
         """Block, running the ioloop, until :meth:`stop` has finished its work."""
         self.link.start()
-        self.ioloop.start()
+        try:
+            self.ioloop.start()
+        finally:
+            self.ioloop.close()  # its wake-up socket pair
 
     def request_stop(self) -> None:
         """Thread- and signal-safe: ask the ioloop thread to stop gracefully."""

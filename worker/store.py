@@ -62,7 +62,9 @@ class SqliteStore:
         self.path = path
         self._generation = 0
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            # One thread uses the store at a time, but not always the one that opened it.
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0,
+                                       check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: an acknowledged event must survive a power cut, not only a crash.
             self._db.execute("PRAGMA synchronous=FULL")
@@ -92,7 +94,7 @@ class SqliteStore:
         state = State(dedup_window=dedup_window)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self._generation = int(meta.get("generation", "0"))
-        state.rules_version = meta.get("rules_version")
+        state.rules_version = meta.get("rules_version") or None
         for account_id, plan, agents, groups, last_sequence in db.execute(
                 "SELECT account_id, plan, agents, groups_, last_sequence FROM accounts"):
             state.accounts[account_id] = Account(

@@ -1,0 +1,92 @@
+"""End-to-end events/s of one worker against the local RabbitMQ.
+
+Pre-publishes N generated events into the worker's queue (in a vhost of its own),
+starts ``python -m worker.cli run`` as a subprocess, and times from the moment its
+consumer appears until the update of a sentinel event published last arrives (one
+worker handles the queue in order), then stops it and checks that every event was acknowledged.
+
+    .venv/bin/python -m benchmarks.e2e --events 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pika
+
+from tests.broker.bus import (
+    Bus,
+    ProcessWorker,
+    rabbitmqctl,
+    wait_drained,
+)
+from tests.broker.streams import event_stream
+
+SENTINEL = "bench-sentinel"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--accounts", type=int, default=50)
+    args = parser.parse_args()
+    vhost = f"inbox-rules-bench-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        rate = run(vhost, args.events, args.accounts)
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+    print(f"{args.events} events end to end: {rate:,.0f} events/s")
+
+
+def run(vhost: str, count: int, accounts: int) -> float:
+    events = event_stream(seed=42, count=count, accounts=accounts)
+    # The sentinel account needs an agent, or its conversation has no inbox to update.
+    events.append({"event_id": "sentinel-agents", "type": "account.updated",
+                   "account_id": SENTINEL, "occurred_at": "2026-11-24T10:00:00Z",
+                   "data": {"plan": "free", "agents": ["ag-1"]}})
+    events.append({"event_id": "sentinel", "type": "conversation.created",
+                   "account_id": SENTINEL, "conversation_id": "c-1",
+                   "occurred_at": "2026-11-24T10:00:00Z", "data": {}})
+    bus = Bus(vhost)
+    sentinel_queue = bus.channel.queue_declare("", exclusive=True).method.queue
+    bus.channel.queue_bind(sentinel_queue, bus.topology.updates_exchange, f"{SENTINEL}.*")
+    bus.channel.queue_unbind("test.updates", bus.topology.updates_exchange, "#")
+    started = time.perf_counter()
+    bus.publish_events(events)
+    print(f"published {len(events)} events in {time.perf_counter() - started:.1f} s")
+    with tempfile.TemporaryDirectory() as tmp, ProcessWorker(vhost, Path(tmp)) as worker:
+        worker.start()
+        queue = bus.topology.events_queue
+        while bus.channel.queue_declare(queue, passive=True).method.consumer_count == 0:
+            time.sleep(0.005)
+        started = time.perf_counter()
+        elapsed = _wait_sentinel(bus, sentinel_queue) - started
+        wait_drained(bus, queue)
+        assert worker.stop() == 0, worker.log.read_text()
+        assert bus.ready(queue) == 0, "every event acknowledged"
+    bus.close()
+    return len(events) / elapsed
+
+
+def _wait_sentinel(bus: Bus, queue: str) -> float:
+    for _method, _properties, body in bus.channel.consume(queue, auto_ack=True,
+                                                           inactivity_timeout=120):
+        if body is None:
+            raise SystemExit("no sentinel update within 120 s")
+        if json.loads(body)["cause_event_id"] == "sentinel":
+            arrived = time.perf_counter()
+            bus.channel.cancel()
+            return arrived
+    raise SystemExit("consumer ended")
+
+
+if __name__ == "__main__":
+    pika.BasicProperties()  # fail early if pika is missing
+    main()

@@ -1,0 +1,59 @@
+"""Events in, updates out; bad input dead-lettered while good input keeps flowing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.broker.bus import Bus, ThreadWorker, settings_for, wait_drained, wait_for
+from tests.broker.streams import encode, event_stream, replay
+
+pytestmark = pytest.mark.broker
+
+
+def test_events_in_give_the_replayed_updates_out(vhost: str, bus: Bus, tmp_path: Path) -> None:
+    events = event_stream(seed=1, count=400)
+    expected = replay(events)
+    bus.publish_events(events)
+    with ThreadWorker(settings_for(vhost, tmp_path / "state.sqlite3")) as worker:
+        wait_for(lambda: worker.stats.acked >= len(events), 30, "all events acked")
+        wait_drained(bus, bus.topology.events_queue)
+    messages = bus.drain("test.updates")
+    assert [json.loads(body) for _m, _p, body in messages] == expected
+    for method, properties, body in messages:
+        update = json.loads(body)
+        assert method.routing_key == f"{update['account_id']}.{update['agent_id']}"
+        assert properties.message_id == update["update_id"]
+        assert properties.content_type == "application/json"
+        assert properties.delivery_mode == 2
+    assert bus.ready(bus.topology.dead_letter_queue) == 0
+
+
+def test_bad_messages_go_to_the_dlq_with_the_reason_and_good_ones_flow(
+        vhost: str, bus: Bus, tmp_path: Path) -> None:
+    good = event_stream(seed=2, count=60)
+    bad = {
+        b"{not json": "invalid JSON",
+        b"\xff\xfe not utf-8": "UTF-8",
+        json.dumps({**good[1], "event_id": "big", "pad": "x" * 70_000}).encode(): "65536",
+        json.dumps({**good[1], "event_id": "odd", "type": "conversation.exploded"}).encode():
+            "type",
+        json.dumps({k: v for k, v in good[1].items() if k != "account_id"}).encode():
+            "account_id",
+        json.dumps({**good[1], "event_id": "dot", "account_id": "acc.1"}).encode():
+            "account_id",
+    }
+    bodies = encode(good[:30]) + list(bad) + encode(good[30:])
+    bus.publish(bodies)
+    with ThreadWorker(settings_for(vhost, tmp_path / "state.sqlite3")) as worker:
+        wait_for(lambda: worker.stats.acked >= len(bodies), 30, "all messages acked")
+        wait_drained(bus, bus.topology.events_queue)
+        dead = bus.drain(bus.topology.dead_letter_queue)
+        assert worker.link.ready, "the worker kept running"
+    assert [body for _m, _p, body in dead] == list(bad)
+    for (_method, properties, body), fragment in zip(dead, bad.values(), strict=True):
+        reason = properties.headers["x-error"]
+        assert fragment in reason, (body[:40], reason)
+    assert bus.updates() == replay(good)
