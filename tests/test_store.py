@@ -57,6 +57,7 @@ def test_a_second_writer_is_refused_and_nothing_is_written(tmp_path: Path) -> No
     state_a, state_b = first.load(100), second.load(100)
     bodies = encode(event_stream(seed=9, count=20))
     _run(first, state_a, bodies[:10], batch=10)
+    assert second.changed_elsewhere() and not first.changed_elsewhere()
     Inbox(load_rules(None), state_b).handle(parse_event(bodies[10]))
     with pytest.raises(StoreConflictError):
         second.commit(state_b.take_changes(), state_b)

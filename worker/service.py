@@ -195,11 +195,15 @@ class Worker:
         self._start(Batch([self._buffer.popleft() for _ in range(size)]))
 
     def _start(self, batch: Batch) -> None:
-        if not self._reload_if_dirty():
-            self._retry_later(batch, "state store unreadable")
-            return
         self._batch = batch
         try:
+            # A standby that just became the active consumer must not publish updates
+            # computed from the state it loaded at start: another worker moved on.
+            if not self._dirty and self.store.changed_elsewhere():
+                log.info("the state store was written by another worker: reloading")
+                self._dirty = True
+            if not self._reload_if_dirty():
+                raise StoreError("state store unreadable")
             self._evaluate(batch)
         except StoreError as exc:
             self._retry_later(batch, str(exc))

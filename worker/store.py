@@ -46,6 +46,9 @@ class StateStore(Protocol):
         """Write ``changes`` (values read from ``state``) in one transaction, or raise
         :class:`StoreError` having written nothing."""
 
+    def changed_elsewhere(self) -> bool:
+        """True if another worker committed since our last load or commit."""
+
     def close(self) -> None:
         """Release the store."""
 
@@ -165,6 +168,13 @@ class SqliteStore:
                        [k for k in changes.seen_evicted if k not in state.seen])
         db.executemany("INSERT OR REPLACE INTO seen (account_id, event_id) VALUES (?, ?)",
                        [k for k in changes.seen_added if k in state.seen])
+
+    def changed_elsewhere(self) -> bool:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self.path}: {exc}") from exc
+        return row is not None and int(row[0]) != self._generation
 
     def close(self) -> None:
         self._db.close()
