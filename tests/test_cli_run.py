@@ -1,0 +1,47 @@
+"""The ``run`` and ``demo`` commands as a user meets them, without a broker."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import main
+from worker.rulebook.engine import default_rules_dir
+from worker.settings import Settings, describe_settings, mask_url
+
+
+def test_run_help_lists_every_setting_with_its_environment_variable() -> None:
+    result = CliRunner().invoke(main, ["run", "--help"])
+    assert result.exit_code == 0
+    for env, _default, _description in describe_settings():
+        assert env in result.output
+    assert len(describe_settings()) == len(Settings.model_fields)
+
+
+def test_a_rule_dir_that_does_not_validate_stops_run_saying_file_and_line(
+        tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(default_rules_dir(), rules)
+    path = rules / "inbox.yaml"
+    path.write_text(path.read_text().replace("equals: open", "equals: [open"))
+    result = CliRunner().invoke(main, ["run", "--rules", str(rules)])
+    assert result.exit_code != 0
+    assert "inbox.yaml:" in result.stderr
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMQP_URL", "amqps://svc:s3cret@broker:5671/prod")
+    monkeypatch.setenv("INBOX_RULES_PREFETCH", "50")
+    settings = Settings()
+    assert settings.prefetch == 50
+    assert settings.safe_amqp_url == "amqps://svc:***@broker:5671/prod"
+    assert settings.tls_context() is not None
+
+
+def test_passwords_never_show_in_a_logged_url() -> None:
+    assert mask_url("amqp://guest:guest@localhost:5672/%2F") == \
+        "amqp://guest:***@localhost:5672/%2F"
+    assert mask_url("amqp://localhost/") == "amqp://localhost/"
