@@ -409,6 +409,22 @@ def latency(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
 IDLE_LEAF = re.compile(r"^\w*Poller\.poll \(pika/adapters/select_connection\.py:")
 
 
+# Where a busy sample's time goes: the innermost of these functions on its stack.
+PHASES = [
+    ("SqliteStore.commit", "store commit (SQLite write + fsync)"),
+    ("parse_event", "parse + validate the event (pydantic)"),
+    ("Inbox._publishable", "build CategoryUpdate objects + counts"),
+    ("Inbox.", "state transitions + rules + diff (domain)"),
+    ("Worker._update", "serialize update + AMQP properties"),
+    ("Worker._dead_letter", "dead letters"),
+    ("AmqpLink.publish", "pika basic_publish (frame marshalling)"),
+    ("_AsyncTransportBase._produce", "socket send (pika: one send() per frame)"),
+    ("Worker.on_confirm", "confirm bookkeeping"),
+    ("Worker.", "worker batching/other"),
+    ("Connection._on_data_available", "pika receive + frame decoding"),
+]
+
+
 def start_profiler(pid: int, raw: Path) -> subprocess.Popen[bytes]:
     """py-spy (``pip install py-spy``) sampling the program without pausing it, idle
     included, until :func:`stop_profiler`."""
@@ -436,6 +452,7 @@ def summarize(raw: str, title: str, top: int = 25) -> str:
     inclusive: dict[str, int] = {}
     self_time: dict[str, int] = {}
     packages: dict[str, int] = {}
+    phases: dict[str, int] = {}
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -451,6 +468,9 @@ def summarize(raw: str, title: str, top: int = 25) -> str:
         self_time[frames[-1]] = self_time.get(frames[-1], 0) + count
         package = _package(frames[-1])
         packages[package] = packages.get(package, 0) + count
+        phase = next((label for frame in reversed(frames) for marker, label in PHASES
+                      if frame.startswith(marker)), "other (ioloop, timers, start-up)")
+        phases[phase] = phases.get(phase, 0) + count
     busy = max(total - idle, 1)
 
     def rows(counts: dict[str, int]) -> list[str]:
@@ -462,6 +482,7 @@ def summarize(raw: str, title: str, top: int = 25) -> str:
         f"# {total} samples at 200/s; idle (ioloop waiting in poll): "
         f"{100 * idle / max(total, 1):.1f}% of wall time; percentages below are of the "
         f"{busy} busy samples",
+        "", "busy time by phase (innermost worker step on the stack):", *rows(phases),
         "", "busy time by package (self):", *rows(packages),
         "", f"top {top} functions, inclusive:", *rows(inclusive),
         "", f"top {top} functions, self:", *rows(self_time), ""])
