@@ -133,9 +133,9 @@ def close_connections(vhost: str) -> int:
 class ThreadWorker:
     """The worker in-process on its own thread (the thread owns the connection)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rules_dir: Path | None = None) -> None:
         self.store = SqliteStore(settings.state_path)
-        self.worker = Worker(settings, load_rules(None), self.store)
+        self.worker = Worker(settings, load_rules(rules_dir), self.store)
         self.thread = threading.Thread(target=self.worker.run, name="worker", daemon=True)
 
     def __enter__(self) -> Worker:
