@@ -92,30 +92,50 @@ class Broker:
             with suppress(*LINK_ERRORS):  # a broker restart may have closed it already
                 self.connection.close()
 
-    def queue_totals(self, queue: str) -> tuple[int, int]:
-        """(ready, unacknowledged) as the broker counts them."""
-        for row in json.loads(rabbitmqctl("list_queues", "-p", self.vhost, "--formatter", "json",
-                                          "name", "messages_ready",
-                                          "messages_unacknowledged")):
-            if row["name"] == queue:
-                return int(row["messages_ready"]), int(row["messages_unacknowledged"])
-        raise AssertionError(f"queue {queue} not found in {self.vhost}")
+    def ready(self, queue: str) -> int:
+        """Messages ready in ``queue``, live (a passive declare)."""
+        return int(self.channel.queue_declare(queue, passive=True).method.message_count)
 
-    def drained(self, queue: str) -> bool:
-        return self.queue_totals(queue) == (0, 0)
+    def in_worker(self) -> int:
+        """Events the worker holds unacknowledged, live."""
+        return worker_unacked(self.vhost)
+
+    def drained(self) -> bool:
+        """Every event consumed and acknowledged (read in this order, so an event moving
+        from ready to unacked between the two reads is still seen)."""
+        return self.ready(self.topology.events_queue) == 0 and self.in_worker() == 0
+
+
+def _worker_connections(vhost: str) -> dict[str, str]:
+    """The worker's connections in ``vhost`` (not the harness's): name -> pid."""
+    # The table form, not JSON: close_connection wants the pid as the table prints it.
+    marker = f'{{"connection_name","{WORKER_CONNECTION}"}}'
+    found = {}
+    for line in rabbitmqctl("list_connections", "--no-table-headers", "vhost", "name", "pid",
+                            "client_properties").splitlines():
+        host, name, pid, properties = line.split("\t", 3)
+        if host == vhost and marker in properties:
+            found[name] = pid
+    return found
 
 
 def worker_connections(vhost: str) -> list[str]:
-    """Broker-side ids of the worker's connections in ``vhost`` (not the harness's)."""
-    # The table form, not JSON: close_connection wants the pid as the table prints it.
-    marker = f'{{"connection_name","{WORKER_CONNECTION}"}}'
-    pids = []
-    for line in rabbitmqctl("list_connections", "--no-table-headers", "vhost", "pid",
-                            "client_properties").splitlines():
-        name, pid, properties = line.split("\t", 2)
-        if name == vhost and marker in properties:
-            pids.append(pid)
-    return pids
+    """Broker-side ids of the worker's connections in ``vhost``."""
+    return list(_worker_connections(vhost).values())
+
+
+def worker_unacked(vhost: str) -> int:
+    """Messages delivered to the worker and not yet acknowledged. Channel figures are
+    live; ``list_queues`` figures of a quorum queue lag by up to 5 s and would call a
+    queue drained that is not."""
+    names = _worker_connections(vhost)
+    total = 0
+    for line in rabbitmqctl("list_channels", "-p", vhost, "--no-table-headers", "name",
+                            "messages_unacknowledged").splitlines():
+        name, unacked = line.rsplit("\t", 1)
+        if name.rsplit(" (", 1)[0] in names:
+            total += int(unacked)
+    return total
 
 
 def cut_worker_connections(vhost: str) -> int:
@@ -403,6 +423,54 @@ def collecting(vhost: str, queue: str) -> Iterator[Collector]:
             collector.stop()
 
 
+@dataclass
+class Rig:
+    """A running worker with its broker view and both collectors."""
+
+    broker: Broker
+    worker: WorkerProcess
+    updates: Collector
+    dead: Collector
+    state: Path
+
+    def publish(self, events: Iterable[dict[str, Any]]) -> None:
+        for message in as_messages(events):
+            self.broker.channel.basic_publish(self.broker.topology.events_exchange,
+                                              message.routing_key, message.body,
+                                              message.properties)
+
+    def settle(self, timeout: float = 120.0) -> None:
+        settle(self.broker, self.worker, [self.updates, self.dead], timeout)
+
+
+    def reopen(self) -> None:
+        """A fresh broker view, for after a broker restart cut the old one."""
+        self.broker.close()
+        self.broker = Broker(self.broker.vhost)
+
+
+@contextmanager
+def rig(vhost: str, workdir: Path, *, url: str | None = None, state: Path | None = None,
+        settings: dict[str, object] | None = None) -> Iterator[Rig]:
+    """Collectors first, then the worker, ready to consume; all torn down on leaving.
+    ``collector.received`` stays readable afterwards."""
+    state = state or workdir / "state.sqlite3"
+    worker = WorkerProcess(worker_env(url or amqp_url(vhost), state, **(settings or {})),
+                           workdir / "worker.log")
+    broker = Broker(vhost)
+    try:
+        with collecting(vhost, UPDATES_QUEUE) as updates, \
+                collecting(vhost, broker.topology.dead_letter_queue) as dead, running(worker):
+            worker.wait_ready()
+            the_rig = Rig(broker, worker, updates, dead, state)
+            try:
+                yield the_rig
+            finally:
+                broker = the_rig.broker
+    finally:
+        broker.close()
+
+
 def settle(broker: Broker, worker: WorkerProcess, collectors: Iterable[Collector],
            timeout: float = 120.0) -> None:
     """Until the input queue is empty with nothing unacked, then stop the worker
@@ -411,14 +479,16 @@ def settle(broker: Broker, worker: WorkerProcess, collectors: Iterable[Collector
 
     def drained() -> bool:
         assert worker.alive(), f"worker died: {worker.log_tail()}"
-        return broker.drained(events_queue)
+        return broker.drained()
 
     wait_for(drained, timeout, "the worker to consume and ack every event", interval=0.3)
     status = worker.stop()
     assert status == 0, f"worker exit status {status}: {worker.log_tail()}"
+    # Its connection is gone: anything it left unacked would be ready again.
+    assert broker.ready(events_queue) == 0, "the worker left events unacknowledged"
     for collector in collectors:
         def collected(c: Collector = collector) -> bool:
-            return broker.queue_totals(c.queue) == (0, 0) and c.quiet_for(0.3)
+            return broker.ready(c.queue) == 0 and c.quiet_for(0.5)
 
         wait_for(collected, 60, f"{collector.queue} to be collected", interval=0.2)
 

@@ -12,23 +12,17 @@ from typing import Any
 
 from tests.broker.bus import wait_for
 from tests.reliability.harness import (
-    UPDATES_QUEUE,
-    Broker,
     Oracle,
     Producer,
     Verdict,
     WorkerProcess,
-    amqp_url,
     as_messages,
     broker_restart,
     chaos_stream,
-    collecting,
     cut_worker_connections,
     judge,
-    running,
-    settle,
+    rig,
     worker_connections,
-    worker_env,
 )
 
 
@@ -66,35 +60,24 @@ def _run(vhost: str, workdir: Path, stream: list[dict[str, Any]], rate: float,
     (seconds after the producer starts); then settle and judge."""
     started = time.monotonic()
     oracle = Oracle.replay(stream)
-    state = workdir / "state.sqlite3"
-    broker = Broker(vhost)
-    worker = WorkerProcess(worker_env(amqp_url(vhost), state, **settings),
-                           workdir / "worker.log")
-    try:
-        with collecting(vhost, UPDATES_QUEUE) as updates, \
-                collecting(vhost, broker.topology.dead_letter_queue) as dead:
-            producer = Producer(vhost, as_messages(stream), rate)
-            with running(worker):
-                worker.wait_ready()
-                producer.start()
-                begin = time.monotonic()
-                try:
-                    for moment in moments:
-                        time.sleep(max(0.0, begin + moment - time.monotonic()))
-                        fault(worker)
-                    producer.finish()
-                finally:
-                    producer.abandon()
-                published = time.monotonic()
-                broker.close()  # a restart may have cut it: open a fresh one to settle
-                broker = Broker(vhost)
-                settle(broker, worker, [updates, dead])
-                settled = time.monotonic()
-            received = updates.stop()
-            dead_letters = dead.stop()
-    finally:
-        broker.close()
-    report = FaultReport(judge(oracle, received, len(stream), state), faults=len(moments),
+    with rig(vhost, workdir, settings=settings) as r:
+        producer = Producer(vhost, as_messages(stream), rate)
+        producer.start()
+        begin = time.monotonic()
+        try:
+            for moment in moments:
+                time.sleep(max(0.0, begin + moment - time.monotonic()))
+                fault(r.worker)
+            producer.finish()
+        finally:
+            producer.abandon()
+        published = time.monotonic()
+        r.reopen()  # a broker restart may have cut the old one
+        r.settle()
+        settled = time.monotonic()
+    worker = r.worker
+    received, dead_letters = r.updates.received, r.dead.received
+    report = FaultReport(judge(oracle, received, len(stream), r.state), faults=len(moments),
                          starts=worker.starts, dead_letters=len(dead_letters),
                          producer_resends=producer.resends, fault_moments=moments)
     report.reconnects_logged = worker.log().count("reconnecting in")

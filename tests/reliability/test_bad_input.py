@@ -26,18 +26,13 @@ from tests.broker.streams import event_stream
 from tests.reliability.bad_input import MAX_BYTES, BadMessage, bad_message, is_bad, template
 from tests.reliability.conftest import Size
 from tests.reliability.harness import (
-    UPDATES_QUEUE,
     Broker,
     Collector,
     Oracle,
     Received,
     WorkerProcess,
-    amqp_url,
-    collecting,
     judge,
-    running,
-    settle,
-    worker_env,
+    rig,
 )
 from worker.domain.inbox import Inbox
 from worker.rulebook import load_rules
@@ -141,41 +136,31 @@ def check_dead_letters(sent: dict[str, BadMessage], dead: list[Received]) -> lis
 @pytest.mark.broker
 def test_fuzzed_bad_messages_are_dead_lettered_and_good_ones_flow(
         vhost: str, tmp_path: Path, size: Size) -> None:
-    state = tmp_path / "state.sqlite3"
-    worker = WorkerProcess(worker_env(amqp_url(vhost), state, max_message_bytes=MAX_BYTES),
-                           tmp_path / "worker.log")
-    broker = Broker(vhost)
-    try:
-        with collecting(vhost, UPDATES_QUEUE) as updates, \
-                collecting(vhost, broker.topology.dead_letter_queue) as dead, running(worker):
-            worker.wait_ready()
-            run = FuzzRun(broker, worker, updates, dead)
+    with rig(vhost, tmp_path, settings={"max_message_bytes": MAX_BYTES}) as r:
+        run = FuzzRun(r.broker, r.worker, r.updates, r.dead)
 
-            @settings(max_examples=size.fuzz_rounds, derandomize=True, database=None,
-                      deadline=None, phases=[Phase.generate], print_blob=False,
-                      suppress_health_check=list(HealthCheck))
-            @given(st.lists(bad_message(), min_size=8, max_size=30))
-            def one_round(bad: list[BadMessage]) -> None:
-                run.round(bad)
+        @settings(max_examples=size.fuzz_rounds, derandomize=True, database=None,
+                  deadline=None, phases=[Phase.generate], print_blob=False,
+                  suppress_health_check=list(HealthCheck))
+        @given(st.lists(bad_message(), min_size=8, max_size=30))
+        def one_round(bad: list[BadMessage]) -> None:
+            run.round(bad)
 
-            one_round()
-            settle(broker, worker, [updates, dead])
-            assert worker.starts == 1
-            received, dead_letters = updates.stop(), dead.stop()
-    finally:
-        broker.close()
+        one_round()
+        r.settle()
+        assert r.worker.starts == 1
     total = len(run.bad)
     print(f"{total} bad messages in {run.rounds} rounds between {len(run.good)} good events: "
           f"{dict(run.kinds)}; slowest round {max(run.latencies):.2f} s")
     assert total >= size.fuzz_rounds * 8, "hypothesis generated too little"
     assert set(run.kinds) >= {"invalid-json", "wrong-type", "missing", "unknown-type", "bad-id",
                               "encoding", "oversized", "nested", "huge-number", "content"}
-    problems = check_dead_letters(run.bad, dead_letters)
+    problems = check_dead_letters(run.bad, r.dead.received)
     assert not problems, "\n".join(problems[:20])
-    verdict = judge(Oracle(run.expected_updates, run.oracle.state), received, len(run.good),
-                    state)
+    verdict = judge(Oracle(run.expected_updates, run.oracle.state), r.updates.received,
+                    len(run.good), r.state)
     verdict.assert_clean()
-    log = worker.log()
+    log = r.worker.log()
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
 
 
@@ -206,27 +191,16 @@ def test_a_bad_event_with_thousands_of_wrong_fields_does_not_take_good_ones_down
     assert len(body) <= MAX_BYTES and is_bad(body)
     good = event_stream(seed=77, count=40, accounts=2)
     oracle = Oracle.replay(good)
-    worker = WorkerProcess(worker_env(amqp_url(vhost), tmp_path / "state.sqlite3"),
-                           tmp_path / "worker.log")
-    broker = Broker(vhost)
-    try:
-        with collecting(vhost, UPDATES_QUEUE) as updates, \
-                collecting(vhost, broker.topology.dead_letter_queue) as dead, running(worker):
-            worker.wait_ready()
-            channel = broker.channel
-            for event in good[:20]:
-                channel.basic_publish("chat.events", event["type"], json.dumps(event).encode())
-            channel.basic_publish("chat.events", "account.updated", body)
-            for event in good[20:]:
-                channel.basic_publish("chat.events", event["type"], json.dumps(event).encode())
-            wait_for(lambda: len(dead) >= 1 and len(updates) >= len(oracle.updates), HELD_BACK,
-                     "the bad event dead-lettered and the good ones through; log: "
-                     + worker.log_tail(3)[-600:])
-            settle(broker, worker, [updates, dead])
-            received, dead_letters = updates.stop(), dead.stop()
-    finally:
-        broker.close()
-    frame_errors = worker.log().count("FRAME_ERROR")
+    with rig(vhost, tmp_path) as r:
+        r.publish(good[:20])
+        r.broker.channel.basic_publish("chat.events", "account.updated", body)
+        r.publish(good[20:])
+        wait_for(lambda: len(r.dead) >= 1 and len(r.updates) >= len(oracle.updates), HELD_BACK,
+                 "the bad event dead-lettered and the good ones through; log: "
+                 + r.worker.log_tail(3)[-600:])
+        r.settle()
+    received, dead_letters = r.updates.received, r.dead.received
+    frame_errors = r.worker.log().count("FRAME_ERROR")
     good_dead = [(m.body[:60], [d.get("reason") for d in (m.properties.headers or {})
                                 .get("x-death", [])]) for m in dead_letters if m.body != body]
     assert not good_dead, (f"{len(good_dead)} good event(s) dead-lettered, e.g. {good_dead[:2]};"
