@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # Publishes per ioloop callback: bounded so heartbeats and confirms keep flowing.
 PUBLISH_CHUNK = 500
+# An x-error header must fit a frame with room to spare (frame_max is 128 KiB): a
+# reason naming 20,000 wrong fields would get the connection closed, again and again.
+MAX_REASON_CHARS = 1000
 
 
 @dataclass
@@ -262,13 +265,13 @@ class Worker:
     def _dead_letter(self, delivery: Delivery, reason: str) -> Outgoing:
         original = delivery.properties
         headers = dict(original.headers or {})
-        headers["x-error"] = reason
+        headers["x-error"] = _bounded(reason)
         properties = pika.BasicProperties(
             content_type=original.content_type, content_encoding=original.content_encoding,
             message_id=original.message_id, timestamp=original.timestamp,
             type=original.type, app_id=original.app_id, headers=headers, delivery_mode=2)
         log.warning("dead-lettering message %d (%s): %s", delivery.tag, delivery.routing_key,
-                    reason)
+                    headers["x-error"])
         self.stats.dead_lettered += 1
         return Outgoing(self.topology.dead_letter_exchange, delivery.routing_key,
                         delivery.body, properties)
@@ -361,6 +364,13 @@ class Worker:
                 and self._retry_timer is None and not self._buffer):
             log.info("all events in hand committed and acknowledged; closing")
             self.link.close()
+
+
+def _bounded(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    cut = reason[:MAX_REASON_CHARS]
+    return f"{cut}... ({len(reason) - len(cut)} more characters)"
 
 
 class _Poisoned(Exception):  # noqa: N818 - internal signal, never escapes this module
