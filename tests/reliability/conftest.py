@@ -46,4 +46,5 @@ def size(request: pytest.FixtureRequest) -> Size:
                     restart_events=30_000, restarts=3, fuzz_rounds=2000,
                     memory_events=300_000)
     return Size(False, crash_events=5000, kills=kills or 4, cut_events=4000, cuts=3,
-                restart_events=3000, restarts=1, fuzz_rounds=200, memory_events=30_000)
+                restart_events=3000, restarts=1, fuzz_rounds=100, memory_events=20_000)
+

@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import pika
 import pika.exceptions
+from pika.adapters.select_connection import IOLoop
 
 from contracts import parse_event
 from tests.broker.bus import rabbitmqctl, wait_for
@@ -280,66 +281,135 @@ def as_messages(events: Iterable[dict[str, Any]]) -> list[Message]:
 
 
 class Producer(threading.Thread):
-    """Publishes ``messages`` in order to ``chat.events`` at ``rate`` per second, each
-    confirmed, on its own connection. If the broker goes away it reconnects and
-    publishes the unconfirmed message again (at least once, like a real producer: an
-    adjacent re-send changes nothing downstream, the worker drops it by event id)."""
+    """Publishes ``messages`` in order to ``chat.events`` at ``rate`` per second on a
+    connection of its own, with up to ``window`` publishes awaiting their confirm (a
+    quorum queue confirms after an fsync: one at a time would crawl).
 
-    def __init__(self, vhost: str, messages: list[Message], rate: float) -> None:
+    If the broker goes away it reconnects and publishes again from the first
+    unconfirmed message, like a real at-least-once producer. The broker keeps a prefix
+    of what one channel sent, so the queue then holds some events twice, in order; the
+    worker drops the second copy by event id, and the replay of ``messages`` stays the
+    oracle."""
+
+    def __init__(self, vhost: str, messages: list[Message], rate: float,
+                 window: int = 500) -> None:
         super().__init__(name="producer", daemon=True)
         self.vhost = vhost
         self.messages = messages
         self.rate = rate
-        self.published = 0
+        self.window = window
+        self.confirmed = 0  # every message before this index is confirmed
         self.resends = 0
+        self.reconnects = 0
         self.error: BaseException | None = None
-        self._stop_requested = threading.Event()
+        self._next = 0
+        self._pending: dict[int, int] = {}  # delivery tag -> message index
+        self._tag = 0
+        self._channel: Any = None
+        self._connection: pika.SelectConnection | None = None
+        self._began = 0.0
+        self._stopping = False
+        self._ioloop = IOLoop()
+        self._exchange = topology().events_exchange
 
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test by finish()
-            self.error = exc
-
-    def _run(self) -> None:
-        exchange = topology().events_exchange
-        started = time.monotonic()
-        channel: Any = None
-        connection: pika.BlockingConnection | None = None
-        while self.published < len(self.messages) and not self._stop_requested.is_set():
-            if channel is None:
-                connection = connect(self.vhost, attempts=240)
-                channel = connection.channel()
-                channel.confirm_delivery()
-            due = started + self.published / self.rate
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
-            message = self.messages[self.published]
-            try:
-                channel.basic_publish(exchange, message.routing_key, message.body,
-                                      message.properties)
-            except LINK_ERRORS:
-                self.resends += 1
-                channel = None
-                continue
-            self.published += 1
-        if connection is not None and connection.is_open:
-            connection.close()
+    @property
+    def published(self) -> int:
+        """Messages confirmed so far."""
+        return self.confirmed
 
     @property
     def done(self) -> bool:
-        return self.published == len(self.messages)
+        return self.confirmed == len(self.messages)
+
+    def run(self) -> None:
+        try:
+            self._began = time.monotonic()
+            self._connect()
+            self._ioloop.start()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test by finish()
+            self.error = exc
+        finally:
+            self._ioloop.close()
+
+    def _connect(self) -> None:
+        params = pika.URLParameters(amqp_url(self.vhost))
+        params.client_properties = {"connection_name": HARNESS_CONNECTION}
+        self._connection = pika.SelectConnection(
+            params, on_open_callback=lambda c: c.channel(on_open_callback=self._on_channel),
+            on_open_error_callback=lambda _c, _e: self._reconnect(),
+            on_close_callback=lambda _c, _e: self._reconnect(), custom_ioloop=self._ioloop)
+
+    def _reconnect(self) -> None:
+        self._channel = None
+        if self._stopping:
+            self._ioloop.stop()
+            return
+        self.reconnects += 1
+        if self._pending:  # unknown fate: send again, in order, from the first of them
+            first = min(self._pending.values())
+            self.resends += self._next - first
+            self._next = first
+            self._pending.clear()
+        self._ioloop.call_later(0.5, self._connect)
+
+    def _on_channel(self, channel: Any) -> None:
+        self._tag = 0
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm,
+                                 callback=lambda _frame: self._ready(channel))
+
+    def _ready(self, channel: Any) -> None:
+        self._channel = channel
+        self._pump()
+
+    def _pump(self) -> None:
+        channel = self._channel
+        if channel is None or self._stopping:
+            return
+        due = int((time.monotonic() - self._began) * self.rate) + 1
+        while (self._next < min(due, len(self.messages)) and len(self._pending) < self.window
+               and channel.is_open):
+            message = self.messages[self._next]
+            channel.basic_publish(self._exchange, message.routing_key, message.body,
+                                  message.properties)
+            self._tag += 1
+            self._pending[self._tag] = self._next
+            self._next += 1
+        if self._next < len(self.messages) and len(self._pending) < self.window:
+            self._ioloop.call_later(0.005, self._pump)  # the rate allows more soon
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        if not isinstance(method, pika.spec.Basic.Ack):
+            raise AssertionError(f"the broker refused an event: {method}")
+        tags = ([t for t in self._pending if t <= method.delivery_tag] if method.multiple
+                else [method.delivery_tag])
+        for tag in tags:
+            self._pending.pop(tag, None)
+        self.confirmed = min(self._pending.values()) if self._pending else self._next
+        if self.done:
+            self._stopping = True
+            assert self._connection is not None
+            self._connection.close()
+        else:
+            self._pump()
 
     def finish(self, timeout: float = 600.0) -> None:
         self.join(timeout)
-        assert not self.is_alive(), "producer did not finish"
+        assert not self.is_alive(), f"producer did not finish: {self.confirmed} confirmed"
         if self.error is not None:
             raise self.error
         assert self.done
 
     def abandon(self) -> None:
-        self._stop_requested.set()
-        self.join(30)
+        if self.is_alive():
+            def stop() -> None:
+                self._stopping = True
+                if self._connection is not None and self._connection.is_open:
+                    self._connection.close()
+                else:
+                    self._ioloop.stop()
+            self._ioloop.add_callback_threadsafe(stop)
+            self.join(30)
 
 
 @dataclass(frozen=True)
@@ -645,3 +715,57 @@ def compare_state(want: State, got: State) -> list[str]:
 
 def type_counts(events: Iterable[dict[str, Any]]) -> Counter[str]:
     return Counter(str(e["type"]) for e in events)
+
+
+def steady_stream(seed: int, count: int, accounts: int = 10,
+                  conversations: int = 100) -> list[dict[str, Any]]:
+    """A long stream over a fixed working set: every conversation is created first, then
+    lives through joins, transfers, resolves and reopens over and over, with snapshots
+    and re-sent recent events. Memory should stop growing once all of it is known."""
+    rng = random.Random(seed)
+    agents = [f"ag-{n}" for n in range(1, 7)]
+    sequences: dict[tuple[str, str], int] = {}
+    events: list[dict[str, Any]] = []
+
+    def emit(kind: str, account: str, data: dict[str, Any], conversation: str = "") -> None:
+        key = (account, conversation)
+        sequences[key] = sequences.get(key, 0) + 1
+        event: dict[str, Any] = {
+            "event_id": f"m{seed}-{len(events)}", "type": kind, "account_id": account,
+            "occurred_at": "2026-11-24T10:00:00Z", "sequence": sequences[key], "data": data}
+        if conversation:
+            event["conversation_id"] = conversation
+        events.append(event)
+
+    def snapshot(account: str) -> None:
+        team = sorted(rng.sample(agents, rng.randint(2, 5)))
+        emit("account.updated", account, {"plan": rng.choice(("free", "pro")), "agents": team,
+                                          "groups": {"g-1": team[:2]}})
+
+    names = [f"acc-m{seed}-{a}" for a in range(accounts)]
+    for account in names:
+        snapshot(account)
+        for c in range(conversations):
+            emit("conversation.created", account, {"group_id": rng.choice((None, "g-1"))},
+                 f"c-{c}")
+    while len(events) < count:
+        account = rng.choice(names)
+        roll = rng.random()
+        if roll < 0.002:
+            snapshot(account)  # re-categorises all the account's conversations
+        elif roll < 0.012:
+            events.append(dict(events[-rng.randint(1, 50)]))  # a re-sent recent event
+        else:
+            agent = rng.choice(agents)
+            kind, data = rng.choice((
+                ("message.created", {"author": "visitor"}),
+                ("message.created", {"author": "agent", "agent_id": agent}),
+                ("conversation.assigned", {"agent_id": agent}),
+                ("conversation.unassigned", {"agent_id": agent}),
+                ("conversation.transferred", {"to_agent_id": agent}),
+                ("conversation.transferred", {"to_group_id": "g-1"}),
+                ("conversation.resolved", {}),
+                ("conversation.reopened", {}),
+            ))
+            emit(kind, account, data, f"c-{rng.randrange(conversations)}")
+    return events[:count]

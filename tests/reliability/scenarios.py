@@ -21,7 +21,9 @@ from tests.reliability.harness import (
     chaos_stream,
     cut_worker_connections,
     judge,
+    load_state,
     rig,
+    steady_stream,
     worker_connections,
 )
 
@@ -136,4 +138,62 @@ def restart_run(vhost: str, workdir: Path, *, events: int, restarts: int, seed: 
 
     report = _run(vhost, workdir, stream, rate, moments, restart)
     assert report.starts == 1
+    return report
+
+
+@dataclass
+class MemoryReport:
+    """The worker's resident set over a long steady stream, KiB."""
+
+    verdict: Verdict
+    samples: list[tuple[int, int]]  # (events published so far, VmRSS)
+    warm_up_events: int
+    dedup_window: int
+    seen_rows: int = 0
+
+    @property
+    def after_warm_up(self) -> list[int]:
+        return [rss for published, rss in self.samples if published >= self.warm_up_events]
+
+    @property
+    def baseline(self) -> int:
+        return self.after_warm_up[0]
+
+    @property
+    def peak(self) -> int:
+        return max(self.after_warm_up)
+
+    @property
+    def final(self) -> int:
+        return self.samples[-1][1]
+
+    def summary(self) -> str:
+        return (f"{self.verdict.events} events, RSS {self.baseline / 1024:.1f} MiB after "
+                f"{self.warm_up_events} warm-up events, peak {self.peak / 1024:.1f} MiB, "
+                f"final {self.final / 1024:.1f} MiB ({len(self.samples)} samples); "
+                f"{self.seen_rows} event ids remembered (window {self.dedup_window})")
+
+
+def memory_run(vhost: str, workdir: Path, *, events: int, seed: int, dedup_window: int = 2000,
+               rate: float = 2500.0, warm_up: float = 0.3) -> MemoryReport:
+    """Publish a steady stream over a fixed working set and sample VmRSS throughout."""
+    stream = steady_stream(seed, events)
+    oracle = Oracle.replay(stream, dedup_window=dedup_window)
+    samples: list[tuple[int, int]] = []
+    with rig(vhost, workdir, settings={"dedup_window": dedup_window}) as r:
+        producer = Producer(vhost, as_messages(stream), rate)
+        producer.start()
+        try:
+            while producer.is_alive():
+                samples.append((producer.published, r.worker.rss_kib()))
+                time.sleep(0.25)
+            producer.finish()
+        finally:
+            producer.abandon()
+        wait_for(r.broker.drained, 120, "the worker to catch up", interval=0.3)
+        samples.append((producer.published, r.worker.rss_kib()))
+        r.settle()
+    report = MemoryReport(judge(oracle, r.updates.received, len(stream), r.state), samples,
+                          int(len(stream) * warm_up), dedup_window)
+    report.seen_rows = len(load_state(r.state, 10**9).seen)
     return report
