@@ -7,6 +7,7 @@ transaction. A server store (PostgreSQL) for several workers fits the same proto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -130,7 +131,11 @@ class SqliteStore:
                 self._write(changes, state)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (a full disk): a second
+                # rollback would fail and hide the real cause.
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"state store {self.path}: commit failed: {exc}") from exc
