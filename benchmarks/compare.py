@@ -201,6 +201,13 @@ class Broker:
         self.channel.basic_publish(self.topology.events_exchange, routing_key, body,
                                    PERSISTENT)
 
+    def cancel(self, consumer_tag: str) -> None:
+        """Cancel our consumer, unless the connection is already gone (a broker
+        restart: the run is retried)."""
+        if self.channel.is_open:
+            with suppress(pika.exceptions.AMQPError, AssertionError):
+                self.channel.basic_cancel(consumer_tag)
+
     def pump(self, seconds: float) -> None:
         self.connection.process_data_events(time_limit=seconds)
 
@@ -340,7 +347,7 @@ def throughput(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
             spy.kill()
             spy.wait()
         program.stop()
-        broker.channel.basic_cancel(tag)
+        broker.cancel(tag)
     check_clean(broker, kind)
     outputs = broker.depth(SINK) - 1  # the sentinel's
     result.updates = outputs
@@ -398,7 +405,7 @@ def latency(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
     finally:
         program.stop()
         if tag is not None:
-            broker.channel.basic_cancel(tag)
+            broker.cancel(tag)
     check_clean(broker, kind)
     return result
 
