@@ -114,7 +114,7 @@ class AmqpLink:
         if self._closing:
             self.ioloop.stop()
             return
-        log.info("connecting to %s", self.settings.safe_amqp_url)
+        log.debug("connecting to %s", self.settings.safe_amqp_url)
         self._connection = pika.SelectConnection(
             connection_parameters(self.settings),
             on_open_callback=self._on_connection_open,
@@ -123,18 +123,19 @@ class AmqpLink:
             custom_ioloop=self.ioloop,
         )
 
-    def _reconnect_later(self, why: object) -> None:
+    def _reconnect_later(self, what: str, why: BaseException) -> None:
         if self._closing:
             self.ioloop.stop()
             return
         self._attempt += 1
         delay = backoff_delay(self._attempt, self.settings.reconnect_max_delay)
-        log.warning("broker connection lost (%s); reconnecting in %.1f s", why, delay)
+        log.warning("%s %s (%s); retrying in %.1f s", what, self.settings.safe_amqp_url,
+                    _describe(why), delay)
         self.reconnects += 1
         self.ioloop.call_later(delay, self._connect)
 
     def _on_connection_open_error(self, _connection: object, error: BaseException) -> None:
-        self._reconnect_later(error)
+        self._reconnect_later("cannot connect to", error)
 
     def _on_connection_closed(self, _connection: object, reason: BaseException) -> None:
         self._channel = None
@@ -146,7 +147,7 @@ class AmqpLink:
             log.info("broker connection closed")
             self.ioloop.stop()
         else:
-            self._reconnect_later(reason)
+            self._reconnect_later("lost the connection to", reason)
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
@@ -226,3 +227,20 @@ class AmqpLink:
         # No queue bound for that routing key: nobody downstream wants this update.
         log.debug("unroutable: %s %s (%s)", method.exchange, method.routing_key,
                   method.reply_text)
+
+
+def _describe(error: BaseException) -> str:
+    """The innermost cause pika wraps its connection failures around."""
+    while True:
+        inner = getattr(error, "exceptions", None)  # AMQPConnectionWorkflowFailed
+        wrapped = getattr(error, "exception", None)  # AMQPConnectorPhaseErrorBase
+        if inner:
+            error = inner[-1]
+        elif isinstance(wrapped, BaseException):
+            error = wrapped
+        elif error.args and isinstance(error.args[0], BaseException):
+            error = error.args[0]
+        else:
+            break
+    text = str(error) or type(error).__name__
+    return text if type(error).__name__ in text else f"{type(error).__name__}: {text}"

@@ -69,7 +69,8 @@ def run(rules_dir: Path | None, log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if log_level.upper() != "DEBUG":
-        logging.getLogger("pika").setLevel(logging.WARNING)  # one line per socket step
+        # pika logs every step of a failed connection at ERROR; the worker says it once.
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         settings = Settings()
     except ValidationError as exc:
