@@ -178,3 +178,16 @@ def test_sigterm_finishes_the_batch_in_hand_then_closes(
     worker.on_cancelled()
     worker.on_confirm(len(link.published), multiple=True, ok=True)
     assert link.acks == [(20, True)] and link.closed
+
+
+def test_heavy_batches_are_cut_short_to_keep_the_ioloop_responsive(
+        tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.service.EVALUATE_BUDGET", -1.0)  # every event is "heavy"
+    worker, link, _store = _worker(tmp_path)
+    _deliver(worker, encode(events[:3]))
+    worker.stop()
+    worker.on_cancelled()
+    for _ in range(3):
+        worker.on_confirm(len(link.published), multiple=True, ok=True)
+    assert link.acks == [(1, True), (2, True), (3, True)]
+    assert link.updates() == replay(events[:3])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # Publishes per ioloop callback: bounded so heartbeats and confirms keep flowing.
 PUBLISH_CHUNK = 500
+# Seconds of rule evaluation per ioloop callback, at most (plus one event): the
+# ioloop must come back often to answer heartbeats and take confirms.
+EVALUATE_BUDGET = 0.25
 # An x-error header must fit a frame with room to spare (frame_max is 128 KiB): a
 # reason naming 20,000 wrong fields would get the connection closed, again and again.
 MAX_REASON_CHARS = 1000
@@ -233,7 +237,11 @@ class Worker:
             self._dirty = True
             out.extend(self._update(u) for u in
                        self.inbox.adopt_rules(self.rules, datetime.now(UTC)))
-        for delivery in batch.deliveries:
+        deadline = time.monotonic() + EVALUATE_BUDGET
+        for index, delivery in enumerate(batch.deliveries):
+            if index and time.monotonic() > deadline:
+                self._shorten(batch, index)
+                return
             reason = batch.poison.get(delivery.tag)
             if reason is None:
                 try:
@@ -254,6 +262,12 @@ class Worker:
                 raise _Poisoned(delivery.tag, f"worker error: {type(exc).__name__}: {exc}"
                                 ) from exc
             out.extend(self._update(u) for u in updates)
+
+    def _shorten(self, batch: Batch, keep: int) -> None:
+        """Heavy events (an account snapshot re-categorises the whole account): end the
+        batch here and give the rest back to the buffer, in order, for the next one."""
+        self._buffer.extendleft(reversed(batch.deliveries[keep:]))
+        del batch.deliveries[keep:]
 
     def _update(self, update: CategoryUpdate) -> Outgoing:
         properties = pika.BasicProperties(

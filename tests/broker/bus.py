@@ -23,6 +23,7 @@ from worker.store import SqliteStore
 from worker.topology import Topology
 
 UPDATES_QUEUE = "test.updates"
+HEARTBEAT = 4
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -40,14 +41,16 @@ def amqp_url(vhost: str) -> str:
 
 
 def settings_for(vhost: str, state_path: Path) -> Settings:
+    # A short heartbeat: a worker that blocked its ioloop too long would be cut off.
     return Settings(AMQP_URL=amqp_url(vhost), state_path=state_path, max_batch_delay=0.01,
-                    reconnect_max_delay=1.0)
+                    reconnect_max_delay=1.0, heartbeat=HEARTBEAT)
 
 
 def settings_env(vhost: str, state_path: Path) -> dict[str, str]:
     return {**os.environ, "AMQP_URL": amqp_url(vhost),
             "INBOX_RULES_STATE_PATH": str(state_path),
-            "INBOX_RULES_MAX_BATCH_DELAY": "0.01", "INBOX_RULES_RECONNECT_MAX_DELAY": "1"}
+            "INBOX_RULES_MAX_BATCH_DELAY": "0.01", "INBOX_RULES_RECONNECT_MAX_DELAY": "1",
+            "INBOX_RULES_HEARTBEAT": str(HEARTBEAT)}
 
 
 class Bus:

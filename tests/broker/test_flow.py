@@ -20,6 +20,7 @@ def test_events_in_give_the_replayed_updates_out(vhost: str, bus: Bus, tmp_path:
     with ThreadWorker(settings_for(vhost, tmp_path / "state.sqlite3")) as worker:
         wait_for(lambda: worker.stats.acked >= len(events), 30, "all events acked")
         wait_drained(bus, bus.topology.events_queue)
+        assert worker.link.reconnects == 0, "heartbeats kept the connection up"
     messages = bus.drain("test.updates")
     assert [json.loads(body) for _m, _p, body in messages] == expected
     for method, properties, body in messages:

@@ -83,6 +83,7 @@ def test_sigterm_finishes_the_batch_acks_and_exits_zero(
         wait_drained(bus, queue)
         assert worker.stop() == 0, worker.log.read_text()
     assert bus.ready(queue) == 0
+    assert "lost the connection" not in worker.log.read_text(), "heartbeats kept it up"
     # A clean stop publishes nothing twice: downstream sees exactly the clean run.
     assert bus.updates() == replay(events)
 
