@@ -6,6 +6,7 @@ The ``vhost`` fixture is the broker suite's (a fresh vhost per test, deleted aft
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run the long reliability runs (minutes each) instead of CI-sized ones")
     group.addoption("--kills", type=int, default=None,
                     help="SIGKILLs in the crash test (default: 4, or 60 with --soak)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --soak every broker test of this suite is a long one: mark it ``slow``."""
+    if not config.getoption("--soak"):
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and item.get_closest_marker("broker"):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass(frozen=True)
@@ -46,5 +57,5 @@ def size(request: pytest.FixtureRequest) -> Size:
                     restart_events=30_000, restarts=3, fuzz_rounds=2000,
                     memory_events=300_000)
     return Size(False, crash_events=5000, kills=kills or 4, cut_events=4000, cuts=3,
-                restart_events=3000, restarts=1, fuzz_rounds=100, memory_events=20_000)
+                restart_events=3000, restarts=1, fuzz_rounds=200, memory_events=15_000)
 

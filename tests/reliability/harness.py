@@ -189,8 +189,9 @@ class WorkerProcess:
 
     Every run appends to one log file; ``log()`` is everything it said so far."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, args: tuple[str, ...] = ()) -> None:
         self.env = env
+        self.args = args
         self.log_path = log
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -207,12 +208,16 @@ class WorkerProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run"], cwd=REPO, env=self.env,
+                [sys.executable, "-m", "worker.cli", "run", *self.args], cwd=REPO, env=self.env,
                 stdout=out, stderr=subprocess.STDOUT)
         self.starts += 1
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def reconnects(self) -> int:
+        """Times a run connected again after its first connection (log lines, all runs)."""
+        return self.log().count(READY_LINE) - self.starts
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until this run has declared its topology (it is about to consume)."""
@@ -521,12 +526,12 @@ class Rig:
 
 @contextmanager
 def rig(vhost: str, workdir: Path, *, url: str | None = None, state: Path | None = None,
-        settings: dict[str, object] | None = None) -> Iterator[Rig]:
+        settings: dict[str, object] | None = None, args: tuple[str, ...] = ()) -> Iterator[Rig]:
     """Collectors first, then the worker, ready to consume; all torn down on leaving.
     ``collector.received`` stays readable afterwards."""
     state = state or workdir / "state.sqlite3"
     worker = WorkerProcess(worker_env(url or amqp_url(vhost), state, **(settings or {})),
-                           workdir / "worker.log")
+                           workdir / "worker.log", args)
     broker = Broker(vhost)
     try:
         with collecting(vhost, UPDATES_QUEUE) as updates, \
