@@ -73,6 +73,22 @@ def connection_parameters(settings: Settings, name: str = "inbox-rules worker",
     return params
 
 
+class _CoalescingConnection(pika.SelectConnection):  # type: ignore[misc]
+    """One socket write per published message instead of one per frame (method,
+    header, body): at thousands of updates a second the system calls were the single
+    largest cost of the worker. Overrides a private pika 1.x hook (pika is pinned <2);
+    should it ever vanish, this is only slower, never wrong."""
+
+    def _output_marshaled_frames(self, marshaled_frames: list[bytes]) -> None:
+        if len(marshaled_frames) < 2:
+            super()._output_marshaled_frames(marshaled_frames)
+            return
+        data = b"".join(marshaled_frames)
+        self.bytes_sent += len(data)
+        self.frames_sent += len(marshaled_frames)
+        self._adapter_emit_data(data)
+
+
 class AmqpLink:
     """Keeps one connection and one channel up; everything runs on ``ioloop``."""
 
@@ -82,7 +98,7 @@ class AmqpLink:
         self.topology = topology
         self.handler = handler
         self.ioloop = ioloop
-        self._connection: pika.SelectConnection | None = None
+        self._connection: _CoalescingConnection | None = None
         self._channel: Any = None
         self._consumer_tag: str | None = None
         self._published = 0
@@ -115,7 +131,7 @@ class AmqpLink:
             self.ioloop.stop()
             return
         log.debug("connecting to %s", self.settings.safe_amqp_url)
-        self._connection = pika.SelectConnection(
+        self._connection = _CoalescingConnection(
             connection_parameters(self.settings),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,

@@ -27,13 +27,18 @@ HEARTBEAT = 4
 REPO = Path(__file__).resolve().parents[2]
 
 
-def rabbitmqctl(*args: str) -> str:
-    """Run rabbitmqctl; a missing or failing broker fails the test, never skips it."""
-    result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
-                            timeout=60, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout
+def rabbitmqctl(*args: str, wait_for_app: float = 60.0) -> str:
+    """Run rabbitmqctl; a missing or failing broker fails the test, never skips it.
+    While the broker application restarts (another test may restart it), wait."""
+    deadline = time.monotonic() + wait_for_app
+    while True:
+        result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True,
+                                text=True, timeout=60, check=False)
+        if result.returncode == 0:
+            return result.stdout
+        if "app to be running" not in result.stderr or time.monotonic() > deadline:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+        time.sleep(1)
 
 
 def amqp_url(vhost: str) -> str:
