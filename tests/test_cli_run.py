@@ -45,3 +45,12 @@ def test_passwords_never_show_in_a_logged_url() -> None:
     assert mask_url("amqp://guest:guest@localhost:5672/%2F") == \
         "amqp://guest:***@localhost:5672/%2F"
     assert mask_url("amqp://localhost/") == "amqp://localhost/"
+
+
+def test_a_missing_tls_file_stops_run_with_a_clear_message(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AMQP_URL", "amqps://svc:s3cret@broker:5671/prod")
+    monkeypatch.setenv("INBOX_RULES_TLS_CA_FILE", str(tmp_path / "missing-ca.pem"))
+    result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 1
+    assert "TLS settings" in result.stderr and "s3cret" not in result.output

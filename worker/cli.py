@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -77,6 +78,10 @@ def run(rules_dir: Path | None, log_level: str) -> None:
         raise click.ClickException(f"invalid settings: {exc}") from exc
     if rules_dir is not None:
         settings = settings.model_copy(update={"rules_dir": rules_dir})
+    try:
+        settings.tls_context()  # a wrong CA or key path is said now, not at each reconnect
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(f"TLS settings: {exc}") from exc
     compiled = _load_or_exit(settings.rules_dir)
     try:
         serve(settings, compiled)
