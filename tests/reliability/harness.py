@@ -63,6 +63,8 @@ def topology() -> Topology:
 def connect(vhost: str, attempts: int = 1, pause: float = 0.5) -> pika.BlockingConnection:
     params = pika.URLParameters(amqp_url(vhost))
     params.client_properties = {"connection_name": HARNESS_CONNECTION}
+    # The test's own connections sit idle for minutes in a soak: no heartbeat to miss.
+    params.heartbeat = 0
     for attempt in range(attempts):
         try:
             return pika.BlockingConnection(params)
@@ -95,7 +97,14 @@ class Broker:
 
     def ready(self, queue: str) -> int:
         """Messages ready in ``queue``, live (a passive declare)."""
-        return int(self.channel.queue_declare(queue, passive=True).method.message_count)
+        try:
+            return int(self.channel.queue_declare(queue, passive=True).method.message_count)
+        except LINK_ERRORS:  # the broker restarted under us (another test's, maybe)
+            self.close()
+            self.connection = connect(self.vhost, attempts=240)
+            self.channel = self.connection.channel()
+            self.channel.confirm_delivery()
+            return int(self.channel.queue_declare(queue, passive=True).method.message_count)
 
     def in_worker(self) -> int:
         """Events the worker holds unacknowledged, live."""
