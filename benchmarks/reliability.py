@@ -19,32 +19,25 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from tests.broker.bus import rabbitmqctl
 from tests.reliability.harness import Verdict
-from tests.reliability.scenarios import crash_run, cut_run, fuzz_run, memory_run, restart_run
+from tests.reliability.scenarios import (
+    SOAK,
+    Size,
+    crash_run,
+    cut_run,
+    fuzz_run,
+    memory_run,
+    restart_run,
+)
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Plan:
-    crash_events: int
-    kills: int
-    cut_events: int
-    cuts: int
-    restart_events: int
-    restarts: int
-    fuzz_rounds: int
-    memory_events: int
-
-
-SOAK = Plan(crash_events=60_000, kills=60, cut_events=20_000, cuts=12, restart_events=12_000,
-            restarts=3, fuzz_rounds=800, memory_events=150_000)
-QUICK = Plan(crash_events=5000, kills=4, cut_events=3000, cuts=2, restart_events=3000,
+QUICK = Size(False, crash_events=5000, kills=4, cut_events=3000, cuts=2, restart_events=3000,
              restarts=1, fuzz_rounds=50, memory_events=15_000)
 
 

@@ -5,12 +5,13 @@ The ``vhost`` fixture is the broker suite's (a fresh vhost per test, deleted aft
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.broker.conftest import vhost
+from tests.reliability.scenarios import CI, SOAK, Size
 
 __all__ = ["vhost"]
 
@@ -33,29 +34,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
-@dataclass(frozen=True)
-class Size:
-    """How long each scenario runs."""
-
-    soak: bool
-    crash_events: int
-    kills: int
-    cut_events: int
-    cuts: int
-    restart_events: int
-    restarts: int
-    fuzz_rounds: int
-    memory_events: int
-
-
 @pytest.fixture(scope="session")
 def size(request: pytest.FixtureRequest) -> Size:
-    soak = bool(request.config.getoption("--soak"))
+    chosen = SOAK if request.config.getoption("--soak") else CI
     kills = request.config.getoption("--kills")
-    if soak:
-        return Size(True, crash_events=120_000, kills=kills or 60, cut_events=40_000, cuts=15,
-                    restart_events=30_000, restarts=3, fuzz_rounds=2000,
-                    memory_events=300_000)
-    return Size(False, crash_events=5000, kills=kills or 4, cut_events=4000, cuts=3,
-                restart_events=3000, restarts=1, fuzz_rounds=200, memory_events=15_000)
-
+    return replace(chosen, kills=kills) if kills else chosen

@@ -42,6 +42,29 @@ from worker.domain.inbox import Inbox
 from worker.rulebook import load_rules
 
 
+@dataclass(frozen=True)
+class Size:
+    """How long each scenario runs."""
+
+    soak: bool
+    crash_events: int
+    kills: int
+    cut_events: int
+    cuts: int
+    restart_events: int
+    restarts: int
+    fuzz_rounds: int
+    memory_events: int
+
+
+# CI: the whole suite in a few minutes on two cores shared with the broker.
+CI = Size(False, crash_events=5000, kills=4, cut_events=4000, cuts=3, restart_events=3000,
+          restarts=1, fuzz_rounds=200, memory_events=15_000)
+# pytest --soak and benchmarks/reliability.py: the README's figures.
+SOAK = Size(True, crash_events=60_000, kills=60, cut_events=20_000, cuts=12,
+            restart_events=12_000, restarts=3, fuzz_rounds=800, memory_events=150_000)
+
+
 @dataclass
 class FaultReport:
     """What happened to one run and how it ended."""

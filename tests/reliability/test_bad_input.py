@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from tests.broker.bus import wait_for
 from tests.broker.streams import event_stream
 from tests.reliability.bad_input import MAX_BYTES, BadMessage, bad_message, is_bad, template
-from tests.reliability.conftest import Size
 from tests.reliability.harness import Oracle, judge, rig
-from tests.reliability.scenarios import HELD_BACK, fuzz_run
+from tests.reliability.scenarios import HELD_BACK, Size, fuzz_run
 
 
 @pytest.mark.broker

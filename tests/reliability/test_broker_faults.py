@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import Size
-from tests.reliability.scenarios import cut_run, restart_run
+from tests.reliability.scenarios import Size, cut_run, restart_run
 
 pytestmark = pytest.mark.broker
 

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from contracts.events import EVENT_TYPES
-from tests.reliability.conftest import Size
 from tests.reliability.harness import chaos_stream, type_counts
-from tests.reliability.scenarios import crash_run
+from tests.reliability.scenarios import Size, crash_run
 
 
 def test_the_stream_has_every_event_type_duplicates_and_stale_events() -> None:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import Size
-from tests.reliability.scenarios import memory_run
+from tests.reliability.scenarios import Size, memory_run
 
 pytestmark = pytest.mark.broker
 
