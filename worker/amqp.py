@@ -115,10 +115,12 @@ class AmqpLink:
         """Close the connection, then stop the ioloop."""
         self._closing = True
         connection = self._connection
-        if connection is not None and not (connection.is_closed or connection.is_closing):
-            connection.close()
-        elif connection is None or connection.is_closed:
+        if connection is None or connection.is_closed:
             self.ioloop.stop()
+        elif self.ready and not connection.is_closing:
+            connection.close()
+        # Otherwise it is still opening: pika does not take a close in the middle of
+        # its handshake well, so _on_qos (or the open error) finishes the job.
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> object:
         return self.ioloop.call_later(delay, callback)
@@ -183,6 +185,10 @@ class AmqpLink:
         self._channel.basic_qos(prefetch_count=self.settings.prefetch, callback=self._on_qos)
 
     def _on_qos(self, _frame: object) -> None:
+        if self._closing:
+            if self._connection is not None:
+                self._connection.close()
+            return
         self._published = 0
         self._attempt = 0
         self.ready = True

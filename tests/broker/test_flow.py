@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,11 @@ def test_bad_messages_go_to_the_dlq_with_the_reason_and_good_ones_flow(
         reason = properties.headers["x-error"]
         assert fragment in reason, (body[:40], reason)
     assert bus.updates() == replay(good)
+
+
+def test_a_stop_at_any_point_of_start_up_ends_cleanly(vhost: str, tmp_path: Path) -> None:
+    for delay in (0.0, 0.002, 0.005, 0.01, 0.03):
+        runner = ThreadWorker(settings_for(vhost, tmp_path / "state.sqlite3"))
+        runner.thread.start()
+        time.sleep(delay)
+        runner.__exit__(None, None, None)  # asserts the thread ended
