@@ -6,13 +6,14 @@ cut by the broker, broker application restarts (these stop every vhost of the br
 for a moment), fuzzed bad input, and a long steady stream for memory. Everything is
 judged against the offline replay, exactly as the CI-sized tests judge it.
 
-    .venv/bin/python -m benchmarks.reliability            # the README figures, ~10 min
+    .venv/bin/python -m benchmarks.reliability            # the README figures, ~12 min
     .venv/bin/python -m benchmarks.reliability --quick    # a smoke run, ~2 min
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -45,10 +46,15 @@ QUICK = Size(False, crash_events=5000, kills=4, cut_events=3000, cuts=2, restart
 def vhost() -> Iterator[tuple[str, Path]]:
     name = f"inbox-rules-reliability-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", name)
+    workdir = Path(tempfile.mkdtemp(prefix="inbox-rules-reliability-"))
     try:
         rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        with tempfile.TemporaryDirectory(prefix="inbox-rules-reliability-") as workdir:
-            yield name, Path(workdir)
+        yield name, workdir
+    except BaseException:
+        print(f"kept the worker's log and state in {workdir}", file=sys.stderr)
+        raise
+    else:
+        shutil.rmtree(workdir)
     finally:
         rabbitmqctl("delete_vhost", name)
 
