@@ -89,8 +89,8 @@ class Variant:
 
 # Conversations per variant: sized so that each run takes seconds, not minutes (at 500
 # agents an event averages well over 100 updates).
-FULL = [Variant("light", 2, 4000), Variant("light", 50, 500), Variant("light", 500, 80),
-        Variant("heavy", 2, 4000), Variant("heavy", 50, 300), Variant("heavy", 500, 50)]
+FULL = [Variant("light", 2, 3000), Variant("light", 50, 400), Variant("light", 500, 70),
+        Variant("heavy", 2, 3000), Variant("heavy", 50, 250), Variant("heavy", 500, 45)]
 QUICK = [Variant("light", 2, 1500), Variant("light", 50, 150), Variant("light", 500, 25),
          Variant("heavy", 2, 1500), Variant("heavy", 50, 100), Variant("heavy", 500, 16)]
 DEFAULT = "light/2"  # the common case: small accounts, chats routed to groups
@@ -425,7 +425,7 @@ PHASES = [
     ("Worker._update", "serialize update + AMQP properties"),
     ("Worker._dead_letter", "dead letters"),
     ("AmqpLink.publish", "pika basic_publish (frame marshalling)"),
-    ("_AsyncTransportBase._produce", "socket send (pika: one send() per frame)"),
+    ("_AsyncTransportBase._produce", "socket send (pika send() calls)"),
     ("Worker.on_confirm", "confirm bookkeeping"),
     ("Worker.", "worker batching/other"),
     ("Connection._on_data_available", "pika receive + frame decoding"),
@@ -664,7 +664,7 @@ def main() -> None:
     latency_seconds = 4.0 if args.quick else 10.0
     repeat = args.repeat or (1 if args.quick else 2)
     load_before = os.getloadavg()[0]
-    soak_conversations = 2000 if args.quick else 6000
+    soak_conversations = 2000 if args.quick else 5000
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
