@@ -8,6 +8,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,8 @@ def fault_moments(rng: random.Random, count: int, duration: float) -> list[float
 
 
 def _run(vhost: str, workdir: Path, stream: list[dict[str, Any]], rate: float,
-         moments: list[float], fault: Any, **settings: object) -> FaultReport:
+         moments: list[float], fault: Callable[[WorkerProcess], None],
+         **settings: object) -> FaultReport:
     """Publish ``stream`` at ``rate`` while calling ``fault(worker)`` at each moment
     (seconds after the producer starts); then settle and judge."""
     started = time.monotonic()
