@@ -103,10 +103,12 @@ class Worker:
         self._dirty = False  # memory is ahead of the store
         self._consuming = False
         self._stopping = False
+        self._adopted: Batch | None = None  # new rules applied, not yet published
 
     # -- running -----------------------------------------------------------
     def run(self) -> None:
         """Block, running the ioloop, until :meth:`stop` has finished its work."""
+        self._prepare_adoption()
         self.link.start()
         try:
             self.ioloop.start()
@@ -133,9 +135,11 @@ class Worker:
         if self._stopping:
             self.link.close()
             return
-        if self.inbox.state.rules_version != self.rules.version:
-            log.info("rules changed (%s -> %s): re-categorising before consuming",
-                     self.inbox.state.rules_version, self.rules.version)
+        adopted, self._adopted = self._adopted, None
+        if adopted is not None:
+            self._batch = adopted  # published before anything is consumed
+            self._pump(adopted)
+        elif self.inbox.state.rules_version != self.rules.version:
             self._start(Batch([], adopt_rules=True))
         else:
             self._consume()
@@ -174,6 +178,22 @@ class Worker:
         self._reload_if_dirty()
         if self._stopping:
             self.link.close()
+        else:
+            self._prepare_adoption()
+
+    def _prepare_adoption(self) -> None:
+        """Re-categorise everything under new rules while no connection waits on us:
+        on a large state it takes long, and a connected ioloop must answer heartbeats."""
+        if self._adopted is None and self.inbox.state.rules_version != self.rules.version:
+            log.info("rules changed (%s -> %s): re-categorising before consuming",
+                     self.inbox.state.rules_version, self.rules.version)
+            batch = Batch([], adopt_rules=True)
+            try:
+                self._evaluate(batch)
+            except StoreError as exc:
+                log.error("cannot re-categorise now: %s", exc)  # on_ready retries
+                return
+            self._adopted = batch
 
     # -- batching ----------------------------------------------------------
     def _consume(self) -> None:
