@@ -306,7 +306,6 @@ class Worker:
             type=original.type, app_id=original.app_id, headers=headers, delivery_mode=2)
         log.warning("dead-lettering message %d (%s): %s", delivery.tag, delivery.routing_key,
                     headers["x-error"])
-        self.stats.dead_lettered += 1
         return Outgoing(self.topology.dead_letter_exchange, delivery.routing_key,
                         delivery.body, properties)
 
@@ -339,8 +338,9 @@ class Worker:
         self._failures = 0
         self._batch = None
         self.stats.commits += 1
-        self.stats.updates += sum(
-            1 for o in batch.outgoing if o.exchange == self.topology.updates_exchange)
+        dead = sum(1 for o in batch.outgoing if o.exchange == self.topology.dead_letter_exchange)
+        self.stats.dead_lettered += dead
+        self.stats.updates += len(batch.outgoing) - dead
         if batch.deliveries:
             self.link.ack(batch.deliveries[-1].tag, multiple=True)
             self.stats.acked += len(batch.deliveries)
