@@ -95,16 +95,33 @@ class Broker:
             with suppress(*LINK_ERRORS):  # a broker restart may have closed it already
                 self.connection.close()
 
+    def reconnect(self) -> None:
+        """After the broker restarted under us (on a shared broker, maybe not ours)."""
+        self.close()
+        self.connection = connect(self.vhost, attempts=240)
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+
     def ready(self, queue: str) -> int:
         """Messages ready in ``queue``, live (a passive declare)."""
         try:
             return int(self.channel.queue_declare(queue, passive=True).method.message_count)
-        except LINK_ERRORS:  # the broker restarted under us (another test's, maybe)
-            self.close()
-            self.connection = connect(self.vhost, attempts=240)
-            self.channel = self.connection.channel()
-            self.channel.confirm_delivery()
+        except LINK_ERRORS:
+            self.reconnect()
             return int(self.channel.queue_declare(queue, passive=True).method.message_count)
+
+    def publish(self, routing_key: str, body: bytes, properties: pika.BasicProperties) -> bool:
+        """Publish to the events exchange, confirmed; False if it had to be sent again
+        after a broker restart (it may then be in the queue twice)."""
+        try:
+            self.channel.basic_publish(self.topology.events_exchange, routing_key, body,
+                                       properties)
+            return True
+        except LINK_ERRORS:
+            self.reconnect()
+            self.channel.basic_publish(self.topology.events_exchange, routing_key, body,
+                                       properties)
+            return False
 
     def in_worker(self) -> int:
         """Events the worker holds unacknowledged, live."""
@@ -519,9 +536,7 @@ class Rig:
 
     def publish(self, events: Iterable[dict[str, Any]]) -> None:
         for message in as_messages(events):
-            self.broker.channel.basic_publish(self.broker.topology.events_exchange,
-                                              message.routing_key, message.body,
-                                              message.properties)
+            self.broker.publish(message.routing_key, message.body, message.properties)
 
     def settle(self, timeout: float = 120.0) -> None:
         settle(self.broker, self.worker, [self.updates, self.dead], timeout)
