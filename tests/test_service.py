@@ -200,3 +200,54 @@ def test_heavy_batches_are_cut_short_to_keep_the_ioloop_responsive(
         worker.on_confirm(len(link.published), multiple=True, ok=True)
     assert link.acks == [(1, True), (2, True), (3, True)]
     assert link.updates() == replay(events[:3])
+
+
+def _rules_variant(directory: Path, text_change: tuple[str, str] | None) -> Path:
+    """A copy of the shipped rules, optionally with one textual edit."""
+    source = load_rules(None).source
+    directory.mkdir()
+    text = (Path(source) / "inbox.yaml").read_text()
+    if text_change is not None:
+        assert text_change[0] in text
+        text = text.replace(*text_change)
+    (directory / "inbox.yaml").write_text(text)
+    return directory
+
+
+def test_sighup_reload_keeps_the_rules_when_the_new_files_do_not_validate(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    worker, link, _store = _worker(tmp_path)
+    broken = _rules_variant(tmp_path / "broken", ("equals: pro}", "equals: platinum}"))
+    worker.settings = worker.settings.model_copy(update={"rules_dir": broken})
+    before = worker.rules.version
+    assert worker.reload_rules() is False
+    assert worker.rules.version == before
+    assert "inbox.yaml:" in caplog.text and "platinum" in caplog.text
+    assert link.published == []
+
+
+def test_sighup_reload_recategorises_with_the_new_rules_before_the_next_events(
+        tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    worker, link, _store = _worker(tmp_path)
+    _deliver(worker, encode(events[:25]))
+    link.run_timers()  # a partial batch starts when its delay runs out
+    worker.on_confirm(len(link.published), multiple=True, ok=True)
+    assert link.acks == [(25, True)]
+    # `new` ignores groups in the edited rules: group chats become new for everyone.
+    edited = _rules_variant(tmp_path / "edited", (
+        "            - predicate: routed_to_agent\n", "            - predicate: open\n"))
+    worker.settings = worker.settings.model_copy(update={"rules_dir": edited})
+    first = len(link.published)
+    assert worker.reload_rules() is True
+    adopted = link.updates(first)
+    worker.on_confirm(len(link.published), multiple=True, ok=True)
+    new_version = worker.rules.version
+    assert adopted, "the edit changes some inbox of the first 25 events"
+    assert {u["cause_event_id"] for u in adopted} == {f"rules:{new_version}"}
+    _deliver(worker, encode(events[25:]), first_tag=26)
+    link.run_timers()
+    worker.on_confirm(len(link.published), multiple=True, ok=True)
+    assert link.acks[-1] == (50, True)
+    assert worker.inbox.state.rules_version == new_version
+    later = link.updates(first)
+    assert later and all(u["rules_version"] == new_version for u in later)

@@ -35,8 +35,8 @@ from contracts import BadEvent, CategoryUpdate, parse_event
 from worker.amqp import AmqpLink, Delivery, Outgoing
 from worker.backoff import backoff_delay
 from worker.domain.inbox import Inbox
-from worker.errors import PublishRejectedError, StoreError
-from worker.rulebook import CompiledRules
+from worker.errors import PublishRejectedError, RuleFileError, StoreError
+from worker.rulebook import CompiledRules, load_rules
 from worker.settings import Settings
 from worker.store import SqliteStore, StateStore
 from worker.topology import Topology
@@ -118,6 +118,33 @@ class Worker:
     def request_stop(self) -> None:
         """Thread- and signal-safe: ask the ioloop thread to stop gracefully."""
         self.ioloop.add_callback_threadsafe(self.stop)
+
+    def request_reload(self) -> None:
+        """Thread- and signal-safe: ask the ioloop thread to reload the rule files."""
+        self.ioloop.add_callback_threadsafe(self.reload_rules)
+
+    def reload_rules(self) -> bool:
+        """Load the rule directory again; new rules go live with the next batch.
+
+        A rule set that does not validate never goes live: the worker keeps the rules
+        it has and logs every problem as file:line. True if new rules were adopted.
+        """
+        try:
+            rules = load_rules(self.settings.rules_dir)
+        except RuleFileError as exc:
+            log.error("rules not reloaded, keeping version %s; the new files do not "
+                      "validate:\n%s", self.rules.version, exc)
+            return False
+        if rules.version == self.rules.version:
+            log.info("rules reloaded: unchanged (version %s)", rules.version)
+            return False
+        log.info("rules reloaded: version %s -> %s; re-categorising with the next batch",
+                 self.rules.version, rules.version)
+        self.rules = rules
+        if (self._consuming and self._batch is None and not self._buffer
+                and self._retry_timer is None):
+            self._start(Batch([], adopt_rules=True))  # idle: publish the changes now
+        return True
 
     def stop(self) -> None:
         """Stop consuming, finish what is in hand, commit, ack, close."""
@@ -222,6 +249,9 @@ class Worker:
         self._start(Batch([self._buffer.popleft() for _ in range(size)]))
 
     def _start(self, batch: Batch) -> None:
+        # Rules reloaded since the state was categorised: adopt them before the events.
+        if self.inbox.state.rules_version != self.rules.version:
+            batch.adopt_rules = True
         self._batch = batch
         try:
             # A standby that just became the active consumer must not publish updates
@@ -425,6 +455,8 @@ def serve(settings: Settings, rules: CompiledRules) -> Stats:
                  settings.state_path, known)
         previous = {sig: signal.signal(sig, lambda _sig, _frame: worker.request_stop())
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(
+            signal.SIGHUP, lambda _sig, _frame: worker.request_reload())
         try:
             worker.run()
         finally:
