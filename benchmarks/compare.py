@@ -567,6 +567,9 @@ def measure(variant: Variant, broker: Broker, workdir: Path, latency_seconds: fl
         workers.append(throughput("worker", broker, lines, keys, workdir, timeout=600,
                                   profile=profile if attempt == repeat - 1 else None))
     relay, worker = best(relays), best(workers)
+    if latency_seconds <= 0:  # --no-latency: throughput, CPU and RSS only
+        return Row(variant, worker.updates / worker.events, relay, worker, Result(),
+                   Result())
     # Half the measured maximum: the relay's, unless the worker cannot sustain it.
     rate = 0.5 * min(relay.events_per_second, worker.events_per_second)
     count = max(100, min(len(lines), int(rate * latency_seconds)))
@@ -630,7 +633,7 @@ def verdicts(rows: list[Row], soak: Result | None) -> list[str]:
                 f"{large.worker.events_per_second / small.worker.events_per_second:.3f} "
                 f"at {large.updates_per_event:.0f} vs {small.updates_per_event:.1f} "
                 f"updates/event)")
-    if default is not None:
+    if default is not None and default.worker_latency.latencies:
         w, r = default.worker_latency, default.relay_latency
         value = w.percentile(0.99) / r.percentile(0.99)
         verdict(value <= 3.0, f"p99 latency at half load, worker/relay on {DEFAULT} "
@@ -650,6 +653,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller streams (~3 min)")
     parser.add_argument("--only", default="", help="comma-separated variants, e.g. light/2")
     parser.add_argument("--no-soak", action="store_true", help="skip the RSS soak run")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="skip the latency runs (quicker A/B of throughput and CPU)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="throughput runs per program, best kept (default: 2, "
                         "--quick: 1)")
@@ -661,7 +666,7 @@ def main() -> None:
     if args.only:
         wanted = set(args.only.split(","))
         variants = [v for v in variants if v.name in wanted]
-    latency_seconds = 4.0 if args.quick else 10.0
+    latency_seconds = 0.0 if args.no_latency else 4.0 if args.quick else 10.0
     repeat = args.repeat or (1 if args.quick else 2)
     load_before = os.getloadavg()[0]
     soak_conversations = 2000 if args.quick else 5000
