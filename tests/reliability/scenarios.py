@@ -60,7 +60,7 @@ class Size:
 
 # CI: the whole suite in a few minutes on two cores shared with the broker.
 CI = Size(False, crash_events=5000, kills=4, cut_events=4000, cuts=3, restart_events=3000,
-          restarts=1, fuzz_rounds=200, memory_events=15_000)
+          restarts=1, fuzz_rounds=160, memory_events=12_000)
 # pytest --soak and benchmarks/reliability.py: the README's figures.
 SOAK = Size(True, crash_events=30_000, kills=60, cut_events=15_000, cuts=12,
             restart_events=9000, restarts=3, fuzz_rounds=500, memory_events=100_000)
@@ -233,7 +233,8 @@ def memory_run(vhost: str, workdir: Path, *, events: int, seed: int, dedup_windo
         samples.append((producer.published, r.worker.rss_kib()))
         r.settle()
     report = MemoryReport(judge(oracle, r.updates.received, len(stream), r.state), samples,
-                          int(len(stream) * warm_up), dedup_window)
+                          max(int(len(stream) * warm_up), min(6000, len(stream) // 2)),
+                          dedup_window)
     report.seen_rows = len(load_state(r.state, 10**9).seen)
     return report
 
