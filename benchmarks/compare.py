@@ -267,7 +267,8 @@ class Program:
                 self.process.kill()
                 self.process.wait()
                 raise BenchError(f"{self.kind} did not stop on SIGTERM") from None
-        if self.process.returncode != 0:
+        # -SIGTERM: stopped before it installed its handler (a run cut short).
+        if self.process.returncode not in (0, -signal.SIGTERM):
             raise BenchError(f"{self.kind} exited with {self.process.returncode}:\n"
                              f"{self.log.read_text()[-3000:]}")
 
