@@ -225,7 +225,7 @@ def memory_run(vhost: str, workdir: Path, *, events: int, seed: int, dedup_windo
         try:
             while producer.is_alive():
                 samples.append((producer.published, r.worker.rss_kib()))
-                time.sleep(0.25)
+                time.sleep(0.1)
             producer.finish()
         finally:
             producer.abandon()
