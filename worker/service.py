@@ -74,12 +74,27 @@ class Batch:
     poison: dict[int, str] = field(default_factory=dict)
     outgoing: list[Outgoing] = field(default_factory=list)
     published: int = 0
-    unconfirmed: set[int] = field(default_factory=set)
+    # Publish sequence numbers awaiting a confirm, ascending (publishes are numbered in
+    # order); single confirms may come out of order and wait in a set until the front
+    # of the queue reaches them. No per-confirm rebuild of the whole window.
+    unconfirmed: deque[int] = field(default_factory=deque)
+    confirmed_ahead: set[int] = field(default_factory=set)
     rejected: bool = False
 
     @property
     def settled(self) -> bool:
         return self.published == len(self.outgoing) and not self.unconfirmed
+
+    def confirm(self, sequence: int, multiple: bool) -> None:
+        pending = self.unconfirmed
+        if multiple:
+            while pending and pending[0] <= sequence:
+                pending.popleft()
+        else:
+            self.confirmed_ahead.add(sequence)
+        ahead = self.confirmed_ahead
+        while pending and ahead and pending[0] in ahead:
+            ahead.discard(pending.popleft())
 
 
 class Worker:
@@ -184,10 +199,7 @@ class Worker:
         batch = self._batch
         if batch is None:
             return
-        if multiple:
-            batch.unconfirmed = {s for s in batch.unconfirmed if s > sequence}
-        else:
-            batch.unconfirmed.discard(sequence)
+        batch.confirm(sequence, multiple)
         if not ok:
             batch.rejected = True
         self._pump(batch)
@@ -347,7 +359,7 @@ class Worker:
         sent = 0
         while (batch.published < len(batch.outgoing) and len(batch.unconfirmed) < window
                and sent < PUBLISH_CHUNK):
-            batch.unconfirmed.add(self.link.publish(batch.outgoing[batch.published]))
+            batch.unconfirmed.append(self.link.publish(batch.outgoing[batch.published]))
             batch.published += 1
             sent += 1
         if batch.settled:
@@ -374,6 +386,9 @@ class Worker:
         if batch.deliveries:
             self.link.ack(batch.deliveries[-1].tag, multiple=True)
             self.stats.acked += len(batch.deliveries)
+        # The next batch may start right here, while callers up the stack still hold
+        # this one: let its messages go first (a fan-out batch holds tens of thousands).
+        batch.outgoing = []
         self._after_batch()
 
     def _after_batch(self) -> None:
