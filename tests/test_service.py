@@ -251,3 +251,18 @@ def test_sighup_reload_recategorises_with_the_new_rules_before_the_next_events(
     assert worker.inbox.state.rules_version == new_version
     later = link.updates(first)
     assert later and all(u["rules_version"] == new_version for u in later)
+
+
+def test_a_bad_message_with_huge_headers_is_dead_lettered_without_them(tmp_path: Path) -> None:
+    worker, link, _store = _worker(tmp_path)
+    huge = pika.BasicProperties(headers={"trace": "x" * 100_000}, content_type="text/plain")
+    worker.on_delivery(Delivery(1, "event", huge, b"{not json"))
+    link.run_timers()
+    worker.on_confirm(len(link.published), multiple=True, ok=True)
+    assert link.acks == [(1, True)]
+    [dead] = link.published
+    assert dead.body == b"{not json"
+    assert dead.properties.headers["x-error"].startswith("invalid JSON")
+    assert "trace" not in dead.properties.headers
+    assert dead.properties.headers["x-original-headers-dropped"] == "1 header(s), too large"
+    assert dead.properties.content_type == "text/plain"

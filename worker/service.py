@@ -48,6 +48,9 @@ PUBLISH_CHUNK = 500
 # Seconds of rule evaluation per ioloop callback, at most (plus one event): the
 # ioloop must come back often to answer heartbeats and take confirms.
 EVALUATE_BUDGET = 0.25
+# Original headers larger than this (as repr, a generous over-estimate of their AMQP
+# size) are not copied to a dead letter: half of RabbitMQ's default 128 KiB frame.
+MAX_COPIED_HEADERS_CHARS = 64 * 1024
 # An x-error header must fit a frame with room to spare (frame_max is 128 KiB): a
 # reason naming 20,000 wrong fields would get the connection closed, again and again.
 MAX_REASON_CHARS = 1000
@@ -341,6 +344,10 @@ class Worker:
     def _dead_letter(self, delivery: Delivery, reason: str) -> Outgoing:
         original = delivery.properties
         headers = dict(original.headers or {})
+        if len(repr(headers)) > MAX_COPIED_HEADERS_CHARS:
+            # The original fitted in a frame; with x-error added it might not, and a
+            # frame error would loop the connection. Keep the body, drop the headers.
+            headers = {"x-original-headers-dropped": f"{len(headers)} header(s), too large"}
         headers["x-error"] = _bounded(reason)
         properties = pika.BasicProperties(
             content_type=original.content_type, content_encoding=original.content_encoding,
