@@ -22,7 +22,7 @@ from durable import engine as durable_engine
 from worker.errors import RuleFileError, RuleProblem
 from worker.rulebook.compiler import Definitions, compile_ruleset, fact_key
 from worker.rulebook.facts import FACT_NAMES, FactVector
-from worker.rulebook.syntax import Definition, read_rule_file
+from worker.rulebook.syntax import Definition, parse_rule_file, read_rule_bytes
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 CACHE_SIZE = 65536
@@ -64,13 +64,14 @@ def _host() -> _SynchronousHost:
 class CompiledRules:
     """A live rule set: its categories, its version and a cached evaluator."""
 
-    def __init__(self, definitions: Definitions, version: str, source: str) -> None:
+    def __init__(self, definitions: Definitions, version: str, source: str,
+                 ruleset: dict[str, Any]) -> None:
         self.version = version
         self.source = source
         self.categories: tuple[str, ...] = tuple(definitions.categories)
         self.descriptions: dict[str, str] = {
             name: d.description for name, d in definitions.categories.items()}
-        self.ruleset_json = compile_ruleset(definitions)
+        self.ruleset_json = ruleset
         self._fired: list[str] = []
         self._fact_ids = itertools.count(1)
         with _HOST_LOCK:
@@ -107,9 +108,7 @@ class CompiledRules:
                 pass  # no category matched: the empty set
             finally:
                 host.retract_fact(self._name, fact)
-            fired = frozenset(self._fired)
-        order = {name: i for i, name in enumerate(self.categories)}
-        return frozenset(sorted(fired, key=order.__getitem__))
+            return frozenset(self._fired)
 
     def evaluate_facts(self, facts: dict[str, object]) -> frozenset[str]:
         """Evaluate a named fact mapping (rule tests, tooling); every fact is required."""
@@ -126,6 +125,11 @@ def rule_files(directory: Path) -> list[Path]:
 
 def check_rules(directory: Path) -> tuple[Definitions, str]:
     """Validate every rule file of a directory; return its definitions and version."""
+    definitions, version, _ = _check_and_compile(directory)
+    return definitions, version
+
+
+def _check_and_compile(directory: Path) -> tuple[Definitions, str, dict[str, Any]]:
     if not directory.is_dir():
         raise RuleFileError([RuleProblem(str(directory), None, "not a directory")])
     files = rule_files(directory)
@@ -137,23 +141,25 @@ def check_rules(directory: Path) -> tuple[Definitions, str]:
     digest = hashlib.sha256()
     for path in files:
         display = str(path)
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         try:
-            definitions.extend(read_rule_file(path, display))
+            # Read once: the version is the hash of exactly the bytes that were parsed.
+            data = read_rule_bytes(path, display)
+            digest.update(path.name.encode() + b"\0" + data + b"\0")
+            definitions.extend(parse_rule_file(data, display))
         except RuleFileError as exc:
             problems.extend(exc.problems)
     if problems:
         raise RuleFileError(problems)
     checked = Definitions(definitions)
-    compile_ruleset(checked)  # limits of the engine are rule-file errors too
-    return checked, digest.hexdigest()[:12]
+    ruleset = compile_ruleset(checked)  # limits of the engine are rule-file errors too
+    return checked, digest.hexdigest()[:12], ruleset
 
 
 def load_rules(directory: Path | None = None) -> CompiledRules:
     """Load, validate and compile a rule directory (the shipped default if None)."""
     directory = directory or default_rules_dir()
-    definitions, version = check_rules(directory)
-    return CompiledRules(definitions, version, str(directory))
+    definitions, version, ruleset = _check_and_compile(directory)
+    return CompiledRules(definitions, version, str(directory), ruleset)
 
 
 def default_rules_dir() -> Path:

@@ -249,9 +249,8 @@ def _resolve(node: yaml.ScalarNode) -> object:
         loader.dispose()
 
 
-def read_rule_file(path: Path, display: str) -> list[Definition]:
-    """Parse one rule file; raise :class:`RuleFileError` with file:line on any problem."""
-    reader = _Reader(display)
+def read_rule_bytes(path: Path, display: str) -> bytes:
+    """A rule file's bytes, bounded in size; :class:`RuleFileError` if unreadable."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -259,6 +258,12 @@ def read_rule_file(path: Path, display: str) -> list[Definition]:
     if len(data) > MAX_FILE_BYTES:
         raise RuleFileError([RuleProblem(display, None,
                                          f"file larger than {MAX_FILE_BYTES} bytes")])
+    return data
+
+
+def parse_rule_file(data: bytes, display: str) -> list[Definition]:
+    """Parse one rule file; raise :class:`RuleFileError` with file:line on any problem."""
+    reader = _Reader(display)
     try:
         root = yaml.compose(data.decode("utf-8"), Loader=yaml.SafeLoader)
     except UnicodeDecodeError as exc:
