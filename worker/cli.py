@@ -16,7 +16,7 @@ from worker.domain.inbox import Inbox
 from worker.errors import DemoError, RuleFileError, StoreError
 from worker.replay import BadLine, replay_lines
 from worker.rulebook.cases import run_cases
-from worker.rulebook.engine import check_rules, default_rules_dir, load_rules
+from worker.rulebook.engine import CompiledRules, check_rules, default_rules_dir, load_rules
 from worker.service import serve
 from worker.settings import Settings, describe_settings
 
@@ -139,13 +139,13 @@ def rules_test(directory: Path | None) -> None:
         for failure in result.failures:
             click.echo(f"     {failure}")
     click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if not results:
+        click.echo(f"no test cases found in {directory / 'cases'}", err=True)
     if failed or not results:
-        if not results:
-            click.echo(f"no test cases found in {directory / 'cases'}", err=True)
         sys.exit(1)
 
 
-def _load_or_exit(directory: Path | None):  # type: ignore[no-untyped-def]
+def _load_or_exit(directory: Path | None) -> CompiledRules:
     try:
         return load_rules(directory)
     except RuleFileError as exc:

@@ -120,8 +120,11 @@ class Inbox:
                 new: Conversation) -> list[Change]:
         """Evaluate ``new``, store it, and emit an update for every agent whose set changed."""
         categories = self._evaluate(account, new)
-        new = replace(new, categories=categories)
-        self.state.put_conversation(new)
+        if new is not old or categories != new.categories:
+            # An account-wide pass leaves most conversations as they were: writing
+            # them would make the store rewrite the whole account every batch.
+            new = replace(new, categories=categories)
+            self.state.put_conversation(new)
         return [(account.account_id, new.conversation_id, agent, before, after)
                 for agent, before, after in self._changed_agents(old_account, account, old, new)]
 
