@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
@@ -52,6 +53,14 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = Field(None, description="Client certificate for amqps://.")
     tls_key_file: Path | None = Field(None, description="Client key for amqps://.")
     tls_verify: bool = Field(True, description="Verify the broker's certificate and host name.")
+    http_port: int = Field(9464, ge=0, le=65535, description=(
+        "Port serving /metrics, /healthz and /readyz (0: no HTTP)."))
+    http_host: str = Field("0.0.0.0", description=(  # noqa: S104 - reachable in a container
+        "Address the HTTP port binds (127.0.0.1: this host only)."))
+    log_format: Literal["text", "json"] = Field("text", description=(
+        "Log lines as text or one JSON object per line."))
+    status_interval: float = Field(30.0, ge=0, description=(
+        "Seconds between status lines while busy (0: none)."))
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The TLS context for an amqps:// URL, None for plain amqp://."""
