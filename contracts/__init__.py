@@ -1,4 +1,5 @@
-"""The upstream event contract and the downstream update contract (pydantic v2).
+"""The upstream event contract, the downstream update contract and the request/reply
+contract of ``inbox.requests`` (pydantic v2).
 
 Nothing here knows about RabbitMQ: the worker and the offline replay share it.
 """
@@ -21,16 +22,33 @@ from contracts.events import (
     parse_event,
     parse_event_object,
 )
+from contracts.requests import (
+    REQUEST_KINDS,
+    BadRequest,
+    CategoryExplanation,
+    ConditionExplanation,
+    ExplainReply,
+    ExplainRequest,
+    Request,
+    RequestKind,
+    SnapshotReply,
+    SnapshotRequest,
+    parse_request,
+)
 from contracts.updates import CategoryUpdate
 
 __all__ = [
     "EVENT_TYPES",
+    "REQUEST_KINDS",
     "AccountEvent",
     "AccountUpdated",
     "AgentAssigned",
     "AgentUnassigned",
     "BadEvent",
+    "BadRequest",
+    "CategoryExplanation",
     "CategoryUpdate",
+    "ConditionExplanation",
     "ConversationCreated",
     "ConversationDeleted",
     "ConversationEvent",
@@ -38,7 +56,14 @@ __all__ = [
     "ConversationResolved",
     "ConversationTransferred",
     "Event",
+    "ExplainReply",
+    "ExplainRequest",
     "MessageCreated",
+    "Request",
+    "RequestKind",
+    "SnapshotReply",
+    "SnapshotRequest",
     "parse_event",
     "parse_event_object",
+    "parse_request",
 ]

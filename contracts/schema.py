@@ -1,29 +1,65 @@
-"""JSON Schema of both contracts, generated from the models and checked in.
+"""JSON Schema of every contract, generated from the models and checked in.
 
 ``python -m contracts.schema`` rewrites the files; a test fails when they are stale.
+:data:`CONTRACTS` is also what ``contracts.asyncapi`` builds its message payloads from,
+so the AsyncAPI document and these files can never describe different messages.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
+from pydantic.json_schema import DEFAULT_REF_TEMPLATE
 
 from contracts.events import Event
+from contracts.requests import ExplainReply, ExplainRequest, SnapshotReply, SnapshotRequest
 from contracts.updates import CategoryUpdate
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 
 
+@dataclass(frozen=True)
+class Contract:
+    """One message body: the file its schema goes to, its title, and its model."""
+
+    file: str
+    name: str  # its name among the AsyncAPI document's component schemas
+    title: str
+    adapter: TypeAdapter[Any]
+
+    def schema(self, ref_template: str = DEFAULT_REF_TEMPLATE) -> dict[str, Any]:
+        """The model's JSON Schema with the contract's title; ``ref_template`` says where
+        nested definitions are referenced (``#/$defs/...`` in a standalone file)."""
+        schema: dict[str, Any] = self.adapter.json_schema(ref_template=ref_template)
+        schema["title"] = self.title
+        return schema
+
+
+CONTRACTS: tuple[Contract, ...] = (
+    Contract("event.schema.json", "Event", "Conversation event (chat.events)",
+             TypeAdapter(Event)),
+    Contract("category-update.schema.json", "CategoryUpdate",
+             "Category update (inbox.categories)", TypeAdapter(CategoryUpdate)),
+    Contract("snapshot-request.schema.json", "SnapshotRequest",
+             "Snapshot request (inbox.requests, routing key snapshot)",
+             TypeAdapter(SnapshotRequest)),
+    Contract("snapshot-reply.schema.json", "SnapshotReply",
+             "Snapshot reply (to the request's reply_to)", TypeAdapter(SnapshotReply)),
+    Contract("explain-request.schema.json", "ExplainRequest",
+             "Explain request (inbox.requests, routing key explain)",
+             TypeAdapter(ExplainRequest)),
+    Contract("explain-reply.schema.json", "ExplainReply",
+             "Explain reply (to the request's reply_to)", TypeAdapter(ExplainReply)),
+)
+
+
 def schemas() -> dict[str, dict[str, Any]]:
-    event: dict[str, Any] = TypeAdapter(Event).json_schema()
-    event["title"] = "Conversation event (chat.events)"
-    update = CategoryUpdate.model_json_schema()
-    update["title"] = "Category update (inbox.categories)"
-    return {"event.schema.json": event, "category-update.schema.json": update}
+    return {contract.file: contract.schema() for contract in CONTRACTS}
 
 
 def render(schema: dict[str, Any]) -> str:
