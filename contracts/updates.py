@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.ids import Id
 
@@ -16,6 +16,8 @@ class CategoryUpdate(BaseModel):
     account_id: Id
     agent_id: Id
     conversation_id: Id
+    # Numbers the updates of one (account, agent): 1, 2, 3 ... no gaps, no reuse.
+    seq: int = Field(ge=1)
     categories: list[str]
     added: list[str]
     removed: list[str]

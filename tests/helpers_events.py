@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from contracts import CategoryUpdate, Event, parse_event_object
+from contracts import Event, parse_event_object
+from worker.domain.updates import Update
 
 TIME = "2026-11-24T10:00:00Z"
 
@@ -44,14 +45,14 @@ class Events:
                     **envelope)
 
 
-def by_agent(updates: list[CategoryUpdate]) -> dict[str, CategoryUpdate]:
+def by_agent(updates: list[Update]) -> dict[str, Update]:
     """The updates of one event for one conversation, keyed by agent (no agent twice)."""
     keyed = {u.agent_id: u for u in updates}
     assert len(keyed) == len(updates), f"several updates for one agent: {updates}"
     return keyed
 
 
-def categories(updates: list[CategoryUpdate]) -> dict[tuple[str, str], list[str]]:
+def categories(updates: list[Update]) -> dict[tuple[str, str], list[str]]:
     """(agent, conversation) -> categories, for every update of one event."""
     keyed = {(u.agent_id, u.conversation_id): u.categories for u in updates}
     assert len(keyed) == len(updates), f"several updates for one (agent, conversation): {updates}"

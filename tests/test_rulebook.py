@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts import parse_event_object
-from worker.domain.inbox import Inbox, categories_of
+from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError
 from worker.rulebook import FACT_NAMES, FACTS, load_rules
 from worker.rulebook.compiler import Definitions
@@ -120,8 +120,8 @@ def test_editing_a_rule_file_changes_behaviour_without_python(tmp_path: Path) ->
 
     default = _run(None, PRO_GROUP_CHAT)
     edited = _run(custom, PRO_GROUP_CHAT)
-    assert categories_of(default.state, "acc-1", "c-1", "ag-2") == {"all"}
-    assert categories_of(edited.state, "acc-1", "c-1", "ag-2") == {
+    assert default.categories_of("acc-1", "c-1", "ag-2") == {"all"}
+    assert edited.categories_of("acc-1", "c-1", "ag-2") == {
         "all", "new", "primary", "unassigned"}
     assert edited.rules.categories[-1] == "unassigned"
 

@@ -15,9 +15,8 @@ from worker.demo import run_demo
 from worker.domain.inbox import Inbox
 from worker.errors import DemoError, RuleFileError, StoreError
 from worker.replay import BadLine, replay_lines
-from worker.rulebook.cases import run_cases
+from worker.rule_cases import run_cases
 from worker.rulebook.engine import CompiledRules, check_rules, default_rules_dir, load_rules
-from worker.service import serve
 from worker.settings import Settings, describe_settings
 
 RULES_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -36,15 +35,15 @@ def replay(events: BinaryIO, rules_dir: Path | None) -> None:
     """Print the category updates EVENTS.jsonl would produce ('-' reads stdin)."""
     rules = _load_or_exit(rules_dir)
     inbox = Inbox(rules)
-    out = sys.stdout
+    out = sys.stdout.buffer
     bad = 0
     for item in replay_lines(inbox, events):
         if isinstance(item, BadLine):
             bad += 1
+            out.flush()
             click.echo(f"line {item.number}: {item.reason}", err=True)
         else:
-            out.write(item.model_dump_json())
-            out.write("\n")
+            out.write(item.body + b"\n")
     out.flush()
     if bad:
         click.echo(f"{bad} bad line(s) skipped", err=True)
@@ -83,6 +82,8 @@ def run(rules_dir: Path | None, log_level: str) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise click.ClickException(f"TLS settings: {exc}") from exc
     compiled = _load_or_exit(settings.rules_dir)
+    from worker.service import serve  # the broker stack: only the worker needs it
+
     try:
         serve(settings, compiled)
     except StoreError as exc:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from contracts import BadEvent, CategoryUpdate, parse_event
+from contracts import BadEvent, parse_event
 from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES
 from worker.domain.inbox import Inbox
+from worker.domain.updates import Update
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class BadLine:
 
 def replay_lines(inbox: Inbox, lines: Iterable[bytes],
                  max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 ) -> Iterator[CategoryUpdate | BadLine]:
+                 ) -> Iterator[Update | BadLine]:
     """Updates in publish order; a bad line yields a :class:`BadLine` and is skipped."""
     for number, line in enumerate(lines, start=1):
         body = line.rstrip(b"\r\n")

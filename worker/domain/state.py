@@ -6,7 +6,6 @@ categories that puts it in lives only in the rule files.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from contracts import (
@@ -140,69 +139,3 @@ def _next_sequence(last: int | None, sequence: int | None) -> int | None:
     return sequence if last is None else max(last, sequence)
 
 
-@dataclass
-class Changes:
-    """What changed since the last commit: a store writes exactly this."""
-
-    accounts: set[str] = field(default_factory=set)
-    conversations: set[tuple[str, str]] = field(default_factory=set)
-    counts: set[tuple[str, str]] = field(default_factory=set)
-    seen_added: list[tuple[str, str]] = field(default_factory=list)
-    seen_evicted: list[tuple[str, str]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.accounts or self.conversations or self.counts
-                    or self.seen_added or self.seen_evicted)
-
-
-class State:
-    """All state the categoriser needs, in memory, with change tracking for stores."""
-
-    def __init__(self, dedup_window: int = 1_000_000) -> None:
-        self.accounts: dict[str, Account] = {}
-        self.conversations: dict[str, dict[str, Conversation]] = {}
-        self.counts: dict[str, dict[str, dict[str, int]]] = {}
-        self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self.dedup_window = dedup_window
-        self.rules_version: str | None = None
-        self.changes = Changes()
-
-    def account(self, account_id: str) -> Account:
-        return self.accounts.get(account_id) or Account(account_id)
-
-    def put_account(self, account: Account) -> None:
-        self.accounts[account.account_id] = account
-        self.changes.accounts.add(account.account_id)
-
-    def conversation(self, account_id: str, conversation_id: str) -> Conversation | None:
-        return self.conversations.get(account_id, {}).get(conversation_id)
-
-    def conversations_of(self, account_id: str) -> list[Conversation]:
-        return list(self.conversations.get(account_id, {}).values())
-
-    def put_conversation(self, conversation: Conversation) -> None:
-        by_id = self.conversations.setdefault(conversation.account_id, {})
-        by_id[conversation.conversation_id] = conversation
-        self.changes.conversations.add((conversation.account_id, conversation.conversation_id))
-
-    def counts_of(self, account_id: str, agent_id: str) -> dict[str, int]:
-        return self.counts.setdefault(account_id, {}).setdefault(agent_id, {})
-
-    def touch_counts(self, account_id: str, agent_id: str) -> None:
-        self.changes.counts.add((account_id, agent_id))
-
-    def has_seen(self, account_id: str, event_id: str) -> bool:
-        return (account_id, event_id) in self.seen
-
-    def remember(self, account_id: str, event_id: str) -> None:
-        """Record a processed event id; the oldest fall out past the window."""
-        key = (account_id, event_id)
-        self.seen[key] = None
-        self.changes.seen_added.append(key)
-        while len(self.seen) > self.dedup_window:
-            evicted, _ = self.seen.popitem(last=False)
-            self.changes.seen_evicted.append(evicted)
-
-    def take_changes(self) -> Changes:
-        changes, self.changes = self.changes, Changes()
-        return changes

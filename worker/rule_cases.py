@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from contracts import BadEvent, parse_event_object
-from worker.domain.inbox import Inbox, categories_of
+from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError, RuleProblem
 from worker.rulebook.engine import CompiledRules
 
@@ -114,12 +114,12 @@ def _check(inbox: Inbox, expectation: Any, case_line: int) -> list[str]:
         expected = expectation.get("categories")
         if not isinstance(expected, list):
             return [f"line {at}: 'categories' must be a list"]
-        got = sorted(categories_of(inbox.state, account, str(expectation["conversation"]), agent))
+        got = sorted(inbox.categories_of(account, str(expectation["conversation"]), agent))
         if sorted(map(str, expected)) != got:
             failures.append(f"line {at}: {agent} / {expectation['conversation']}: expected "
                             f"{sorted(map(str, expected))}, got {got}")
     if "counts" in expectation:
-        counts = inbox.state.counts.get(account, {}).get(agent, {})
+        counts = inbox.account(account).counts_of(agent)
         for name, value in _strip_lines(expectation["counts"]).items():
             if counts.get(name, 0) != value:
                 failures.append(f"line {at}: {agent} count of {name!r}: expected {value}, "

@@ -1,0 +1,352 @@
+"""The acknowledgement policy without a broker: a recording link (checked by mypy
+against the same :class:`Link` protocol as the real one) and an in-memory store that
+fails on demand show what is published, committed and acked, and when."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from contracts import parse_event
+from tests.broker.streams import encode, event_stream
+from worker.domain.inbox import Inbox
+from worker.driver import Driver, Phase
+from worker.link import Delivery, Link, Outgoing, Returned
+from worker.rulebook import CompiledRules, load_rules
+from worker.settings import Settings
+from worker.store.memory import MemoryStore
+
+RULES = load_rules(None)
+
+
+class RecordingLink:
+    """Stands in for AmqpLink: publishes get numbers, confirms and timers on demand."""
+
+    def __init__(self) -> None:
+        self.published: list[Outgoing] = []
+        self.acks: list[tuple[int, bool]] = []
+        self.timers: list[Callable[[], None]] = []
+        self.consuming = False
+        self.closed = False
+        self.up = True
+
+    def start(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+    def consume(self) -> None:
+        self.consuming = True
+
+    def cancel(self) -> None:
+        self.consuming = False  # the test says when the broker's cancel-ok arrives
+
+    def publish(self, message: Outgoing) -> int | None:
+        if not self.up:
+            return None
+        self.published.append(message)
+        return len(self.published)
+
+    def ack(self, tag: int, multiple: bool) -> None:
+        self.acks.append((tag, multiple))
+
+    def call_later(self, _delay: float, callback: Callable[[], None]) -> object:
+        self.timers.append(callback)
+        return callback
+
+    def cancel_timer(self, handle: object) -> None:
+        self.timers = [t for t in self.timers if t is not handle]
+
+    def run_timers(self) -> None:
+        for _ in range(1000):
+            if not self.timers:
+                return
+            self.timers.pop(0)()
+        raise AssertionError("timers keep rescheduling themselves")
+
+    def updates(self, start: int = 0) -> list[dict[str, Any]]:
+        return [json.loads(m.body) for m in self.published[start:]
+                if m.exchange == "inbox.categories"]
+
+    def dead_letters(self) -> list[Outgoing]:
+        return [m for m in self.published if m.exchange.endswith(".exchange")]
+
+
+def _checked(link: RecordingLink) -> Link:
+    return link  # mypy: the double implements the real protocol
+
+
+def _driver(batch_size: int = 50, depth: int = 3, rules: CompiledRules = RULES,
+            ) -> tuple[Driver, RecordingLink, MemoryStore]:
+    settings = Settings(batch_size=batch_size, prefetch=batch_size, pipeline_depth=depth,
+                        max_batch_delay=0.0)
+    store = MemoryStore()
+    driver = Driver(settings, rules, store)
+    link = RecordingLink()
+    driver.attach(_checked(link))
+    driver.on_ready()
+    return driver, link, store
+
+
+def _deliver(driver: Driver, bodies: list[bytes], first_tag: int = 1) -> None:
+    for tag, body in enumerate(bodies, start=first_tag):
+        driver.on_delivery(Delivery(tag, "event", body))
+
+
+def _warm_up(driver: Driver, link: RecordingLink, bodies: list[bytes], count: int = 4,
+             ) -> list[bytes]:
+    """Deliver and settle the streams' leading account snapshots (they cause no update,
+    so their batches commit at once); the rest of the stream is returned."""
+    _deliver(driver, bodies[:count])
+    _confirm_all(driver, link)
+    assert link.acks[-1] == (count, True)
+    link.acks.clear()
+    return bodies[count:]
+
+
+def _confirm_all(driver: Driver, link: RecordingLink) -> None:
+    """Confirm whatever is published, until nothing new is published."""
+    confirmed = 0
+    while confirmed < len(link.published) or link.timers:
+        if confirmed < len(link.published):
+            confirmed = len(link.published)
+            driver.on_confirm(confirmed, multiple=True, ok=True)
+        else:
+            link.run_timers()
+
+
+def _replayed(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    inbox = Inbox(RULES)
+    return [json.loads(u.body) for e in events
+            for u in inbox.handle(parse_event(json.dumps(e).encode()))]
+
+
+@pytest.fixture(autouse=True)
+def generous_evaluation_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count acks per batch: a loaded machine must not cut batches short."""
+    monkeypatch.setattr("worker.driver.EVALUATE_BUDGET", 60.0)
+
+
+def test_ack_only_after_confirms_and_commit() -> None:
+    events = event_stream(seed=11, count=50)
+    inbox = Inbox(RULES)
+    first_with_updates = next(tag for tag, e in enumerate(events, start=1)
+                              if inbox.handle(parse_event(json.dumps(e).encode())))
+    driver, link, store = _driver()
+    _deliver(driver, encode(events))
+    assert link.published
+    # Events that caused no update need no confirm; nothing after them is acked.
+    assert all(tag < first_with_updates for tag, _ in link.acks), link.acks
+    commits = store.commits
+    _confirm_all(driver, link)
+    assert store.commits > commits
+    assert link.acks[-1] == (50, True)
+    assert link.updates() == _replayed(events)
+
+
+def test_the_next_batch_is_evaluated_and_published_while_one_waits() -> None:
+    events = event_stream(seed=12, count=60)
+    driver, link, store = _driver(batch_size=20)
+    bodies = _warm_up(driver, link, encode(events))
+    commits = store.commits
+    _deliver(driver, bodies[:1], first_tag=5)  # the pipeline is empty: a batch starts
+    first = len(link.published)
+    assert first, "batch 1 published"
+    _deliver(driver, bodies[1:40], first_tag=6)
+    link.run_timers()  # a partial batch waits at most max_batch_delay
+    assert len(link.published) > first, "batch 2 published before batch 1 is confirmed"
+    assert link.acks == [] and store.commits == commits
+    driver.on_confirm(first, multiple=True, ok=True)
+    assert link.acks == [(5, True)], "batch 1 acked alone, after its own commit"
+    _deliver(driver, bodies[40:], first_tag=45)
+    _confirm_all(driver, link)
+    assert [tag for tag, _ in link.acks] == sorted(tag for tag, _ in link.acks)
+    assert link.acks[-1] == (60, True)
+    assert link.updates() == _replayed(events)
+
+
+def test_a_failed_commit_acks_nothing_and_the_retry_repeats_the_same_updates() -> None:
+    events = event_stream(seed=13, count=40)
+    driver, link, store = _driver(batch_size=40)
+    bodies = _warm_up(driver, link, encode(events))
+    stored = {a: len(s.conversations) for a, s in store.accounts.items()}
+    store.fail_commits = 1
+    _deliver(driver, bodies, first_tag=5)
+    first_round = link.updates()
+    assert first_round
+    driver.on_confirm(len(link.published), multiple=True, ok=True)
+    assert link.acks == [], "commit failed: nothing acked"
+    assert {a: len(s.conversations) for a, s in store.accounts.items()} == stored, (
+        "nothing of the batch is stored")
+    _confirm_all(driver, link)  # runs the backoff timer: the batch again
+    assert link.acks == [(40, True)]
+    second_round = link.updates(len(first_round))
+    assert second_round[:len(first_round)] == first_round, (
+        "same update ids and bodies on the retry")
+    assert second_round == _replayed(events)
+    assert driver.stats.failed_batches == 1 and driver.stats.acked == 40
+
+
+def test_a_refused_publish_retries_every_unfinished_batch() -> None:
+    events = event_stream(seed=14, count=40)
+    driver, link, store = _driver(batch_size=20)
+    bodies = _warm_up(driver, link, encode(events))
+    commits = store.commits
+    _deliver(driver, bodies, first_tag=5)
+    published = len(link.published)
+    driver.on_confirm(1, multiple=False, ok=False)
+    assert link.acks == [] and store.commits == commits
+    _confirm_all(driver, link)
+    assert link.acks[-1] == (40, True)
+    assert link.updates(published) == _replayed(events)
+
+
+def test_an_unroutable_dead_letter_is_not_acked() -> None:
+    driver, link, store = _driver(batch_size=5)
+    good = encode(event_stream(seed=15, count=4))
+    _deliver(driver, [b"{not json", *good])
+    assert len(link.dead_letters()) == 1
+    driver.on_returned(Returned("chat.events.dlq.exchange", "event", None, "NO_ROUTE"))
+    driver.on_confirm(len(link.published), multiple=True, ok=True)
+    assert link.acks == [], "the dead letter reached no queue: the message is not handled"
+    assert store.commits == 0
+    _confirm_all(driver, link)  # retried; this time it routes
+    assert link.acks == [(5, True)]
+    assert len(link.dead_letters()) == 2
+
+
+def test_a_lost_link_drops_the_batches_and_the_memory_they_touched() -> None:
+    events = event_stream(seed=16, count=30)
+    bodies = encode(events)
+    driver, link, store = _driver(batch_size=30)
+    rest = _warm_up(driver, link, bodies)
+    commits = store.commits
+    _deliver(driver, rest, first_tag=5)
+    link.up = False
+    driver.on_lost()
+    assert driver.phase is Phase.OFFLINE and store.commits == commits
+    link.up = True
+    start = len(link.published)
+    driver.on_ready()
+    _deliver(driver, rest, first_tag=5)  # the broker redelivers
+    _confirm_all(driver, link)
+    assert link.updates(start) == _replayed(events), "memory equals the last commit"
+
+
+def test_a_poison_event_is_dead_lettered_and_undone_exactly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events = event_stream(seed=17, count=40)
+    poison_id = events[20]["event_id"]
+    driver, link, _ = _driver(batch_size=40)
+    original = driver.categoriser.handle
+
+    def handle(state: Any, event: Any) -> Any:
+        if event.event_id == poison_id:
+            original(state, event)  # changes the account half-way, then fails
+            raise RuntimeError("boom")
+        return original(state, event)
+
+    monkeypatch.setattr(driver.categoriser, "handle", handle)
+    _deliver(driver, encode(events))
+    _confirm_all(driver, link)
+    [dead] = link.dead_letters()
+    assert dead.headers is not None and "worker error: RuntimeError: boom" in dead.headers[
+        "x-error"]
+    assert link.acks[-1] == (40, True)
+    without = [e for e in events if e["event_id"] != poison_id]
+    assert link.updates() == _replayed(without), "the poison event left no trace"
+
+
+def test_stop_finishes_the_batches_in_hand_then_closes() -> None:
+    events = event_stream(seed=18, count=30)
+    driver, link, _ = _driver(batch_size=10)
+    _deliver(driver, encode(events))
+    driver.stop()
+    assert not link.consuming and not link.closed
+    driver.on_cancelled()
+    _confirm_all(driver, link)
+    assert link.acks[-1] == (30, True) and link.closed
+    assert driver.phase is Phase.STOPPED
+
+
+def test_new_rules_reach_every_stored_account_in_paced_sweeps(tmp_path: Any) -> None:
+    import shutil
+
+    from worker.rulebook.engine import default_rules_dir
+
+    events = event_stream(seed=19, count=200, accounts=6)
+    driver, link, store = _driver(batch_size=50)
+    _deliver(driver, encode(events))
+    _confirm_all(driver, link)
+    edited = tmp_path / "rules"
+    shutil.copytree(default_rules_dir(), edited)
+    text = (edited / "inbox.yaml").read_text()
+    (edited / "inbox.yaml").write_text(text.replace(
+        "{fact: account.group_count, greater_than: 0}",
+        "{fact: account.group_count, greater_than: 99}"))
+    variant = load_rules(edited)
+    start = len(link.published)
+    driver.adopt(variant)
+    _confirm_all(driver, link)
+    assert store.accounts_behind(variant.version, "", 100) == []
+    assert driver.stats.swept_accounts == len({e["account_id"] for e in events})
+    # Downstream's final view equals a clean run under the new rules.
+    final: dict[tuple[str, str, str], list[str]] = {}
+    for update in link.updates():
+        final[(update["account_id"], update["agent_id"], update["conversation_id"])] = update[
+            "categories"]
+    clean: dict[tuple[str, str, str], list[str]] = {}
+    inbox = Inbox(variant)
+    for event in events:
+        for update in inbox.handle(parse_event(json.dumps(event).encode())):
+            clean[(update.account_id, update.agent_id, update.conversation_id)] = list(
+                update.categories)
+    assert {k: v for k, v in final.items() if v} == {k: v for k, v in clean.items() if v}
+    assert all(u["cause_event_id"].startswith("rules:") for u in link.updates(start))
+
+
+def test_heavy_batches_are_cut_short_to_keep_the_ioloop_responsive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events = event_stream(seed=20, count=3)
+    driver, link, _ = _driver()
+    monkeypatch.setattr(driver.step, "budget", -1.0)  # every event is "heavy"
+    _deliver(driver, encode(events))
+    _confirm_all(driver, link)
+    assert link.acks == [(1, True), (2, True), (3, True)], "one event per batch"
+    assert link.updates() == _replayed(events)
+
+
+def test_a_bad_message_with_huge_headers_is_dead_lettered_without_them() -> None:
+    driver, link, _ = _driver()
+    driver.on_delivery(Delivery(1, "event", b"{not json", headers={"trace": "x" * 100_000}))
+    _confirm_all(driver, link)
+    assert link.acks == [(1, True)]
+    [dead] = link.published
+    assert dead.body == b"{not json" and dead.headers is not None
+    assert dead.headers["x-error"].startswith("invalid JSON")
+    assert "trace" not in dead.headers
+    assert dead.headers["x-original-headers-dropped"] == "1 header(s), too large"
+
+
+def test_sighup_reload_keeps_the_rules_when_the_new_files_do_not_validate(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    from worker.rulebook.engine import default_rules_dir
+    from worker.service import Worker
+
+    broken = tmp_path / "broken"
+    shutil.copytree(default_rules_dir(), broken)
+    text = (broken / "inbox.yaml").read_text()
+    (broken / "inbox.yaml").write_text(text.replace("equals: pro}", "equals: platinum}"))
+    worker = Worker(Settings(rules_dir=broken), RULES, MemoryStore())
+    try:
+        assert worker.reload_rules() is False
+        assert worker.rules.version == RULES.version
+        assert "inbox.yaml:" in caplog.text and "platinum" in caplog.text
+    finally:
+        worker.ioloop.close()

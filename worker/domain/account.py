@@ -1,0 +1,243 @@
+"""One account's working state: the unit that is loaded, changed, committed and evicted.
+
+Everything an event can touch lives in its account (the account snapshot, its
+conversations, badge counts, per-agent update numbering, recent event ids), so a
+worker needs in memory only the accounts it is handling, and a batch's durable change
+is a list of :class:`AccountWrite`, one per account it touched.
+
+Changes are tracked for the store, and journalled while an event is applied: an event
+that raises half-way is undone exactly (a poison event costs nothing else).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from worker.domain.state import Account, Conversation
+
+# Defaults for the per-account memories; the worker passes its settings.
+DEFAULT_EVENT_WINDOW = 10_000
+DEFAULT_TOMBSTONE_WINDOW = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AccountWrite:
+    """What one batch changed in one account: exactly what a store writes."""
+
+    account_id: str
+    account: Account
+    rules_version: str | None
+    rules_generation: int
+    last_occurred_at: datetime | None
+    event_counter: int
+    conversations: tuple[Conversation, ...]
+    deleted: tuple[str, ...]
+    # Agents whose badge counts and update numbering changed: agent -> (counts, seq).
+    agents: dict[str, tuple[dict[str, int], int]]
+    # (number, event id): numbers grow per account; the store keeps the newest window.
+    events: tuple[tuple[int, str], ...]
+    tombstones: tuple[tuple[int, str], ...]
+    event_window: int
+    tombstone_window: int
+
+
+class AccountState:
+    """The mutable state of one account. Only this class changes it, so every change
+    is tracked for the store and journalled for a rollback."""
+
+    __slots__ = ("_account_dirty", "_agents_touched", "_changed_conversations", "_journal", "_new_events",
+                 "_new_tombstones", "account", "conversations", "counts",
+                 "event_counter", "event_window", "last_occurred_at", "recent",
+                 "rules_generation", "rules_version", "seqs", "tombstone_window",
+                 "tombstones")
+
+    def __init__(self, account: Account, *, rules_version: str | None = None,
+                 event_window: int = DEFAULT_EVENT_WINDOW,
+                 tombstone_window: int = DEFAULT_TOMBSTONE_WINDOW) -> None:
+        self.account = account
+        self.conversations: dict[str, Conversation] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        # Last update number published per agent (SPEC "seq"): 1, 2, 3 ... per agent.
+        self.seqs: dict[str, int] = {}
+        self.recent: OrderedDict[str, int] = OrderedDict()  # event id -> number
+        # Deleted conversations leave the state; their ids are remembered (bounded) so
+        # a late event cannot bring them back.
+        self.tombstones: OrderedDict[str, int] = OrderedDict()
+        self.event_counter = 0
+        self.event_window = event_window
+        self.tombstone_window = tombstone_window
+        self.rules_version = rules_version
+        self.rules_generation = 0
+        self.last_occurred_at: datetime | None = None
+        self._changed_conversations: set[str] = set()
+        self._agents_touched: set[str] = set()
+        self._account_dirty = False
+        self._new_events: list[tuple[int, str]] = []
+        self._new_tombstones: list[tuple[int, str]] = []
+        self._journal: list[Callable[[], None]] | None = None
+
+    @property
+    def account_id(self) -> str:
+        return self.account.account_id
+
+    # -- reads -------------------------------------------------------------
+    def has_seen(self, event_id: str) -> bool:
+        return event_id in self.recent
+
+    def is_deleted(self, conversation_id: str) -> bool:
+        return conversation_id in self.tombstones
+
+    def counts_of(self, agent_id: str) -> dict[str, int]:
+        return self.counts.get(agent_id, {})
+
+    # -- writes ------------------------------------------------------------
+    def set_account(self, account: Account) -> None:
+        if self._journal is not None:
+            old = self.account
+            self._journal.append(lambda: setattr(self, "account", old))
+        self.account = account
+        self._account_dirty = True
+
+    def put_conversation(self, conversation: Conversation) -> None:
+        conversation_id = conversation.conversation_id
+        if self._journal is not None:
+            self._journal.append(self._restorer(conversation_id,
+                                                self.conversations.get(conversation_id)))
+        self.conversations[conversation_id] = conversation
+        self._changed_conversations.add(conversation_id)
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        """Forget a deleted conversation (it is in no category) and keep a tombstone."""
+        if self._journal is not None:
+            self._journal.append(self._restorer(conversation_id,
+                                                self.conversations.get(conversation_id)))
+            self._journal.append(lambda: self._unremember(self.tombstones, conversation_id,
+                                                          self._new_tombstones))
+        self.conversations.pop(conversation_id, None)
+        self._changed_conversations.add(conversation_id)
+        self.event_counter += 1
+        self.tombstones[conversation_id] = self.event_counter
+        self._new_tombstones.append((self.event_counter, conversation_id))
+        while len(self.tombstones) > self.tombstone_window:
+            self.tombstones.popitem(last=False)
+
+    def add_counts(self, agent_id: str, before: frozenset[str], after: frozenset[str]) -> None:
+        counts = self.counts.get(agent_id)
+        if self._journal is not None:
+            saved = None if counts is None else dict(counts)
+            self._journal.append(lambda: self._restore_counts(agent_id, saved))
+        if counts is None:
+            counts = self.counts[agent_id] = {}
+        for category in before - after:
+            counts[category] = counts.get(category, 0) - 1
+        for category in after - before:
+            counts[category] = counts.get(category, 0) + 1
+        self._agents_touched.add(agent_id)
+
+    def next_seq(self, agent_id: str) -> int:
+        seq = self.seqs.get(agent_id, 0) + 1
+        if self._journal is not None:
+            old = seq - 1
+            self._journal.append(lambda: self._restore_seq(agent_id, old))
+        self.seqs[agent_id] = seq
+        self._agents_touched.add(agent_id)
+        return seq
+
+    def remember(self, event_id: str, occurred_at: datetime) -> None:
+        """Record an applied event id (the oldest fall out past the window)."""
+        if self._journal is not None:
+            last, counter = self.last_occurred_at, self.event_counter
+            self._journal.append(lambda: self._unremember(self.recent, event_id,
+                                                          self._new_events))
+            self._journal.append(lambda: self._restore_clock(last, counter))
+        self.event_counter += 1
+        self.recent[event_id] = self.event_counter
+        self._new_events.append((self.event_counter, event_id))
+        while len(self.recent) > self.event_window:
+            self.recent.popitem(last=False)
+        if self.last_occurred_at is None or occurred_at > self.last_occurred_at:
+            self.last_occurred_at = occurred_at
+
+    def set_rules(self, version: str, generation: int) -> None:
+        if self._journal is not None:
+            old = (self.rules_version, self.rules_generation)
+            self._journal.append(lambda: self._restore_rules(*old))
+        self.rules_version, self.rules_generation = version, generation
+        self._account_dirty = True
+
+    # -- journal -----------------------------------------------------------
+    def begin(self) -> None:
+        """Start journalling: :meth:`rollback` undoes everything until :meth:`release`."""
+        self._journal = []
+
+    def release(self) -> None:
+        self._journal = None
+
+    def rollback(self) -> None:
+        journal, self._journal = self._journal or [], None
+        for undo in reversed(journal):
+            undo()
+
+    def _restorer(self, conversation_id: str, old: Conversation | None) -> Callable[[], None]:
+        def restore() -> None:
+            if old is None:
+                self.conversations.pop(conversation_id, None)
+            else:
+                self.conversations[conversation_id] = old
+        return restore
+
+    def _restore_counts(self, agent_id: str, saved: dict[str, int] | None) -> None:
+        if saved is None:
+            self.counts.pop(agent_id, None)
+        else:
+            self.counts[agent_id] = saved
+
+    def _restore_seq(self, agent_id: str, old: int) -> None:
+        if old:
+            self.seqs[agent_id] = old
+        else:
+            self.seqs.pop(agent_id, None)
+
+    def _restore_clock(self, last: datetime | None, counter: int) -> None:
+        self.last_occurred_at, self.event_counter = last, counter
+
+    def _restore_rules(self, version: str | None, generation: int) -> None:
+        self.rules_version, self.rules_generation = version, generation
+
+    @staticmethod
+    def _unremember(memory: OrderedDict[str, int], key: str,
+                    added: list[tuple[int, str]]) -> None:
+        memory.pop(key, None)
+        if added and added[-1][1] == key:
+            added.pop()
+
+    # -- the store's view --------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return bool(self._account_dirty or self._changed_conversations or self._agents_touched
+                    or self._new_events or self._new_tombstones)
+
+    def take_write(self) -> AccountWrite:
+        """Everything changed since the last call, as values (later changes to this
+        state do not alter it): a batch's commit may run while the next is evaluated."""
+        changed = sorted(self._changed_conversations)
+        conversations = tuple(self.conversations[c] for c in changed if c in self.conversations)
+        deleted = tuple(c for c in changed if c not in self.conversations)
+        write = AccountWrite(
+            account_id=self.account_id, account=self.account,
+            rules_version=self.rules_version, rules_generation=self.rules_generation,
+            last_occurred_at=self.last_occurred_at, event_counter=self.event_counter,
+            conversations=conversations, deleted=deleted,
+            agents={a: (dict(self.counts.get(a, {})), self.seqs.get(a, 0))
+                    for a in sorted(self._agents_touched)},
+            events=tuple(self._new_events), tombstones=tuple(self._new_tombstones),
+            event_window=self.event_window, tombstone_window=self.tombstone_window)
+        self._changed_conversations = set()
+        self._agents_touched = set()
+        self._account_dirty = False
+        self._new_events = []
+        self._new_tombstones = []
+        return write

@@ -1,0 +1,216 @@
+"""Turn one account's events into category updates: transitions, rule evaluation, diffs.
+
+The cost of an event does not grow with the number of agents. Agents in the same
+relation to a conversation (joined it or not, member of its group or not) share one
+evaluation, and only agents whose relation or whose relation's categories changed are
+looked at. A change that really affects every agent produces an update for each of
+them, so that work is paid for by output.
+
+Everything here works on one :class:`AccountState` and a :class:`Rules`; nothing
+knows about brokers, stores or what a category means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from contracts import AccountUpdated, ConversationEvent, Event
+from worker.domain.account import AccountState
+from worker.domain.rules import Rules
+from worker.domain.state import (
+    NO_CATEGORIES,
+    RELATIONS,
+    Account,
+    Conversation,
+    agents_mentioned,
+    apply_conversation_event,
+    apply_snapshot,
+    is_stale,
+    learn_agents,
+)
+from worker.domain.updates import Cause, CountsEncoder, Pair, Update
+
+# (conversation_id, agent_id, categories before, categories after)
+Change = tuple[str, str, frozenset[str], frozenset[str]]
+# Rules adoptions of an account that had no event yet are stamped with this time.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Categoriser:
+    """Applies events to account states under one rule set."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self._counts = CountsEncoder(rules.categories)
+
+    # -- entry points ------------------------------------------------------
+    def handle(self, state: AccountState, event: Event) -> list[Update]:
+        """Apply one event; duplicates and stale events change nothing and return [].
+
+        An account still categorised under other rules adopts these first, so the
+        event's updates are diffs under the live rules.
+        """
+        if state.has_seen(event.event_id):
+            return []
+        updates = self.adopt(state)
+        if isinstance(event, AccountUpdated):
+            changes = self._account_updated(state, event)
+        else:
+            changes = self._conversation_event(state, event)
+        state.remember(event.event_id, event.occurred_at)
+        updates.extend(self._publishable(state, changes, Cause(
+            state.account_id, event.event_id, self.rules.version, event.occurred_at)))
+        return updates
+
+    def adopt(self, state: AccountState) -> list[Update]:
+        """Re-categorise the account under these rules, diffing against what was sent.
+
+        The cause names the adoption's generation in this account, so rolling out B,
+        back to A, then B again never reuses an update id for other content; the time
+        is the account's last event time, so a retried adoption repeats itself exactly.
+        """
+        version = self.rules.version
+        if state.rules_version == version:
+            return []
+        if state.rules_version is None and not state.conversations:
+            state.set_rules(version, state.rules_generation)  # nothing categorised yet
+            return []
+        generation = state.rules_generation + 1
+        changes = self._recategorise(state, state.account, state.account)
+        state.set_rules(version, generation)
+        cause = Cause(state.account_id, f"rules:{version}:{generation}", version,
+                      state.last_occurred_at or EPOCH)
+        return self._publishable(state, changes, cause)
+
+    # -- events ------------------------------------------------------------
+    def _account_updated(self, state: AccountState, event: AccountUpdated) -> list[Change]:
+        old = state.account
+        if is_stale(old.last_sequence, event.sequence):
+            return []
+        new = apply_snapshot(old, event)
+        state.set_account(new)
+        return self._recategorise(state, old, new)
+
+    def _conversation_event(self, state: AccountState, event: ConversationEvent,
+                            ) -> list[Change]:
+        conversation_id = event.conversation_id
+        old_account = state.account
+        # Any event reveals its agents, even one for a deleted conversation.
+        account = learn_agents(old_account, agents_mentioned(event))
+        if state.is_deleted(conversation_id):
+            if account is old_account:
+                return []
+            state.set_account(account)
+            return self._recategorise(state, old_account, account)
+        old = state.conversations.get(conversation_id)
+        if old is not None and is_stale(old.last_sequence, event.sequence):
+            return []
+        base = old or Conversation(event.account_id, conversation_id)
+        new = apply_conversation_event(base, event)
+        if account is not old_account:
+            # A newly seen agent can change the account's shape (one agent -> several):
+            # the whole account is re-categorised, this conversation included.
+            state.set_account(account)
+            state.put_conversation(replace(new, categories=base.categories))
+            return self._recategorise(state, old_account, account,
+                                      changed={conversation_id: base})
+        return self._settle(state, old_account, account, base, new)
+
+    # -- categorisation ----------------------------------------------------
+    def _recategorise(self, state: AccountState, old_account: Account, account: Account,
+                      changed: dict[str, Conversation] | None = None) -> list[Change]:
+        changes: list[Change] = []
+        for conversation_id in sorted(state.conversations):
+            conversation = state.conversations[conversation_id]
+            before = (changed or {}).get(conversation_id, conversation)
+            changes.extend(self._settle(state, old_account, account, before, conversation))
+        return changes
+
+    def _settle(self, state: AccountState, old_account: Account, account: Account,
+                old: Conversation, new: Conversation) -> list[Change]:
+        """Evaluate ``new``, store it, and list every agent whose set changed."""
+        if new.status == "deleted":
+            # In no category: it leaves the state (a tombstone keeps late events out).
+            new = replace(new, categories=(NO_CATEGORIES,) * 4)
+            state.delete_conversation(new.conversation_id)
+        else:
+            categories = self._evaluate(account, new)
+            if new is not old or categories != new.categories:
+                # An account-wide pass leaves most conversations as they were: writing
+                # them would make the store rewrite the whole account every batch.
+                new = replace(new, categories=categories)
+                state.put_conversation(new)
+        conversation_id = new.conversation_id
+        return [(conversation_id, agent, before, after)
+                for agent, before, after in _changed_agents(old_account, account, old, new)]
+
+    def _evaluate(self, account: Account, conversation: Conversation,
+                  ) -> tuple[frozenset[str], ...]:
+        evaluate = self.rules.evaluate
+        shared = (conversation.status, conversation.group_id is not None,
+                  len(conversation.joined))
+        account_facts = (account.plan, len(account.agents), len(account.groups))
+        return tuple(evaluate((*shared, joined, in_group, *account_facts))
+                     for joined, in_group in RELATIONS)
+
+    def _publishable(self, state: AccountState, changes: list[Change],
+                     cause: Cause) -> list[Update]:
+        """Apply the count deltas of the whole event, then build its updates.
+
+        Counts are the badge counts *after* the event, so every delta is applied before
+        the first update is built.
+        """
+        if not changes:
+            return []
+        for _, agent, before, after in changes:
+            state.add_counts(agent, before, after)
+        pairs: dict[tuple[frozenset[str], frozenset[str]], Pair] = {}
+        encoded: dict[str, tuple[dict[str, int], bytes]] = {}
+        updates = []
+        for conversation_id, agent, before, after in changes:
+            pair = pairs.get((before, after))
+            if pair is None:
+                pair = pairs[(before, after)] = Pair(before, after)
+            counts = encoded.get(agent)
+            if counts is None:
+                counts = encoded[agent] = self._counts.snapshot(state.counts_of(agent))
+            updates.append(Update(cause, pair, agent, conversation_id, state.next_seq(agent),
+                                  counts[0], counts[1]))
+        return updates
+
+
+def _changed_agents(old_account: Account, account: Account, old: Conversation,
+                    new: Conversation) -> Iterator[tuple[str, frozenset[str], frozenset[str]]]:
+    old_cats, new_cats = old.categories, new.categories
+    old_members = old_account.members(old.group_id)
+    new_members = account.members(new.group_id)
+    # Agents whose relation may have changed, or whose relation's categories did.
+    candidates: set[str] = set(old.joined | new.joined)
+    if old_members != new_members:
+        candidates |= old_members ^ new_members
+    if old_cats[1] != new_cats[1]:  # member of the group, not joined
+        candidates |= old_members | new_members
+    if old_account.agents != account.agents:
+        candidates |= old_account.agents ^ account.agents
+    if old_cats[0] != new_cats[0]:  # neither joined nor a member: everybody else
+        candidates |= old_account.agents | account.agents
+    old_agents, new_agents = old_account.agents, account.agents
+    old_joined, new_joined = old.joined, new.joined
+    for agent in sorted(candidates):
+        before = (old_cats[2 * (agent in old_joined) + (agent in old_members)]
+                  if agent in old_agents else NO_CATEGORIES)
+        after = (new_cats[2 * (agent in new_joined) + (agent in new_members)]
+                 if agent in new_agents else NO_CATEGORIES)
+        if before != after:
+            yield agent, before, after
+
+
+def categories_of(state: AccountState, conversation_id: str, agent_id: str) -> frozenset[str]:
+    """An agent's current categories for a conversation (empty if unknown)."""
+    account = state.account
+    conversation = state.conversations.get(conversation_id)
+    if conversation is None or agent_id not in account.agents:
+        return NO_CATEGORIES
+    return conversation.categories[conversation.relation_of(agent_id, account)]

@@ -1,0 +1,138 @@
+"""Category updates as the domain produces them, and their JSON, built in pieces.
+
+A fan-out gives hundreds of updates that differ only in agent, counts and ``seq``: the
+parts they share (the category lists of one (before, after) pair, the cause, the rules
+version, the time) are encoded once per event and joined per agent. The result is the
+JSON of :class:`contracts.CategoryUpdate` (a test holds the two together); ids are
+restricted to characters that need no escaping, everything else goes through orjson.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+import orjson
+
+from contracts import CategoryUpdate
+
+
+def update_id_for(account_id: str, cause_event_id: str, agent_id: str,
+                  conversation_id: str) -> str:
+    """Deterministic per (cause, agent, conversation): downstream drops duplicates by it.
+    Causes are never reused for other content (rule adoptions carry a generation)."""
+    name = "\x1f".join((account_id, cause_event_id, agent_id, conversation_id))
+    # blake2b is ~10x cheaper than uuid5 and just as deterministic; 128 bits, hex.
+    return hashlib.blake2b(name.encode(), digest_size=16, person=b"inbox-rules-upd").hexdigest()
+
+
+def format_time(moment: datetime) -> str:
+    """The same text pydantic writes for a datetime (UTC as ``Z``)."""
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+class Cause:
+    """What one event (or rules adoption) shares across all of its updates."""
+
+    __slots__ = ("account_id", "cause_id", "occurred_at", "rules_version", "tail")
+
+    def __init__(self, account_id: str, cause_id: str, rules_version: str,
+                 occurred_at: datetime) -> None:
+        self.account_id = account_id
+        self.cause_id = cause_id
+        self.rules_version = rules_version
+        self.occurred_at = occurred_at
+        self.tail = (b',"cause_event_id":' + orjson.dumps(cause_id)
+                     + b',"rules_version":' + orjson.dumps(rules_version)
+                     + b',"occurred_at":"' + format_time(occurred_at).encode() + b'"}')
+
+
+class Pair:
+    """One (before, after) category change, sorted and encoded once per event."""
+
+    __slots__ = ("added", "categories", "fragment", "removed")
+
+    def __init__(self, before: frozenset[str], after: frozenset[str]) -> None:
+        self.categories = sorted(after)
+        self.added = sorted(after - before)
+        self.removed = sorted(before - after)
+        self.fragment = (b',"categories":' + orjson.dumps(self.categories)
+                         + b',"added":' + orjson.dumps(self.added)
+                         + b',"removed":' + orjson.dumps(self.removed) + b',"counts":')
+
+
+class Update:
+    """One published category update; ``body`` is its JSON (SPEC.md "Output")."""
+
+    __slots__ = ("_body", "_cause", "_counts_json", "_pair", "agent_id", "conversation_id",
+                 "counts", "seq", "update_id")
+
+    def __init__(self, cause: Cause, pair: Pair, agent_id: str, conversation_id: str,
+                 seq: int, counts: dict[str, int], counts_json: bytes) -> None:
+        self._cause = cause
+        self._pair = pair
+        self.agent_id = agent_id
+        self.conversation_id = conversation_id
+        self.seq = seq
+        self.counts = counts
+        self._counts_json = counts_json
+        self.update_id = update_id_for(cause.account_id, cause.cause_id, agent_id,
+                                       conversation_id)
+        self._body: bytes | None = None
+
+    account_id = property(lambda self: self._cause.account_id)
+    cause_event_id = property(lambda self: self._cause.cause_id)
+    rules_version = property(lambda self: self._cause.rules_version)
+    occurred_at = property(lambda self: self._cause.occurred_at)
+    categories = property(lambda self: self._pair.categories)
+    added = property(lambda self: self._pair.added)
+    removed = property(lambda self: self._pair.removed)
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self._cause.account_id}.{self.agent_id}"
+
+    @property
+    def body(self) -> bytes:
+        body = self._body
+        if body is None:
+            cause = self._cause
+            body = self._body = b"".join((
+                b'{"update_id":"', self.update_id.encode(),
+                b'","account_id":"', cause.account_id.encode(),
+                b'","agent_id":"', self.agent_id.encode(),
+                b'","conversation_id":"', self.conversation_id.encode(),
+                b'","seq":', str(self.seq).encode(),
+                self._pair.fragment, self._counts_json, cause.tail))
+        return body
+
+    def model(self) -> CategoryUpdate:
+        """The contract model (tests and tools; the hot path never builds it)."""
+        return CategoryUpdate.model_validate_json(self.body)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Update) and other.body == self.body
+
+    def __hash__(self) -> int:
+        return hash(self.body)
+
+    def __repr__(self) -> str:
+        return f"Update({self.body.decode()})"
+
+
+class CountsEncoder:
+    """Badge counts in the rules' category order, as JSON, without a dict dump."""
+
+    __slots__ = ("_names", "_template")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        # Category names are validated identifiers in rule files: no escaping needed,
+        # but go through orjson anyway so a future name with a quote stays valid JSON.
+        parts = [orjson.dumps(name).decode() + ":%d" for name in names]
+        self._template = "{" + ",".join(parts) + "}"
+
+    def snapshot(self, counts: dict[str, int]) -> tuple[dict[str, int], bytes]:
+        values = {name: counts.get(name, 0) for name in self._names}
+        return values, (self._template % tuple(values.values())).encode()

@@ -1,0 +1,441 @@
+"""The driver: carries out batch plans over a :class:`Link`, in order, at least once.
+
+Acknowledgement policy, stated: an input message is acknowledged only after
+
+1. its state change is committed to the store, and
+2. every update it caused (or its dead letter) is confirmed by the broker.
+
+Batches overlap: while batch *n* waits for its confirms and commit, batch *n+1* is
+evaluated (on top of *n*'s uncommitted state) and published. Commits and acks stay in
+batch order. If anything of an unfinished batch fails (a refused or unroutable dead
+letter, a failed commit), every unfinished batch is discarded: the accounts they touched
+are dropped from the cache, so memory equals the last commit again, and their
+deliveries are evaluated again after a backoff. Evaluation is deterministic, so the
+updates published the second time are the same (same ``update_id``, same body).
+
+A lost link drops the same way; the broker redelivers what was not acked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from worker.accounts import AccountCache
+from worker.backoff import backoff_delay
+from worker.domain.categoriser import Categoriser
+from worker.domain.rules import Rules
+from worker.errors import StoreConflictError, StoreError
+from worker.link import Delivery, Link, Outgoing, Returned
+from worker.pipeline import Plan, Step, Sweep
+from worker.settings import Settings
+from worker.store import StateStore
+from worker.topology import Topology
+
+log = logging.getLogger(__name__)
+
+# Publishes per ioloop callback: bounded so heartbeats and confirms keep flowing.
+PUBLISH_CHUNK = 500
+# Seconds of rule evaluation per batch, at most (plus one event): the ioloop must come
+# back often to answer heartbeats and take confirms.
+EVALUATE_BUDGET = 0.25
+# Accounts asked of the store per rules-sweep batch.
+SWEEP_PAGE = 200
+
+
+class Phase(Enum):
+    OFFLINE = "offline"  # no link: connecting, or reconnecting after a loss
+    CONSUMING = "consuming"  # link up, deliveries flowing
+    DRAINING = "draining"  # stop asked: finishing what is in hand, then closing
+    STOPPED = "stopped"
+
+
+@dataclass
+class Stats:
+    """Counters for operators, tests and the benchmark (counted once per commit)."""
+
+    consumed: int = 0
+    acked: int = 0
+    updates: int = 0
+    dead_lettered: int = 0
+    commits: int = 0
+    failed_batches: int = 0
+    redelivered: int = 0
+    swept_accounts: int = 0
+
+
+@dataclass
+class Batch:
+    """A plan on its way: published, confirmed, then committed and acked."""
+
+    plan: Plan
+    messages: list[Outgoing]
+    sweep: bool = False
+    published: int = 0
+    last_sequence: int | None = None  # publish number of its last message
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def all_published(self) -> bool:
+        return self.published == len(self.messages)
+
+
+class Driver:
+    """Owns the live rules, the account cache and the batches in flight."""
+
+    def __init__(self, settings: Settings, rules: Rules, store: StateStore,
+                 topology: Topology | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.topology = topology or Topology.from_settings(settings)
+        self.categoriser = Categoriser(rules)
+        self.cache = AccountCache(store, settings.account_cache_size, settings.dedup_window,
+                                  settings.tombstone_window)
+        self.step = Step(self.topology.updates_exchange, self.topology.dead_letter_exchange,
+                         settings.max_message_bytes, EVALUATE_BUDGET)
+        self.stats = Stats()
+        self.phase = Phase.OFFLINE
+        self.link: Link | None = None
+        self._buffer: deque[Delivery] = deque()
+        self._in_flight: deque[Batch] = deque()
+        self._consumer_on = False
+        self._stop_requested = False
+        self._batch_timer: object | None = None
+        self._flush_due = False
+        self._retry_timer: object | None = None
+        self._pump_scheduled = False
+        self._failures = 0
+        # Publish numbers confirmed so far: all up to _confirmed, and some beyond.
+        self._confirmed = 0
+        self._confirmed_ahead: set[int] = set()
+        self._published = 0
+        self._stale_upto = 0  # confirms up to here belong to discarded batches
+        self._unroutable: str | None = None
+        # The rules sweep: next account id to look at, None when no sweep is due.
+        self._sweep_after: str | None = ""
+        self._last_was_sweep = False
+        # Deliveries arrived on this connection: we are the active consumer (a hot
+        # standby on the same store must never sweep).
+        self._active = False
+
+    @property
+    def rules(self) -> Rules:
+        return self.categoriser.rules
+
+    def attach(self, link: Link) -> None:
+        self.link = link
+
+    def _link(self) -> Link:
+        assert self.link is not None, "attach() a link first"
+        return self.link
+
+    # -- control -----------------------------------------------------------
+    def adopt(self, rules: Rules) -> None:
+        """New live rules: every account follows them (an account touched by an event
+        first; the rest by a paced sweep that shares the loop with the events)."""
+        if rules.version == self.rules.version:
+            return
+        log.info("rules version %s -> %s: re-categorising every account", self.rules.version,
+                 rules.version)
+        self.categoriser = Categoriser(rules)
+        self._sweep_after = ""
+        self._advance()
+
+    def stop(self) -> None:
+        """Stop consuming, finish what is in hand, commit, ack, close."""
+        if self._stop_requested:
+            return
+        log.info("stopping: finishing the events in hand")
+        self._stop_requested = True
+        if self.phase is Phase.CONSUMING:
+            self.phase = Phase.DRAINING
+            if self._consumer_on:
+                self._link().cancel()
+            self._advance()
+        elif self.phase is Phase.OFFLINE:
+            self._close()
+
+    # -- LinkHandler -------------------------------------------------------
+    def on_ready(self) -> None:
+        self._confirmed = self._published = self._stale_upto = 0
+        self._confirmed_ahead.clear()
+        self._unroutable = None
+        if self._stop_requested:
+            self._close()
+            return
+        self.phase = Phase.CONSUMING
+        self._consumer_on = True
+        self._link().consume()
+        self._advance()
+
+    def on_delivery(self, delivery: Delivery) -> None:
+        self._buffer.append(delivery)
+        self._active = True
+        self.stats.consumed += 1
+        if delivery.redelivered:
+            self.stats.redelivered += 1
+        self._advance()
+
+    def on_confirm(self, sequence: int, multiple: bool, ok: bool) -> None:
+        if not ok:
+            if sequence > self._stale_upto:
+                self._fail("the broker refused a publish")
+            return
+        if multiple:
+            self._confirmed = max(self._confirmed, sequence)
+        elif sequence == self._confirmed + 1:
+            self._confirmed = sequence
+        else:
+            self._confirmed_ahead.add(sequence)
+        ahead = self._confirmed_ahead
+        while ahead and (self._confirmed + 1) in ahead:
+            self._confirmed += 1
+            ahead.discard(self._confirmed)
+        if ahead and min(ahead) <= self._confirmed:
+            self._confirmed_ahead = {s for s in ahead if s > self._confirmed}
+        self._advance()
+
+    def on_returned(self, returned: Returned) -> None:
+        # An update nobody downstream bound a queue for is not an error; a dead letter
+        # that reached no queue would be lost: its batch must not be acked.
+        if returned.exchange == self.topology.dead_letter_exchange:
+            self._unroutable = (f"a dead letter was unroutable ({returned.reply_text}): is "
+                                f"{self.topology.dead_letter_queue} bound to "
+                                f"{self.topology.dead_letter_exchange}?")
+
+    def on_cancelled(self) -> None:
+        self._consumer_on = False
+        self._advance()
+
+    def on_lost(self) -> None:
+        """Everything unacked comes back from the broker: drop it, and the memory it
+        touched."""
+        for timer in (self._batch_timer, self._retry_timer):
+            if timer is not None:
+                self._link().cancel_timer(timer)
+        self._batch_timer = self._retry_timer = None
+        self._flush_due = False
+        self._discard_in_flight()
+        self._buffer.clear()
+        self._consumer_on = False
+        self._active = False
+        if self._stop_requested:
+            self._close()
+        else:
+            self.phase = Phase.OFFLINE
+
+    # -- the loop ----------------------------------------------------------
+    def _advance(self) -> None:
+        """Move every batch as far as it can go: commit, start, publish."""
+        if self.phase not in (Phase.CONSUMING, Phase.DRAINING):
+            return
+        self._commit_ready()
+        if self.phase not in (Phase.CONSUMING, Phase.DRAINING):
+            return
+        while (self._retry_timer is None
+               and len(self._in_flight) < self.settings.pipeline_depth
+               and self._start_batch()):
+            pass
+        self._pump()
+        self._commit_ready()
+        if (self.phase is Phase.DRAINING and not self._consumer_on and not self._buffer
+                and not self._in_flight and self._retry_timer is None):
+            log.info("all events in hand committed and acknowledged; closing")
+            self._close()
+
+    def _start_batch(self) -> bool:
+        sweep_due = (self._active and self._sweep_after is not None
+                     and not any(b.sweep for b in self._in_flight))
+        if sweep_due and (not self._last_was_sweep or not self._buffer):
+            return self._start_sweep()
+        if not self._buffer:
+            return False
+        ready = (not self._in_flight or len(self._buffer) >= self.settings.batch_size
+                 or self._flush_due or self.phase is Phase.DRAINING)
+        if not ready:
+            if self._batch_timer is None:
+                self._batch_timer = self._link().call_later(self.settings.max_batch_delay,
+                                                            self._on_batch_timer)
+            return False
+        self._flush_due = False
+        if self._batch_timer is not None:
+            self._link().cancel_timer(self._batch_timer)
+            self._batch_timer = None
+        size = min(len(self._buffer), self.settings.batch_size)
+        deliveries = [self._buffer.popleft() for _ in range(size)]
+        if not self._check_takeover():
+            self._buffer.extendleft(reversed(deliveries))
+            return False
+        plan = self.step.run(deliveries, self.cache, self.categoriser)
+        self._buffer.extendleft(reversed(plan.rest))
+        self._last_was_sweep = False
+        if plan.deliveries:
+            self._launch(plan, sweep=False)
+        if plan.stalled is not None:
+            self._back_off(f"cannot load state: {plan.stalled}")
+            return False
+        if plan.rest:
+            # The time budget ran out: let the ioloop breathe before the next batch.
+            self._schedule_pump()
+            return False
+        return True
+
+    def _start_sweep(self) -> bool:
+        after = self._sweep_after
+        assert after is not None
+        if not self._check_takeover():
+            return False
+        try:
+            ids = self.store.accounts_behind(self.rules.version, after, SWEEP_PAGE)
+        except StoreError as exc:
+            self._back_off(f"cannot list accounts to re-categorise: {exc}")
+            return False
+        if not ids:
+            log.info("every stored account follows rules version %s", self.rules.version)
+            self._sweep_after = None
+            return bool(self._buffer)
+        plan = self.step.run([], self.cache, self.categoriser, sweep=Sweep(tuple(ids)))
+        self._last_was_sweep = True
+        if not plan.swept_accounts and plan.stalled is not None:
+            self._back_off(f"cannot load state: {plan.stalled}")
+            return False
+        self._launch(plan, sweep=True)
+        return True
+
+    def _check_takeover(self) -> bool:
+        """A standby that became the active consumer must not use accounts it cached
+        before another worker moved on. False if the store cannot be read."""
+        if self._in_flight:
+            return True
+        try:
+            if self.store.changed_elsewhere():
+                log.info("the state store was written by another worker: dropping the cache")
+                self.cache.clear()
+                self.store.resync()
+        except StoreError as exc:
+            self._back_off(str(exc))
+            return False
+        return True
+
+    def _launch(self, plan: Plan, sweep: bool) -> None:
+        self.cache.pin(plan.touched)
+        self._in_flight.append(Batch(plan, plan.messages(), sweep=sweep))
+
+    def _on_batch_timer(self) -> None:
+        self._batch_timer = None
+        self._flush_due = True
+        self._advance()
+
+    def _pump(self) -> None:
+        """Publish within the confirm window, batches in order, a chunk per callback."""
+        link = self._link()
+        window = self.settings.publish_window
+        sent = 0
+        for batch in self._in_flight:
+            messages = batch.messages
+            while (batch.published < len(messages) and sent < PUBLISH_CHUNK
+                   and self._published - self._confirmed < window):
+                sequence = link.publish(messages[batch.published])
+                if sequence is None:
+                    return  # the link is down: on_lost follows
+                self._published = sequence
+                batch.published += 1
+                sent += 1
+                if batch.all_published:
+                    batch.last_sequence = sequence
+            if not batch.all_published:
+                break
+        if sent >= PUBLISH_CHUNK:
+            self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            self._link().call_later(0, self._pump_again)
+
+    def _pump_again(self) -> None:
+        self._pump_scheduled = False
+        self._advance()
+
+    def _commit_ready(self) -> None:
+        """Commit and ack, in order, every batch whose messages are all confirmed."""
+        while self._in_flight:
+            batch = self._in_flight[0]
+            if not batch.all_published or (batch.last_sequence is not None
+                                           and batch.last_sequence > self._confirmed):
+                return
+            if self._unroutable is not None:
+                self._fail(self._unroutable)
+                return
+            try:
+                self.store.commit(batch.plan.writes)
+            except StoreError as exc:
+                self._fail(f"commit failed: {exc}", conflict=isinstance(exc, StoreConflictError))
+                return
+            self._in_flight.popleft()
+            self._finished(batch)
+
+    def _finished(self, batch: Batch) -> None:
+        plan = batch.plan
+        self._failures = 0
+        self.cache.unpin(plan.touched)
+        stats = self.stats
+        stats.commits += 1
+        stats.dead_lettered += plan.dead_letters
+        stats.updates += plan.updates
+        if plan.deliveries:
+            self._link().ack(plan.deliveries[-1].tag, multiple=True)
+            stats.acked += len(plan.deliveries)
+        if batch.sweep and plan.swept_accounts:
+            stats.swept_accounts += len(plan.swept_accounts)
+            if self._sweep_after is not None:
+                self._sweep_after = max(self._sweep_after, plan.swept_accounts[-1])
+        self.cache.trim()
+
+    # -- failures ----------------------------------------------------------
+    def _fail(self, why: str, conflict: bool = False) -> None:
+        """Discard every unfinished batch; evaluate its deliveries again later."""
+        held = [d for batch in self._in_flight for d in batch.plan.deliveries]
+        self._discard_in_flight()
+        self._buffer.extendleft(reversed(held))
+        self._unroutable = None
+        self._stale_upto = self._published
+        if conflict:
+            self.cache.clear()
+            try:
+                self.store.resync()
+            except StoreError as exc:
+                log.error("cannot read the state store: %s", exc)
+        self.stats.failed_batches += 1
+        if self._stop_requested:
+            # Give the events in hand back to the queue rather than hang the shutdown.
+            log.warning("%d event(s) not acknowledged: %s; stopping anyway, the broker "
+                        "will redeliver them", len(held), why)
+            self._close()
+            return
+        self._back_off(f"{len(held)} event(s) not acknowledged: {why}")
+
+    def _discard_in_flight(self) -> None:
+        for batch in self._in_flight:
+            self.cache.forget(batch.plan.touched)
+        self._in_flight.clear()
+
+    def _back_off(self, why: str) -> None:
+        if self._retry_timer is not None:
+            return
+        self._failures += 1
+        delay = backoff_delay(self._failures, self.settings.reconnect_max_delay)
+        log.warning("%s; retrying in %.1f s", why, delay)
+
+        def again() -> None:
+            self._retry_timer = None
+            self._advance()
+
+        self._retry_timer = self._link().call_later(delay, again)
+
+    def _close(self) -> None:
+        self.phase = Phase.STOPPED
+        self._link().close()

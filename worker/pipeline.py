@@ -1,0 +1,211 @@
+"""The batch step: deliveries in, one outcome per delivery and the state changes out.
+
+Nothing here talks to the broker. What happens to each delivery is a value:
+
+* :class:`Publish` - the event was applied; publish these updates (maybe none: a
+  duplicate or a stale event), then ack it after the commit;
+* :class:`DeadLetter` - bad input or an event the worker cannot handle: publish it to
+  the dead-letter exchange with its reason, then ack it. Poison is final: it is never
+  retried, and what it half-changed is undone;
+* deliveries the step did not reach (its time budget ran out, or the store could not
+  load an account) are returned in :attr:`Plan.rest`, to be retried in order.
+
+The driver (:mod:`worker.driver`) only carries a plan out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from contracts import BadEvent, parse_event
+from worker.accounts import AccountCache
+from worker.domain.account import AccountWrite
+from worker.domain.categoriser import Categoriser
+from worker.domain.updates import Update
+from worker.errors import StoreError
+from worker.link import Delivery, Outgoing
+
+log = logging.getLogger(__name__)
+
+# Original headers larger than this (as repr, a generous over-estimate of their AMQP
+# size) are not copied to a dead letter: half of RabbitMQ's default 128 KiB frame.
+MAX_COPIED_HEADERS_CHARS = 64 * 1024
+# An x-error header must fit a frame with room to spare (frame_max is 128 KiB): a
+# reason naming 20,000 wrong fields would get the connection closed, again and again.
+MAX_REASON_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    messages: tuple[Outgoing, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+    message: Outgoing
+
+
+Outcome = Publish | DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Synthetic work: re-categorise these accounts under the live rules."""
+
+    account_ids: tuple[str, ...]
+
+
+@dataclass
+class Plan:
+    """What one batch decided; carried out by the driver, committed as one."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    # Updates of a rules sweep (no delivery caused them).
+    swept: list[Outgoing] = field(default_factory=list)
+    swept_accounts: list[str] = field(default_factory=list)
+    writes: list[AccountWrite] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    rest: list[Delivery] = field(default_factory=list)
+    stalled: StoreError | None = None
+
+    def messages(self) -> list[Outgoing]:
+        """Everything to publish, in order: sweep updates first, then per delivery."""
+        out = list(self.swept)
+        for outcome in self.outcomes:
+            if isinstance(outcome, Publish):
+                out.extend(outcome.messages)
+            else:
+                out.append(outcome.message)
+        return out
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(isinstance(o, DeadLetter) for o in self.outcomes)
+
+    @property
+    def updates(self) -> int:
+        return len(self.swept) + sum(len(o.messages) for o in self.outcomes
+                                     if isinstance(o, Publish))
+
+
+class Step:
+    """Turns work into a :class:`Plan`; the account cache is its only side door."""
+
+    def __init__(self, updates_exchange: str, dead_letter_exchange: str,
+                 max_message_bytes: int, budget: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.updates_exchange = updates_exchange
+        self.dead_letter_exchange = dead_letter_exchange
+        self.max_message_bytes = max_message_bytes
+        self.budget = budget
+        self.clock = clock
+
+    def run(self, deliveries: Sequence[Delivery], cache: AccountCache,
+            categoriser: Categoriser, sweep: Sweep | None = None) -> Plan:
+        plan = Plan()
+        deadline = self.clock() + self.budget
+        if sweep is not None:
+            self._sweep(plan, sweep, cache, categoriser, deadline)
+        for index, delivery in enumerate(deliveries):
+            if (index or sweep is not None) and self.clock() > deadline:
+                # Heavy events (an account snapshot re-categorises the whole account):
+                # end the batch here so the ioloop answers heartbeats and confirms.
+                plan.rest = list(deliveries[index:])
+                break
+            try:
+                outcome = self._one(delivery, plan, cache, categoriser)
+            except StoreError as exc:
+                plan.rest = list(deliveries[index:])
+                plan.stalled = exc
+                break
+            plan.deliveries.append(delivery)
+            plan.outcomes.append(outcome)
+        plan.writes = [w for w in (self._write(cache, a) for a in sorted(plan.touched))
+                       if w is not None]
+        return plan
+
+    def _one(self, delivery: Delivery, plan: Plan, cache: AccountCache,
+             categoriser: Categoriser) -> Outcome:
+        try:
+            event = parse_event(delivery.body, max_bytes=self.max_message_bytes)
+        except BadEvent as exc:
+            return self.dead_letter(delivery, exc.reason)
+        except Exception as exc:  # e.g. JSON nested too deep for the parser
+            return self.dead_letter(delivery, f"unreadable: {type(exc).__name__}: {exc}")
+        state = cache.get(event.account_id, categoriser.rules.version)
+        plan.touched.add(event.account_id)
+        state.begin()
+        try:
+            updates = categoriser.handle(state, event)
+        except Exception as exc:  # a worker bug must not stop the stream
+            state.rollback()
+            log.exception("event %s failed; dead-lettering it", event.event_id)
+            return self.dead_letter(delivery, f"worker error: {type(exc).__name__}: {exc}")
+        state.release()
+        return Publish(tuple(self.update_message(u) for u in updates))
+
+    def _sweep(self, plan: Plan, sweep: Sweep, cache: AccountCache,
+               categoriser: Categoriser, deadline: float) -> None:
+        for index, account_id in enumerate(sweep.account_ids):
+            if index and self.clock() > deadline:
+                break
+            try:
+                state = cache.get(account_id, categoriser.rules.version)
+            except StoreError as exc:
+                plan.stalled = exc
+                break
+            plan.touched.add(account_id)
+            plan.swept_accounts.append(account_id)
+            state.begin()
+            try:
+                updates = categoriser.adopt(state)
+            except Exception:  # a worker bug: leave the account for its next event
+                state.rollback()
+                log.exception("re-categorising account %s failed", account_id)
+                continue
+            state.release()
+            plan.swept.extend(self.update_message(u) for u in updates)
+
+    @staticmethod
+    def _write(cache: AccountCache, account_id: str) -> AccountWrite | None:
+        state = cache.peek(account_id)
+        if state is None or not state.dirty:
+            return None
+        return state.take_write()
+
+    def update_message(self, update: Update) -> Outgoing:
+        return Outgoing(self.updates_exchange, update.routing_key, update.body,
+                        message_id=update.update_id, type="category.update")
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
+        headers: dict[str, Any] = dict(delivery.headers)
+        if len(repr(headers)) > MAX_COPIED_HEADERS_CHARS:
+            # The original fitted in a frame; with x-error added it might not, and a
+            # frame error would loop the connection. Keep the body, drop the headers.
+            headers = {"x-original-headers-dropped": f"{len(headers)} header(s), too large"}
+        reason = bounded(reason)
+        headers["x-error"] = reason
+        original = delivery.properties
+        log.warning("dead-lettering message %d (%s): %s", delivery.tag, delivery.routing_key,
+                    reason)
+        return DeadLetter(reason, Outgoing(
+            self.dead_letter_exchange, delivery.routing_key, delivery.body,
+            message_id=getattr(original, "message_id", None), headers=headers,
+            content_type=getattr(original, "content_type", None),
+            content_encoding=getattr(original, "content_encoding", None),
+            timestamp=getattr(original, "timestamp", None),
+            type=getattr(original, "type", None),
+            app_id=getattr(original, "app_id", None) or "inbox-rules"))
+
+
+def bounded(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    cut = reason[:MAX_REASON_CHARS]
+    return f"{cut}... ({len(reason) - len(cut)} more characters)"

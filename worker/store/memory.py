@@ -1,0 +1,94 @@
+"""A store in memory, with the same contract as the durable ones: for tests of the
+driver (a commit can be made to fail on demand) and for tools that need no durability."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from worker.domain.account import AccountState, AccountWrite
+from worker.domain.state import Account, Conversation
+from worker.errors import StoreConflictError, StoreError
+
+
+@dataclass
+class _Stored:
+    account: Account
+    rules_version: str | None = None
+    rules_generation: int = 0
+    last_occurred_at: datetime | None = None
+    event_counter: int = 0
+    conversations: dict[str, Conversation] = field(default_factory=dict)
+    agents: dict[str, tuple[dict[str, int], int]] = field(default_factory=dict)
+    events: list[tuple[int, str]] = field(default_factory=list)
+    tombstones: list[tuple[int, str]] = field(default_factory=list)
+
+
+class MemoryStore:
+    """Committed state as plain values; ``fail_commits`` makes the next commits fail."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, _Stored] = {}
+        self.generation = 0
+        self._base = 0
+        self.fail_commits = 0
+        self.commits = 0
+
+    def load_account(self, account_id: str, *, event_window: int,
+                     tombstone_window: int) -> AccountState | None:
+        stored = self.accounts.get(account_id)
+        if stored is None:
+            return None
+        state = AccountState(stored.account, rules_version=stored.rules_version,
+                             event_window=event_window, tombstone_window=tombstone_window)
+        state.rules_generation = stored.rules_generation
+        state.last_occurred_at = stored.last_occurred_at
+        state.event_counter = stored.event_counter
+        state.conversations = dict(stored.conversations)
+        for agent, (counts, seq) in stored.agents.items():
+            state.counts[agent] = dict(counts)
+            state.seqs[agent] = seq
+        state.recent = OrderedDict((e, n) for n, e in stored.events[-event_window:])
+        state.tombstones = OrderedDict((c, n) for n, c in stored.tombstones[-tombstone_window:])
+        return state
+
+    def commit(self, writes: Sequence[AccountWrite]) -> None:
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise StoreError("state store: database is locked")
+        if self.generation != self._base:
+            raise StoreConflictError("state store was written by another worker")
+        for write in writes:
+            stored = self.accounts.setdefault(write.account_id, _Stored(write.account))
+            stored.account = write.account
+            stored.rules_version = write.rules_version
+            stored.rules_generation = write.rules_generation
+            stored.last_occurred_at = write.last_occurred_at
+            stored.event_counter = write.event_counter
+            for conversation in write.conversations:
+                stored.conversations[conversation.conversation_id] = conversation
+            for conversation_id in write.deleted:
+                stored.conversations.pop(conversation_id, None)
+            for agent, (counts, seq) in write.agents.items():
+                stored.agents[agent] = (dict(counts), seq)
+            stored.events = (stored.events + list(write.events))[-write.event_window:]
+            stored.tombstones = (stored.tombstones
+                                 + list(write.tombstones))[-write.tombstone_window:]
+        self.generation += 1
+        self._base = self.generation
+        self.commits += 1
+
+    def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
+        return sorted(a for a, s in self.accounts.items()
+                      if a > after and s.rules_version != rules_version)[:limit]
+
+    def changed_elsewhere(self) -> bool:
+        return self.generation != self._base
+
+    def resync(self) -> None:
+        self._base = self.generation
+
+    def close(self) -> None:
+        return None
