@@ -32,8 +32,11 @@ class Settings(BaseSettings):
                                    description="Queue receiving bad and undeliverable events.")
     updates_exchange: str = Field("inbox.categories",
                                   description="Topic exchange category updates go to.")
-    delivery_limit: int = Field(20, ge=1, description=(
-        "Deliveries of one event before the broker dead-letters it (a crash loop)."))
+    # High on purpose: RabbitMQ 3.x counts returns on a lost connection too (see
+    # worker/topology.py); the worker dead-letters bad events itself.
+    delivery_limit: int = Field(100_000, ge=1, description=(
+        "Deliveries of one event before the broker dead-letters it: a last resort against "
+        "a crash loop, high because lost connections count too."))
     prefetch: int = Field(200, ge=1, description="Unacknowledged events held at once.")
     batch_size: int = Field(200, ge=1, description="Events per store commit at most.")
     max_batch_delay: float = Field(0.05, ge=0, description=(
@@ -41,8 +44,17 @@ class Settings(BaseSettings):
     publish_window: int = Field(2000, ge=1, description="Unconfirmed publishes at most.")
     state_path: Path = Field(Path("./inbox-rules.sqlite3"),
                              description="SQLite file holding the worker's state.")
-    dedup_window: int = Field(1_000_000, ge=1, description=(
-        "Event ids remembered to drop redeliveries (oldest forgotten first)."))
+    dedup_window: int = Field(1000, ge=1, description=(
+        "Event ids remembered per account to drop redeliveries (oldest forgotten first)."))
+    tombstone_window: int = Field(10_000, ge=1, description=(
+        "Deleted conversation ids remembered per account, so late events cannot revive "
+        "them."))
+    account_cache_size: int = Field(2000, ge=1, description=(
+        "Accounts held in memory at most (least recently used evicted): with the "
+        "windows, this bounds the worker's memory."))
+    pipeline_depth: int = Field(3, ge=1, description=(
+        "Batches in flight at once: the next is evaluated while earlier ones wait for "
+        "confirms and their commit."))
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1,
                                    description="Larger events are dead-lettered.")
     rules_dir: Path | None = Field(None, description="Rule directory (default: shipped rules).")
