@@ -1,63 +1,36 @@
 """The broker link: one pika SelectConnection, owned by the thread running its ioloop.
 
 It connects (again and again, with backoff and jitter), declares the topology, turns
-on publisher confirms and prefetch, and reports what happens to a :class:`LinkHandler`.
-It knows nothing of events or state: :mod:`worker.service` decides what to ack.
+on publisher confirms and prefetch, and reports what happens to a
+:class:`worker.link.LinkHandler`. It knows nothing of events or state:
+:mod:`worker.service` decides what to publish and what to ack.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import pika
+import pika.exceptions
 from pika.adapters.select_connection import IOLoop
-from pika.adapters.utils import io_services_utils
 
 from worker.backoff import backoff_delay
+from worker.link import Delivery, LinkHandler, Outgoing, Returned
 from worker.settings import Settings
-from worker.topology import Topology
+from worker.topology import Topology, describe_refusal
 
 log = logging.getLogger(__name__)
 
+APP_ID = "inbox-rules"
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One input message as received, unacknowledged."""
-
-    tag: int
-    routing_key: str
-    properties: pika.BasicProperties
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message to publish with a confirm."""
-
-    exchange: str
-    routing_key: str
-    body: bytes
-    properties: pika.BasicProperties
-
-
-class LinkHandler(Protocol):
-    def on_ready(self) -> None:
-        """Channel open, topology declared, confirms on; not consuming yet."""
-
-    def on_delivery(self, delivery: Delivery) -> None: ...
-
-    def on_confirm(self, sequence: int, multiple: bool, ok: bool) -> None:
-        """The broker confirmed (ok) or refused publishes up to ``sequence``."""
-
-    def on_cancelled(self) -> None:
-        """Our consumer is cancelled: no more deliveries will come."""
-
-    def on_lost(self) -> None:
-        """The channel is gone: unacked deliveries go back to the queue, pending
-        confirms will never come."""
+# A delivery tag the link hands out is (channel number << TAG_BITS) | the broker's tag.
+# Broker tags restart at 1 on every channel, so a tag kept across a reconnect would
+# ack a *different* message on the new channel; with the channel number in the high
+# bits such a stale ack is recognised and dropped (the broker has requeued that
+# message already). Tags still grow within a channel, so ``multiple`` acks work.
+TAG_BITS = 48
 
 
 def connection_parameters(settings: Settings, name: str = "inbox-rules worker",
@@ -74,92 +47,131 @@ def connection_parameters(settings: Settings, name: str = "inbox-rules worker",
     return params
 
 
-# pika keeps each write as its own chunk and send()s them one by one when the socket
-# is writable: one system call per published message (and per ack). Joining what is
-# buffered first sends the same bytes, in the same order, in a few large writes: one
-# system call per ioloop pass instead of hundreds. Wraps a private pika 1.x method
-# (pika is pinned <2); should it vanish, nothing is wrapped and the worker is only
-# slower, never wrong.
-_JOIN_UP_TO = 256 * 1024
+class CoalescingConnection(pika.SelectConnection):  # type: ignore[misc]
+    """A SelectConnection that sends everything one ioloop pass produced in ONE write.
 
+    Stock pika hands every frame to the transport separately (a publish is three
+    frames, an ack one), and the transport send()s each chunk with its own system
+    call: at thousands of updates a second those calls were the largest single cost
+    of the worker. Here every frame still goes, in order, through the one method pika
+    funnels all output through (``_output_marshaled_frames``, called by
+    ``_send_frame`` and ``_send_message``); it is queued, and one callback per ioloop
+    pass joins the queue and passes it on through pika's own ``_adapter_emit_data``.
 
-def _joining_produce(produce: Callable[[Any], None]) -> Callable[[Any], None]:
-    def produce_joined(transport: Any) -> None:
-        buffers = getattr(transport, "_tx_buffers", None)
-        if buffers is not None and len(buffers) > 1:
-            joined: list[bytes] = []
-            pending: list[bytes] = []
-            size = 0
-            for chunk in buffers:
-                pending.append(chunk)
-                size += len(chunk)
-                if size >= _JOIN_UP_TO:
-                    joined.append(b"".join(pending))
-                    pending, size = [], 0
-            if pending:
-                joined.append(b"".join(pending))
-            buffers.clear()
-            buffers.extend(joined)
-        produce(transport)
+    This is the worker's only use of a private pika hook; pika is pinned to the minor
+    release it was checked on, and tests/test_amqp_hook.py fails if the hook's target
+    moves. While the connection is not open (handshake, closing) frames are written
+    at once, exactly as stock pika does: pika may tear the stream down in the same
+    pass, and nothing may overtake a Close.
+    """
 
-    produce_joined.__wrapped__ = produce  # type: ignore[attr-defined]
-    return produce_joined
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
+        super().__init__(*args, **kwargs)
 
+    def _output_marshaled_frames(self, marshaled_frames: Sequence[bytes]) -> None:
+        """Queue the frames; one flush per ioloop pass writes them all."""
+        for marshaled in marshaled_frames:
+            self.bytes_sent += len(marshaled)
+            self.frames_sent += 1
+            self._pending.append(marshaled)
+        if not self.is_open:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.ioloop.call_later(0, self._flush)
 
-_transport = getattr(io_services_utils, "_AsyncTransportBase", None)
-if _transport is not None and hasattr(_transport, "_produce") and not hasattr(
-        _transport._produce, "__wrapped__"):
-    _transport._produce = _joining_produce(_transport._produce)
-
-
-class _CoalescingConnection(pika.SelectConnection):  # type: ignore[misc]
-    """One socket write per published message instead of one per frame (method,
-    header, body): at thousands of updates a second the system calls were the single
-    largest cost of the worker. Overrides a private pika 1.x hook (pika is pinned <2);
-    should it ever vanish, this is only slower, never wrong."""
-
-    def _output_marshaled_frames(self, marshaled_frames: list[bytes]) -> None:
-        if len(marshaled_frames) < 2:
-            super()._output_marshaled_frames(marshaled_frames)
+    def _flush(self) -> None:
+        """Hand the queued frames to the transport as one chunk, in order."""
+        self._flush_scheduled = False
+        if not self._pending:
             return
-        data = b"".join(marshaled_frames)
-        self.bytes_sent += len(data)
-        self.frames_sent += len(marshaled_frames)
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if self.is_closed:
+            # The stream is gone: stock pika drops unsent output here too (the
+            # transport's abort clears its buffers), and emitting would fail.
+            return
         self._adapter_emit_data(data)
 
 
+class ConnectionLike(Protocol):
+    """What the link uses of a pika connection (so tests can drive a double)."""
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    @property
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def channel(self, *, on_open_callback: Callable[[Any], None]) -> Any: ...
+
+
+ConnectionFactory = Callable[..., ConnectionLike]
+
+
+def outgoing_properties(message: Outgoing) -> pika.BasicProperties:
+    """The AMQP properties of an :class:`Outgoing` (pika stays inside this module)."""
+    return pika.BasicProperties(
+        content_type=message.content_type,
+        delivery_mode=2 if message.persistent else None,
+        message_id=message.message_id,
+        headers=message.headers,
+        type=message.type,
+        correlation_id=message.correlation_id,
+        app_id=APP_ID,
+    )
+
+
 class AmqpLink:
-    """Keeps one connection and one channel up; everything runs on ``ioloop``."""
+    """Keeps one connection and one channel up; everything runs on ``ioloop``.
+
+    Implements :class:`worker.link.Link`: calls made while the link is down are
+    no-ops (``publish`` returns None), and a lost channel is reported once, through
+    ``handler.on_lost``, when its connection has closed -- never by an exception
+    out of the ioloop.
+    """
 
     def __init__(self, settings: Settings, topology: Topology, handler: LinkHandler,
-                 ioloop: IOLoop) -> None:
+                 ioloop: IOLoop, *,
+                 connection_factory: ConnectionFactory = CoalescingConnection) -> None:
         self.settings = settings
         self.topology = topology
         self.handler = handler
         self.ioloop = ioloop
-        self._connection: _CoalescingConnection | None = None
+        self.ready = False  # channel open, topology declared, confirms on
+        self.reconnects = 0
+        self._connection_factory = connection_factory
+        self._connection: ConnectionLike | None = None
         self._channel: Any = None
+        self._channel_number = 0  # counts channels opened: the high bits of our tags
         self._consumer_tag: str | None = None
         self._published = 0
         self._attempt = 0
         self._closing = False
-        self.ready = False
-        self.reconnects = 0
+        self._reported_ready = False  # on_ready sent, on_lost not yet
+        # Why the broker closed our channel (it then closes the connection, too).
+        self._channel_error: BaseException | None = None
+        self._refusal: str | None = None  # the set-up refusal last logged
+        self._refused = False  # this connection ended in a set-up refusal
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         self._connect()
 
     def close(self) -> None:
-        """Close the connection, then stop the ioloop."""
+        """Close the connection (when idle), then stop the ioloop."""
         self._closing = True
         connection = self._connection
         if connection is None or connection.is_closed:
             self.ioloop.stop()
         elif self.ready and not connection.is_closing:
             connection.close()
-        # Otherwise it is still opening: pika does not take a close in the middle of
-        # its handshake well, so _on_qos (or the open error) finishes the job.
+        # Otherwise it is opening (pika does not take a close in the middle of its
+        # handshake well: _on_qos or the open error finishes the job) or closing.
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> object:
         return self.ioloop.call_later(delay, callback)
@@ -172,7 +184,9 @@ class AmqpLink:
             self.ioloop.stop()
             return
         log.debug("connecting to %s", self.settings.safe_amqp_url)
-        self._connection = _CoalescingConnection(
+        self._channel_error = None
+        self._refused = False
+        self._connection = self._connection_factory(
             connection_parameters(self.settings),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,
@@ -180,14 +194,14 @@ class AmqpLink:
             custom_ioloop=self.ioloop,
         )
 
-    def _reconnect_later(self, what: str, why: BaseException) -> None:
+    def _reconnect_later(self, what: str, why: BaseException, quiet: bool = False) -> None:
         if self._closing:
             self.ioloop.stop()
             return
         self._attempt += 1
         delay = backoff_delay(self._attempt, self.settings.reconnect_max_delay)
-        log.warning("%s %s (%s); retrying in %.1f s", what, self.settings.safe_amqp_url,
-                    _describe(why), delay)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "%s %s (%s); retrying in %.1f s",
+                what, self.settings.safe_amqp_url, _describe(why), delay)
         self.reconnects += 1
         self.ioloop.call_later(delay, self._connect)
 
@@ -197,84 +211,143 @@ class AmqpLink:
     def _on_connection_closed(self, _connection: object, reason: BaseException) -> None:
         self._channel = None
         self._consumer_tag = None
-        was_ready, self.ready = self.ready, False
-        if was_ready:
+        self.ready = False
+        if self._reported_ready:
+            self._reported_ready = False
             self.handler.on_lost()
         if self._closing:
             log.info("broker connection closed")
             self.ioloop.stop()
+        elif self._channel_error is not None:
+            # A refused set-up was logged once, with its fix: retry quietly.
+            self._reconnect_later("channel closed on", self._channel_error, quiet=self._refused)
         else:
             self._reconnect_later("lost the connection to", reason)
 
-    def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+    def _on_connection_open(self, connection: ConnectionLike) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: Any) -> None:
         self._channel = channel
+        self._channel_number += 1
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.add_on_cancel_callback(self._on_broker_cancel)
-        self.topology.declare_async(channel, self._on_declared)
+        self.topology.declare_async(channel, lambda: self._on_declared(channel))
 
-    def _on_declared(self) -> None:
-        self._channel.confirm_delivery(ack_nack_callback=self._on_ack_nack,
-                                       callback=self._on_confirm_mode)
+    def _on_declared(self, channel: Any) -> None:
+        channel.confirm_delivery(ack_nack_callback=self._on_ack_nack,
+                                 callback=lambda _frame: self._on_confirm_mode(channel))
 
-    def _on_confirm_mode(self, _frame: object) -> None:
-        self._channel.basic_qos(prefetch_count=self.settings.prefetch, callback=self._on_qos)
+    def _on_confirm_mode(self, channel: Any) -> None:
+        channel.basic_qos(prefetch_count=self.settings.prefetch, callback=self._on_qos)
 
     def _on_qos(self, _frame: object) -> None:
         if self._closing:
-            if self._connection is not None:
-                self._connection.close()
+            self._close_connection()
             return
         self._published = 0
         self._attempt = 0
+        self._refusal = None
         self.ready = True
+        self._reported_ready = True
         log.info("connected to %s; topology declared", self.settings.safe_amqp_url)
         self.handler.on_ready()
 
-    def _on_channel_closed(self, _channel: object, reason: BaseException) -> None:
-        # One channel per connection: a closed channel (a declaration refused, a
-        # broker error) is handled like a lost connection.
-        if not self._closing:
-            log.warning("channel closed: %s", reason)
+    def _on_channel_closed(self, channel: object, reason: BaseException) -> None:
+        """One channel per connection: a closed channel (a declaration refused, a
+        publish to a missing exchange, a broker error) ends its connection too, and
+        the connection's close reports the loss. Until then the link is down."""
+        if channel is self._channel:
+            self._channel = None
+            self._consumer_tag = None
+        was_ready, self.ready = self.ready, False
+        # A lost connection closes its channels first, with the connection's error:
+        # only a close the broker sent for this channel is the channel's own story.
+        if not self._closing and isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            self._channel_error = reason
+            if not was_ready:
+                self._log_refusal(reason)
+        self._close_connection()
+
+    def _log_refusal(self, reason: BaseException) -> None:
+        """The broker refused the set-up (usually a queue declared with other
+        arguments than it has): say so once, clearly, then retry quietly -- an
+        operator may fix it while the worker waits."""
+        text = describe_refusal(self.topology, self.settings, _describe(reason))
+        self._refused = True
+        if text == self._refusal:
+            log.debug("%s", text)
+            return
+        self._refusal = text
+        log.error("%s", text)
+
+    def _close_connection(self) -> None:
         connection = self._connection
         if connection is not None and not (connection.is_closed or connection.is_closing):
             connection.close()
 
     # -- consuming ---------------------------------------------------------
     def consume(self) -> None:
-        self._consumer_tag = self._channel.basic_consume(
-            self.topology.events_queue, on_message_callback=self._on_message)
+        channel = self._channel
+        if not self.ready or channel is None or self._consumer_tag is not None:
+            log.debug("consume() while the link is down or consuming: ignored")
+            return
+        self._consumer_tag = channel.basic_consume(self.topology.events_queue,
+                                                   on_message_callback=self._on_message)
 
     def cancel(self) -> None:
-        if self._consumer_tag is None or self._channel is None:
+        channel = self._channel
+        if self._consumer_tag is None or channel is None or not channel.is_open:
             self.handler.on_cancelled()
             return
-        self._channel.basic_cancel(self._consumer_tag,
-                                   callback=lambda _frame: self.handler.on_cancelled())
+        channel.basic_cancel(self._consumer_tag,
+                             callback=lambda _frame: self.handler.on_cancelled())
         self._consumer_tag = None
 
     def _on_broker_cancel(self, _frame: object) -> None:
         # The queue was deleted under us: reconnecting redeclares it.
-        log.warning("broker cancelled the consumer; reconnecting")
-        self._on_channel_closed(self._channel, RuntimeError("consumer cancelled by broker"))
+        log.warning("the broker cancelled the consumer (queue %s deleted?); reconnecting",
+                    self.topology.events_queue)
+        self.ready = False
+        self._channel_error = RuntimeError("consumer cancelled by the broker")
+        self._close_connection()
 
     def _on_message(self, _channel: object, method: Any, properties: pika.BasicProperties,
                     body: bytes) -> None:
-        self.handler.on_delivery(Delivery(method.delivery_tag, method.routing_key,
-                                          properties, body))
+        self.handler.on_delivery(Delivery(
+            tag=(self._channel_number << TAG_BITS) | method.delivery_tag,
+            routing_key=method.routing_key,
+            body=body,
+            headers=properties.headers or {},
+            properties=properties,
+            redelivered=bool(method.redelivered),
+        ))
 
     def ack(self, tag: int, multiple: bool) -> None:
-        if self._channel is not None and self._channel.is_open:
-            self._channel.basic_ack(tag, multiple=multiple)
+        """Ack on the channel the delivery came from; a no-op once that is gone (the
+        broker has requeued the message, and a new channel's tags mean others)."""
+        channel = self._channel
+        number, delivery_tag = tag >> TAG_BITS, tag & ((1 << TAG_BITS) - 1)
+        if channel is None or not channel.is_open or number != self._channel_number:
+            log.debug("ack of %d on a lost channel: ignored", tag)
+            return
+        channel.basic_ack(delivery_tag, multiple=multiple)
 
     # -- publishing --------------------------------------------------------
-    def publish(self, message: Outgoing) -> int:
-        """Publish with mandatory set; the returned number is the one confirms refer to."""
-        self._channel.basic_publish(message.exchange, message.routing_key, message.body,
-                                    message.properties, mandatory=True)
+    def publish(self, message: Outgoing) -> int | None:
+        """Publish with mandatory set; the number confirms refer to, or None when the
+        link is down (the message is not sent; on_lost tells the driver)."""
+        channel = self._channel
+        if not self.ready or channel is None or not channel.is_open:
+            return None
+        try:
+            channel.basic_publish(message.exchange, message.routing_key, message.body,
+                                  outgoing_properties(message), mandatory=True)
+        except (pika.exceptions.ChannelWrongStateError,
+                pika.exceptions.ConnectionWrongStateError) as exc:
+            log.debug("publish on a closing link: %s", exc)
+            return None
         self._published += 1
         return self._published
 
@@ -283,11 +356,18 @@ class AmqpLink:
         ok = isinstance(method, pika.spec.Basic.Ack)
         self.handler.on_confirm(method.delivery_tag, bool(method.multiple), ok)
 
-    def _on_return(self, _channel: object, method: Any, _properties: object,
+    def _on_return(self, _channel: object, method: Any, properties: Any,
                    _body: bytes) -> None:
-        # No queue bound for that routing key: nobody downstream wants this update.
-        log.debug("unroutable: %s %s (%s)", method.exchange, method.routing_key,
+        """RabbitMQ sends basic.return before the confirm of the same publish, so the
+        handler hears of it in time to hold that confirm's batch."""
+        log.debug("returned: %s %s (%s)", method.exchange, method.routing_key,
                   method.reply_text)
+        self.handler.on_returned(Returned(
+            exchange=method.exchange,
+            routing_key=method.routing_key,
+            message_id=getattr(properties, "message_id", None),
+            reply_text=method.reply_text,
+        ))
 
 
 def _describe(error: BaseException) -> str:

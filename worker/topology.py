@@ -7,11 +7,12 @@ exactly the same thing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.settings import Settings
+from worker.settings import Settings, env_name
 
 Step = tuple[str, dict[str, Any]]
 
@@ -43,7 +44,19 @@ class Topology:
             "x-queue-type": "quorum",
             # Rejected and over-delivered events go to the DLQ, never silently away.
             "x-dead-letter-exchange": self.dead_letter_exchange,
-            # A message that keeps crashing the worker is dead-lettered, not looped on.
+            # A last resort against a message that crash-loops the *process*, set so
+            # high (default 100000) that reconnects never reach it. RabbitMQ 3.x counts
+            # every return of an unacked message towards this limit, returns caused
+            # by a lost connection included: with the old limit of 20, an event held
+            # across 21 lost connections (a network flap, broker restarts, a worker
+            # that keeps missing heartbeats) was dead-lettered with no reason
+            # (tests/broker/test_delivery_limit.py shows it). Each loss costs a
+            # reconnect with backoff, so 100000 is beyond any storm, yet an event
+            # that really kills the process every time still ends up in the DLQ.
+            # Bad events are the worker's own to dead-letter, with a reason.
+            # RabbitMQ never changes an existing queue's arguments: a queue declared
+            # with another value is refused (PRECONDITION_FAILED) and the link says
+            # how to fix it (describe_refusal; docs/delivery-limit.md).
             "x-delivery-limit": self.delivery_limit,
             # One consumer at a time: a second worker is a hot standby, and one
             # account's events are never processed by two workers at once.
@@ -85,3 +98,54 @@ class Topology:
             getattr(channel, method)(callback=next_step, **kwargs)
 
         next_step()
+
+
+# RabbitMQ's refusal of a redeclaration with other arguments, e.g. "PRECONDITION_FAILED -
+# inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': received '100000' but
+# current is '20'" (or "received none but current is the value '20' of type 'signedint'").
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)'"
+    r" in vhost '(?P<vhost>[^']*)': received (?P<new>none|(?:the value )?'[^']*')"
+    r".*? but current is (?P<old>none|(?:the value )?'[^']*')")
+_VALUE = re.compile(r"^(?:the value )?'(?P<value>[^']*)'")
+
+# Queue arguments the operator sets through a setting.
+_ARGUMENT_SETTINGS = {"x-delivery-limit": "delivery_limit"}
+
+
+def _value(text: str) -> str:
+    match = _VALUE.match(text)
+    return match["value"] if match else text
+
+
+def describe_refusal(topology: Topology, settings: Settings, reason: str) -> str:
+    """What to tell an operator when the broker refuses the set-up: for a queue that
+    exists with other arguments, which one differs and how to fix it; otherwise the
+    broker's own words."""
+    match = _INEQUIVALENT.search(reason)
+    if match is None:
+        return (f"the broker refused the worker's set-up on {settings.safe_amqp_url}: "
+                f"{reason}. Retrying quietly meanwhile.")
+    arg, kind, name, vhost = match["arg"], match["kind"], match["name"], match["vhost"]
+    old, new = _value(match["old"]), _value(match["new"])
+    text = (f"{kind} {name!r} in vhost {vhost!r} exists with {arg} = {old}, but this worker "
+            f"declares {arg} = {new}; RabbitMQ never changes an existing {kind}'s "
+            "arguments, so the worker cannot consume.")
+    if kind == "queue" and name == topology.events_queue:
+        delete = (f"delete the queue (rabbitmqctl delete_queue --vhost {vhost} {name} "
+                  "--if-empty)")
+        setting = _ARGUMENT_SETTINGS.get(arg)
+        if setting is not None and old != "none":
+            variable = env_name(setting)
+            text += (f" Fix: set {variable}={old} to use the queue as it is. To move to "
+                     f"{new}: while running so, pause the publisher and let the queue "
+                     f"drain, stop the worker, {delete}, and start it without "
+                     f"{variable}={old}: it declares the queue anew.")
+        else:
+            text += (" Fix: with the publisher paused, let the worker that declared the "
+                     f"queue drain it, stop that worker, {delete}, then start this one: "
+                     "it declares the queue anew.")
+        if arg == "x-delivery-limit":
+            text += (" A delivery-limit policy cannot raise the limit (RabbitMQ applies the "
+                     "lower of policy and argument). See docs/delivery-limit.md.")
+    return text + " Retrying quietly meanwhile."

@@ -1,0 +1,222 @@
+"""Doubles for testing :class:`worker.amqp.AmqpLink`: a handler that records what the
+link reports, and a pika connection/channel pair the test drives by hand (so the
+link's state machine runs without a broker)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from worker.link import Delivery, Returned
+
+
+@dataclass
+class RecordingHandler:
+    """A :class:`worker.link.LinkHandler` that records every report, in order, as
+    ``(kind, payload)``; ``on_ready_do``/``on_lost_do`` run on the link's thread."""
+
+    events: list[tuple[str, Any]] = field(default_factory=list)
+    on_ready_do: list[Callable[[], None]] = field(default_factory=list)
+    on_lost_do: list[Callable[[], None]] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def _record(self, kind: str, payload: Any = None) -> None:
+        with self.changed:
+            self.events.append((kind, payload))
+            self.changed.notify_all()
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.events]
+
+    def count(self, kind: str) -> int:
+        return self.kinds().count(kind)
+
+    def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        with self.changed:
+            if not self.changed.wait_for(condition, timeout):
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
+                                     f"saw {self.kinds()}")
+
+    def on_ready(self) -> None:
+        self._record("ready")
+        for action in self.on_ready_do:
+            action()
+
+    def on_delivery(self, delivery: Delivery) -> None:
+        self._record("delivery", delivery)
+
+    def on_confirm(self, sequence: int, multiple: bool, ok: bool) -> None:
+        self._record("confirm", (sequence, multiple, ok))
+
+    def on_returned(self, returned: Returned) -> None:
+        self._record("returned", returned)
+
+    def on_cancelled(self) -> None:
+        self._record("cancelled")
+
+    def on_lost(self) -> None:
+        self._record("lost")
+        for action in self.on_lost_do:
+            action()
+
+
+class FakeChannel:
+    """The slice of ``pika.channel.Channel`` the link uses. Declarations succeed at
+    once unless ``refuse`` names a queue: then the broker "closes" the channel."""
+
+    def __init__(self, refuse: dict[str, tuple[int, str]]) -> None:
+        self.is_open = True
+        self.refuse = refuse
+        self.declared: list[tuple[str, dict[str, Any]]] = []
+        self.published: list[tuple[str, str, bytes, Any, bool]] = []
+        self.acks: list[tuple[int, bool]] = []
+        self.consuming: list[str] = []
+        self.on_close: list[Callable[[Any, BaseException], None]] = []
+        self.on_return: list[Callable[[Any, Any, Any, bytes], None]] = []
+        self.on_cancel: list[Callable[[Any], None]] = []
+        self.on_ack_nack: Callable[[Any], None] | None = None
+        self.deliver: Callable[..., None] | None = None  # the consumer's callback
+
+    def add_on_close_callback(self, callback: Callable[[Any, BaseException], None]) -> None:
+        self.on_close.append(callback)
+
+    def add_on_return_callback(self, callback: Callable[[Any, Any, Any, bytes], None]) -> None:
+        self.on_return.append(callback)
+
+    def add_on_cancel_callback(self, callback: Callable[[Any], None]) -> None:
+        self.on_cancel.append(callback)
+
+    def _declare(self, method: str, callback: Callable[[Any], None],
+                 kwargs: dict[str, Any]) -> None:
+        self.declared.append((method, kwargs))
+        refusal = self.refuse.get(kwargs.get("queue", "")) if method == "queue_declare" \
+            else None
+        if refusal is not None:
+            self.close_by_broker(*refusal)
+        else:
+            callback(None)
+
+    def exchange_declare(self, callback: Callable[[Any], None], **kwargs: Any) -> None:
+        self._declare("exchange_declare", callback, kwargs)
+
+    def queue_declare(self, callback: Callable[[Any], None], **kwargs: Any) -> None:
+        self._declare("queue_declare", callback, kwargs)
+
+    def queue_bind(self, callback: Callable[[Any], None], **kwargs: Any) -> None:
+        self._declare("queue_bind", callback, kwargs)
+
+    def confirm_delivery(self, ack_nack_callback: Callable[[Any], None],
+                         callback: Callable[[Any], None]) -> None:
+        self.on_ack_nack = ack_nack_callback
+        callback(None)
+
+    def basic_qos(self, prefetch_count: int, callback: Callable[[Any], None]) -> None:
+        callback(None)
+
+    def _raise_if_closed(self) -> None:
+        # What pika does for any call on a channel that is not open.
+        if not self.is_open:
+            raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
+
+    def basic_publish(self, exchange: str, routing_key: str, body: bytes,
+                      properties: Any = None, mandatory: bool = False) -> None:
+        self._raise_if_closed()
+        self.published.append((exchange, routing_key, body, properties, mandatory))
+
+    def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self._raise_if_closed()
+        self.acks.append((delivery_tag, multiple))
+
+    def basic_consume(self, queue: str, on_message_callback: Callable[..., None]) -> str:
+        self._raise_if_closed()
+        self.consuming.append(queue)
+        self.deliver = on_message_callback
+        return f"ctag-{len(self.consuming)}"
+
+    def basic_cancel(self, consumer_tag: str, callback: Callable[[Any], None]) -> None:
+        self._raise_if_closed()
+        callback(None)
+
+    def close_by_broker(self, code: int, text: str) -> None:
+        self.is_open = False
+        for callback in self.on_close:
+            callback(self, pika.exceptions.ChannelClosedByBroker(code, text))
+
+    def close_with(self, reason: BaseException) -> None:
+        """What pika does to the channels of a connection that is gone."""
+        self.is_open = False
+        for callback in self.on_close:
+            callback(self, reason)
+
+
+class FakeConnection:
+    """A ``SelectConnection`` stand-in: opens (and opens its channel) when the test
+    says so; ``close`` starts closing, ``closed`` finishes it."""
+
+    def __init__(self, broker: FakeBroker, *, on_open_callback: Callable[[Any], None],
+                 on_open_error_callback: Callable[[Any, BaseException], None],
+                 on_close_callback: Callable[[Any, BaseException], None]) -> None:
+        self.broker = broker
+        self.is_closed = False
+        self.is_closing = False
+        self.channels: list[FakeChannel] = []
+        self._on_open = on_open_callback
+        self._on_open_error = on_open_error_callback
+        self._on_close = on_close_callback
+
+    def open(self) -> FakeChannel:
+        self._on_open(self)
+        return self.channels[-1]
+
+    def fail_to_open(self, error: BaseException) -> None:
+        self.is_closed = True
+        self._on_open_error(self, error)
+
+    def channel(self, *, on_open_callback: Callable[[Any], None]) -> FakeChannel:
+        channel = FakeChannel(self.broker.refuse)
+        self.channels.append(channel)
+        on_open_callback(channel)
+        return channel
+
+    def close(self) -> None:
+        assert not (self.is_closing or self.is_closed), "pika raises on a second close()"
+        self.is_closing = True
+
+    def closed(self, reason: BaseException) -> None:
+        """The connection is gone (closed by us, or lost): pika closes its channels
+        with the reason first, then reports the connection."""
+        for channel in self.channels:
+            if channel.is_open:
+                channel.close_with(reason)
+        self.is_closing = False
+        self.is_closed = True
+        self._on_close(self, reason)
+
+
+class FakeBroker:
+    """Makes the link's connections (pass ``connect`` as its ``connection_factory``)
+    and keeps them, newest last; ``refuse`` maps a queue name to the (code, text)
+    the broker closes the channel with when that queue is declared."""
+
+    def __init__(self) -> None:
+        self.connections: list[FakeConnection] = []
+        self.refuse: dict[str, tuple[int, str]] = {}
+
+    def connect(self, _parameters: object, *, on_open_callback: Callable[[Any], None],
+                on_open_error_callback: Callable[[Any, BaseException], None],
+                on_close_callback: Callable[[Any, BaseException], None],
+                custom_ioloop: object) -> FakeConnection:
+        connection = FakeConnection(self, on_open_callback=on_open_callback,
+                                    on_open_error_callback=on_open_error_callback,
+                                    on_close_callback=on_close_callback)
+        self.connections.append(connection)
+        return connection
+
+    @property
+    def connection(self) -> FakeConnection:
+        return self.connections[-1]
