@@ -1,8 +1,14 @@
-"""Where the worker's state survives restarts: a small interface and its SQLite form.
+"""The embedded default store: one SQLite file in WAL mode, state kept per account.
 
-The in-memory :class:`State` is the working copy; a store loads it whole at start and
-writes exactly what changed (``State.take_changes``), once per batch, in one
-transaction. A server store (PostgreSQL) for several workers fits the same protocol.
+Opening reads nothing but the schema (start-up does not grow with the stored state);
+an account is read when an event for it arrives (:meth:`SqliteStore.load_account`),
+and each batch writes exactly what it changed (:class:`AccountWrite`) in one
+transaction. The per-account memories (recent event ids, tombstones of deleted
+conversations) are pruned to their windows as they are written, so the file is
+bounded by the settings too, not by how many events ever passed.
+
+The schema is versioned by ``schema_migrations``; migrations run at open, each in its
+own transaction, and a file written by a newer schema is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -10,56 +16,133 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
-from worker.domain.state import Account, Changes, Conversation, State
+from worker.domain.account import AccountState, AccountWrite
+from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS accounts (
-    account_id TEXT PRIMARY KEY, plan TEXT NOT NULL, agents TEXT NOT NULL,
-    groups_ TEXT NOT NULL, last_sequence INTEGER);
-CREATE TABLE IF NOT EXISTS conversations (
-    account_id TEXT NOT NULL, conversation_id TEXT NOT NULL, status TEXT NOT NULL,
-    group_id TEXT, joined TEXT NOT NULL, last_sequence INTEGER, categories TEXT NOT NULL,
-    PRIMARY KEY (account_id, conversation_id));
-CREATE TABLE IF NOT EXISTS counts (
-    account_id TEXT NOT NULL, agent_id TEXT NOT NULL, counts TEXT NOT NULL,
-    PRIMARY KEY (account_id, agent_id));
--- seq keeps the order the ids were seen in, so the oldest are forgotten first.
-CREATE TABLE IF NOT EXISTS seen (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, account_id TEXT NOT NULL, event_id TEXT NOT NULL,
-    UNIQUE (account_id, event_id));
-"""
+# A composite primary key is the only index these tables need, and WITHOUT ROWID
+# clusters each account's rows together: one account is one contiguous range to read.
+_V2_TABLES = (
+    """CREATE TABLE IF NOT EXISTS schema_migrations (
+        version INTEGER PRIMARY KEY, applied_at TEXT)""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # events_kept/tombstones_kept count the rows this account has in `events` and
+    # `tombstones`: pruning to the window then costs only the rows it removes, instead
+    # of a walk over the whole window on every commit.
+    """CREATE TABLE accounts (
+        account_id TEXT PRIMARY KEY, plan TEXT NOT NULL, agents TEXT NOT NULL,
+        groups_ TEXT NOT NULL, last_sequence INTEGER, rules_version TEXT,
+        rules_generation INTEGER NOT NULL, last_occurred_at TEXT,
+        event_counter INTEGER NOT NULL, events_kept INTEGER NOT NULL,
+        tombstones_kept INTEGER NOT NULL) WITHOUT ROWID""",
+    """CREATE TABLE conversations (
+        account_id TEXT NOT NULL, conversation_id TEXT NOT NULL, status TEXT NOT NULL,
+        group_id TEXT, joined TEXT NOT NULL, last_sequence INTEGER, categories TEXT NOT NULL,
+        PRIMARY KEY (account_id, conversation_id)) WITHOUT ROWID""",
+    """CREATE TABLE agents (
+        account_id TEXT NOT NULL, agent_id TEXT NOT NULL, counts TEXT NOT NULL,
+        seq INTEGER NOT NULL, PRIMARY KEY (account_id, agent_id)) WITHOUT ROWID""",
+    # Numbers grow per account and are shared by events and tombstones (one counter).
+    """CREATE TABLE events (
+        account_id TEXT NOT NULL, number INTEGER NOT NULL, event_id TEXT NOT NULL,
+        PRIMARY KEY (account_id, number)) WITHOUT ROWID""",
+    """CREATE TABLE tombstones (
+        account_id TEXT NOT NULL, number INTEGER NOT NULL, conversation_id TEXT NOT NULL,
+        PRIMARY KEY (account_id, number)) WITHOUT ROWID""",
+)
+
+# From the file the previous version wrote (meta.schema_version = '1': one global
+# state with global rules_version, counts and a global `seen` list). Runs after
+# the v1 tables that clash with v2 names were renamed to v1_*.
+_FROM_V1 = (
+    # Event ids are numbered per account in the order they were seen.
+    """INSERT INTO events (account_id, number, event_id)
+       SELECT account_id, ROW_NUMBER() OVER (PARTITION BY account_id ORDER BY seq), event_id
+       FROM seen""",
+    # Deleted conversations leave the state: each becomes a tombstone numbered after
+    # the account's events (v1 kept no deletion order: conversation id order).
+    """INSERT INTO tombstones (account_id, number, conversation_id)
+       SELECT c.account_id,
+              COALESCE((SELECT MAX(e.number) FROM events e WHERE e.account_id = c.account_id),
+                       0)
+              + ROW_NUMBER() OVER (PARTITION BY c.account_id ORDER BY c.conversation_id),
+              c.conversation_id
+       FROM v1_conversations c WHERE c.status = 'deleted'""",
+    """INSERT INTO conversations
+       SELECT account_id, conversation_id, status, group_id, joined, last_sequence, categories
+       FROM v1_conversations WHERE status != 'deleted'""",
+    # v1 published no per-agent numbering: every agent starts from 0.
+    "INSERT INTO agents SELECT account_id, agent_id, counts, 0 FROM counts",
+    # Every account was categorised under the one global rules version.
+    """INSERT INTO accounts
+       SELECT account_id, plan, agents, groups_, last_sequence,
+              (SELECT NULLIF(value, '') FROM meta WHERE key = 'rules_version'),
+              0, NULL, 0, 0, 0
+       FROM v1_accounts""",
+    # An account known only by its conversations, counts or events still gets a row:
+    # it carries the event counter, so new numbers never collide with migrated ones.
+    """INSERT OR IGNORE INTO accounts
+       SELECT account_id, 'free', '[]', '{}', NULL,
+              (SELECT NULLIF(value, '') FROM meta WHERE key = 'rules_version'),
+              0, NULL, 0, 0, 0
+       FROM (SELECT account_id FROM conversations UNION SELECT account_id FROM agents
+             UNION SELECT account_id FROM events UNION SELECT account_id FROM tombstones)""",
+    """UPDATE accounts SET
+         event_counter = MAX(
+           COALESCE((SELECT MAX(number) FROM events e
+                     WHERE e.account_id = accounts.account_id), 0),
+           COALESCE((SELECT MAX(number) FROM tombstones t
+                     WHERE t.account_id = accounts.account_id), 0)),
+         events_kept = (SELECT COUNT(*) FROM events e WHERE e.account_id = accounts.account_id),
+         tombstones_kept = (SELECT COUNT(*) FROM tombstones t
+                            WHERE t.account_id = accounts.account_id)""",
+    "DROP TABLE v1_accounts",
+    "DROP TABLE v1_conversations",
+    "DROP TABLE counts",
+    "DROP TABLE seen",
+    "DELETE FROM meta WHERE key = 'rules_version'",
+)
 
 
-class StateStore(Protocol):
-    """Durable state: load it whole, commit each batch's changes atomically."""
+_V1_TABLES = frozenset({"meta", "accounts", "conversations", "counts", "seen"})
 
-    def load(self, dedup_window: int) -> State:
-        """The state as of the last commit."""
 
-    def commit(self, changes: Changes, state: State) -> None:
-        """Write ``changes`` (values read from ``state``) in one transaction, or raise
-        :class:`StoreError` having written nothing."""
+def _migrate_to_2(db: sqlite3.Connection, current: int) -> None:
+    """Create the per-account schema; from a v1 file, carry its state over."""
+    if current == 1:
+        db.execute("ALTER TABLE accounts RENAME TO v1_accounts")
+        db.execute("ALTER TABLE conversations RENAME TO v1_conversations")
+    for statement in _V2_TABLES:
+        db.execute(statement)
+    if current == 1:
+        for statement in _FROM_V1:
+            db.execute(statement)
+    db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+    # A v1 worker reads only meta.schema_version: this makes it refuse the file
+    # ("schema version 2") instead of writing its old tables into it.
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+               (str(SCHEMA_VERSION),))
 
-    def changed_elsewhere(self) -> bool:
-        """True if another worker committed since our last load or commit."""
 
-    def close(self) -> None:
-        """Release the store."""
+# (version, migration from the version before it); each runs in its own transaction.
+MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection, int], None]], ...] = (
+    (2, _migrate_to_2),
+)
 
 
 class SqliteStore:
-    """The embedded default: one SQLite file in WAL mode.
+    """:class:`worker.store.StateStore` in one SQLite file.
 
     A generation counter guards against a second writer (a standby worker sharing the
-    file that became active): a commit based on a state older than the file's is
-    refused with :class:`StoreConflictError`, and the worker reloads.
+    file that became active): a commit based on a store older than the file is refused
+    with :class:`StoreConflictError`, and the worker drops its cached accounts.
     """
 
     def __init__(self, path: Path) -> None:
@@ -69,126 +152,258 @@ class SqliteStore:
             # One thread uses the store at a time, but not always the one that opened it.
             self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0,
                                        check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._error("cannot open", exc) from exc
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: an acknowledged event must survive a power cut, not only a crash.
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._check_schema()
-        except sqlite3.Error as exc:
-            raise StoreError(f"state store {path}: {exc}") from exc
+            self._migrate()
+            self._generation = self._read_generation()
+        except (sqlite3.Error, ValueError) as exc:
+            self._db.close()
+            raise self._error("cannot open", exc) from exc
+        except StoreError:
+            self._db.close()
+            raise
 
-    def _check_schema(self) -> None:
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise StoreError(f"state store {self.path}: schema version {row[0]}, "
-                             f"this worker reads {SCHEMA_VERSION}")
+    # -- schema ------------------------------------------------------------
+    def _migrate(self) -> None:
+        version = self._schema_version()
+        if version > SCHEMA_VERSION:
+            raise self._newer(version)
+        for target, migration in MIGRATIONS:
+            if target <= version:
+                continue
+            with self._transaction():
+                # Re-read under the write lock: another worker may have just migrated.
+                current = self._schema_version()
+                if current > SCHEMA_VERSION:
+                    raise self._newer(current)
+                if current < target:
+                    migration(self._db, current)
+                    self._db.execute("INSERT INTO schema_migrations VALUES (?, ?)",
+                                     (target, datetime.now(UTC).isoformat()))
 
-    def load(self, dedup_window: int) -> State:
+    def _schema_version(self) -> int:
+        """0 for an empty file, 1 for the previous version's file, else the newest
+        migration applied."""
+        tables = {name for (name,) in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT LIKE 'sqlite_%'")}
+        if "schema_migrations" in tables:
+            row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+            return int(row[0] or 0)
+        if "meta" in tables:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is not None and str(row[0]).isdigit():
+                return int(row[0])
+            if row is None and tables <= _V1_TABLES:
+                return 1  # v1 created its tables, then stopped before stamping them
+        if tables:
+            raise StoreError(f"state store {self.path}: not an inbox-rules state file "
+                             f"(tables: {', '.join(sorted(tables))})")
+        return 0
+
+    def _newer(self, version: int) -> StoreError:
+        return StoreError(f"state store {self.path}: schema version {version} was written by "
+                          f"a newer inbox-rules (this one reads up to {SCHEMA_VERSION}); "
+                          "upgrade the worker, or point it at another state file")
+
+    # -- reads -------------------------------------------------------------
+    def load_account(self, account_id: str, *, event_window: int,
+                     tombstone_window: int) -> AccountState | None:
         try:
-            return self._load(dedup_window)
-        except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: cannot load: {exc}") from exc
+            # One read transaction: a commit by another process cannot tear the account.
+            with self._transaction("BEGIN"):
+                return self._load(account_id, event_window, tombstone_window)
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._error(f"cannot load account {account_id!r}", exc) from exc
 
-    def _load(self, dedup_window: int) -> State:
+    def _load(self, account_id: str, event_window: int,
+              tombstone_window: int) -> AccountState | None:
         db = self._db
-        state = State(dedup_window=dedup_window)
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        self._generation = int(meta.get("generation", "0"))
-        state.rules_version = meta.get("rules_version") or None
-        for account_id, plan, agents, groups, last_sequence in db.execute(
-                "SELECT account_id, plan, agents, groups_, last_sequence FROM accounts"):
-            state.accounts[account_id] = Account(
-                account_id, plan, frozenset(json.loads(agents)),
-                {g: frozenset(m) for g, m in json.loads(groups).items()}, last_sequence)
-        for (account_id, conversation_id, status, group_id, joined, last_sequence,
-             categories) in db.execute(
-                "SELECT account_id, conversation_id, status, group_id, joined, last_sequence,"
-                " categories FROM conversations"):
-            state.conversations.setdefault(account_id, {})[conversation_id] = Conversation(
+        key = (account_id,)
+        row = db.execute(
+            "SELECT plan, agents, groups_, last_sequence, rules_version, rules_generation,"
+            " last_occurred_at, event_counter FROM accounts WHERE account_id = ?",
+            key).fetchone()
+        conversations = {
+            conversation_id: Conversation(
                 account_id, conversation_id, status, group_id, frozenset(json.loads(joined)),
                 last_sequence, tuple(frozenset(c) for c in json.loads(categories)))
-        for account_id, agent_id, counts in db.execute(
-                "SELECT account_id, agent_id, counts FROM counts"):
-            state.counts.setdefault(account_id, {})[agent_id] = json.loads(counts)
-        for account_id, event_id in db.execute(
-                "SELECT account_id, event_id FROM seen ORDER BY seq"):
-            state.seen[(account_id, event_id)] = None
-        # A smaller window than before: forget the oldest, and say so at the next commit.
-        while len(state.seen) > dedup_window:
-            evicted, _ = state.seen.popitem(last=False)
-            state.changes.seen_evicted.append(evicted)
+            for conversation_id, status, group_id, joined, last_sequence, categories
+            in db.execute(
+                "SELECT conversation_id, status, group_id, joined, last_sequence, categories"
+                " FROM conversations WHERE account_id = ?", key)}
+        agents = db.execute("SELECT agent_id, counts, seq FROM agents WHERE account_id = ?",
+                            key).fetchall()
+        recent = _newest(db, "events", "event_id", account_id, event_window)
+        tombstones = _newest(db, "tombstones", "conversation_id", account_id,
+                             tombstone_window)
+        if row is None and not (conversations or agents or recent or tombstones):
+            return None
+        if row is None:
+            account, rules_version, generation, last, counter = (
+                Account(account_id), None, 0, None, 0)
+        else:
+            plan, agent_ids, groups, last_sequence, rules_version, generation, last, counter = row
+            account = Account(account_id, plan, frozenset(json.loads(agent_ids)),
+                              {g: frozenset(m) for g, m in json.loads(groups).items()},
+                              last_sequence)
+        state = AccountState(account, rules_version=rules_version, event_window=event_window,
+                             tombstone_window=tombstone_window)
+        # Public attributes, not the mutating methods: a loaded state has nothing to write.
+        state.conversations = conversations
+        state.counts = {agent_id: json.loads(counts) for agent_id, counts, _ in agents}
+        state.seqs = {agent_id: seq for agent_id, _, seq in agents if seq}
+        state.recent = recent
+        state.tombstones = tombstones
+        state.rules_generation = generation
+        state.last_occurred_at = None if last is None else datetime.fromisoformat(last)
+        # Never below a stored number, even for a row a migration could not fill.
+        state.event_counter = max(counter, *recent.values(), *tombstones.values(), 0)
         return state
 
-    def commit(self, changes: Changes, state: State) -> None:
-        db = self._db
+    def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._write(changes, state)
-                db.execute("COMMIT")
-            except BaseException:
-                # SQLite rolls back by itself on some errors (a full disk): a second
-                # rollback would fail and hide the real cause.
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
+            rows = self._db.execute(
+                "SELECT account_id FROM accounts WHERE account_id > ?"
+                " AND rules_version IS NOT ? ORDER BY account_id LIMIT ?",
+                (after, rules_version, limit)).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: commit failed: {exc}") from exc
+            raise self._error("cannot list accounts behind the rules", exc) from exc
+        return [account_id for (account_id,) in rows]
+
+    def changed_elsewhere(self) -> bool:
+        try:
+            return self._read_generation() != self._generation
+        except sqlite3.Error as exc:
+            raise self._error("cannot read the generation", exc) from exc
+
+    def resync(self) -> None:
+        try:
+            self._generation = self._read_generation()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read the generation", exc) from exc
+
+    def _read_generation(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    # -- writes ------------------------------------------------------------
+    def commit(self, writes: Sequence[AccountWrite]) -> None:
+        try:
+            with self._transaction():
+                self._write(writes)
+        except sqlite3.Error as exc:
+            raise self._error("commit failed", exc) from exc
         self._generation += 1
 
-    def _write(self, changes: Changes, state: State) -> None:
+    def _write(self, writes: Sequence[AccountWrite]) -> None:
         db = self._db
-        # Optimistic concurrency: exactly one generation step from the one we loaded.
+        # Optimistic concurrency: exactly one generation step from our base.
         cursor = db.execute("UPDATE meta SET value = ? WHERE key = 'generation' AND value = ?",
                             (str(self._generation + 1), str(self._generation)))
         if cursor.rowcount != 1:
             raise StoreConflictError(f"state store {self.path} was written by another worker")
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('rules_version', ?)",
-                   (state.rules_version or "",))
-        db.executemany(
-            "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?)",
-            [_account_row(state.accounts[a]) for a in sorted(changes.accounts)
-             if a in state.accounts])
-        rows, gone = [], []
-        for account_id, conversation_id in sorted(changes.conversations):
-            conversation = state.conversation(account_id, conversation_id)
-            if conversation is None:
-                gone.append((account_id, conversation_id))
-            else:
-                rows.append(_conversation_row(conversation))
-        db.executemany("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        # The last change of each conversation wins, in write order: two writes of one
+        # account in a batch may delete a conversation and bring it back.
+        final: dict[tuple[str, str], Conversation | None] = {}
+        for write in writes:
+            for conversation in write.conversations:
+                final[(write.account_id, conversation.conversation_id)] = conversation
+            for conversation_id in write.deleted:
+                final[(write.account_id, conversation_id)] = None
+        db.executemany("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [_conversation_row(c) for c in final.values() if c is not None])
         db.executemany("DELETE FROM conversations WHERE account_id = ? AND conversation_id = ?",
-                       gone)
+                       [key for key, c in final.items() if c is None])
         db.executemany(
-            "INSERT OR REPLACE INTO counts VALUES (?, ?, ?)",
-            [(a, g, json.dumps(state.counts[a][g], sort_keys=True))
-             for a, g in sorted(changes.counts) if g in state.counts.get(a, {})])
-        # The final membership is what State.seen holds; the lists say which rows to touch.
-        db.executemany("DELETE FROM seen WHERE account_id = ? AND event_id = ?",
-                       [k for k in changes.seen_evicted if k not in state.seen])
-        db.executemany("INSERT OR REPLACE INTO seen (account_id, event_id) VALUES (?, ?)",
-                       [k for k in changes.seen_added if k in state.seen])
+            "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?)",
+            [(w.account_id, agent_id, json.dumps(counts, sort_keys=True), seq)
+             for w in writes for agent_id, (counts, seq) in w.agents.items()])
+        # Plain INSERT: a number is used once per account; a clash is a bug, not a retry.
+        db.executemany("INSERT INTO events VALUES (?, ?, ?)",
+                       [(w.account_id, n, e) for w in writes for n, e in w.events])
+        db.executemany("INSERT INTO tombstones VALUES (?, ?, ?)",
+                       [(w.account_id, n, c) for w in writes for n, c in w.tombstones])
+        # Always written: rules, clock and counter change with every write. One account
+        # at a time, so two writes of one account in a batch still count rows exactly.
+        for write in writes:
+            db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (*_account_row(write), *self._prune(write)))
 
-    def changed_elsewhere(self) -> bool:
+    def _prune(self, write: AccountWrite) -> tuple[int, int]:
+        """Keep only the newest windows of the account's event ids and tombstones;
+        return how many of each it now has."""
+        row = self._db.execute(
+            "SELECT events_kept, tombstones_kept FROM accounts WHERE account_id = ?",
+            (write.account_id,)).fetchone()
+        events, tombstones = row or (0, 0)
+        return (self._trim("events", write.account_id,
+                           events + len(write.events), write.event_window),
+                self._trim("tombstones", write.account_id,
+                           tombstones + len(write.tombstones), write.tombstone_window))
+
+    def _trim(self, table: str, account_id: str, kept: int, window: int) -> int:
+        excess = kept - window
+        if excess <= 0:
+            return kept
+        # The oldest `excess` rows: a walk over what goes, not over the whole window.
+        cursor = self._db.execute(
+            f"DELETE FROM {table} WHERE account_id = ? AND number <= "  # noqa: S608 - fixed names
+            f"(SELECT number FROM {table} WHERE account_id = ? ORDER BY number"
+            " LIMIT 1 OFFSET ?)", (account_id, account_id, excess - 1))
+        return kept - cursor.rowcount
+
+    # -- plumbing ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+        db = self._db
+        db.execute(begin)
         try:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
-        return row is not None and int(row[0]) != self._generation
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            # SQLite rolls back by itself on some errors (a full disk): a second
+            # rollback would fail and hide the real cause.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+
+    def _error(self, what: str, exc: Exception) -> StoreError:
+        return StoreError(f"state store {self.path}: {what}: {exc}")
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        except sqlite3.Error as exc:
+            raise self._error("cannot close", exc) from exc
 
 
-def _account_row(account: Account) -> tuple[object, ...]:
+def _newest(db: sqlite3.Connection, table: str, column: str, account_id: str,
+            window: int) -> OrderedDict[str, int]:
+    """The newest ``window`` entries, oldest first (the order they fall out in)."""
+    rows = db.execute(
+        f"SELECT number, {column} FROM {table} WHERE account_id = ?"  # noqa: S608 - fixed names
+        " ORDER BY number DESC LIMIT ?", (account_id, window)).fetchall()
+    memory: OrderedDict[str, int] = OrderedDict()
+    for number, key in reversed(rows):
+        memory[key] = number
+        memory.move_to_end(key)  # a key remembered twice counts from its newest number
+    return memory
+
+
+def _account_row(write: AccountWrite) -> tuple[object, ...]:
+    account = write.account
     groups = {g: sorted(m) for g, m in sorted(account.groups.items())}
-    return (account.account_id, account.plan, json.dumps(sorted(account.agents)),
-            json.dumps(groups), account.last_sequence)
+    last = None if write.last_occurred_at is None else write.last_occurred_at.isoformat()
+    return (write.account_id, account.plan, json.dumps(sorted(account.agents)),
+            json.dumps(groups), account.last_sequence, write.rules_version,
+            write.rules_generation, last, write.event_counter)
 
 
 def _conversation_row(conversation: Conversation) -> tuple[object, ...]:
