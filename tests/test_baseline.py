@@ -88,9 +88,12 @@ def test_benchmark_streams(agents: int, fanout: str, tmp_path: Path) -> None:
     assert_same_work(as_lines(events), tmp_path)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_broker_streams(seed: int, tmp_path: Path) -> None:
-    assert_same_work(as_lines(event_stream(seed, 1500)), tmp_path)
+@pytest.mark.parametrize(("profile", "seed"), [("mixed", 1), ("mixed", 2), ("mixed", 3),
+                                               ("chaos", 4), ("chaos", 5), ("chaos", 6)])
+def test_broker_and_reliability_streams(profile: str, seed: int, tmp_path: Path) -> None:
+    """``mixed``: the broker tests' stream; ``chaos`` adds stale re-sends and events
+    without a sequence."""
+    assert_same_work(as_lines(event_stream(seed, 1500, profile=profile)), tmp_path)
 
 
 @pytest.mark.parametrize("seed", [5, 6, 7])
