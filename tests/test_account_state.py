@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import CategoryUpdate, parse_event
-from tests.broker.streams import event_stream
+from tests.support.streams import event_stream
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
 from worker.domain.inbox import Inbox

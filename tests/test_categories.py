@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from contracts import Event
-from tests.helpers_events import Events, by_agent, categories
+from tests.support.streams import Events, by_agent, categories
 from worker.cli import main
 from worker.domain import Inbox
 from worker.domain.updates import Update

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from contracts import parse_event
-from tests.broker.streams import encode, event_stream
+from tests.support.streams import encode, event_stream
 from worker.domain.inbox import Inbox
 from worker.driver import Driver, Phase
 from worker.link import Delivery, Link, Outgoing, Returned

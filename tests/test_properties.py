@@ -5,8 +5,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 
 from contracts import parse_event_object
-from tests.event_streams import event_stream
 from tests.spec_oracle import SpecOracle
+from tests.support.streams import event_streams
 from worker.domain.inbox import Inbox
 from worker.domain.updates import Update
 from worker.rulebook import load_rules
@@ -22,7 +22,7 @@ def replay(stream: list[dict[str, Any]]) -> tuple[Inbox, list[list[Update]]]:
 
 
 @SETTINGS
-@given(event_stream())
+@given(event_streams())
 def test_updates_match_a_from_scratch_recomputation_of_the_spec(
         stream: list[dict[str, Any]]) -> None:
     inbox = Inbox(RULES)
@@ -48,7 +48,7 @@ def test_updates_match_a_from_scratch_recomputation_of_the_spec(
 
 
 @SETTINGS
-@given(event_stream())
+@given(event_streams())
 def test_incremental_counts_equal_a_full_recount(stream: list[dict[str, Any]]) -> None:
     inbox, _ = replay(stream)
     for account_id, state in inbox.accounts.items():
@@ -62,7 +62,7 @@ def test_incremental_counts_equal_a_full_recount(stream: list[dict[str, Any]]) -
 
 
 @SETTINGS
-@given(event_stream())
+@given(event_streams())
 def test_replaying_twice_gives_identical_updates(stream: list[dict[str, Any]]) -> None:
     _, first = replay(stream)
     _, second = replay(stream)
@@ -73,7 +73,7 @@ def test_replaying_twice_gives_identical_updates(stream: list[dict[str, Any]]) -
 
 
 @SETTINGS
-@given(event_stream())
+@given(event_streams())
 def test_redelivering_every_event_changes_nothing(stream: list[dict[str, Any]]) -> None:
     inbox, _ = replay(stream)
     for event in stream:

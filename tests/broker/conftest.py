@@ -3,23 +3,17 @@ CI runs as root). No broker means a failed test, never a skipped one."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from tests.broker.bus import Bus, rabbitmqctl
+from tests.support.harness import Bus, fresh_vhost
 
 
 @pytest.fixture
 def vhost() -> Iterator[str]:
-    name = f"inbox-rules-test-{uuid.uuid4().hex[:10]}"
-    rabbitmqctl("add_vhost", name)
-    try:
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    with fresh_vhost() as name:
         yield name
-    finally:
-        rabbitmqctl("delete_vhost", name)
 
 
 @pytest.fixture

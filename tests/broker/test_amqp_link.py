@@ -18,7 +18,7 @@ import pytest
 from pika.adapters.select_connection import IOLoop
 
 from tests.amqp_doubles import RecordingHandler
-from tests.broker.bus import amqp_url, close_connections, wait_for
+from tests.support.harness import amqp_url, close_connections, wait_for
 from worker.amqp import TAG_BITS, AmqpLink, CoalescingConnection
 from worker.link import Outgoing, Returned
 from worker.settings import Settings

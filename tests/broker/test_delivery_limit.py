@@ -15,7 +15,7 @@ from typing import Any
 import pika
 import pytest
 
-from tests.broker.bus import amqp_url, close_connections
+from tests.support.harness import amqp_url, close_connections
 from worker.settings import Settings
 from worker.topology import Topology
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker.bus import ThreadWorker, settings_for
+from tests.support.harness import ThreadWorker, settings_for
 from worker.demo import run_demo
 from worker.errors import DemoError
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker.bus import Bus, ThreadWorker, settings_for, wait_drained, wait_for
-from tests.broker.streams import encode, event_stream, replay
+from tests.support.harness import Bus, ThreadWorker, settings_for, wait_drained, wait_for
+from tests.support.oracle import replay
+from tests.support.streams import encode, event_stream
 
 pytestmark = pytest.mark.broker
 

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker.bus import (
+from tests.support.harness import (
     Bus,
-    ProcessWorker,
     ThreadWorker,
+    WorkerProcess,
     close_connections,
     settings_for,
     wait_drained,
     wait_for,
 )
-from tests.broker.streams import event_stream, final_view, replay
+from tests.support.oracle import final_view, replay
+from tests.support.streams import event_stream
 
 pytestmark = pytest.mark.broker
 
@@ -29,14 +30,14 @@ def test_a_crashed_worker_restarted_mid_stream_loses_nothing(
     events = event_stream(seed=3, count=EVENTS)
     queue = bus.topology.events_queue
     bus.publish_events(events)
-    with ProcessWorker(vhost, tmp_path) as worker:
+    with WorkerProcess.in_vhost(vhost, tmp_path) as worker:
         _start_and_get_going(worker, bus)
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
         # What it held unacknowledged goes back to the queue with what it never got.
         wait_for(lambda: bus.ready(queue) > 0, 5, "killed mid-stream")
         worker.start()
         wait_drained(bus, queue)
-        assert worker.stop() == 0, worker.log.read_text()
+        assert worker.stop() == 0, worker.log()
     assert bus.ready(queue) == 0
     assert final_view(bus.updates()) == final_view(replay(events))
     assert bus.ready(bus.topology.dead_letter_queue) == 0
@@ -71,9 +72,9 @@ def test_sigterm_finishes_the_batch_acks_and_exits_zero(
     events = event_stream(seed=5, count=EVENTS)
     queue = bus.topology.events_queue
     bus.publish_events(events)
-    with ProcessWorker(vhost, tmp_path) as worker:
+    with WorkerProcess.in_vhost(vhost, tmp_path) as worker:
         _start_and_get_going(worker, bus)
-        assert worker.stop() == 0, worker.log.read_text()
+        assert worker.stop() == 0, worker.log()
         # Everything it received it acknowledged: what is left was never delivered.
         left = bus.drain(queue)
         assert 0 < len(left) < len(events), "stopped mid-stream"
@@ -81,14 +82,14 @@ def test_sigterm_finishes_the_batch_acks_and_exits_zero(
         bus.publish([body for _m, _p, body in left])
         worker.start()
         wait_drained(bus, queue)
-        assert worker.stop() == 0, worker.log.read_text()
+        assert worker.stop() == 0, worker.log()
     assert bus.ready(queue) == 0
-    assert "lost the connection" not in worker.log.read_text(), "heartbeats kept it up"
+    assert "lost the connection" not in worker.log(), "heartbeats kept it up"
     # A clean stop publishes nothing twice: downstream sees exactly the clean run.
     assert bus.updates() == replay(events)
 
 
-def _start_and_get_going(worker: ProcessWorker, bus: Bus) -> None:
+def _start_and_get_going(worker: WorkerProcess, bus: Bus) -> None:
     worker.start()
     wait_for(functools.partial(_more_updates_than, bus, 500), 30, "the worker to get going")
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from contracts import parse_event
-from tests.broker.bus import Bus, ThreadWorker, settings_for, wait_for
-from tests.broker.streams import encode, event_stream, final_view
+from tests.support.harness import Bus, ThreadWorker, settings_for, wait_for
+from tests.support.oracle import final_view
+from tests.support.streams import encode, event_stream
 from worker.domain.inbox import Inbox
 from worker.rulebook import load_rules
 from worker.rulebook.engine import default_rules_dir

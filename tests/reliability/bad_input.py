@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from contracts import BadEvent, parse_event
 from contracts.events import EVENT_TYPES
+from tests.support.streams import envelope
 
 MAX_BYTES = 64 * 1024
 RAW = "\u0000RAW\u0000"  # placeholder replaced by raw bytes after json.dumps
@@ -60,12 +61,9 @@ def is_bad(body: bytes) -> bool:
 
 
 def template(kind: str) -> dict[str, Any]:
-    event: dict[str, Any] = {"event_id": "bad-1", "type": kind, "account_id": "acc-bad",
-                             "occurred_at": "2026-11-24T10:00:00Z", "sequence": 3,
-                             "data": json.loads(json.dumps(TEMPLATES[kind]))}
-    if kind != "account.updated":
-        event["conversation_id"] = "c-bad"
-    return event
+    """A valid event of ``kind``, to break in one place."""
+    return envelope(kind, "acc-bad", json.loads(json.dumps(TEMPLATES[kind])), event_id="bad-1",
+                    sequence=3, conversation_id=None if kind == "account.updated" else "c-bad")
 
 
 def _set(event: dict[str, Any], path: str, value: Any) -> None:

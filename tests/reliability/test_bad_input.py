@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.broker.bus import wait_for
-from tests.broker.streams import event_stream
 from tests.reliability.bad_input import MAX_BYTES, BadMessage, bad_message, is_bad, template
-from tests.reliability.harness import Oracle, judge, rig
 from tests.reliability.scenarios import HELD_BACK, Size, fuzz_run
+from tests.support.harness import rig, wait_for
+from tests.support.oracle import Oracle, judge
+from tests.support.streams import event_stream
 
 
 @pytest.mark.broker

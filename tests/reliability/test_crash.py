@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from contracts.events import EVENT_TYPES
-from tests.reliability.harness import chaos_stream, type_counts
 from tests.reliability.scenarios import Size, crash_run
+from tests.support.streams import event_stream, type_counts
 
 
 def test_the_stream_has_every_event_type_duplicates_and_stale_events() -> None:
-    stream = chaos_stream(seed=1, count=3000, accounts=40)
+    stream = event_stream(seed=1, count=3000, accounts=40, profile="chaos")
     assert set(type_counts(stream)) == set(EVENT_TYPES)
     ids = [(e["account_id"], e["event_id"]) for e in stream]
     assert len(ids) - len(set(ids)) > 10, "re-sent duplicates"

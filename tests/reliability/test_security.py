@@ -11,20 +11,19 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.broker.bus import wait_for
 from tests.reliability.bad_input import template
-from tests.reliability.harness import (
-    Oracle,
+from tests.support.harness import (
     WorkerProcess,
     amqp_url,
-    chaos_stream,
     cut_worker_connections,
-    judge,
     rig,
     running,
     vhost_user,
+    wait_for,
     worker_env,
 )
+from tests.support.oracle import Oracle, judge
+from tests.support.streams import event_stream
 
 pytestmark = pytest.mark.broker
 
@@ -33,7 +32,7 @@ def test_the_amqp_password_never_reaches_the_logs(vhost: str, tmp_path: Path) ->
     user = f"inbox-rules-{secrets.token_hex(4)}"
     password = f"Pw-{secrets.token_hex(8)}@:/%"  # characters a URL must escape
     secrets_seen = (password, quote(password, safe=""), quote(password))
-    events = chaos_stream(seed=61, count=300, accounts=3)
+    events = event_stream(seed=61, count=300, accounts=3, profile="chaos")
     with vhost_user(vhost, user, password):
         with rig(vhost, tmp_path, url=amqp_url(vhost, user, password),
                  args=("--log-level", "DEBUG")) as r:

@@ -17,16 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker.bus import wait_for
-from tests.reliability.harness import (
-    Oracle,
-    Rig,
-    chaos_stream,
-    compare_state,
-    judge,
-    load_state,
-    rig,
-)
+from tests.support.harness import Rig, rig, wait_for
+from tests.support.oracle import Oracle, compare_committed, judge
+from tests.support.streams import event_stream
 
 pytestmark = pytest.mark.broker
 
@@ -95,7 +88,7 @@ def assert_holds_unacked(r: Rig, seconds: float = 2.0) -> None:
 
 def test_disk_full_blocks_acks_and_the_worker_recovers_in_place_and_after_a_crash(
         vhost: str, tmp_path: Path) -> None:
-    stream = chaos_stream(seed=41, count=3000, accounts=20)
+    stream = event_stream(seed=41, count=3000, accounts=20, profile="chaos")
     first, second, third = stream[:800], stream[800:1900], stream[1900:]
     oracle = Oracle.replay(stream)
     with small_disk(tmp_path / "disk") as disk, \
@@ -121,7 +114,7 @@ def test_disk_full_blocks_acks_and_the_worker_recovers_in_place_and_after_a_cras
         r.worker.wait_ready()
         r.settle()
         # Read the state before the disk goes away.
-        state = compare_state(oracle.state, load_state(r.state, oracle.state.dedup_window))
+        state, _ = compare_committed(oracle, r.state)
     verdict = judge(oracle, r.updates.received, len(stream))
     log = r.worker.log()
     print(f"{verdict.received_updates} updates ({verdict.duplicates} duplicates) for "
