@@ -6,7 +6,7 @@ Against the local RabbitMQ (127.0.0.1:5672, guest/guest), in a vhost made for th
 run and deleted after it. For each variant (fan-out light or heavy; 2, 50 or 500
 agents per account) it runs ``benchmarks.relay`` and then ``inbox-rules run`` (the
 worker, defaults except broker URL and state file; both with the worker's prefetch)
-as subprocesses on the same pre-generated stream (:mod:`benchmarks.streams`):
+as subprocesses on the same pre-generated stream (:mod:`tests.support.streams`):
 
 1. **Throughput**: the stream is pre-published into the worker's quorum queue
    (persistent), then the program is started; the clock runs from the moment its
@@ -41,39 +41,47 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pika
 import pika.exceptions
 
-from benchmarks.streams import as_lines, generate
+from tests.support.harness import (
+    WORKER_COMMAND,
+    Bus,
+    Profiler,
+    WorkerProcess,
+    amqp_url,
+    await_broker,
+    fresh_vhost,
+    wait_for,
+    worker_env,
+)
+from tests.support.streams import as_lines, event_stream, soak_stream
 from worker.settings import Settings
-from worker.topology import Topology
 
 T = TypeVar("T")
-REPO = Path(__file__).resolve().parents[1]
 SINK = "bench.outputs"  # every output, as downstream queues would hold it
 SENTINEL_QUEUE = "bench.sentinel"
 SENTINEL_ACCOUNT = "bench-sentinel"
 SENTINEL_KEY = f"{SENTINEL_ACCOUNT}.end"  # the relay republishes with the same key
-PERSISTENT = pika.BasicProperties(delivery_mode=2)
 # The relay's output is the event (`"event_id": "…"`); the worker's names its cause.
 CAUSE = re.compile(rb'"(cause_)?event_id": ?"([^"]+)"')
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROGRAMS = {
-    "relay": [sys.executable, "-m", "benchmarks.relay"],
-    "worker": [sys.executable, "-m", "worker.cli", "run"],
+    "relay": (sys.executable, "-m", "benchmarks.relay"),
+    "worker": WORKER_COMMAND,
 }
+# What makes a run fail and be tried again: a program died or timed out, the broker
+# restarted (the machine is shared).
+RETRIED = (RuntimeError, AssertionError, pika.exceptions.AMQPError, OSError)
 
 
 @dataclass(frozen=True)
@@ -130,86 +138,14 @@ class BenchError(RuntimeError):
     """A run went wrong (a program died, the broker restarted): the variant is retried."""
 
 
-# -- the broker -------------------------------------------------------------
-def rabbitmqctl(*args: str) -> str:
-    result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
-                            timeout=120, check=False)
-    if result.returncode != 0:
-        raise BenchError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout
-
-
-def await_broker(timeout: float = 180) -> None:
-    """Until the broker answers again (other work on this machine may restart it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            rabbitmqctl("await_startup")
-            return
-        except BenchError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(2)
-
-
-@contextmanager
-def fresh_vhost() -> Iterator[str]:
-    vhost = f"inbox-rules-compare-{uuid.uuid4().hex[:8]}"
-    await_broker()
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield vhost
-    finally:
-        await_broker()
-        rabbitmqctl("delete_vhost", vhost)
-
-
-class Broker:
-    """A blocking connection to the run's vhost: topology, publishing, queue depths."""
-
-    def __init__(self, vhost: str) -> None:
-        self.url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-        self.settings = Settings(AMQP_URL=self.url)
-        self.topology = Topology.from_settings(self.settings)
-        self.connection = pika.BlockingConnection(pika.URLParameters(self.url))
-        self.channel = self.connection.channel()
-
-    def close(self) -> None:
-        if self.connection.is_open:
-            self.connection.close()
-
-    def reset(self) -> None:
-        """Empty everything: delete the queues and declare them again."""
-        t = self.topology
-        for queue in (t.events_queue, t.dead_letter_queue, SINK, SENTINEL_QUEUE):
-            self.channel.queue_delete(queue)
-        t.declare_blocking(self.channel)
-        self.channel.queue_declare(SINK, durable=True)
-        self.channel.queue_bind(SINK, t.updates_exchange, "#")
-        self.channel.queue_declare(SENTINEL_QUEUE, durable=True)
-        self.channel.queue_bind(SENTINEL_QUEUE, t.updates_exchange, f"{SENTINEL_ACCOUNT}.#")
-
-    def depth(self, queue: str) -> int:
-        return int(self.channel.queue_declare(queue, passive=True).method.message_count)
-
-    def consumers(self) -> int:
-        queue = self.topology.events_queue
-        return int(self.channel.queue_declare(queue, passive=True).method.consumer_count)
-
-    def publish(self, routing_key: str, body: bytes) -> None:
-        self.channel.basic_publish(self.topology.events_exchange, routing_key, body,
-                                   PERSISTENT)
-
-    def cancel(self, consumer_tag: str) -> None:
-        """Cancel our consumer, unless the connection is already gone (a broker
-        restart: the run is retried)."""
-        if self.channel.is_open:
-            with suppress(pika.exceptions.AMQPError, AssertionError):
-                self.channel.basic_cancel(consumer_tag)
-
-    def pump(self, seconds: float) -> None:
-        self.connection.process_data_events(time_limit=seconds)
+# -- the broker and the programs ------------------------------------------------
+def reset(broker: Bus) -> None:
+    """Empty the vhost for a run: the worker's queues, the sink, and the sentinel's
+    queue, bound to the sentinel account's outputs."""
+    broker.reset(SENTINEL_QUEUE)
+    broker.channel.queue_declare(SENTINEL_QUEUE, durable=True)
+    broker.channel.queue_bind(SENTINEL_QUEUE, broker.topology.updates_exchange,
+                              f"{SENTINEL_ACCOUNT}.#")
 
 
 def sentinel(run: str) -> bytes:
@@ -221,91 +157,51 @@ def sentinel(run: str) -> bytes:
                        "data": {"agent_id": "ag-end"}}).encode()
 
 
-# -- the programs -----------------------------------------------------------
-class Program:
-    def __init__(self, kind: str, broker: Broker, workdir: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.kind = kind
-        self.log = workdir / f"{kind}.log"
-        env = {**os.environ, "AMQP_URL": broker.url,
-               "INBOX_RULES_STATE_PATH": str(workdir / f"state-{uuid.uuid4().hex[:6]}.db"),
-               "INBOX_RULES_PREFETCH": str(broker.settings.prefetch), **(env or {})}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(PROGRAMS[kind], cwd=REPO, env=env, stdout=out,
-                                            stderr=out)
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchError(f"{self.kind} exited with {self.process.returncode}:\n"
-                             f"{self.log.read_text()[-3000:]}")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time so far (immune to other load, unlike wall time)."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1]
-        except OSError:
-            return 0.0
-        utime, stime = fields.split()[11:13]
-        return (int(utime) + int(stime)) / CLOCK_TICKS
-
-    def status_kb(self, key: str) -> int:
-        try:
-            text = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return 0
-        for line in text.splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        return 0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise BenchError(f"{self.kind} did not stop on SIGTERM") from None
-        # -SIGTERM: stopped before it installed its handler (a run cut short).
-        if self.process.returncode not in (0, -signal.SIGTERM):
-            raise BenchError(f"{self.kind} exited with {self.process.returncode}:\n"
-                             f"{self.log.read_text()[-3000:]}")
+def start(kind: str, broker: Bus, workdir: Path, **settings: object) -> WorkerProcess:
+    """The relay or the worker: defaults except the broker URL, a fresh state file and
+    ``settings``; both with the worker's prefetch."""
+    env = worker_env(amqp_url(broker.vhost), workdir / f"state-{uuid.uuid4().hex[:6]}.db",
+                     settings, defaults={"prefetch": Settings().prefetch})
+    program = WorkerProcess(env, workdir / f"{kind}.log", command=PROGRAMS[kind], name=kind)
+    program.start()
+    return program
 
 
-def wait_until(condition: Callable[[], bool], program: Program, timeout: float,
-               what: str, broker: Broker, interval: float = 0.002) -> float:
-    deadline = time.perf_counter() + timeout
-    while not condition():
-        program.check_alive()
-        if time.perf_counter() > deadline:
-            raise BenchError(f"{program.kind}: timed out after {timeout:.0f} s waiting for "
-                             f"{what}")
-        broker.pump(interval)
-    return time.perf_counter()
+def wait_until(condition: Callable[[], bool], program: WorkerProcess, timeout: float,
+               what: str, broker: Bus, interval: float = 0.002) -> float:
+    """``wait_for`` with our consumers running meanwhile."""
+    return wait_for(condition, timeout, f"{program.name}: {what}", interval, alive=program,
+                    sleep=broker.pump)
 
 
-def check_clean(broker: Broker, kind: str) -> None:
+def stop(kind: str, program: WorkerProcess) -> None:
+    status = program.stop(timeout=60)
+    # -SIGTERM: stopped before it installed its handler (a run cut short).
+    if status not in (0, -signal.SIGTERM):
+        raise BenchError(f"{kind} exited with {status}:\n{program.log()[-3000:]}")
+
+
+def check_clean(broker: Bus, kind: str) -> None:
     """After the program stopped: every input acked, nothing dead-lettered."""
-    left = broker.depth(broker.topology.events_queue)
-    dead = broker.depth(broker.topology.dead_letter_queue)
+    left = broker.ready(broker.topology.events_queue)
+    dead = broker.ready(broker.topology.dead_letter_queue)
     if left or dead:
         raise BenchError(f"{kind}: {left} event(s) not acked, {dead} dead-lettered")
 
 
 # -- the measurements -------------------------------------------------------
-def throughput(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
+def throughput(kind: str, broker: Bus, lines: list[bytes], keys: list[str],
                workdir: Path, timeout: float, profile: Path | None = None,
-               env: dict[str, str] | None = None) -> Result:
-    broker.reset()
+               **settings: object) -> Result:
+    reset(broker)
     run = uuid.uuid4().hex[:8]
     for key, line in zip(keys, lines, strict=True):
-        broker.publish(key, line)
-    broker.publish(SENTINEL_KEY, sentinel(run))
+        broker.send(key, line)
+    broker.send(SENTINEL_KEY, sentinel(run))
     total = len(lines) + 1
     queue = broker.topology.events_queue
     deadline = time.perf_counter() + 60
-    while broker.depth(queue) < total:  # quorum queue: publishes land asynchronously
+    while broker.ready(queue) < total:  # quorum queue: publishes land asynchronously
         if time.perf_counter() > deadline:
             raise BenchError("pre-published events did not all reach the queue")
         time.sleep(0.01)
@@ -313,16 +209,16 @@ def throughput(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
     tag = broker.channel.basic_consume(
         SENTINEL_QUEUE, lambda _c, _m, _p, _b: arrived.append(time.perf_counter()),
         auto_ack=True)
-    program = Program(kind, broker, workdir, env)
+    program = start(kind, broker, workdir, **settings)
     result = Result(events=len(lines))
-    spy: subprocess.Popen[bytes] | None = None
+    spy: Profiler | None = None
     raw = workdir / "profile.raw"
     try:
         started = wait_until(lambda: broker.consumers() > 0, program, 120,
                              "its consumer", broker)
         cpu_started = program.cpu_seconds()
         if profile is not None:
-            spy = start_profiler(program.process.pid, raw)
+            spy = Profiler(program.pid, raw)
         last_poll = 0.0
 
         def done() -> bool:
@@ -330,36 +226,35 @@ def throughput(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
             now = time.perf_counter()
             if not result.rss_half_kb and now - last_poll > 0.05:
                 last_poll = now
-                if broker.depth(queue) <= total // 2:
-                    result.rss_half_kb = program.status_kb("VmHWM")
+                if broker.ready(queue) <= total // 2:
+                    result.rss_half_kb = program.status_kib("VmHWM")
             return bool(arrived)
 
         wait_until(done, program, timeout, "the sentinel's output", broker, 0.01)
         result.seconds = arrived[0] - started
         result.cpu_seconds = program.cpu_seconds() - cpu_started
-        result.rss_end_kb = program.status_kb("VmHWM")
+        result.rss_end_kb = program.status_kib("VmHWM")
         if spy is not None and profile is not None:
-            stop_profiler(spy)
+            spy.stop()
             spy = None
             profile.write_text(summarize(raw.read_text(), f"{kind}, {profile.stem}: "
                                          f"{len(lines)} events in {result.seconds:.1f} s"))
     finally:
         if spy is not None:
             spy.kill()
-            spy.wait()
-        program.stop()
+        stop(kind, program)
         broker.cancel(tag)
     check_clean(broker, kind)
-    outputs = broker.depth(SINK) - 1  # the sentinel's
+    outputs = broker.ready(SINK) - 1  # the sentinel's
     result.updates = outputs
     if kind == "relay" and outputs != len(lines):
         raise BenchError(f"relay: {outputs} outputs for {len(lines)} events")
     return result
 
 
-def latency(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
+def latency(kind: str, broker: Bus, lines: list[bytes], keys: list[str],
             ids: list[str], rate: float, workdir: Path) -> Result:
-    broker.reset()
+    reset(broker)
     run = uuid.uuid4().hex[:8]
     sent: dict[str, list[float]] = {}
     result = Result(events=len(lines), rate=rate)
@@ -382,29 +277,29 @@ def latency(kind: str, broker: Broker, lines: list[bytes], keys: list[str],
         result.latencies.append(now - (times.pop(0) if relay else times[0]))
         result.updates += 1
 
-    program = Program(kind, broker, workdir)
+    program = start(kind, broker, workdir)
     tag = None
     try:
         wait_until(lambda: broker.consumers() > 0, program, 120, "its consumer", broker)
         tag = broker.channel.basic_consume(SINK, on_output, auto_ack=True)
         schedule = [*zip(keys, lines, ids, strict=True),
                     (SENTINEL_KEY, sentinel(run), sentinel_id)]
-        start = time.perf_counter()
+        begin = time.perf_counter()
         index = 0
         while index < len(schedule):
             now = time.perf_counter()
-            due = min(len(schedule), int((now - start) * rate) + 1)
+            due = min(len(schedule), int((now - begin) * rate) + 1)
             while index < due:
                 key, line, event_id = schedule[index]
-                broker.publish(key, line)
+                broker.send(key, line)
                 sent.setdefault(event_id, []).append(time.perf_counter())
                 index += 1
-            broker.pump(min(0.002, max(0.0, start + index / rate - time.perf_counter())))
-            program.check_alive()
+            broker.pump(min(0.002, max(0.0, begin + index / rate - time.perf_counter())))
+            program.assert_alive()
         wait_until(lambda: bool(finished), program, 120, "the sentinel's output", broker,
                    0.01)
     finally:
-        program.stop()
+        stop(kind, program)
         if tag is not None:
             broker.cancel(tag)
     check_clean(broker, kind)
@@ -431,25 +326,6 @@ PHASES = [
     ("Worker.", "worker batching/other"),
     ("Connection._on_data_available", "pika receive + frame decoding"),
 ]
-
-
-def start_profiler(pid: int, raw: Path) -> subprocess.Popen[bytes]:
-    """py-spy (``pip install py-spy``) sampling the program without pausing it, idle
-    included, until :func:`stop_profiler`."""
-    spy = Path(sys.executable).with_name("py-spy")
-    command = [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid),
-               "--idle", "--nonblocking", "--rate", "200", "--format", "raw",
-               "-o", str(raw)]
-    try:
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise SystemExit("--profile needs py-spy: pip install py-spy") from None
-
-
-def stop_profiler(spy: subprocess.Popen[bytes]) -> None:
-    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-    spy.wait(60)
 
 
 def summarize(raw: str, title: str, top: int = 25) -> str:
@@ -508,33 +384,6 @@ def _package(function: str) -> str:
     return "/".join(parts[:2]) if parts[0] == "worker" else parts[0]
 
 
-# -- the soak ---------------------------------------------------------------
-def soak_stream(conversations: int) -> tuple[list[dict[str, Any]], int]:
-    """The default stream, then the same conversations reopened and resolved again with
-    new event ids, about as many events again; and the first half's length."""
-    first = generate(2, conversations=conversations, fanout="light", seed=11)
-    last: dict[tuple[str, str], int] = {}
-    for event in first:
-        if "conversation_id" in event:
-            key = (event["account_id"], event["conversation_id"])
-            last[key] = max(last.get(key, 0), int(event.get("sequence") or 0))
-    second: list[dict[str, Any]] = []
-    rounds = max(1, -(-len(first) // (3 * len(last))))
-    for _ in range(rounds):
-        for (account, conversation), sequence in last.items():
-            agent = f"ag-{account.rsplit('-', 1)[1]}-0"
-            for kind, data in (("message.created", {"author": "visitor"}),
-                               ("message.created", {"author": "agent", "agent_id": agent}),
-                               ("conversation.resolved", {})):
-                sequence += 1
-                second.append({"event_id": f"soak-{len(second)}", "type": kind,
-                               "account_id": account, "conversation_id": conversation,
-                               "sequence": sequence, "occurred_at": "2026-11-24T12:00:00Z",
-                               "data": data})
-            last[(account, conversation)] = sequence
-    return first + second, len(first)
-
-
 # -- the run ----------------------------------------------------------------
 @dataclass
 class Row:
@@ -553,10 +402,10 @@ def best(results: list[Result]) -> Result:
     return fastest
 
 
-def measure(variant: Variant, broker: Broker, workdir: Path, latency_seconds: float,
+def measure(variant: Variant, broker: Bus, workdir: Path, latency_seconds: float,
             profiles: Path | None, repeat: int) -> Row:
-    events = generate(variant.agents, conversations=variant.conversations,
-                      fanout=variant.fanout)
+    events = event_stream(profile=variant.fanout, agents=variant.agents,
+                          conversations=variant.conversations)
     lines = as_lines(events)
     keys = [str(e["type"]) for e in events]
     ids = [str(e["event_id"]) for e in events]
@@ -676,14 +525,15 @@ def main() -> None:
     began = time.perf_counter()
     rows: list[Row] = []
     soak: Result | None = None
-    with fresh_vhost() as vhost, tempfile.TemporaryDirectory() as tmp:
-        def attempt(what: str, run: Callable[[Broker], T]) -> T:
+    with fresh_vhost("inbox-rules-compare", patient=True) as vhost, \
+            tempfile.TemporaryDirectory() as tmp:
+        def attempt(what: str, run: Callable[[Bus], T]) -> T:
             for tries in range(1, 4):
-                broker: Broker | None = None
+                broker: Bus | None = None
                 try:
-                    broker = Broker(vhost)
+                    broker = Bus(vhost, updates_queue=SINK)
                     return run(broker)
-                except (BenchError, pika.exceptions.AMQPError, OSError) as exc:
+                except RETRIED as exc:
                     if tries == 3:
                         raise
                     print(f"{what}: {type(exc).__name__}: {exc}; retrying once the broker "
@@ -691,13 +541,12 @@ def main() -> None:
                     await_broker()
                 finally:
                     if broker is not None:
-                        with suppress(pika.exceptions.AMQPError, OSError):
-                            broker.close()
+                        broker.close()
             raise AssertionError("unreachable")
 
         work = Path(tmp)
         for variant in variants:
-            def run_variant(broker: Broker, variant: Variant = variant) -> Row:
+            def run_variant(broker: Bus, variant: Variant = variant) -> Row:
                 return measure(variant, broker, work, latency_seconds, args.profile, repeat)
 
             rows.append(attempt(variant.name, run_variant))
@@ -707,7 +556,7 @@ def main() -> None:
             events, window = soak_stream(soak_conversations)
             soak = attempt("soak", lambda b: throughput(
                 "worker", b, as_lines(events), [str(e["type"]) for e in events], work,
-                timeout=600, env={"INBOX_RULES_DEDUP_WINDOW": str(window)}))
+                timeout=600, dedup_window=window))
     print(f"benchmarks.compare{' --quick' if args.quick else ''}: "
           f"{time.perf_counter() - began:.0f} s; prefetch {Settings().prefetch}, batch "
           f"{Settings().batch_size}; best of {repeat} throughput run(s); latency runs "

@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pika
 
-from tests.broker.bus import (
-    Bus,
-    ProcessWorker,
-    rabbitmqctl,
-    wait_drained,
-)
-from tests.broker.streams import event_stream
+from tests.support.harness import Bus, WorkerProcess, fresh_vhost, wait_drained, wait_for
+from tests.support.streams import event_stream
 
 SENTINEL = "bench-sentinel"
 
@@ -37,13 +30,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--accounts", type=int, default=50)
     args = parser.parse_args()
-    vhost = f"inbox-rules-bench-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    with fresh_vhost("inbox-rules-bench") as vhost:
         rate = run(vhost, args.events, args.accounts)
-    finally:
-        rabbitmqctl("delete_vhost", vhost)
     print(f"{args.events} events end to end: {rate:,.0f} events/s")
 
 
@@ -64,18 +52,16 @@ def run(vhost: str, count: int, accounts: int) -> float:
     started = time.perf_counter()
     bus.publish_events(events)
     print(f"published {len(events)} events in {time.perf_counter() - started:.1f} s")
-    with tempfile.TemporaryDirectory() as tmp, ProcessWorker(vhost, Path(tmp)) as worker:
+    with tempfile.TemporaryDirectory() as tmp, WorkerProcess.in_vhost(vhost, Path(tmp)) as worker:
         worker.start()
         queue = bus.topology.events_queue
-        while bus.channel.queue_declare(queue, passive=True).method.consumer_count == 0:
-            time.sleep(0.005)
-        started = time.perf_counter()
-        assert worker.process is not None
-        cpu_before = _cpu_seconds(worker.process.pid)
+        started = wait_for(lambda: bus.consumers() > 0, 60, "its consumer", 0.005,
+                           alive=worker)
+        cpu_before = worker.cpu_seconds()
         elapsed = _wait_sentinel(bus, sentinel_queue) - started
-        cpu = _cpu_seconds(worker.process.pid) - cpu_before
+        cpu = worker.cpu_seconds() - cpu_before
         wait_drained(bus, queue)
-        assert worker.stop() == 0, worker.log.read_text()
+        assert worker.stop() == 0, worker.log_tail()
         assert bus.ready(queue) == 0, "every event acknowledged"
     bus.close()
     # The machine is shared with the broker (and whatever else runs): events per
@@ -83,12 +69,6 @@ def run(vhost: str, count: int, accounts: int) -> float:
     print(f"worker CPU {cpu:.1f} s for {elapsed:.1f} s wall: "
           f"{len(events) / cpu:,.0f} events per worker CPU-second")
     return len(events) / elapsed
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_sentinel(bus: Bus, queue: str) -> float:

@@ -17,14 +17,11 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from tests.broker.bus import rabbitmqctl
-from tests.reliability.harness import Verdict
 from tests.reliability.scenarios import (
     SOAK,
     Size,
@@ -34,6 +31,8 @@ from tests.reliability.scenarios import (
     memory_run,
     restart_run,
 )
+from tests.support.harness import fresh_vhost
+from tests.support.oracle import Verdict
 
 T = TypeVar("T")
 
@@ -44,19 +43,14 @@ QUICK = Size(False, crash_events=5000, kills=4, cut_events=3000, cuts=2, restart
 
 @contextmanager
 def vhost() -> Iterator[tuple[str, Path]]:
-    name = f"inbox-rules-reliability-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", name)
     workdir = Path(tempfile.mkdtemp(prefix="inbox-rules-reliability-"))
-    try:
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield name, workdir
-    except BaseException:
-        print(f"kept the worker's log and state in {workdir}", file=sys.stderr)
-        raise
-    else:
+    with fresh_vhost("inbox-rules-reliability", patient=True) as name:
+        try:
+            yield name, workdir
+        except BaseException:
+            print(f"kept the worker's log and state in {workdir}", file=sys.stderr)
+            raise
         shutil.rmtree(workdir)
-    finally:
-        rabbitmqctl("delete_vhost", name)
 
 
 def timed(what: str, run: Callable[[str, Path], T]) -> T:
