@@ -52,9 +52,9 @@ PERSISTENT = pika.BasicProperties(delivery_mode=2)
 # AMQP errors a client of a restarting broker sees; all of them mean "reconnect".
 LINK_ERRORS = (pika.exceptions.AMQPError, OSError)
 # Quick batches and reconnects; a short heartbeat: a worker that blocked its ioloop too
-# long would be cut off.
+# long would be cut off; no HTTP port (workers of parallel tests would share it).
 TEST_SETTINGS: Mapping[str, object] = {"max_batch_delay": 0.01, "reconnect_max_delay": 1.0,
-                                       "heartbeat": 4}
+                                       "heartbeat": 4, "http_port": 0}
 
 
 # -- the broker -------------------------------------------------------------------------
