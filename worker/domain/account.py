@@ -12,7 +12,7 @@ that raises half-way is undone exactly (a poison event costs nothing else).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,7 +39,8 @@ class AccountWrite:
     agents: dict[str, tuple[dict[str, int], int]]
     # (number, event id): numbers grow per account; the store keeps the newest window.
     events: tuple[tuple[int, str], ...]
-    tombstones: tuple[tuple[int, str], ...]
+    # (number, conversation id, its last applied sequence)
+    tombstones: tuple[tuple[int, str, int | None], ...]
     event_window: int
     tombstone_window: int
 
@@ -65,7 +66,8 @@ class AccountState:
         self.recent: OrderedDict[str, int] = OrderedDict()  # event id -> number
         # Deleted conversations leave the state; their ids are remembered (bounded) so
         # a late event cannot bring them back.
-        self.tombstones: OrderedDict[str, int] = OrderedDict()
+        # conversation id -> (number, last applied sequence): stale events stay stale.
+        self.tombstones: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
         self.event_counter = 0
         self.event_window = event_window
         self.tombstone_window = tombstone_window
@@ -76,7 +78,7 @@ class AccountState:
         self._agents_touched: set[str] = set()
         self._account_dirty = False
         self._new_events: list[tuple[int, str]] = []
-        self._new_tombstones: list[tuple[int, str]] = []
+        self._new_tombstones: list[tuple[int, str, int | None]] = []
         self._journal: list[Callable[[], None]] | None = None
 
     @property
@@ -109,31 +111,34 @@ class AccountState:
         self.conversations[conversation_id] = conversation
         self._changed_conversations.add(conversation_id)
 
-    def delete_conversation(self, conversation_id: str) -> None:
-        """Forget a deleted conversation (it is in no category) and keep a tombstone."""
+    def delete_conversation(self, conversation_id: str, last_sequence: int | None) -> None:
+        """Forget a deleted conversation (it is in no category) and keep a tombstone with
+        its last sequence; a later, newer event for it moves the tombstone up."""
+        previous = self.tombstones.get(conversation_id)
         if self._journal is not None:
             self._journal.append(self._restorer(conversation_id,
                                                 self.conversations.get(conversation_id)))
-            self._journal.append(lambda: self._unremember(self.tombstones, conversation_id,
-                                                          self._new_tombstones))
-        self.conversations.pop(conversation_id, None)
-        self._changed_conversations.add(conversation_id)
+            self._journal.append(lambda: self._untombstone(conversation_id, previous))
+        if conversation_id in self.conversations:
+            del self.conversations[conversation_id]
+            self._changed_conversations.add(conversation_id)
         self.event_counter += 1
-        self.tombstones[conversation_id] = self.event_counter
-        self._new_tombstones.append((self.event_counter, conversation_id))
+        self.tombstones.pop(conversation_id, None)
+        self.tombstones[conversation_id] = (self.event_counter, last_sequence)
+        self._new_tombstones.append((self.event_counter, conversation_id, last_sequence))
         while len(self.tombstones) > self.tombstone_window:
             self.tombstones.popitem(last=False)
 
-    def add_counts(self, agent_id: str, before: frozenset[str], after: frozenset[str]) -> None:
+    def add_counts(self, agent_id: str, added: Iterable[str], removed: Iterable[str]) -> None:
         counts = self.counts.get(agent_id)
         if self._journal is not None:
             saved = None if counts is None else dict(counts)
             self._journal.append(lambda: self._restore_counts(agent_id, saved))
         if counts is None:
             counts = self.counts[agent_id] = {}
-        for category in before - after:
+        for category in removed:
             counts[category] = counts.get(category, 0) - 1
-        for category in after - before:
+        for category in added:
             counts[category] = counts.get(category, 0) + 1
         self._agents_touched.add(agent_id)
 
@@ -207,6 +212,14 @@ class AccountState:
     def _restore_rules(self, version: str | None, generation: int) -> None:
         self.rules_version, self.rules_generation = version, generation
 
+    def _untombstone(self, conversation_id: str,
+                     previous: tuple[int, int | None] | None) -> None:
+        self.tombstones.pop(conversation_id, None)
+        if previous is not None:
+            self.tombstones[conversation_id] = previous
+        if self._new_tombstones and self._new_tombstones[-1][1] == conversation_id:
+            self._new_tombstones.pop()
+
     @staticmethod
     def _unremember(memory: OrderedDict[str, int], key: str,
                     added: list[tuple[int, str]]) -> None:
@@ -219,6 +232,18 @@ class AccountState:
     def dirty(self) -> bool:
         return bool(self._account_dirty or self._changed_conversations or self._agents_touched
                     or self._new_events or self._new_tombstones)
+
+    def forget_changes(self) -> None:
+        """Nothing will store these changes (offline replay): drop what was tracked."""
+        if self._changed_conversations:
+            self._changed_conversations = set()
+        if self._agents_touched:
+            self._agents_touched = set()
+        if self._new_events:
+            self._new_events = []
+        if self._new_tombstones:
+            self._new_tombstones = []
+        self._account_dirty = False
 
     def take_write(self) -> AccountWrite:
         """Everything changed since the last call, as values (later changes to this

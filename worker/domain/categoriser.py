@@ -13,13 +13,15 @@ knows about brokers, stores or what a category means.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
+
+import orjson
 
 from contracts import AccountUpdated, ConversationEvent, Event
 from worker.domain.account import AccountState
 from worker.domain.rules import Rules
 from worker.domain.state import (
+    EMPTY_BY_RELATION,
     NO_CATEGORIES,
     RELATIONS,
     Account,
@@ -34,6 +36,8 @@ from worker.domain.updates import Cause, CountsEncoder, Pair, Update
 
 # (conversation_id, agent_id, categories before, categories after)
 Change = tuple[str, str, frozenset[str], frozenset[str]]
+# Entries of each of the categoriser's caches, at most (in practice far fewer).
+MAX_CACHED = 4096
 # Rules adoptions of an account that had no event yet are stamped with this time.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -44,6 +48,11 @@ class Categoriser:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         self._counts = CountsEncoder(rules.categories)
+        # Both small and bounded by the rules: every distinct (conversation, account)
+        # fact combination, and every distinct (before, after) pair of category sets.
+        self._evaluated: dict[tuple[object, ...], tuple[frozenset[str], ...]] = {}
+        self._pairs: dict[tuple[frozenset[str], frozenset[str]], Pair] = {}
+        self._version_json = orjson.dumps(rules.version)
 
     # -- entry points ------------------------------------------------------
     def handle(self, state: AccountState, event: Event) -> list[Update]:
@@ -52,16 +61,18 @@ class Categoriser:
         An account still categorised under other rules adopts these first, so the
         event's updates are diffs under the live rules.
         """
-        if state.has_seen(event.event_id):
+        if event.event_id in state.recent:  # a duplicate (hot path: no method call)
             return []
-        updates = self.adopt(state)
+        updates = self.adopt(state) if state.rules_version != self.rules.version else []
         if isinstance(event, AccountUpdated):
             changes = self._account_updated(state, event)
         else:
             changes = self._conversation_event(state, event)
         state.remember(event.event_id, event.occurred_at)
-        updates.extend(self._publishable(state, changes, Cause(
-            state.account_id, event.event_id, self.rules.version, event.occurred_at)))
+        if changes:
+            cause = Cause(state.account_id, event.event_id, self._version_json,
+                          event.occurred_at)
+            updates.extend(self._publishable(state, changes, cause))
         return updates
 
     def adopt(self, state: AccountState) -> list[Update]:
@@ -80,7 +91,7 @@ class Categoriser:
         generation = state.rules_generation + 1
         changes = self._recategorise(state, state.account, state.account)
         state.set_rules(version, generation)
-        cause = Cause(state.account_id, f"rules:{version}:{generation}", version,
+        cause = Cause(state.account_id, f"rules:{version}:{generation}", self._version_json,
                       state.last_occurred_at or EPOCH)
         return self._publishable(state, changes, cause)
 
@@ -98,22 +109,31 @@ class Categoriser:
         conversation_id = event.conversation_id
         old_account = state.account
         # Any event reveals its agents, even one for a deleted conversation.
-        account = learn_agents(old_account, agents_mentioned(event))
-        if state.is_deleted(conversation_id):
+        mentioned = agents_mentioned(event)
+        account = learn_agents(old_account, mentioned) if mentioned else old_account
+        tombstone = state.tombstones.get(conversation_id)
+        if tombstone is not None:
+            # Deleted is final, but a (fresh) event still reveals its agents.
+            sequence, last = event.sequence, tombstone[1]
+            if sequence is not None and last is not None and sequence < last:
+                return []  # stale
+            if sequence is not None and (last is None or sequence > last):
+                state.delete_conversation(conversation_id, sequence)
             if account is old_account:
                 return []
             state.set_account(account)
             return self._recategorise(state, old_account, account)
         old = state.conversations.get(conversation_id)
-        if old is not None and is_stale(old.last_sequence, event.sequence):
-            return []
+        if (old is not None and event.sequence is not None and old.last_sequence is not None
+                and event.sequence < old.last_sequence):
+            return []  # stale (is_stale, inlined on the hot path)
         base = old or Conversation(event.account_id, conversation_id)
         new = apply_conversation_event(base, event)
         if account is not old_account:
             # A newly seen agent can change the account's shape (one agent -> several):
             # the whole account is re-categorised, this conversation included.
             state.set_account(account)
-            state.put_conversation(replace(new, categories=base.categories))
+            state.put_conversation(new.with_categories(base.categories))
             return self._recategorise(state, old_account, account,
                                       changed={conversation_id: base})
         return self._settle(state, old_account, account, base, new)
@@ -133,27 +153,38 @@ class Categoriser:
         """Evaluate ``new``, store it, and list every agent whose set changed."""
         if new.status == "deleted":
             # In no category: it leaves the state (a tombstone keeps late events out).
-            new = replace(new, categories=(NO_CATEGORIES,) * 4)
-            state.delete_conversation(new.conversation_id)
+            new = new.with_categories(EMPTY_BY_RELATION)
+            state.delete_conversation(new.conversation_id, new.last_sequence)
         else:
-            categories = self._evaluate(account, new)
+            key = (new.status, new.group_id is not None, len(new.joined), account.plan,
+                   len(account.agents), len(account.groups))
+            categories = self._evaluated.get(key) or self._evaluate(key)
             if new is not old or categories != new.categories:
                 # An account-wide pass leaves most conversations as they were: writing
                 # them would make the store rewrite the whole account every batch.
-                new = replace(new, categories=categories)
+                new = new.with_categories(categories)
                 state.put_conversation(new)
+        if (account is old_account and new.categories == old.categories
+                and new.joined == old.joined and new.group_id == old.group_id):
+            return []  # every agent keeps its relation, every relation its categories
         conversation_id = new.conversation_id
         return [(conversation_id, agent, before, after)
                 for agent, before, after in _changed_agents(old_account, account, old, new)]
 
-    def _evaluate(self, account: Account, conversation: Conversation,
+    def _evaluate(self, key: tuple[str, bool, int, str, int, int],
                   ) -> tuple[frozenset[str], ...]:
-        evaluate = self.rules.evaluate
-        shared = (conversation.status, conversation.group_id is not None,
-                  len(conversation.joined))
-        account_facts = (account.plan, len(account.agents), len(account.groups))
-        return tuple(evaluate((*shared, joined, in_group, *account_facts))
-                     for joined, in_group in RELATIONS)
+        """Categories per relation for one (conversation, account) fact combination."""
+        categories = self._evaluated.get(key)
+        if categories is None:
+            evaluate = self.rules.evaluate
+            status, has_group, joined_count, plan, agents, groups = key
+            categories = tuple(evaluate((status, has_group, joined_count, joined, in_group,
+                                         plan, agents, groups))
+                               for joined, in_group in RELATIONS)
+            if len(self._evaluated) > MAX_CACHED:
+                self._evaluated.clear()
+            self._evaluated[key] = categories
+        return categories
 
     def _publishable(self, state: AccountState, changes: list[Change],
                      cause: Cause) -> list[Update]:
@@ -164,20 +195,25 @@ class Categoriser:
         """
         if not changes:
             return []
+        pairs = self._pairs
+        if len(pairs) > MAX_CACHED:
+            pairs.clear()
         for _, agent, before, after in changes:
-            state.add_counts(agent, before, after)
-        pairs: dict[tuple[frozenset[str], frozenset[str]], Pair] = {}
-        encoded: dict[str, tuple[dict[str, int], bytes]] = {}
-        updates = []
-        for conversation_id, agent, before, after in changes:
             pair = pairs.get((before, after))
             if pair is None:
                 pair = pairs[(before, after)] = Pair(before, after)
-            counts = encoded.get(agent)
-            if counts is None:
-                counts = encoded[agent] = self._counts.snapshot(state.counts_of(agent))
+            state.add_counts(agent, pair.added, pair.removed)
+        encode = self._counts.encode
+        counts = state.counts
+        encoded: dict[str, bytes] = {}
+        updates = []
+        for conversation_id, agent, before, after in changes:
+            pair = pairs[(before, after)]
+            counts_json = encoded.get(agent)
+            if counts_json is None:
+                counts_json = encoded[agent] = encode(counts[agent])
             updates.append(Update(cause, pair, agent, conversation_id, state.next_seq(agent),
-                                  counts[0], counts[1]))
+                                  counts_json))
         return updates
 
 

@@ -33,9 +33,9 @@ class Inbox:
 
     def handle(self, event: Event) -> list[Update]:
         """Apply one event; duplicates and stale events change nothing and return []."""
-        state = self.account(event.account_id)
+        state = self.accounts.get(event.account_id) or self.account(event.account_id)
         updates = self.categoriser.handle(state, event)
-        state.take_write()  # nothing stores it: keep the change lists from growing
+        state.forget_changes()  # nothing stores it: keep the change lists from growing
         return updates
 
     def adopt_rules(self, rules: Rules) -> list[Update]:
@@ -44,7 +44,7 @@ class Inbox:
         updates: list[Update] = []
         for account_id in sorted(self.accounts):
             updates.extend(self.categoriser.adopt(self.accounts[account_id]))
-            self.accounts[account_id].take_write()
+            self.accounts[account_id].forget_changes()
         return updates
 
     def categories_of(self, account_id: str, conversation_id: str,

@@ -7,6 +7,7 @@ categories that puts it in lives only in the rule files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from contracts import (
     AccountUpdated,
@@ -47,8 +48,10 @@ class Account:
         return self.groups.get(group_id, frozenset())
 
 
-@dataclass(frozen=True, slots=True)
-class Conversation:
+class Conversation(NamedTuple):
+    """Immutable; a NamedTuple rather than a frozen dataclass because one is built for
+    every event, and a frozen dataclass's ``__init__`` costs several times more."""
+
     account_id: str
     conversation_id: str
     status: str = "open"  # open | resolved | deleted
@@ -59,6 +62,12 @@ class Conversation:
     # current account and rules. Stored, not recomputed, so a rules change can be
     # diffed against what downstream was told.
     categories: tuple[frozenset[str], ...] = EMPTY_BY_RELATION
+
+    def with_categories(self, categories: tuple[frozenset[str], ...]) -> Conversation:
+        # Positional construction: _replace costs several times more, and this runs
+        # for every event.
+        return Conversation(self.account_id, self.conversation_id, self.status,
+                            self.group_id, self.joined, self.last_sequence, categories)
 
     def relation_of(self, agent_id: str, account: Account) -> int:
         return relation_index(agent_id in self.joined,
@@ -79,8 +88,9 @@ def apply_snapshot(account: Account, event: AccountUpdated) -> Account:
 
 def agents_mentioned(event: ConversationEvent) -> tuple[str, ...]:
     """Agents an event reveals; the worker may know an account only from these."""
-    if isinstance(event, MessageCreated) and event.data.agent_id is not None:
-        return (event.data.agent_id,) if event.data.author == "agent" else ()
+    if isinstance(event, MessageCreated):
+        data = event.data
+        return (data.agent_id,) if data.author == "agent" and data.agent_id else ()
     if isinstance(event, AgentAssigned | AgentUnassigned):
         return (event.data.agent_id,)
     if isinstance(event, ConversationTransferred) and event.data.to_agent_id is not None:
@@ -98,16 +108,17 @@ def learn_agents(account: Account, agents: tuple[str, ...]) -> Account:
 def apply_conversation_event(conversation: Conversation, event: ConversationEvent) -> Conversation:
     """The conversation after one event. A deleted conversation stays deleted."""
     sequence = _next_sequence(conversation.last_sequence, event.sequence)
-    if conversation.status == "deleted":
-        return replace(conversation, last_sequence=sequence)
     status, group_id, joined = conversation.status, conversation.group_id, conversation.joined
+    if status == "deleted":
+        return Conversation(conversation.account_id, conversation.conversation_id, status,
+                            group_id, joined, sequence, conversation.categories)
     if isinstance(event, ConversationCreated):
         group_id = event.data.group_id
     elif isinstance(event, MessageCreated):
         if event.data.author == "visitor":
             if status == "resolved":
                 status = "open"  # a visitor writing into a resolved chat reopens it
-        elif event.data.agent_id is not None:
+        elif event.data.agent_id is not None and event.data.agent_id not in joined:
             joined = joined | {event.data.agent_id}  # an agent who replies joins
     elif isinstance(event, AgentAssigned):
         joined = joined | {event.data.agent_id}
@@ -124,8 +135,8 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
         status = "open"
     elif isinstance(event, ConversationDeleted):
         status = "deleted"
-    return replace(conversation, status=status, group_id=group_id, joined=joined,
-                   last_sequence=sequence)
+    return Conversation(conversation.account_id, conversation.conversation_id, status,
+                        group_id, joined, sequence, conversation.categories)
 
 
 def is_stale(last_sequence: int | None, sequence: int | None) -> bool:

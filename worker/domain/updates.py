@@ -35,17 +35,30 @@ def format_time(moment: datetime) -> str:
 class Cause:
     """What one event (or rules adoption) shares across all of its updates."""
 
-    __slots__ = ("account_id", "cause_id", "occurred_at", "rules_version", "tail")
+    __slots__ = ("_tail", "account_id", "cause_id", "occurred_at", "version_json")
 
-    def __init__(self, account_id: str, cause_id: str, rules_version: str,
+    def __init__(self, account_id: str, cause_id: str, version_json: bytes,
                  occurred_at: datetime) -> None:
         self.account_id = account_id
         self.cause_id = cause_id
-        self.rules_version = rules_version
+        self.version_json = version_json  # the rules version, JSON-encoded once per rules
         self.occurred_at = occurred_at
-        self.tail = (b',"cause_event_id":' + orjson.dumps(cause_id)
-                     + b',"rules_version":' + orjson.dumps(rules_version)
-                     + b',"occurred_at":"' + format_time(occurred_at).encode() + b'"}')
+        self._tail: bytes | None = None
+
+    @property
+    def rules_version(self) -> str:
+        version: str = orjson.loads(self.version_json)
+        return version
+
+    @property
+    def tail(self) -> bytes:
+        tail = self._tail
+        if tail is None:
+            tail = self._tail = (
+                b',"cause_event_id":' + orjson.dumps(self.cause_id)
+                + b',"rules_version":' + self.version_json
+                + b',"occurred_at":"' + format_time(self.occurred_at).encode() + b'"}')
+        return tail
 
 
 class Pair:
@@ -66,16 +79,15 @@ class Update:
     """One published category update; ``body`` is its JSON (SPEC.md "Output")."""
 
     __slots__ = ("_body", "_cause", "_counts_json", "_pair", "agent_id", "conversation_id",
-                 "counts", "seq", "update_id")
+                 "seq", "update_id")
 
     def __init__(self, cause: Cause, pair: Pair, agent_id: str, conversation_id: str,
-                 seq: int, counts: dict[str, int], counts_json: bytes) -> None:
+                 seq: int, counts_json: bytes) -> None:
         self._cause = cause
         self._pair = pair
         self.agent_id = agent_id
         self.conversation_id = conversation_id
         self.seq = seq
-        self.counts = counts
         self._counts_json = counts_json
         self.update_id = update_id_for(cause.account_id, cause.cause_id, agent_id,
                                        conversation_id)
@@ -88,6 +100,12 @@ class Update:
     categories = property(lambda self: self._pair.categories)
     added = property(lambda self: self._pair.added)
     removed = property(lambda self: self._pair.removed)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The agent's badge counts after the event (tools and tests; decoded)."""
+        counts: dict[str, int] = orjson.loads(self._counts_json)
+        return counts
 
     @property
     def routing_key(self) -> str:
@@ -133,6 +151,6 @@ class CountsEncoder:
         parts = [orjson.dumps(name).decode() + ":%d" for name in names]
         self._template = "{" + ",".join(parts) + "}"
 
-    def snapshot(self, counts: dict[str, int]) -> tuple[dict[str, int], bytes]:
-        values = {name: counts.get(name, 0) for name in self._names}
-        return values, (self._template % tuple(values.values())).encode()
+    def encode(self, counts: dict[str, int]) -> bytes:
+        get = counts.get
+        return (self._template % tuple([get(name, 0) for name in self._names])).encode()

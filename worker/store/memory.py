@@ -23,7 +23,7 @@ class _Stored:
     conversations: dict[str, Conversation] = field(default_factory=dict)
     agents: dict[str, tuple[dict[str, int], int]] = field(default_factory=dict)
     events: list[tuple[int, str]] = field(default_factory=list)
-    tombstones: list[tuple[int, str]] = field(default_factory=list)
+    tombstones: list[tuple[int, str, int | None]] = field(default_factory=list)
 
 
 class MemoryStore:
@@ -51,7 +51,10 @@ class MemoryStore:
             state.counts[agent] = dict(counts)
             state.seqs[agent] = seq
         state.recent = OrderedDict((e, n) for n, e in stored.events[-event_window:])
-        state.tombstones = OrderedDict((c, n) for n, c in stored.tombstones[-tombstone_window:])
+        state.tombstones = OrderedDict()
+        for number, conversation_id, sequence in stored.tombstones[-tombstone_window:]:
+            state.tombstones.pop(conversation_id, None)
+            state.tombstones[conversation_id] = (number, sequence)
         return state
 
     def commit(self, writes: Sequence[AccountWrite]) -> None:

@@ -53,9 +53,11 @@ _V2_TABLES = (
     """CREATE TABLE events (
         account_id TEXT NOT NULL, number INTEGER NOT NULL, event_id TEXT NOT NULL,
         PRIMARY KEY (account_id, number)) WITHOUT ROWID""",
+    # last_sequence: a late event older than the deleted conversation's newest is stale.
     """CREATE TABLE tombstones (
         account_id TEXT NOT NULL, number INTEGER NOT NULL, conversation_id TEXT NOT NULL,
-        PRIMARY KEY (account_id, number)) WITHOUT ROWID""",
+        last_sequence INTEGER, PRIMARY KEY (account_id, number)) WITHOUT ROWID""",
+    "CREATE INDEX tombstones_by_conversation ON tombstones (account_id, conversation_id)",
 )
 
 # From the file the previous version wrote (meta.schema_version = '1': one global
@@ -68,12 +70,12 @@ _FROM_V1 = (
        FROM seen""",
     # Deleted conversations leave the state: each becomes a tombstone numbered after
     # the account's events (v1 kept no deletion order: conversation id order).
-    """INSERT INTO tombstones (account_id, number, conversation_id)
+    """INSERT INTO tombstones (account_id, number, conversation_id, last_sequence)
        SELECT c.account_id,
               COALESCE((SELECT MAX(e.number) FROM events e WHERE e.account_id = c.account_id),
                        0)
               + ROW_NUMBER() OVER (PARTITION BY c.account_id ORDER BY c.conversation_id),
-              c.conversation_id
+              c.conversation_id, c.last_sequence
        FROM v1_conversations c WHERE c.status = 'deleted'""",
     """INSERT INTO conversations
        SELECT account_id, conversation_id, status, group_id, joined, last_sequence, categories
@@ -240,8 +242,7 @@ class SqliteStore:
         agents = db.execute("SELECT agent_id, counts, seq FROM agents WHERE account_id = ?",
                             key).fetchall()
         recent = _newest(db, "events", "event_id", account_id, event_window)
-        tombstones = _newest(db, "tombstones", "conversation_id", account_id,
-                             tombstone_window)
+        tombstones = _tombstones(db, account_id, tombstone_window)
         if row is None and not (conversations or agents or recent or tombstones):
             return None
         if row is None:
@@ -263,7 +264,8 @@ class SqliteStore:
         state.rules_generation = generation
         state.last_occurred_at = None if last is None else datetime.fromisoformat(last)
         # Never below a stored number, even for a row a migration could not fill.
-        state.event_counter = max(counter, *recent.values(), *tombstones.values(), 0)
+        state.event_counter = max(counter, *recent.values(),
+                                  *(n for n, _ in tombstones.values()), 0)
         return state
 
     def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
@@ -327,15 +329,26 @@ class SqliteStore:
         # Plain INSERT: a number is used once per account; a clash is a bug, not a retry.
         db.executemany("INSERT INTO events VALUES (?, ?, ?)",
                        [(w.account_id, n, e) for w in writes for n, e in w.events])
-        db.executemany("INSERT INTO tombstones VALUES (?, ?, ?)",
-                       [(w.account_id, n, c) for w in writes for n, c in w.tombstones])
         # Always written: rules, clock and counter change with every write. One account
         # at a time, so two writes of one account in a batch still count rows exactly.
         for write in writes:
+            superseded = self._tombstone(write)
             db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (*_account_row(write), *self._prune(write)))
+                       (*_account_row(write), *self._prune(write, superseded)))
 
-    def _prune(self, write: AccountWrite) -> tuple[int, int]:
+    def _tombstone(self, write: AccountWrite) -> int:
+        """Insert the write's tombstones; a conversation tombstoned again (a newer event
+        for a deleted conversation) keeps one row. Returns the rows superseded."""
+        superseded = 0
+        for number, conversation_id, last_sequence in write.tombstones:
+            superseded += self._db.execute(
+                "DELETE FROM tombstones WHERE account_id = ? AND conversation_id = ?",
+                (write.account_id, conversation_id)).rowcount
+            self._db.execute("INSERT INTO tombstones VALUES (?, ?, ?, ?)",
+                             (write.account_id, number, conversation_id, last_sequence))
+        return superseded
+
+    def _prune(self, write: AccountWrite, superseded: int) -> tuple[int, int]:
         """Keep only the newest windows of the account's event ids and tombstones;
         return how many of each it now has."""
         row = self._db.execute(
@@ -345,7 +358,8 @@ class SqliteStore:
         return (self._trim("events", write.account_id,
                            events + len(write.events), write.event_window),
                 self._trim("tombstones", write.account_id,
-                           tombstones + len(write.tombstones), write.tombstone_window))
+                           tombstones + len(write.tombstones) - superseded,
+                           write.tombstone_window))
 
     def _trim(self, table: str, account_id: str, kept: int, window: int) -> int:
         excess = kept - window
@@ -394,6 +408,20 @@ def _newest(db: sqlite3.Connection, table: str, column: str, account_id: str,
     for number, key in reversed(rows):
         memory[key] = number
         memory.move_to_end(key)  # a key remembered twice counts from its newest number
+    return memory
+
+
+def _tombstones(db: sqlite3.Connection, account_id: str, window: int,
+                ) -> OrderedDict[str, tuple[int, int | None]]:
+    """The newest ``window`` tombstones, oldest first; a conversation tombstoned again
+    (a newer event for it) counts from its newest row."""
+    rows = db.execute(
+        "SELECT number, conversation_id, last_sequence FROM tombstones WHERE account_id = ?"
+        " ORDER BY number DESC LIMIT ?", (account_id, window)).fetchall()
+    memory: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
+    for number, conversation_id, last_sequence in reversed(rows):
+        memory.pop(conversation_id, None)
+        memory[conversation_id] = (number, last_sequence)
     return memory
 
 
