@@ -191,12 +191,15 @@ def parse_event(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
     if len(body) > max_bytes:
         raise BadEvent(f"message too large: {len(body)} bytes exceeds the limit of {max_bytes}")
     try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadEvent(f"message is not valid UTF-8: byte {exc.start}: {exc.reason}") from exc
-    try:
         return EVENT_ADAPTER.validate_json(body)
     except ValidationError as exc:
+        # The JSON parser refuses invalid UTF-8 anywhere in the body; say it plainly.
+        # (Checked only on failure: decoding every good body first cost a copy each.)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise BadEvent(f"message is not valid UTF-8: byte {bad.start}: {bad.reason}",
+                           ) from bad
         raise BadEvent(describe_validation_error(exc)) from exc
 
 

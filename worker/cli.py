@@ -36,6 +36,7 @@ def replay(events: BinaryIO, rules_dir: Path | None) -> None:
     rules = _load_or_exit(rules_dir)
     inbox = Inbox(rules)
     out = sys.stdout.buffer
+    write = out.write
     bad = 0
     for item in replay_lines(inbox, events):
         if isinstance(item, BadLine):
@@ -43,7 +44,8 @@ def replay(events: BinaryIO, rules_dir: Path | None) -> None:
             out.flush()
             click.echo(f"line {item.number}: {item.reason}", err=True)
         else:
-            out.write(item.body + b"\n")
+            write(item.body)
+            write(b"\n")
     out.flush()
     if bad:
         click.echo(f"{bad} bad line(s) skipped", err=True)

@@ -136,7 +136,7 @@ class Step:
             event = parse_event(delivery.body, max_bytes=self.max_message_bytes)
         except BadEvent as exc:
             return self.dead_letter(delivery, exc.reason)
-        except Exception as exc:  # e.g. JSON nested too deep for the parser
+        except Exception as exc:  # noqa: BLE001 - e.g. JSON nested too deep: still bad input
             return self.dead_letter(delivery, f"unreadable: {type(exc).__name__}: {exc}")
         state = cache.get(event.account_id, categoriser.rules.version)
         plan.touched.add(event.account_id)
@@ -192,7 +192,7 @@ class Step:
         reason = bounded(reason)
         headers["x-error"] = reason
         original = delivery.properties
-        log.warning("dead-lettering message %d (%s): %s", delivery.tag, delivery.routing_key,
+        log.warning("dead-lettering a message (routing key %s): %s", delivery.routing_key,
                     reason)
         return DeadLetter(reason, Outgoing(
             self.dead_letter_exchange, delivery.routing_key, delivery.body,

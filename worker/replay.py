@@ -22,8 +22,8 @@ def replay_lines(inbox: Inbox, lines: Iterable[bytes],
                  ) -> Iterator[Update | BadLine]:
     """Updates in publish order; a bad line yields a :class:`BadLine` and is skipped."""
     for number, line in enumerate(lines, start=1):
-        body = line.rstrip(b"\r\n")
-        if not body.strip():
+        body = line.rstrip()  # JSON ignores surrounding whitespace; an empty line is none
+        if not body:
             continue
         try:
             event = parse_event(body, max_bytes=max_bytes)

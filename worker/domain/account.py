@@ -49,8 +49,8 @@ class AccountState:
     """The mutable state of one account. Only this class changes it, so every change
     is tracked for the store and journalled for a rollback."""
 
-    __slots__ = ("_account_dirty", "_agents_touched", "_changed_conversations", "_journal", "_new_events",
-                 "_new_tombstones", "account", "conversations", "counts",
+    __slots__ = ("_account_dirty", "_agents_touched", "_changed_conversations", "_journal",
+                 "_new_events", "_new_tombstones", "account", "conversations", "counts",
                  "event_counter", "event_window", "last_occurred_at", "recent",
                  "rules_generation", "rules_version", "seqs", "tombstone_window",
                  "tombstones")
@@ -235,14 +235,10 @@ class AccountState:
 
     def forget_changes(self) -> None:
         """Nothing will store these changes (offline replay): drop what was tracked."""
-        if self._changed_conversations:
-            self._changed_conversations = set()
-        if self._agents_touched:
-            self._agents_touched = set()
-        if self._new_events:
-            self._new_events = []
-        if self._new_tombstones:
-            self._new_tombstones = []
+        self._changed_conversations.clear()
+        self._agents_touched.clear()
+        self._new_events.clear()
+        self._new_tombstones.clear()
         self._account_dirty = False
 
     def take_write(self) -> AccountWrite:

@@ -107,7 +107,10 @@ def learn_agents(account: Account, agents: tuple[str, ...]) -> Account:
 
 def apply_conversation_event(conversation: Conversation, event: ConversationEvent) -> Conversation:
     """The conversation after one event. A deleted conversation stays deleted."""
-    sequence = _next_sequence(conversation.last_sequence, event.sequence)
+    sequence = event.sequence  # the highest applied (inlined _next_sequence: hot path)
+    last = conversation.last_sequence
+    if sequence is None or (last is not None and last > sequence):
+        sequence = last
     status, group_id, joined = conversation.status, conversation.group_id, conversation.joined
     if status == "deleted":
         return Conversation(conversation.account_id, conversation.conversation_id, status,

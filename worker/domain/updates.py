@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -23,7 +24,17 @@ def update_id_for(account_id: str, cause_event_id: str, agent_id: str,
     Causes are never reused for other content (rule adoptions carry a generation)."""
     name = "\x1f".join((account_id, cause_event_id, agent_id, conversation_id))
     # blake2b is ~10x cheaper than uuid5 and just as deterministic; 128 bits, hex.
-    return hashlib.blake2b(name.encode(), digest_size=16, person=b"inbox-rules-upd").hexdigest()
+    return hashlib.blake2b(name.encode(), digest_size=16, person=_PERSON).hexdigest()
+
+
+_PERSON = b"inbox-rules-upd"
+
+
+def _cause_hash(account_id: str, cause_event_id: str) -> Any:
+    """The hash state after "account\x1fcause\x1f": every update of one cause continues
+    from a copy of it (the same digest as :func:`update_id_for`, one prefix per event)."""
+    return hashlib.blake2b(f"{account_id}\x1f{cause_event_id}\x1f".encode(), digest_size=16,
+                           person=_PERSON)
 
 
 def format_time(moment: datetime) -> str:
@@ -35,7 +46,8 @@ def format_time(moment: datetime) -> str:
 class Cause:
     """What one event (or rules adoption) shares across all of its updates."""
 
-    __slots__ = ("_tail", "account_id", "cause_id", "occurred_at", "version_json")
+    __slots__ = ("_hash", "_tail", "account_id", "cause_id", "head", "occurred_at",
+                 "version_json")
 
     def __init__(self, account_id: str, cause_id: str, version_json: bytes,
                  occurred_at: datetime) -> None:
@@ -44,6 +56,19 @@ class Cause:
         self.version_json = version_json  # the rules version, JSON-encoded once per rules
         self.occurred_at = occurred_at
         self._tail: bytes | None = None
+        self._hash: Any = None
+        # What follows the update id and precedes the agent id (ids need no escaping:
+        # their pattern allows letters, digits, '-', '_' and ':').
+        self.head = b'","account_id":"' + account_id.encode() + b'","agent_id":"'
+
+    def update_id(self, agent_id: str, conversation_id: str) -> str:
+        base = self._hash
+        if base is None:
+            base = self._hash = _cause_hash(self.account_id, self.cause_id)
+        digest = base.copy()
+        digest.update(f"{agent_id}\x1f{conversation_id}".encode())
+        hexdigest: str = digest.hexdigest()
+        return hexdigest
 
     @property
     def rules_version(self) -> str:
@@ -57,7 +82,8 @@ class Cause:
             tail = self._tail = (
                 b',"cause_event_id":' + orjson.dumps(self.cause_id)
                 + b',"rules_version":' + self.version_json
-                + b',"occurred_at":"' + format_time(self.occurred_at).encode() + b'"}')
+                + b',"occurred_at":' + orjson.dumps(self.occurred_at, option=orjson.OPT_UTC_Z)
+                + b"}")
         return tail
 
 
@@ -89,8 +115,7 @@ class Update:
         self.conversation_id = conversation_id
         self.seq = seq
         self._counts_json = counts_json
-        self.update_id = update_id_for(cause.account_id, cause.cause_id, agent_id,
-                                       conversation_id)
+        self.update_id = cause.update_id(agent_id, conversation_id)
         self._body: bytes | None = None
 
     account_id = property(lambda self: self._cause.account_id)
@@ -117,11 +142,9 @@ class Update:
         if body is None:
             cause = self._cause
             body = self._body = b"".join((
-                b'{"update_id":"', self.update_id.encode(),
-                b'","account_id":"', cause.account_id.encode(),
-                b'","agent_id":"', self.agent_id.encode(),
-                b'","conversation_id":"', self.conversation_id.encode(),
-                b'","seq":', str(self.seq).encode(),
+                b'{"update_id":"', self.update_id.encode(), cause.head,
+                self.agent_id.encode(), b'","conversation_id":"',
+                self.conversation_id.encode(), b'","seq":%d' % self.seq,
                 self._pair.fragment, self._counts_json, cause.tail))
         return body
 
@@ -148,9 +171,9 @@ class CountsEncoder:
         self._names = names
         # Category names are validated identifiers in rule files: no escaping needed,
         # but go through orjson anyway so a future name with a quote stays valid JSON.
-        parts = [orjson.dumps(name).decode() + ":%d" for name in names]
-        self._template = "{" + ",".join(parts) + "}"
+        parts = [orjson.dumps(name) + b":%d" for name in names]
+        self._template = b"{" + b",".join(parts) + b"}"
 
     def encode(self, counts: dict[str, int]) -> bytes:
         get = counts.get
-        return (self._template % tuple([get(name, 0) for name in self._names])).encode()
+        return self._template % tuple([get(name, 0) for name in self._names])
