@@ -302,9 +302,9 @@ def test_new_rules_reach_every_stored_account_in_paced_sweeps(tmp_path: Any) -> 
     clean: dict[tuple[str, str, str], list[str]] = {}
     inbox = Inbox(variant)
     for event in events:
-        for update in inbox.handle(parse_event(json.dumps(event).encode())):
-            clean[(update.account_id, update.agent_id, update.conversation_id)] = list(
-                update.categories)
+        for produced in inbox.handle(parse_event(json.dumps(event).encode())):
+            clean[(produced.account_id, produced.agent_id, produced.conversation_id)] = list(
+                produced.categories)
     assert {k: v for k, v in final.items() if v} == {k: v for k, v in clean.items() if v}
     assert all(u["cause_event_id"].startswith("rules:") for u in link.updates(start))
 
