@@ -350,3 +350,63 @@ def test_sighup_reload_keeps_the_rules_when_the_new_files_do_not_validate(
         assert "inbox.yaml:" in caplog.text and "platinum" in caplog.text
     finally:
         worker.ioloop.close()
+
+
+class HeldCommitter:
+    """Holds each commit until the test lets it run, as a slow fsync would."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.held: list[tuple[Any, Any]] = []
+
+    def submit(self, writes: Any, on_done: Any) -> None:
+        self.held.append((writes, on_done))
+
+    def release(self) -> None:
+        while self.held:
+            writes, on_done = self.held.pop(0)
+            self.store.commit(writes)
+            on_done(None)
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_commit_still_running_when_the_link_drops_is_waited_for() -> None:
+    """The store changes under the cache when that commit lands: nothing may be loaded
+    before it does, or memory would fall behind the store."""
+    events = event_stream(seed=21, count=30)
+    bodies = encode(events)
+    settings = Settings(batch_size=30, prefetch=30, pipeline_depth=3, max_batch_delay=0.0)
+    store = MemoryStore()
+    committer = HeldCommitter(store)
+    driver = Driver(settings, RULES, store, committer=committer)
+    link = RecordingLink()
+    driver.attach(_checked(link))
+    driver.on_ready()
+    _deliver(driver, bodies[:1])
+    driver.on_confirm(len(link.published), multiple=True, ok=True)
+    assert len(committer.held) == 1, "the first batch's commit is running"
+    _deliver(driver, bodies[1:], first_tag=2)
+    link.up = False
+    driver.on_lost()
+    link.up = True
+    driver.on_ready()
+    published = len(link.published)
+    _deliver(driver, bodies)  # the broker redelivers everything unacked
+    assert len(link.published) == published, "nothing evaluated while the commit runs"
+    committer.release()
+    _confirm_all(driver, link)
+    committer.release()
+    _confirm_all(driver, link)
+    assert link.acks[-1] == (30, True)
+    final: dict[tuple[str, str, str], dict[str, Any]] = {}
+    seen: dict[str, bytes] = {}
+    for message in link.published:
+        if message.exchange == "inbox.categories":
+            assert seen.setdefault(message.message_id or "", message.body) == message.body
+            update = json.loads(message.body)
+            final[(update["account_id"], update["agent_id"], update["conversation_id"])] = update
+    expected = {(u["account_id"], u["agent_id"], u["conversation_id"]): u
+                for u in _replayed(events)}
+    assert final == expected

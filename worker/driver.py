@@ -23,9 +23,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 
 from worker.accounts import AccountCache
 from worker.backoff import backoff_delay
+from worker.committer import Committer, InlineCommitter
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
 from worker.errors import StoreConflictError, StoreError
@@ -87,9 +89,11 @@ class Driver:
     """Owns the live rules, the account cache and the batches in flight."""
 
     def __init__(self, settings: Settings, rules: Rules, store: StateStore,
-                 topology: Topology | None = None) -> None:
+                 topology: Topology | None = None, committer: Committer | None = None,
+                 ) -> None:
         self.settings = settings
         self.store = store
+        self.committer: Committer = committer or InlineCommitter(store)
         self.topology = topology or Topology.from_settings(settings)
         self.categoriser = Categoriser(rules)
         self.cache = AccountCache(store, settings.account_cache_size, settings.dedup_window,
@@ -101,6 +105,10 @@ class Driver:
         self.link: Link | None = None
         self._buffer: deque[Delivery] = deque()
         self._in_flight: deque[Batch] = deque()
+        # The batch whose commit was submitted and has not reported back; it may have
+        # been discarded meanwhile (then nothing is loaded until it reports).
+        self._committing: Batch | None = None
+        self._submitting = False
         self._consumer_on = False
         self._stop_requested = False
         self._batch_timer: object | None = None
@@ -177,6 +185,9 @@ class Driver:
         self.stats.consumed += 1
         if delivery.redelivered:
             self.stats.redelivered += 1
+        if (self._in_flight and len(self._buffer) < self.settings.batch_size
+                and self._batch_timer is not None):
+            return  # a partial batch waits for its timer (hot path: no full _advance)
         self._advance()
 
     def on_confirm(self, sequence: int, multiple: bool, ok: bool) -> None:
@@ -242,11 +253,14 @@ class Driver:
         self._pump()
         self._commit_ready()
         if (self.phase is Phase.DRAINING and not self._consumer_on and not self._buffer
-                and not self._in_flight and self._retry_timer is None):
+                and not self._in_flight and self._retry_timer is None
+                and self._committing is None):
             log.info("all events in hand committed and acknowledged; closing")
             self._close()
 
     def _start_batch(self) -> bool:
+        if self._discarded_commit_running:
+            return False  # the store is about to change under the cache: wait for it
         sweep_due = (self._active and self._sweep_after is not None
                      and not any(b.sweep for b in self._in_flight))
         if sweep_due and (not self._last_was_sweep or not self._buffer):
@@ -308,7 +322,7 @@ class Driver:
     def _check_takeover(self) -> bool:
         """A standby that became the active consumer must not use accounts it cached
         before another worker moved on. False if the store cannot be read."""
-        if self._in_flight:
+        if self._in_flight or self._committing is not None:
             return True
         try:
             if self.store.changed_elsewhere():
@@ -361,8 +375,9 @@ class Driver:
         self._advance()
 
     def _commit_ready(self) -> None:
-        """Commit and ack, in order, every batch whose messages are all confirmed."""
-        while self._in_flight:
+        """Commit, in order, the oldest batch once all its messages are confirmed; its
+        ack follows the commit (:meth:`_on_committed`)."""
+        while self._in_flight and self._committing is None:
             batch = self._in_flight[0]
             if not batch.all_published or (batch.last_sequence is not None
                                            and batch.last_sequence > self._confirmed):
@@ -370,13 +385,32 @@ class Driver:
             if self._unroutable is not None:
                 self._fail(self._unroutable)
                 return
+            self._committing = batch
+            self._submitting = True
             try:
-                self.store.commit(batch.plan.writes)
-            except StoreError as exc:
-                self._fail(f"commit failed: {exc}", conflict=isinstance(exc, StoreConflictError))
-                return
+                self.committer.submit(batch.plan.writes, partial(self._on_committed, batch))
+            finally:
+                self._submitting = False
+
+    def _on_committed(self, batch: Batch, error: StoreError | None) -> None:
+        self._committing = None
+        if not (self._in_flight and self._in_flight[0] is batch):
+            # Discarded while its commit ran: whatever it wrote, its accounts reload
+            # from the store (nothing was loaded while it ran).
+            self.cache.forget(batch.plan.touched)
+        elif error is not None:
+            self._fail(f"commit failed: {error}", conflict=isinstance(error, StoreConflictError))
+        else:
             self._in_flight.popleft()
             self._finished(batch)
+        if not self._submitting:
+            self._advance()
+
+    @property
+    def _discarded_commit_running(self) -> bool:
+        committing = self._committing
+        return committing is not None and not (self._in_flight
+                                               and self._in_flight[0] is committing)
 
     def _finished(self, batch: Batch) -> None:
         plan = batch.plan

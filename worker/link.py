@@ -4,26 +4,31 @@ recording double that mypy checks against the same protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
+
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+# Deliveries and outgoing messages are NamedTuples: one or two are built per event, and
+# a frozen dataclass's __init__ costs several times more.
+
+
+class Delivery(NamedTuple):
     """One input message as received, unacknowledged."""
 
     tag: int
     routing_key: str
     body: bytes
-    headers: dict[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, Any] = _NO_HEADERS
     # The original AMQP properties (content type, correlation id ...), or None in tests.
     properties: Any = None
     redelivered: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One message to publish with a confirm (always ``mandatory``)."""
 
     exchange: str

@@ -13,6 +13,7 @@ import signal
 from pika.adapters.select_connection import IOLoop
 
 from worker.amqp import AmqpLink
+from worker.committer import ThreadedCommitter
 from worker.driver import Driver, Stats
 from worker.errors import RuleFileError
 from worker.rulebook import CompiledRules, load_rules
@@ -33,7 +34,8 @@ class Worker:
         self.store = store
         self.ioloop = ioloop or IOLoop()
         topology = Topology.from_settings(settings)
-        self.driver = Driver(settings, rules, store, topology)
+        self.committer = ThreadedCommitter(store, self.ioloop.add_callback_threadsafe)
+        self.driver = Driver(settings, rules, store, topology, self.committer)
         self.link = AmqpLink(settings, topology, self.driver, self.ioloop)
         self.driver.attach(self.link)
 
@@ -53,6 +55,7 @@ class Worker:
         try:
             self.ioloop.start()
         finally:
+            self.committer.close()  # a commit under way finishes first
             self.ioloop.close()  # its wake-up socket pair
 
     def request_stop(self) -> None:

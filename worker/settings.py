@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(100_000, ge=1, description=(
         "Deliveries of one event before the broker dead-letters it: a last resort against "
         "a crash loop, high because lost connections count too."))
-    prefetch: int = Field(200, ge=1, description="Unacknowledged events held at once.")
+    prefetch: int = Field(600, ge=1, description=(
+        "Unacknowledged events held at once: at least batch size x pipeline depth, or "
+        "batches cannot overlap."))
     batch_size: int = Field(200, ge=1, description="Events per store commit at most.")
     max_batch_delay: float = Field(0.05, ge=0, description=(
         "Seconds a partial batch waits for more events."))
