@@ -179,8 +179,11 @@ class MemoryReport:
     verdict: Verdict
     samples: list[tuple[int, int]]  # (events published so far, VmRSS)
     warm_up_events: int
-    dedup_window: int
-    seen_rows: int = 0
+    dedup_window: int  # per account
+    # Per account: event ids kept in the store's duplicate window, and distinct event
+    # ids the stream sent it (each one is remembered once applied).
+    window_rows: dict[str, int] = field(default_factory=dict)
+    event_ids: dict[str, int] = field(default_factory=dict)
 
     @property
     def after_warm_up(self) -> list[int]:
@@ -202,8 +205,9 @@ class MemoryReport:
         return (f"{self.verdict.events} events, RSS {self.baseline / 1024:.1f} MiB after "
                 f"{self.warm_up_events} warm-up events, peak {self.peak / 1024:.1f} MiB, "
                 f"final {self.final / 1024:.1f} MiB ({len(self.samples)} samples); "
-                f"{self.seen_rows} event ids remembered by the busiest account (window "
-                f"{self.dedup_window})")
+                f"event ids kept per account at most {max(self.window_rows.values(), default=0)}"
+                f" of up to {max(self.event_ids.values(), default=0)} received (window "
+                f"{self.dedup_window} per account)")
 
 
 def memory_run(vhost: str, workdir: Path, *, events: int, seed: int, dedup_window: int = 2000,
@@ -228,9 +232,15 @@ def memory_run(vhost: str, workdir: Path, *, events: int, seed: int, dedup_windo
     report = MemoryReport(judge(oracle, r.updates.received, len(stream), r.state), samples,
                           max(int(len(stream) * warm_up), min(6000, len(stream) // 2)),
                           dedup_window)
+    # Every row the store kept (a window far beyond any account's events).
     stored = committed_accounts(r.state, oracle.accounts, event_window=10**9,
                                 tombstone_window=10**9)
-    report.seen_rows = max(len(state.recent) for state in stored.values() if state)
+    report.window_rows = {account_id: len(state.recent) if state else 0
+                          for account_id, state in stored.items()}
+    ids: dict[str, set[str]] = {}
+    for event in stream:
+        ids.setdefault(event["account_id"], set()).add(event["event_id"])
+    report.event_ids = {account_id: len(event_ids) for account_id, event_ids in ids.items()}
     return report
 
 
