@@ -410,3 +410,20 @@ def test_a_commit_still_running_when_the_link_drops_is_waited_for() -> None:
     expected = {(u["account_id"], u["agent_id"], u["conversation_id"]): u
                 for u in _replayed(events)}
     assert final == expected
+
+
+def test_batches_confirmed_together_share_one_commit_and_one_ack() -> None:
+    events = event_stream(seed=22, count=64)
+    driver, link, store = _driver(batch_size=20)
+    bodies = _warm_up(driver, link, encode(events))
+    commits = store.commits
+    _deliver(driver, bodies[:1], first_tag=5)  # batch 1 starts at once
+    _deliver(driver, bodies[1:], first_tag=6)
+    link.run_timers()  # the rest form batches behind it
+    assert link.acks == [] and store.commits == commits
+    driver.on_confirm(len(link.published), multiple=True, ok=True)
+    assert store.commits == commits + 1, "one transaction for every confirmed batch"
+    assert link.acks == [(45, True)], "one ack for the whole group (3 batches in flight)"
+    _confirm_all(driver, link)
+    assert link.acks[-1] == (64, True)
+    assert link.updates() == _replayed(events)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import ssl
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ from pydantic import ValidationError
 from worker.demo import run_demo
 from worker.domain.inbox import Inbox
 from worker.errors import DemoError, RuleFileError, StoreError
+from worker.observability import configure_logging, progress
+from worker.observability.logs import url_secrets
 from worker.replay import BadLine, replay_lines
 from worker.rule_cases import run_cases
 from worker.rulebook.engine import CompiledRules, check_rules, default_rules_dir, load_rules
@@ -38,14 +39,16 @@ def replay(events: BinaryIO, rules_dir: Path | None) -> None:
     out = sys.stdout.buffer
     write = out.write
     bad = 0
-    for item in replay_lines(inbox, events):
-        if isinstance(item, BadLine):
-            bad += 1
-            out.flush()
-            click.echo(f"line {item.number}: {item.reason}", err=True)
-        else:
-            write(item.body)
-            write(b"\n")
+    # A progress bar on stderr when it is a terminal; silent otherwise (pipes, CI).
+    with progress(None, "replaying events") as bar:
+        for item in replay_lines(inbox, events, progress=bar.advance):
+            if isinstance(item, BadLine):
+                bad += 1
+                out.flush()
+                click.echo(f"line {item.number}: {item.reason}", err=True)
+            else:
+                write(item.body)
+                write(b"\n")
     out.flush()
     if bad:
         click.echo(f"{bad} bad line(s) skipped", err=True)
@@ -68,15 +71,15 @@ def _settings_help() -> str:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def run(rules_dir: Path | None, log_level: str) -> None:
     """Run the worker: consume chat.events, publish inbox.categories, until SIGTERM."""
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if log_level.upper() != "DEBUG":
-        # pika logs every step of a failed connection at ERROR; the worker says it once.
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         settings = Settings()
     except ValidationError as exc:
+        configure_logging(log_level.upper())
         raise click.ClickException(f"invalid settings: {exc}") from exc
+    # Text or one JSON object per line; the broker password is masked in either, at
+    # every level (pika's own step-by-step connection errors only at DEBUG).
+    configure_logging(log_level.upper(), settings.log_format,
+                      secrets=url_secrets(settings.amqp_url))
     if rules_dir is not None:
         settings = settings.model_copy(update={"rules_dir": rules_dir})
     try:

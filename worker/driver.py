@@ -32,7 +32,7 @@ from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
 from worker.errors import StoreConflictError, StoreError
 from worker.link import Delivery, Link, Outgoing, Returned
-from worker.pipeline import Plan, Step, Sweep
+from worker.pipeline import DeadLetter, Plan, Step, Sweep
 from worker.settings import Settings
 from worker.store import StateStore
 from worker.topology import Topology
@@ -46,6 +46,8 @@ PUBLISH_CHUNK = 500
 EVALUATE_BUDGET = 0.25
 # Accounts asked of the store per rules-sweep batch.
 SWEEP_PAGE = 200
+# Batch timings and dead-letter reasons kept for the monitor between two of its reads.
+MAX_KEPT = 10_000
 
 
 class Phase(Enum):
@@ -79,6 +81,7 @@ class Batch:
     published: int = 0
     last_sequence: int | None = None  # publish number of its last message
     started: float = field(default_factory=time.monotonic)
+    confirmed: float = 0.0  # when the broker had confirmed all of it
 
     @property
     def all_published(self) -> bool:
@@ -105,9 +108,9 @@ class Driver:
         self.link: Link | None = None
         self._buffer: deque[Delivery] = deque()
         self._in_flight: deque[Batch] = deque()
-        # The batch whose commit was submitted and has not reported back; it may have
-        # been discarded meanwhile (then nothing is loaded until it reports).
-        self._committing: Batch | None = None
+        # The batches whose commit was submitted and has not reported back; they may
+        # have been discarded meanwhile (then nothing is loaded until it reports).
+        self._committing: list[Batch] = []
         self._submitting = False
         self._consumer_on = False
         self._stop_requested = False
@@ -125,6 +128,11 @@ class Driver:
         # The rules sweep: next account id to look at, None when no sweep is due.
         self._sweep_after: str | None = ""
         self._last_was_sweep = False
+        # Since the monitor last asked: dead-letter reasons and (batch, confirm) timings
+        # of committed batches; the last failure, until a commit succeeds again.
+        self._dead_letter_reasons: list[str] = []
+        self._batch_timings: list[tuple[float, float]] = []
+        self.problem: str | None = None
         # Deliveries arrived on this connection: we are the active consumer (a hot
         # standby on the same store must never sweep).
         self._active = False
@@ -135,6 +143,24 @@ class Driver:
 
     def attach(self, link: Link) -> None:
         self.link = link
+
+    # -- what the monitor reads --------------------------------------------
+    @property
+    def consuming(self) -> bool:
+        return self._consumer_on
+
+    @property
+    def unacked(self) -> int:
+        """Deliveries held: buffered or in batches not yet acked."""
+        return len(self._buffer) + sum(len(b.plan.deliveries) for b in self._in_flight)
+
+    def take_dead_letter_reasons(self) -> list[str]:
+        reasons, self._dead_letter_reasons = self._dead_letter_reasons, []
+        return reasons
+
+    def take_batch_timings(self) -> list[tuple[float, float]]:
+        timings, self._batch_timings = self._batch_timings, []
+        return timings
 
     def _link(self) -> Link:
         assert self.link is not None, "attach() a link first"
@@ -254,7 +280,7 @@ class Driver:
         self._commit_ready()
         if (self.phase is Phase.DRAINING and not self._consumer_on and not self._buffer
                 and not self._in_flight and self._retry_timer is None
-                and self._committing is None):
+                and not self._committing):
             log.info("all events in hand committed and acknowledged; closing")
             self._close()
 
@@ -322,7 +348,7 @@ class Driver:
     def _check_takeover(self) -> bool:
         """A standby that became the active consumer must not use accounts it cached
         before another worker moved on. False if the store cannot be read."""
-        if self._in_flight or self._committing is not None:
+        if self._in_flight or self._committing:
             return True
         try:
             if self.store.changed_elsewhere():
@@ -375,53 +401,74 @@ class Driver:
         self._advance()
 
     def _commit_ready(self) -> None:
-        """Commit, in order, the oldest batch once all its messages are confirmed; its
-        ack follows the commit (:meth:`_on_committed`)."""
-        while self._in_flight and self._committing is None:
-            batch = self._in_flight[0]
-            if not batch.all_published or (batch.last_sequence is not None
-                                           and batch.last_sequence > self._confirmed):
+        """Commit, in order, the oldest batches whose messages are all confirmed - all
+        such batches in one transaction (group commit: under load one fsync serves
+        several batches) - and ack them after the commit (:meth:`_on_committed`)."""
+        while self._in_flight and not self._committing:
+            group: list[Batch] = []
+            for batch in self._in_flight:
+                if not batch.all_published or (batch.last_sequence is not None
+                                               and batch.last_sequence > self._confirmed):
+                    break
+                group.append(batch)
+            if not group:
                 return
+            now = time.monotonic()
+            for batch in group:
+                batch.confirmed = batch.confirmed or now
             if self._unroutable is not None:
                 self._fail(self._unroutable)
                 return
-            self._committing = batch
+            self._committing = group
             self._submitting = True
             try:
-                self.committer.submit(batch.plan.writes, partial(self._on_committed, batch))
+                self.committer.submit([w for b in group for w in b.plan.writes],
+                                      partial(self._on_committed, group))
             finally:
                 self._submitting = False
 
-    def _on_committed(self, batch: Batch, error: StoreError | None) -> None:
-        self._committing = None
-        if not (self._in_flight and self._in_flight[0] is batch):
+    def _on_committed(self, group: list[Batch], error: StoreError | None) -> None:
+        self._committing = []
+        if not (self._in_flight and self._in_flight[0] is group[0]):
             # Discarded while its commit ran: whatever it wrote, its accounts reload
             # from the store (nothing was loaded while it ran).
-            self.cache.forget(batch.plan.touched)
+            for batch in group:
+                self.cache.forget(batch.plan.touched)
         elif error is not None:
             self._fail(f"commit failed: {error}", conflict=isinstance(error, StoreConflictError))
         else:
-            self._in_flight.popleft()
-            self._finished(batch)
+            last = max((b for b in group if b.plan.deliveries), default=None,
+                       key=lambda b: b.plan.deliveries[-1].tag)
+            for batch in group:
+                self._in_flight.popleft()
+                self._finished(batch, ack=batch is last)
         if not self._submitting:
             self._advance()
 
     @property
     def _discarded_commit_running(self) -> bool:
         committing = self._committing
-        return committing is not None and not (self._in_flight
-                                               and self._in_flight[0] is committing)
+        return bool(committing) and not (self._in_flight
+                                         and self._in_flight[0] is committing[0])
 
-    def _finished(self, batch: Batch) -> None:
+    def _finished(self, batch: Batch, ack: bool = True) -> None:
         plan = batch.plan
         self._failures = 0
+        self.problem = None
+        if len(self._batch_timings) < MAX_KEPT:  # bounded even with no monitor reading
+            self._batch_timings.append((time.monotonic() - batch.started,
+                                        batch.confirmed - batch.started))
+        if plan.dead_letters and len(self._dead_letter_reasons) < MAX_KEPT:
+            self._dead_letter_reasons.extend(o.reason for o in plan.outcomes
+                                             if isinstance(o, DeadLetter))
         self.cache.unpin(plan.touched)
         stats = self.stats
         stats.commits += 1
         stats.dead_lettered += plan.dead_letters
         stats.updates += plan.updates
         if plan.deliveries:
-            self._link().ack(plan.deliveries[-1].tag, multiple=True)
+            if ack:  # one ack (multiple) for a whole group commit
+                self._link().ack(plan.deliveries[-1].tag, multiple=True)
             stats.acked += len(plan.deliveries)
         if batch.sweep and plan.swept_accounts:
             stats.swept_accounts += len(plan.swept_accounts)
@@ -444,6 +491,7 @@ class Driver:
             except StoreError as exc:
                 log.error("cannot read the state store: %s", exc)
         self.stats.failed_batches += 1
+        self.problem = why
         if self._stop_requested:
             # Give the events in hand back to the queue rather than hang the shutdown.
             log.warning("%d event(s) not acknowledged: %s; stopping anyway, the broker "
@@ -458,6 +506,7 @@ class Driver:
         self._in_flight.clear()
 
     def _back_off(self, why: str) -> None:
+        self.problem = why
         if self._retry_timer is not None:
             return
         self._failures += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from contracts import BadEvent, parse_event
@@ -17,11 +17,19 @@ class BadLine:
     reason: str
 
 
+# Progress is reported every this many lines (a call per line would cost throughput).
+PROGRESS_EVERY = 1024
+
+
 def replay_lines(inbox: Inbox, lines: Iterable[bytes],
                  max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 progress: Callable[[int], None] | None = None,
                  ) -> Iterator[Update | BadLine]:
-    """Updates in publish order; a bad line yields a :class:`BadLine` and is skipped."""
+    """Updates in publish order; a bad line yields a :class:`BadLine` and is skipped.
+    ``progress(n)`` is told every :data:`PROGRESS_EVERY` lines read."""
     for number, line in enumerate(lines, start=1):
+        if progress is not None and not number % PROGRESS_EVERY:
+            progress(PROGRESS_EVERY)
         body = line.rstrip()  # JSON ignores surrounding whitespace; an empty line is none
         if not body:
             continue

@@ -16,6 +16,8 @@ from worker.amqp import AmqpLink
 from worker.committer import ThreadedCommitter
 from worker.driver import Driver, Stats
 from worker.errors import RuleFileError
+from worker.monitor import Monitor
+from worker.observability import HealthState, Metrics, StatusLine, start_http
 from worker.rulebook import CompiledRules, load_rules
 from worker.settings import Settings
 from worker.store import StateStore
@@ -38,6 +40,10 @@ class Worker:
         self.driver = Driver(settings, rules, store, topology, self.committer)
         self.link = AmqpLink(settings, topology, self.driver, self.ioloop)
         self.driver.attach(self.link)
+        self.metrics = Metrics()
+        self.health = HealthState()
+        self.monitor = Monitor(self.driver, lambda: self.link.ready, self.metrics,
+                               self.health, StatusLine(settings.status_interval))
 
     @property
     def stats(self) -> Stats:
@@ -51,12 +57,16 @@ class Worker:
 
     def run(self) -> None:
         """Block, running the ioloop, until :meth:`stop` has finished its work."""
+        http = start_http(self.settings, self.metrics, self.health)
+        self.monitor.run_every(self.ioloop.call_later)
         self.link.start()
         try:
             self.ioloop.start()
         finally:
             self.committer.close()  # a commit under way finishes first
             self.ioloop.close()  # its wake-up socket pair
+            if http is not None:
+                http.close()
 
     def request_stop(self) -> None:
         """Thread- and signal-safe: ask the ioloop thread to stop gracefully."""
