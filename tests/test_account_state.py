@@ -129,3 +129,29 @@ def test_seq_numbers_each_agents_updates_without_gaps() -> None:
             key = (update.account_id, update.agent_id)
             assert update.seq == last.get(key, 0) + 1
             last[key] = update.seq
+
+
+def test_snapshot_pages_and_filters_cover_the_inbox_exactly() -> None:
+    from worker.domain.snapshot import snapshot
+
+    inbox = _fed(RULES, event_stream(seed=11, count=300))
+    account_id, state = max(inbox.accounts.items(), key=lambda kv: len(kv[1].conversations))
+    agent = sorted(state.account.agents)[0]
+    whole = snapshot(state, agent, RULES.categories, RULES.version, limit=10_000)
+    assert whole["next_after"] is None and whole["conversations"]
+    pages: dict[str, list[str]] = {}
+    after = None
+    while True:
+        page = snapshot(state, agent, RULES.categories, RULES.version, after=after, limit=2)
+        assert len(page["conversations"]) <= 2 and page["counts"] == whole["counts"]
+        pages.update(page["conversations"])
+        after = page["next_after"]
+        if after is None:
+            break
+    assert pages == whole["conversations"]
+    resolved = snapshot(state, agent, RULES.categories, RULES.version,
+                        categories=["resolved"], limit=10_000)
+    assert resolved["conversations"] == {c: cats for c, cats in whole["conversations"].items()
+                                         if "resolved" in cats}
+    assert sum(1 for cats in whole["conversations"].values() if "all" in cats) == whole[
+        "counts"]["all"]

@@ -76,7 +76,7 @@ def deliver(channel: FakeChannel, tag: int, headers: dict[str, object] | None = 
             redelivered: bool = False) -> None:
     assert channel.deliver is not None
     method = SimpleNamespace(delivery_tag=tag, routing_key="conversation.created",
-                             redelivered=redelivered)
+                             redelivered=redelivered, consumer_tag="ctag-1")
     channel.deliver(channel, method, pika.BasicProperties(headers=headers), b"{}")
 
 
@@ -148,7 +148,7 @@ def test_deliveries_carry_headers_properties_and_redelivered(
     channel = ready_channel(link, broker)
     link.consume()
     link.consume()  # a second consume while consuming is ignored
-    assert channel.consuming == ["inbox-rules.events"]
+    assert channel.consuming == ["inbox-rules.events", "inbox-rules.requests"]
     deliver(channel, 7, headers=None)
     deliver(channel, 8, headers={"x-delivery-count": 2}, redelivered=True)
 

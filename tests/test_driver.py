@@ -427,3 +427,55 @@ def test_batches_confirmed_together_share_one_commit_and_one_ack() -> None:
     _confirm_all(driver, link)
     assert link.acks[-1] == (64, True)
     assert link.updates() == _replayed(events)
+
+
+def _request(tag: int, body: dict[str, Any] | bytes, reply_to: str | None = "replies",
+             kind: str = "snapshot") -> Delivery:
+    from types import SimpleNamespace
+
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Delivery(tag, kind, raw, properties=SimpleNamespace(reply_to=reply_to,
+                                                              correlation_id=f"c-{tag}"),
+                    queue="inbox-rules.requests")
+
+
+def test_a_snapshot_request_is_answered_from_the_state_its_events_left() -> None:
+    from contracts.requests import SnapshotReply
+
+    events = event_stream(seed=23, count=80)
+    driver, link, _ = _driver(batch_size=100)
+    _deliver(driver, encode(events))
+    updates = _replayed(events)
+    account_id, agent_id = updates[-1]["account_id"], updates[-1]["agent_id"]
+    driver.on_delivery(_request(81, {"account_id": account_id, "agent_id": agent_id}))
+    driver.on_delivery(_request(82, {"account_id": account_id, "agent_id": "ag-nobody"}))
+    _confirm_all(driver, link)
+    replies = [m for m in link.published if m.exchange == ""]
+    assert [(m.routing_key, m.correlation_id, m.persistent) for m in replies] == [
+        ("replies", "c-81", False), ("replies", "c-82", False)]
+    reply = SnapshotReply.model_validate_json(replies[0].body)
+    mine = [u for u in updates if (u["account_id"], u["agent_id"]) == (account_id, agent_id)]
+    inbox: dict[str, list[str]] = {}
+    for update in mine:
+        inbox[update["conversation_id"]] = update["categories"]
+    assert reply.seq == mine[-1]["seq"] == len(mine)
+    assert reply.conversations == {c: cats for c, cats in sorted(inbox.items()) if cats}
+    assert reply.counts == mine[-1]["counts"] and reply.next_after is None
+    unknown = SnapshotReply.model_validate_json(replies[1].body)
+    assert (unknown.seq, unknown.conversations) == (0, {})
+    assert link.acks[-1] == (82, True)
+
+
+def test_bad_requests_are_dead_lettered_with_the_reason() -> None:
+    driver, link, _ = _driver()
+    driver.on_delivery(_request(1, b"{not json"))
+    driver.on_delivery(_request(2, {"account_id": "acc.1", "agent_id": "ag-1"}))
+    driver.on_delivery(_request(3, {"account_id": "acc-1", "agent_id": "ag-1"}, reply_to=None))
+    _confirm_all(driver, link)
+    reasons = [m.headers["x-error"] for m in link.dead_letters() if m.headers]
+    assert len(reasons) == 3
+    assert reasons[0].startswith("bad snapshot request: invalid JSON")
+    assert "account_id" in reasons[1]
+    assert "no reply_to" in reasons[2]
+    assert not [m for m in link.published if m.exchange == ""]
+    assert link.acks[-1] == (3, True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import pika
@@ -148,7 +149,7 @@ class AmqpLink:
         self._connection: ConnectionLike | None = None
         self._channel: Any = None
         self._channel_number = 0  # counts channels opened: the high bits of our tags
-        self._consumer_tag: str | None = None
+        self._consumers: dict[str, str] = {}  # consumer tag -> queue
         self._published = 0
         self._attempt = 0
         self._closing = False
@@ -210,7 +211,7 @@ class AmqpLink:
 
     def _on_connection_closed(self, _connection: object, reason: BaseException) -> None:
         self._channel = None
-        self._consumer_tag = None
+        self._consumers = {}
         self.ready = False
         if self._reported_ready:
             self._reported_ready = False
@@ -260,7 +261,7 @@ class AmqpLink:
         the connection's close reports the loss. Until then the link is down."""
         if channel is self._channel:
             self._channel = None
-            self._consumer_tag = None
+            self._consumers = {}
         was_ready, self.ready = self.ready, False
         # A lost connection closes its channels first, with the connection's error:
         # only a close the broker sent for this channel is the channel's own story.
@@ -290,20 +291,28 @@ class AmqpLink:
     # -- consuming ---------------------------------------------------------
     def consume(self) -> None:
         channel = self._channel
-        if not self.ready or channel is None or self._consumer_tag is not None:
+        if not self.ready or channel is None or self._consumers:
             log.debug("consume() while the link is down or consuming: ignored")
             return
-        self._consumer_tag = channel.basic_consume(self.topology.events_queue,
-                                                   on_message_callback=self._on_message)
+        for queue in self.topology.consumed_queues():
+            tag = channel.basic_consume(queue, on_message_callback=self._on_message)
+            self._consumers[tag] = queue
 
     def cancel(self) -> None:
         channel = self._channel
-        if self._consumer_tag is None or channel is None or not channel.is_open:
+        if not self._consumers or channel is None or not channel.is_open:
             self.handler.on_cancelled()
             return
-        channel.basic_cancel(self._consumer_tag,
-                             callback=lambda _frame: self.handler.on_cancelled())
-        self._consumer_tag = None
+        pending = set(self._consumers)
+
+        def cancelled(tag: str, _frame: object) -> None:
+            pending.discard(tag)
+            if not pending:
+                self.handler.on_cancelled()
+
+        for tag in list(self._consumers):
+            channel.basic_cancel(tag, callback=partial(cancelled, tag))
+        self._consumers = {}
 
     def _on_broker_cancel(self, _frame: object) -> None:
         # The queue was deleted under us: reconnecting redeclares it.
@@ -322,6 +331,7 @@ class AmqpLink:
             headers=properties.headers or {},
             properties=properties,
             redelivered=bool(method.redelivered),
+            queue=self._consumers.get(method.consumer_tag, ""),
         ))
 
     def ack(self, tag: int, multiple: bool) -> None:

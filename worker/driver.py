@@ -102,7 +102,8 @@ class Driver:
         self.cache = AccountCache(store, settings.account_cache_size, settings.dedup_window,
                                   settings.tombstone_window)
         self.step = Step(self.topology.updates_exchange, self.topology.dead_letter_exchange,
-                         settings.max_message_bytes, EVALUATE_BUDGET)
+                         settings.max_message_bytes, EVALUATE_BUDGET,
+                         requests_queue=self.topology.requests_queue)
         self.stats = Stats()
         self.phase = Phase.OFFLINE
         self.link: Link | None = None

@@ -26,6 +26,8 @@ class Delivery(NamedTuple):
     # The original AMQP properties (content type, correlation id ...), or None in tests.
     properties: Any = None
     redelivered: bool = False
+    # The queue it came from: events and requests share one channel, one stream of tags.
+    queue: str = ""
 
 
 class Outgoing(NamedTuple):

@@ -21,10 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from contracts import BadEvent, parse_event
+from contracts.requests import BadRequest, SnapshotRequest, parse_request
 from worker.accounts import AccountCache
 from worker.domain.account import AccountWrite
 from worker.domain.categoriser import Categoriser
+from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
 from worker.errors import StoreError
 from worker.link import Delivery, Outgoing
@@ -50,7 +54,15 @@ class DeadLetter:
     message: Outgoing
 
 
-Outcome = Publish | DeadLetter
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A request answered from the state the events before it left; the request is
+    acked, like an event, once the reply is confirmed."""
+
+    message: Outgoing
+
+
+Outcome = Publish | DeadLetter | Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,10 @@ class Plan:
         return out
 
     @property
+    def replies(self) -> int:
+        return sum(isinstance(o, Reply) for o in self.outcomes)
+
+    @property
     def dead_letters(self) -> int:
         return sum(isinstance(o, DeadLetter) for o in self.outcomes)
 
@@ -99,8 +115,10 @@ class Step:
 
     def __init__(self, updates_exchange: str, dead_letter_exchange: str,
                  max_message_bytes: int, budget: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 requests_queue: str | None = None) -> None:
         self.updates_exchange = updates_exchange
+        self.requests_queue = requests_queue
         self.dead_letter_exchange = dead_letter_exchange
         self.max_message_bytes = max_message_bytes
         self.budget = budget
@@ -132,6 +150,8 @@ class Step:
 
     def _one(self, delivery: Delivery, plan: Plan, cache: AccountCache,
              categoriser: Categoriser) -> Outcome:
+        if delivery.queue and delivery.queue == self.requests_queue:
+            return self._request(delivery, cache, categoriser)
         try:
             event = parse_event(delivery.body, max_bytes=self.max_message_bytes)
         except BadEvent as exc:
@@ -149,6 +169,30 @@ class Step:
             return self.dead_letter(delivery, f"worker error: {type(exc).__name__}: {exc}")
         state.release()
         return Publish(tuple(self.update_message(u) for u in updates))
+
+    def _request(self, delivery: Delivery, cache: AccountCache,
+                 categoriser: Categoriser) -> Outcome:
+        kind = delivery.routing_key
+        try:
+            request = parse_request(delivery.body, kind, max_bytes=self.max_message_bytes)
+        except BadRequest as exc:
+            return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
+        properties = delivery.properties
+        reply_to = getattr(properties, "reply_to", None)
+        if not reply_to:
+            return self.dead_letter(delivery, f"bad {kind} request: no reply_to property: "
+                                              "nowhere to send the reply")
+        if not isinstance(request, SnapshotRequest):
+            return self.dead_letter(delivery, f"{kind} requests are not answered by this "
+                                              "version of the worker")
+        state = cache.get(request.account_id, categoriser.rules.version)
+        rules = categoriser.rules
+        body = snapshot(state, request.agent_id, rules.categories, rules.version,
+                        categories=request.categories, after=request.after,
+                        limit=request.limit)
+        return Reply(Outgoing(
+            "", reply_to, orjson.dumps(body), message_id=None, persistent=False,
+            type=f"{kind}.reply", correlation_id=getattr(properties, "correlation_id", None)))
 
     def _sweep(self, plan: Plan, sweep: Sweep, cache: AccountCache,
                categoriser: Categoriser, deadline: float) -> None:

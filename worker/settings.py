@@ -34,6 +34,10 @@ class Settings(BaseSettings):
                                   description="Topic exchange category updates go to.")
     # High on purpose: RabbitMQ 3.x counts returns on a lost connection too (see
     # worker/topology.py); the worker dead-letters bad events itself.
+    requests_exchange: str = Field("inbox.requests", description=(
+        "Direct exchange for snapshot and explain requests (routing key = kind)."))
+    requests_queue: str = Field("inbox-rules.requests",
+                                description="The worker's queue of requests.")
     delivery_limit: int = Field(100_000, ge=1, description=(
         "Deliveries of one event before the broker dead-letters it: a last resort against "
         "a crash loop, high because lost connections count too."))

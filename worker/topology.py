@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.requests import REQUEST_KINDS
 from worker.settings import Settings, env_name
 
 Step = tuple[str, dict[str, Any]]
@@ -26,6 +27,8 @@ class Topology:
     dead_letter_exchange: str
     dead_letter_queue: str
     updates_exchange: str
+    requests_exchange: str
+    requests_queue: str
     delivery_limit: int
 
     @classmethod
@@ -36,6 +39,8 @@ class Topology:
             dead_letter_exchange=f"{settings.dead_letter_queue}.exchange",
             dead_letter_queue=settings.dead_letter_queue,
             updates_exchange=settings.updates_exchange,
+            requests_exchange=settings.requests_exchange,
+            requests_queue=settings.requests_queue,
             delivery_limit=settings.delivery_limit,
         )
 
@@ -79,7 +84,29 @@ class Topology:
                                "arguments": self.events_queue_arguments()}),
             ("queue_bind", {"queue": self.events_queue, "exchange": self.events_exchange,
                             "routing_key": "#"}),
+            # Snapshot and explain requests (SPEC "Requests"): answered by the active
+            # worker, between its batches of events, from the state those left.
+            ("exchange_declare", {"exchange": self.requests_exchange,
+                                  "exchange_type": "direct", "durable": True}),
+            ("queue_declare", {"queue": self.requests_queue, "durable": True,
+                               "arguments": self.requests_queue_arguments()}),
+            *[("queue_bind", {"queue": self.requests_queue,
+                              "exchange": self.requests_exchange, "routing_key": kind})
+              for kind in REQUEST_KINDS],
         ]
+
+    def requests_queue_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-delivery-limit": self.delivery_limit,
+            # The worker that consumes the events answers the requests (a standby waits).
+            "x-single-active-consumer": True,
+        }
+
+    def consumed_queues(self) -> tuple[str, ...]:
+        """The queues the worker consumes, events first."""
+        return (self.events_queue, self.requests_queue)
 
     def declare_blocking(self, channel: Any) -> None:
         """Declare on a ``pika.BlockingConnection`` channel."""
