@@ -135,7 +135,7 @@ def test_snapshot_pages_and_filters_cover_the_inbox_exactly() -> None:
     from worker.domain.snapshot import snapshot
 
     inbox = _fed(RULES, event_stream(seed=11, count=300))
-    account_id, state = max(inbox.accounts.items(), key=lambda kv: len(kv[1].conversations))
+    state = max(inbox.accounts.values(), key=lambda s: len(s.conversations))
     agent = sorted(state.account.agents)[0]
     whole = snapshot(state, agent, RULES.categories, RULES.version, limit=10_000)
     assert whole["next_after"] is None and whole["conversations"]
