@@ -106,9 +106,11 @@ def categorise(account: Account, conversation: Conversation | None,
     return ALL
 
 
-def update_id(account_id: str, cause: str, agent_id: str, conversation_id: str) -> str:
-    """Deterministic per (cause, agent, conversation), the same hash as the product's."""
-    name = "\x1f".join((account_id, cause, agent_id, conversation_id))
+def update_id(rules_version: str, account_id: str, cause: str, agent_id: str,
+              conversation_id: str) -> str:
+    """Deterministic per (cause, agent, conversation) under one rule set, the same hash
+    as the product's."""
+    name = "\x1f".join((rules_version, account_id, cause, agent_id, conversation_id))
     return hashlib.blake2b(name.encode(), digest_size=16,
                            person=b"inbox-rules-upd").hexdigest()
 
@@ -352,7 +354,8 @@ class Categoriser:
         for conversation_id, agent_id, was, now in changes:
             seq = seqs[(account_id, agent_id)] = seqs.get((account_id, agent_id), 0) + 1
             lines.append(json.dumps({
-                "update_id": update_id(account_id, cause, agent_id, conversation_id),
+                "update_id": update_id(self.rules_version, account_id, cause, agent_id,
+                                       conversation_id),
                 "account_id": account_id,
                 "agent_id": agent_id,
                 "conversation_id": conversation_id,

@@ -155,3 +155,17 @@ def test_snapshot_pages_and_filters_cover_the_inbox_exactly() -> None:
                                          if "resolved" in cats}
     assert sum(1 for cats in whole["conversations"].values() if "all" in cats) == whole[
         "counts"]["all"]
+
+
+def test_update_ids_follow_their_documented_definition() -> None:
+    from worker.domain.updates import update_id_for
+
+    inbox = Inbox(RULES)
+    checked = 0
+    for event in event_stream(seed=12, count=100):
+        for update in inbox.handle(parse_event(json.dumps(event).encode())):
+            assert update.update_id == update_id_for(
+                RULES.version, update.account_id, update.cause_event_id, update.agent_id,
+                update.conversation_id)
+            checked += 1
+    assert checked

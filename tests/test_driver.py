@@ -479,3 +479,35 @@ def test_bad_requests_are_dead_lettered_with_the_reason() -> None:
     assert "no reply_to" in reasons[2]
     assert not [m for m in link.published if m.exchange == ""]
     assert link.acks[-1] == (3, True)
+
+
+def test_a_batch_retried_after_a_rules_change_keeps_the_rules_it_was_published_under(
+        tmp_path: Any) -> None:
+    import shutil
+
+    from worker.rulebook.engine import default_rules_dir
+
+    edited = tmp_path / "rules"
+    shutil.copytree(default_rules_dir(), edited)
+    text = (edited / "inbox.yaml").read_text()
+    (edited / "inbox.yaml").write_text(text.replace(
+        "            - predicate: routed_to_agent\n", "            - predicate: open\n"))
+    variant = load_rules(edited)
+    events = event_stream(seed=24, count=60)
+    driver, link, store = _driver(batch_size=60)
+    bodies = _warm_up(driver, link, encode(events))
+    store.fail_commits = 1
+    _deliver(driver, bodies, first_tag=5)
+    first_round = {m.message_id: m.body for m in link.published
+                   if m.exchange == "inbox.categories"}
+    driver.adopt(variant)  # SIGHUP while the batch is out
+    driver.on_confirm(len(link.published), multiple=True, ok=True)  # its commit fails
+    _confirm_all(driver, link)
+    assert link.acks[-1] == (60, True)
+    again = [m for m in link.published if m.exchange == "inbox.categories"]
+    retried = [m for m in again if m.message_id in first_round]
+    assert retried and all(first_round[m.message_id] == m.body for m in retried), (
+        "the retry republished the same updates, not the same ids with other content")
+    assert {json.loads(m.body)["rules_version"] for m in again[len(first_round):]
+            if m.message_id not in first_round} <= {variant.version}
+    assert driver.rules.version == variant.version

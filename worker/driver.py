@@ -18,6 +18,7 @@ A lost link drops the same way; the broker redelivers what was not acked.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -131,6 +132,10 @@ class Driver:
         self._last_was_sweep = False
         # Since the monitor last asked: dead-letter reasons and (batch, confirm) timings
         # of committed batches; the last failure, until a commit succeeds again.
+        self._pending_rules: Rules | None = None
+        # Delivery tags evaluated so far, and acked so far, on this connection.
+        self._evaluated_upto = 0
+        self._acked_upto = 0
         self._dead_letter_reasons: list[str] = []
         self._batch_timings: list[tuple[float, float]] = []
         self.problem: str | None = None
@@ -171,13 +176,29 @@ class Driver:
     def adopt(self, rules: Rules) -> None:
         """New live rules: every account follows them (an account touched by an event
         first; the rest by a paced sweep that shares the loop with the events)."""
-        if rules.version == self.rules.version:
+        if rules.version == self.rules.version and self._pending_rules is None:
             return
-        log.info("rules version %s -> %s: re-categorising every account", self.rules.version,
-                 rules.version)
-        self.categoriser = Categoriser(rules)
-        self._sweep_after = ""
+        self._pending_rules = rules
         self._advance()
+
+    def _switch_rules(self) -> bool:
+        """Put pending rules live once nothing evaluated under the old ones can be
+        evaluated again (a discarded batch is retried under the rules that produced the
+        updates it already published: same ids, same seq, same bodies). False while
+        that moment has not come."""
+        rules = self._pending_rules
+        if rules is None:
+            return True
+        if self._in_flight or self._committing or self._retry_timer is not None or (
+                self._evaluated_upto > self._acked_upto):
+            return False
+        self._pending_rules = None
+        if rules.version != self.rules.version:
+            log.info("rules version %s -> %s: re-categorising every account",
+                     self.rules.version, rules.version)
+            self.categoriser = Categoriser(rules)
+            self._sweep_after = ""
+        return True
 
     def stop(self) -> None:
         """Stop consuming, finish what is in hand, commit, ack, close."""
@@ -260,6 +281,11 @@ class Driver:
         self._buffer.clear()
         self._consumer_on = False
         self._active = False
+        # The broker redelivers with new tags. What was evaluated here and not acked may
+        # then be evaluated under pending rules: those updates carry other ids (the
+        # rules version is part of an update id) and a downstream that sees
+        # rules_version change resyncs with a snapshot (see README).
+        self._evaluated_upto = self._acked_upto = 0
         if self._stop_requested:
             self._close()
         else:
@@ -288,6 +314,9 @@ class Driver:
     def _start_batch(self) -> bool:
         if self._discarded_commit_running:
             return False  # the store is about to change under the cache: wait for it
+        retrying = bool(self._buffer) and self._buffer[0].tag <= self._evaluated_upto
+        if not retrying and not self._switch_rules():
+            return False  # new rules wait until what the old ones started is acked
         sweep_due = (self._active and self._sweep_after is not None
                      and not any(b.sweep for b in self._in_flight))
         if sweep_due and (not self._last_was_sweep or not self._buffer):
@@ -306,6 +335,10 @@ class Driver:
             self._link().cancel_timer(self._batch_timer)
             self._batch_timer = None
         size = min(len(self._buffer), self.settings.batch_size)
+        if self._pending_rules is not None:
+            # Only deliveries evaluated before (a retry) go under the old rules.
+            size = sum(1 for d in itertools.islice(self._buffer, size)
+                       if d.tag <= self._evaluated_upto)
         deliveries = [self._buffer.popleft() for _ in range(size)]
         if not self._check_takeover():
             self._buffer.extendleft(reversed(deliveries))
@@ -362,6 +395,8 @@ class Driver:
         return True
 
     def _launch(self, plan: Plan, sweep: bool) -> None:
+        if plan.deliveries:
+            self._evaluated_upto = max(self._evaluated_upto, plan.deliveries[-1].tag)
         self.cache.pin(plan.touched)
         self._in_flight.append(Batch(plan, plan.messages(), sweep=sweep))
 
@@ -470,6 +505,7 @@ class Driver:
         if plan.deliveries:
             if ack:  # one ack (multiple) for a whole group commit
                 self._link().ack(plan.deliveries[-1].tag, multiple=True)
+            self._acked_upto = max(self._acked_upto, plan.deliveries[-1].tag)
             stats.acked += len(plan.deliveries)
         if batch.sweep and plan.swept_accounts:
             stats.swept_accounts += len(plan.swept_accounts)

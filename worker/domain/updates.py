@@ -18,11 +18,13 @@ import orjson
 from contracts import CategoryUpdate
 
 
-def update_id_for(account_id: str, cause_event_id: str, agent_id: str,
+def update_id_for(rules_version: str, account_id: str, cause_event_id: str, agent_id: str,
                   conversation_id: str) -> str:
-    """Deterministic per (cause, agent, conversation): downstream drops duplicates by it.
-    Causes are never reused for other content (rule adoptions carry a generation)."""
-    name = "\x1f".join((account_id, cause_event_id, agent_id, conversation_id))
+    """Deterministic per (cause, agent, conversation) under one rule set: downstream
+    drops duplicates by it. Never reused for other content: rule adoptions carry a
+    generation in their cause, and the rules version is part of the name, so an event
+    evaluated again under other rules (a retry after a rules change) gets other ids."""
+    name = "\x1f".join((rules_version, account_id, cause_event_id, agent_id, conversation_id))
     # blake2b is ~10x cheaper than uuid5 and just as deterministic; 128 bits, hex.
     return hashlib.blake2b(name.encode(), digest_size=16, person=_PERSON).hexdigest()
 
@@ -30,11 +32,12 @@ def update_id_for(account_id: str, cause_event_id: str, agent_id: str,
 _PERSON = b"inbox-rules-upd"
 
 
-def _cause_hash(account_id: str, cause_event_id: str) -> Any:
-    """The hash state after "account\x1fcause\x1f": every update of one cause continues
-    from a copy of it (the same digest as :func:`update_id_for`, one prefix per event)."""
-    return hashlib.blake2b(f"{account_id}\x1f{cause_event_id}\x1f".encode(), digest_size=16,
-                           person=_PERSON)
+def _cause_hash(rules_version: str, account_id: str, cause_event_id: str) -> Any:
+    """The hash state after "rules\x1faccount\x1fcause\x1f": every update of one cause
+    continues from a copy of it (the digest of :func:`update_id_for`, one prefix per
+    event)."""
+    return hashlib.blake2b(f"{rules_version}\x1f{account_id}\x1f{cause_event_id}\x1f".encode(),
+                           digest_size=16, person=_PERSON)
 
 
 def format_time(moment: datetime) -> str:
@@ -64,7 +67,7 @@ class Cause:
     def update_id(self, agent_id: str, conversation_id: str) -> str:
         base = self._hash
         if base is None:
-            base = self._hash = _cause_hash(self.account_id, self.cause_id)
+            base = self._hash = _cause_hash(self.rules_version, self.account_id, self.cause_id)
         digest = base.copy()
         digest.update(f"{agent_id}\x1f{conversation_id}".encode())
         hexdigest: str = digest.hexdigest()
