@@ -27,6 +27,8 @@ OLD_LIMIT_REFUSAL = (
          "'inbox-rules.events' in vhost 'prod': received '100000' but current is '20'")
 
 
+QUEUES = ("inbox-rules.events", "inbox-rules.requests")
+
 def update(n: int = 1) -> Outgoing:
     return Outgoing("inbox.categories", "acc-1.ag-1", b'{"n": %d}' % n, message_id=f"u-{n}")
 
@@ -92,7 +94,7 @@ def test_a_link_that_is_not_up_does_nothing_and_says_so(link: AmqpLink, broker: 
     link.start()
     assert link.publish(update()) is None
     link.ack(1, multiple=True)
-    link.consume()
+    link.consume(QUEUES)
     link.cancel()
     assert handler.kinds() == ["cancelled"]
     channel = broker.connection.open()
@@ -146,8 +148,8 @@ def test_a_lost_connection_is_reported_once(link: AmqpLink, broker: FakeBroker,
 def test_deliveries_carry_headers_properties_and_redelivered(
         link: AmqpLink, broker: FakeBroker, handler: RecordingHandler) -> None:
     channel = ready_channel(link, broker)
-    link.consume()
-    link.consume()  # a second consume while consuming is ignored
+    link.consume(QUEUES)
+    link.consume(QUEUES)  # queues already consumed are left as they are
     assert channel.consuming == ["inbox-rules.events", "inbox-rules.requests"]
     deliver(channel, 7, headers=None)
     deliver(channel, 8, headers={"x-delivery-count": 2}, redelivered=True)
@@ -169,11 +171,11 @@ def test_an_ack_from_a_lost_channel_never_acks_a_message_of_the_next(
     """Broker tags restart at 1 on every channel: a tag kept across a reconnect would
     ack some other message. The link's tags carry their channel."""
     old = ready_channel(link, broker)
-    link.consume()
+    link.consume(QUEUES)
     deliver(old, 1)
     broker.connection.closed(pika.exceptions.StreamLostError("cut"))
     new = ready_channel(link, broker)
-    link.consume()
+    link.consume(QUEUES)
     deliver(new, 1)
     stale, fresh = (payload.tag for kind, payload in handler.events if kind == "delivery")
 

@@ -5,7 +5,7 @@ fails on demand show what is published, committed and acked, and when."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -30,6 +30,8 @@ class RecordingLink:
         self.acks: list[tuple[int, bool]] = []
         self.timers: list[Callable[[], None]] = []
         self.consuming = False
+        self.queues: list[str] = []
+        self.aborts: list[bool] = []
         self.closed = False
         self.up = True
 
@@ -39,11 +41,19 @@ class RecordingLink:
     def close(self) -> None:
         self.closed = True
 
-    def consume(self) -> None:
+    def consume(self, queues: Sequence[str]) -> None:
         self.consuming = True
+        self.queues.extend(q for q in queues if q not in self.queues)
 
     def cancel(self) -> None:
         self.consuming = False  # the test says when the broker's cancel-ok arrives
+
+    def abort(self, stop: bool) -> None:
+        self.aborts.append(stop)
+        self.consuming = False
+        self.queues.clear()
+        if stop:
+            self.closed = True
 
     def publish(self, message: Outgoing) -> int | None:
         if not self.up:
@@ -261,16 +271,21 @@ def test_a_poison_event_is_dead_lettered_and_undone_exactly(
     assert link.updates() == _replayed(without), "the poison event left no trace"
 
 
-def test_stop_finishes_the_batches_in_hand_then_closes() -> None:
+def test_stop_finishes_the_batches_out_then_hands_the_rest_back_in_order() -> None:
     events = event_stream(seed=18, count=30)
     driver, link, _ = _driver(batch_size=10)
-    _deliver(driver, encode(events))
+    rest = _warm_up(driver, link, encode(events))
+    _deliver(driver, rest, first_tag=5)
+    out = len(link.published)
     driver.stop()
-    assert not link.consuming and not link.closed
-    driver.on_cancelled()
+    assert link.aborts == [], "batches are out: they finish first"
     _confirm_all(driver, link)
-    assert link.acks[-1] == (30, True) and link.closed
-    assert driver.phase is Phase.STOPPED
+    assert link.aborts == [True] and link.closed and driver.phase is Phase.STOPPED
+    acked = link.acks[-1][0]
+    assert 5 <= acked < 30, "the batches out were acked; the rest was never started"
+    assert len(link.published) >= out
+    assert all(json.loads(m.body)["cause_event_id"] in {e["event_id"] for e in events[:acked]}
+               for m in link.published if m.exchange == "inbox.categories")
 
 
 def test_new_rules_reach_every_stored_account_in_paced_sweeps(tmp_path: Any) -> None:

@@ -9,6 +9,7 @@ evicting what it touched: the next use reloads the last commit.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from worker.domain.account import AccountState
 from worker.domain.state import Account
@@ -69,6 +70,10 @@ class AccountCache:
         for account_id in account_ids:
             self._states.pop(account_id, None)
             self._pins.pop(account_id, None)
+
+    def forget_where(self, belongs: Callable[[str], bool]) -> None:
+        """Drop every account for which ``belongs`` says so (a partition moved)."""
+        self.forget({a for a in self._states if belongs(a)})
 
     def clear(self) -> None:
         self._states.clear()

@@ -83,6 +83,14 @@ class CoalescingConnection(pika.SelectConnection):  # type: ignore[misc]
             self._flush_scheduled = True
             self.ioloop.call_later(0, self._flush)
 
+    def drop(self) -> None:
+        """Close the TCP stream without an AMQP close, as a lost network would (pika's
+        own path for a missed heartbeat): the broker requeues our unacked deliveries in
+        their order. Queued frames are discarded, as on any loss."""
+        self._pending.clear()
+        self._terminate_stream(pika.exceptions.StreamLostError(
+            "connection dropped on purpose: unacked deliveries go back in order"))
+
     def _flush(self) -> None:
         """Hand the queued frames to the transport as one chunk, in order."""
         self._flush_scheduled = False
@@ -108,6 +116,9 @@ class ConnectionLike(Protocol):
 
     def close(self) -> None: ...
 
+    def drop(self) -> None:
+        """Close the stream without an AMQP close (see CoalescingConnection.drop)."""
+
     def channel(self, *, on_open_callback: Callable[[Any], None]) -> Any: ...
 
 
@@ -123,7 +134,10 @@ def outgoing_properties(message: Outgoing) -> pika.BasicProperties:
         headers=message.headers,
         type=message.type,
         correlation_id=message.correlation_id,
-        app_id=APP_ID,
+        reply_to=message.reply_to,
+        content_encoding=message.content_encoding,
+        timestamp=message.timestamp,
+        app_id=message.app_id or APP_ID,
     )
 
 
@@ -289,14 +303,16 @@ class AmqpLink:
             connection.close()
 
     # -- consuming ---------------------------------------------------------
-    def consume(self) -> None:
+    def consume(self, queues: Sequence[str]) -> None:
         channel = self._channel
-        if not self.ready or channel is None or self._consumers:
-            log.debug("consume() while the link is down or consuming: ignored")
+        if not self.ready or channel is None:
+            log.debug("consume() while the link is down: ignored")
             return
-        for queue in self.topology.consumed_queues():
-            tag = channel.basic_consume(queue, on_message_callback=self._on_message)
-            self._consumers[tag] = queue
+        consumed = set(self._consumers.values())
+        for queue in queues:
+            if queue not in consumed:
+                tag = channel.basic_consume(queue, on_message_callback=self._on_message)
+                self._consumers[tag] = queue
 
     def cancel(self) -> None:
         channel = self._channel
@@ -313,6 +329,25 @@ class AmqpLink:
         for tag in list(self._consumers):
             channel.basic_cancel(tag, callback=partial(cancelled, tag))
         self._consumers = {}
+
+    def abort(self, stop: bool) -> None:
+        connection, channel = self._connection, self._channel
+        if stop:
+            self._closing = True
+        if connection is None or connection.is_closed or channel is None or not self.ready:
+            if stop:
+                self.close()
+            return
+        # Qos-Ok comes back only after the broker processed every frame we sent on
+        # this channel before it: the acks are in, nothing acked can come back.
+        channel.basic_qos(prefetch_count=self.settings.prefetch,
+                          callback=lambda _frame: self._drop(connection))
+
+    def _drop(self, connection: ConnectionLike) -> None:
+        if not connection.is_closed:
+            log.info("dropping the broker connection so that what it holds goes back in "
+                     "order")
+            connection.drop()
 
     def _on_broker_cancel(self, _frame: object) -> None:
         # The queue was deleted under us: reconnecting redeclares it.

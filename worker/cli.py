@@ -106,6 +106,30 @@ def demo(timeout: float) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@click.option("--account", "account_id", required=True, help="The agent's account id.")
+@click.option("--agent", "agent_id", required=True, help="The agent whose inbox to show.")
+@click.option("--categories", default=None, metavar="A,B",
+              help="Only conversations in these categories (comma-separated).")
+@click.option("--tab", default=None,
+              help="The tab whose conversations are listed (default: primary).")
+@click.option("--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for the worker's snapshot reply.")
+@click.option("--once", is_flag=True, help="Print the inbox once and exit.")
+def watch(account_id: str, agent_id: str, categories: str | None, tab: str | None,
+          timeout: float, once: bool) -> None:
+    """Show one agent's tabs and badge counts live: snapshot, updates by seq, resync on
+    a gap (the reference downstream consumer)."""
+    from worker.watch import WatchError, run_watch  # pika and rich: only here
+
+    wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    try:
+        run_watch(Settings(), account_id, agent_id, categories=wanted, tab=tab,
+                  timeout=timeout, once=once)
+    except WatchError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.group()
 def rules() -> None:
     """Tools for rule authors."""

@@ -22,6 +22,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
@@ -31,9 +32,10 @@ from worker.backoff import backoff_delay
 from worker.committer import Committer, InlineCommitter
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
-from worker.errors import StoreConflictError, StoreError
+from worker.errors import StoreConflictError, StoreError, StoreFencedError
 from worker.link import Delivery, Link, Outgoing, Returned
-from worker.pipeline import DeadLetter, Plan, Step, Sweep
+from worker.partitions import partition_of
+from worker.pipeline import DeadLetter, Plan, Router, Step, Sweep
 from worker.settings import Settings
 from worker.store import StateStore
 from worker.topology import Topology
@@ -54,8 +56,12 @@ MAX_KEPT = 10_000
 class Phase(Enum):
     OFFLINE = "offline"  # no link: connecting, or reconnecting after a loss
     CONSUMING = "consuming"  # link up, deliveries flowing
-    DRAINING = "draining"  # stop asked: finishing what is in hand, then closing
+    DRAINING = "draining"  # stop asked: finishing the batches out, then leaving
+    HANDING_OVER = "handing over"  # partitions lost: finishing the batches out, reconnect
     STOPPED = "stopped"
+
+
+_WORKING = (Phase.CONSUMING, Phase.DRAINING, Phase.HANDING_OVER)
 
 
 @dataclass
@@ -102,9 +108,17 @@ class Driver:
         self.categoriser = Categoriser(rules)
         self.cache = AccountCache(store, settings.account_cache_size, settings.dedup_window,
                                   settings.tombstone_window)
-        self.step = Step(self.topology.updates_exchange, self.topology.dead_letter_exchange,
+        topology = self.topology
+        router = Router(frozenset(topology.consumed_queues()), topology.partitions_exchange,
+                        topology.partitions) if topology.partitions else None
+        self.step = Step(topology.updates_exchange, topology.dead_letter_exchange,
                          settings.max_message_bytes, EVALUATE_BUDGET,
-                         requests_queue=self.topology.requests_queue)
+                         requests_queue=topology.requests_queue, router=router)
+        # Several workers: the partitions this worker owns (the coordinator says), and
+        # what to release before the next connection consumes the new set.
+        self.partitions: frozenset[int] = frozenset()
+        self._assigned: frozenset[int] = frozenset()
+        self.on_released: Callable[[frozenset[int]], None] | None = None
         self.stats = Stats()
         self.phase = Phase.OFFLINE
         self.link: Link | None = None
@@ -201,18 +215,38 @@ class Driver:
         return True
 
     def stop(self) -> None:
-        """Stop consuming, finish what is in hand, commit, ack, close."""
+        """Finish the batches out (commit, ack), then leave: what was received but not
+        started goes back to the queue, in order (see :meth:`Link.abort`)."""
         if self._stop_requested:
             return
-        log.info("stopping: finishing the events in hand")
+        log.info("stopping: finishing the batches in hand")
         self._stop_requested = True
-        if self.phase is Phase.CONSUMING:
+        if self.phase in (Phase.CONSUMING, Phase.HANDING_OVER):
             self.phase = Phase.DRAINING
-            if self._consumer_on:
-                self._link().cancel()
             self._advance()
         elif self.phase is Phase.OFFLINE:
             self._close()
+
+    def assign(self, partitions: frozenset[int]) -> None:
+        """The partitions this worker should own now (several workers). New ones are
+        consumed at once (their epochs are already taken); losing one hands everything
+        over in order: finish the batches out, drop the connection, reconnect with the
+        new set."""
+        self._assigned = partitions
+        added, removed = partitions - self.partitions, self.partitions - partitions
+        if added:
+            # Another worker may have changed these accounts since we last held them.
+            self.cache.forget_where(lambda a: partition_of(a, self.topology.partitions)
+                                    in added)
+        if removed and self.phase is Phase.CONSUMING:
+            log.info("handing over partition(s) %s", ", ".join(map(str, sorted(removed))))
+            self.phase = Phase.HANDING_OVER
+            self._advance()
+            return
+        self.partitions = partitions if self.phase is not Phase.HANDING_OVER else (
+            self.partitions | added)
+        if self.phase is Phase.CONSUMING and added:
+            self._link().consume([self.topology.partition_queue(p) for p in sorted(added)])
 
     # -- LinkHandler -------------------------------------------------------
     def on_ready(self) -> None:
@@ -224,7 +258,9 @@ class Driver:
             return
         self.phase = Phase.CONSUMING
         self._consumer_on = True
-        self._link().consume()
+        self.partitions = self._assigned
+        self._link().consume([*self.topology.consumed_queues(),
+                              *(self.topology.partition_queue(p) for p in sorted(self.partitions))])
         self._advance()
 
     def on_delivery(self, delivery: Delivery) -> None:
@@ -294,22 +330,40 @@ class Driver:
     # -- the loop ----------------------------------------------------------
     def _advance(self) -> None:
         """Move every batch as far as it can go: commit, start, publish."""
-        if self.phase not in (Phase.CONSUMING, Phase.DRAINING):
+        if self.phase not in _WORKING:
             return
         self._commit_ready()
-        if self.phase not in (Phase.CONSUMING, Phase.DRAINING):
+        if self.phase not in _WORKING:
             return
-        while (self._retry_timer is None
+        while (self.phase is Phase.CONSUMING and self._retry_timer is None
                and len(self._in_flight) < self.settings.pipeline_depth
                and self._start_batch()):
             pass
         self._pump()
         self._commit_ready()
-        if (self.phase is Phase.DRAINING and not self._consumer_on and not self._buffer
-                and not self._in_flight and self._retry_timer is None
-                and not self._committing):
-            log.info("all events in hand committed and acknowledged; closing")
-            self._close()
+        if self.phase in (Phase.DRAINING, Phase.HANDING_OVER) and not (
+                self._in_flight or self._committing):
+            self._leave()
+
+    def _leave(self) -> None:
+        """Every batch out is committed and acked: drop the connection so that what was
+        received but not started goes back to its queue in order (a cancel would let
+        the next consumer start while we still hold earlier messages)."""
+        stop = self.phase is Phase.DRAINING
+        if self._retry_timer is not None:
+            self._link().cancel_timer(self._retry_timer)
+            self._retry_timer = None
+        released = self.partitions - self._assigned
+        self.partitions = self._assigned
+        if released:
+            self.cache.forget_where(lambda a: partition_of(a, self.topology.partitions)
+                                    in released)
+            if self.on_released is not None:
+                self.on_released(released)
+        log.info("batches in hand committed and acknowledged; %s",
+                 "leaving" if stop else "reconnecting with the new partitions")
+        self.phase = Phase.STOPPED if stop else Phase.OFFLINE
+        self._link().abort(stop=stop)
 
     def _start_batch(self) -> bool:
         if self._discarded_commit_running:
@@ -324,7 +378,7 @@ class Driver:
         if not self._buffer:
             return False
         ready = (not self._in_flight or len(self._buffer) >= self.settings.batch_size
-                 or self._flush_due or self.phase is Phase.DRAINING)
+                 or self._flush_due)
         if not ready:
             if self._batch_timer is None:
                 self._batch_timer = self._link().call_later(self.settings.max_batch_delay,
@@ -470,6 +524,14 @@ class Driver:
             # from the store (nothing was loaded while it ran).
             for batch in group:
                 self.cache.forget(batch.plan.touched)
+        elif isinstance(error, StoreFencedError):
+            # Another worker took a partition of this batch: nothing of it may be acked
+            # here; hand everything back in order and reconnect with what we still own.
+            log.warning("%s: handing the batches in hand back", error)
+            self._discard_in_flight()
+            self.stats.failed_batches += 1
+            self.problem = str(error)
+            self.phase = Phase.DRAINING if self._stop_requested else Phase.HANDING_OVER
         elif error is not None:
             self._fail(f"commit failed: {error}", conflict=isinstance(error, StoreConflictError))
         else:

@@ -43,6 +43,11 @@ class StoreConflictError(StoreError):
     """Another worker committed to the same store since we loaded it: reload, then retry."""
 
 
+class StoreFencedError(StoreConflictError):
+    """Another worker took a partition this batch touched (its epoch moved on): this
+    worker no longer owns those accounts and must not commit or ack for them."""
+
+
 class PublishRejectedError(TransientError):
     """The broker refused (nacked) a publish: the batch is retried, nothing is acknowledged."""
 

@@ -4,7 +4,7 @@ recording double that mypy checks against the same protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
@@ -43,6 +43,7 @@ class Outgoing(NamedTuple):
     content_type: str | None = "application/json"
     type: str | None = None
     correlation_id: str | None = None
+    reply_to: str | None = None
     # A dead letter keeps these properties of the original message.
     content_encoding: str | None = None
     timestamp: int | None = None
@@ -92,10 +93,18 @@ class Link(Protocol):
     def close(self) -> None:
         """Close the connection (when idle), then stop the ioloop."""
 
-    def consume(self) -> None: ...
+    def consume(self, queues: Sequence[str]) -> None:
+        """Consume these queues too (those already consumed are left as they are)."""
 
     def cancel(self) -> None:
         """Stop consuming; ``on_cancelled`` follows."""
+
+    def abort(self, stop: bool) -> None:
+        """Hand every unacked delivery back in order: make sure the acks sent so far
+        reached the broker, then drop the connection without an AMQP close (the broker
+        then requeues what we hold, in order, and hands each single-active-consumer
+        queue to the next consumer in the same step). Then reconnect, or with ``stop``,
+        stop the ioloop."""
 
     def publish(self, message: Outgoing) -> int | None:
         """Publish; the number confirms refer to, or None when the link is down."""

@@ -32,6 +32,7 @@ from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
 from worker.errors import StoreError
 from worker.link import Delivery, Outgoing
+from worker.partitions import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,20 @@ MAX_COPIED_HEADERS_CHARS = 64 * 1024
 # An x-error header must fit a frame with room to spare (frame_max is 128 KiB): a
 # reason naming 20,000 wrong fields would get the connection closed, again and again.
 MAX_REASON_CHARS = 1000
+
+
+# Headers the router adds for the partition owner.
+REQUEST_HEADER = "x-inbox-request"  # the request kind (snapshot, explain)
+ROUTING_KEY_HEADER = "x-inbox-routing-key"  # the routing key the message came with
+
+
+@dataclass(frozen=True, slots=True)
+class Router:
+    """Several workers: what the active router needs to pass messages on."""
+
+    intake: frozenset[str]  # the queues it routes from (events, requests)
+    exchange: str
+    partitions: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +70,14 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Several workers: an event or request passed on to its account's partition queue
+    (acked once the broker confirmed it there)."""
+
+    message: Outgoing
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """A request answered from the state the events before it left; the request is
     acked, like an event, once the reply is confirmed."""
@@ -62,7 +85,7 @@ class Reply:
     message: Outgoing
 
 
-Outcome = Publish | DeadLetter | Reply
+Outcome = Publish | DeadLetter | Reply | Route
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +139,10 @@ class Step:
     def __init__(self, updates_exchange: str, dead_letter_exchange: str,
                  max_message_bytes: int, budget: float,
                  clock: Callable[[], float] = time.monotonic,
-                 requests_queue: str | None = None) -> None:
+                 requests_queue: str | None = None, router: Router | None = None) -> None:
         self.updates_exchange = updates_exchange
         self.requests_queue = requests_queue
+        self.router = router
         self.dead_letter_exchange = dead_letter_exchange
         self.max_message_bytes = max_message_bytes
         self.budget = budget
@@ -150,8 +174,14 @@ class Step:
 
     def _one(self, delivery: Delivery, plan: Plan, cache: AccountCache,
              categoriser: Categoriser) -> Outcome:
+        router = self.router
+        if router is not None and delivery.queue in router.intake:
+            return self._route(delivery, router)
+        kind = delivery.headers.get(REQUEST_HEADER) if delivery.headers else None
         if delivery.queue and delivery.queue == self.requests_queue:
-            return self._request(delivery, cache, categoriser)
+            kind = delivery.routing_key
+        if kind is not None:
+            return self._request(delivery, str(kind), cache, categoriser)
         try:
             event = parse_event(delivery.body, max_bytes=self.max_message_bytes)
         except BadEvent as exc:
@@ -170,9 +200,43 @@ class Step:
         state.release()
         return Publish(tuple(self.update_message(u) for u in updates))
 
-    def _request(self, delivery: Delivery, cache: AccountCache,
+    def _route(self, delivery: Delivery, router: Router) -> Outcome:
+        """Validate, find the account's partition, pass it on with what the owner needs
+        (the request kind, the reply address, the event's own routing key)."""
+        properties = delivery.properties
+        headers: dict[str, Any] = dict(delivery.headers)
+        if delivery.queue == self.requests_queue:
+            kind = delivery.routing_key
+            try:
+                account_id = parse_request(delivery.body, kind,
+                                           max_bytes=self.max_message_bytes).account_id
+            except BadRequest as exc:
+                return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
+            if not getattr(properties, "reply_to", None):
+                return self.dead_letter(delivery, f"bad {kind} request: no reply_to "
+                                                  "property: nowhere to send the reply")
+            headers[REQUEST_HEADER] = kind
+        else:
+            try:
+                account_id = parse_event(delivery.body,
+                                         max_bytes=self.max_message_bytes).account_id
+            except BadEvent as exc:
+                return self.dead_letter(delivery, exc.reason)
+            except Exception as exc:  # noqa: BLE001 - e.g. JSON nested too deep: bad input
+                return self.dead_letter(delivery, f"unreadable: {type(exc).__name__}: {exc}")
+        headers[ROUTING_KEY_HEADER] = delivery.routing_key
+        partition = partition_of(account_id, router.partitions)
+        return Route(Outgoing(
+            router.exchange, str(partition), delivery.body,
+            message_id=getattr(properties, "message_id", None), headers=headers,
+            content_type=getattr(properties, "content_type", None),
+            correlation_id=getattr(properties, "correlation_id", None),
+            reply_to=getattr(properties, "reply_to", None), type=getattr(properties, "type", None),
+            timestamp=getattr(properties, "timestamp", None),
+            app_id=getattr(properties, "app_id", None) or "inbox-rules"))
+
+    def _request(self, delivery: Delivery, kind: str, cache: AccountCache,
                  categoriser: Categoriser) -> Outcome:
-        kind = delivery.routing_key
         try:
             request = parse_request(delivery.body, kind, max_bytes=self.max_message_bytes)
         except BadRequest as exc:
@@ -238,8 +302,10 @@ class Step:
         original = delivery.properties
         log.warning("dead-lettering a message (routing key %s): %s", delivery.routing_key,
                     reason)
+        routing_key = str(delivery.headers.get(ROUTING_KEY_HEADER, delivery.routing_key)
+                          if delivery.headers else delivery.routing_key)
         return DeadLetter(reason, Outgoing(
-            self.dead_letter_exchange, delivery.routing_key, delivery.body,
+            self.dead_letter_exchange, routing_key, delivery.body,
             message_id=getattr(original, "message_id", None), headers=headers,
             content_type=getattr(original, "content_type", None),
             content_encoding=getattr(original, "content_encoding", None),

@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     max_batch_delay: float = Field(0.05, ge=0, description=(
         "Seconds a partial batch waits for more events."))
     publish_window: int = Field(2000, ge=1, description="Unconfirmed publishes at most.")
+    store_url: str | None = Field(None, description=(
+        "postgresql://... : state in PostgreSQL and several workers sharing the load by "
+        "account partition (unset: the SQLite file, one active worker)."))
+    partitions: int = Field(16, ge=1, le=1024, description=(
+        "Account partitions (PostgreSQL store only); fixed for the life of the store."))
+    member_lease: float = Field(6.0, gt=0, description=(
+        "Seconds without a heartbeat after which a worker counts as gone and its "
+        "partitions move (PostgreSQL store only)."))
     state_path: Path = Field(Path("./inbox-rules.sqlite3"),
                              description="SQLite file holding the worker's state.")
     dedup_window: int = Field(1000, ge=1, description=(

@@ -30,6 +30,9 @@ class Topology:
     requests_exchange: str
     requests_queue: str
     delivery_limit: int
+    # Several workers (PostgreSQL store): events are routed by account to this many
+    # partition queues, each consumed by one worker at a time. 0: one shared queue.
+    partitions: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -42,6 +45,7 @@ class Topology:
             requests_exchange=settings.requests_exchange,
             requests_queue=settings.requests_queue,
             delivery_limit=settings.delivery_limit,
+            partitions=settings.partitions if settings.store_url else 0,
         )
 
     def events_queue_arguments(self) -> dict[str, Any]:
@@ -93,6 +97,7 @@ class Topology:
             *[("queue_bind", {"queue": self.requests_queue,
                               "exchange": self.requests_exchange, "routing_key": kind})
               for kind in REQUEST_KINDS],
+            *(self.partition_steps() if self.partitions else []),
         ]
 
     def requests_queue_arguments(self) -> dict[str, Any]:
@@ -105,8 +110,32 @@ class Topology:
         }
 
     def consumed_queues(self) -> tuple[str, ...]:
-        """The queues the worker consumes, events first."""
+        """The queues every worker consumes, events first: in partitioned mode these
+        are routed on to the partitions (one router active at a time)."""
         return (self.events_queue, self.requests_queue)
+
+    # -- partitions (several workers) ------------------------------------------
+    @property
+    def partitions_exchange(self) -> str:
+        return f"{self.events_queue}.partitions"
+
+    def partition_queue(self, partition: int) -> str:
+        return f"{self.events_queue}.partition.{partition}"
+
+    def partition_of_queue(self, queue: str) -> int | None:
+        prefix = f"{self.events_queue}.partition."
+        return int(queue[len(prefix):]) if queue.startswith(prefix) else None
+
+    def partition_steps(self) -> list[Step]:
+        steps: list[Step] = [("exchange_declare", {
+            "exchange": self.partitions_exchange, "exchange_type": "direct", "durable": True})]
+        for partition in range(self.partitions):
+            queue = self.partition_queue(partition)
+            steps += [("queue_declare", {"queue": queue, "durable": True,
+                                         "arguments": self.events_queue_arguments()}),
+                      ("queue_bind", {"queue": queue, "exchange": self.partitions_exchange,
+                                      "routing_key": str(partition)})]
+        return steps
 
     def declare_blocking(self, channel: Any) -> None:
         """Declare on a ``pika.BlockingConnection`` channel."""

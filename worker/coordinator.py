@@ -1,0 +1,122 @@
+"""Several workers: who is alive, and which account partitions each one owns.
+
+No coordinator process to install: every worker runs this on a thread of its own, over
+the PostgreSQL store. Each beats its heartbeat; the live members, sorted, deal the
+partitions round-robin (partition p goes to member p mod n: even within one, and every
+worker computes the same answer from the same table). A worker takes a partition by
+raising its epoch in the store - every commit checks the epochs under a row lock, so a
+worker that hung and woke up cannot commit over the new owner - and consumes its queue;
+RabbitMQ's single-active-consumer keeps one consumer at a time on each queue.
+
+A worker whose ioloop stopped turning stops beating: its lease lapses and the others
+take its partitions, as they do when it crashes or is SIGSTOPped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from worker.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class Membership(Protocol):
+    """What the coordinator needs of the store (the PostgreSQL one)."""
+
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> None: ...
+
+    def live_members(self, lease_seconds: float) -> list[str]: ...
+
+    def leave(self, worker_id: str) -> None: ...
+
+    def acquire(self, partition: int) -> int: ...
+
+    def release(self, partition: int) -> None: ...
+
+
+def deal(members: Sequence[str], worker_id: str, partitions: int) -> frozenset[int]:
+    """The partitions ``worker_id`` owns among ``members``: round-robin over the sorted
+    members, so shares differ by one at most."""
+    ordered = sorted(members)
+    if worker_id not in ordered:
+        return frozenset()
+    return frozenset(p for p in range(partitions)
+                     if ordered[p % len(ordered)] == worker_id)
+
+
+class Coordinator:
+    """Runs the membership loop; tells the driver (through ``post``, on its thread)
+    which partitions it owns now."""
+
+    def __init__(self, store: Membership, worker_id: str, partitions: int, lease: float,
+                 assign: Callable[[frozenset[int]], None],
+                 post: Callable[[Callable[[], None]], None],
+                 loop_alive: Callable[[], bool]) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.partitions = partitions
+        self.lease = lease
+        self.assign = assign
+        self.post = post
+        self.loop_alive = loop_alive
+        self.held: set[int] = set()
+        self._posted: frozenset[int] | None = None
+        self._released: queue.SimpleQueue[frozenset[int]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inbox-rules-members",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def released(self, partitions: frozenset[int]) -> None:
+        """The driver finished with these (any thread): give them up in the store."""
+        self._released.put(partitions)
+
+    def stop(self) -> None:
+        """Leave the group: the others take our partitions at once, not after a lease."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            self.store.leave(self.worker_id)
+        except StoreError as exc:
+            log.warning("could not leave the group (the lease will lapse): %s", exc)
+
+    def _run(self) -> None:
+        interval = self.lease / 4
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except StoreError as exc:
+                log.warning("membership: %s", exc)
+            self._stop.wait(interval)
+
+    def tick(self) -> None:
+        while not self._released.empty():
+            for partition in sorted(self._released.get()):
+                if partition in self.held:
+                    self.store.release(partition)
+                    self.held.discard(partition)
+        if not self.loop_alive():
+            log.warning("the worker's loop is stuck: no heartbeat, so that the others can "
+                        "take its partitions")
+            return
+        self.store.heartbeat(self.worker_id, self.lease)
+        members = self.store.live_members(self.lease)
+        wanted = deal(members, self.worker_id, self.partitions)
+        # New to us, or back to us (another worker may have held it meanwhile).
+        for partition in sorted(wanted - (self._posted or frozenset())):
+            # Waits for a commit of the previous owner that holds the row; from then on
+            # its commits are fenced off.
+            self.store.acquire(partition)
+            self.held.add(partition)
+        if wanted != self._posted:
+            self._posted = wanted
+            log.info("%d live worker(s); this one owns partition(s) %s", len(members),
+                     ", ".join(map(str, sorted(wanted))) or "none")
+            self.post(lambda: self.assign(wanted))
