@@ -620,3 +620,17 @@ def test_docs_example_resyncs_on_a_forced_gap(capsys: pytest.CaptureFixture[str]
     assert {c: tuple(cats) for c, cats in inbox.conversations.items()} == final_inbox(s)
     assert inbox.counts == s.counts_at(s.last)
     assert f"seq {s.last}:" in capsys.readouterr().out
+
+
+def test_a_number_seen_again_under_other_rules_asks_for_a_snapshot() -> None:
+    """A worker that crashed between publishing and committing and came back with new
+    rule files numbers those updates again: stale by seq, but not the same update."""
+    s = stream()
+    view = s.view()
+    view.load_snapshot(s.snapshot(0))
+    for update in s.updates[:10]:
+        view.apply(update)
+    renumbered = s.updates[9].model_copy(update={"update_id": "f" * 32,
+                                                 "rules_version": "other-rules"})
+    assert view.apply(renumbered) == Gap(11, 10)
+    assert not view.synced

@@ -281,6 +281,13 @@ class InboxView:
         if update.update_id in self._recent_ids:
             return Duplicate(update.update_id, update.seq)
         if update.seq <= self.seq:
+            if update.rules_version != self.rules_version:
+                # A number we hold came again under other rules: the worker crashed
+                # between publishing and committing and restarted with new rule files,
+                # so it numbered those updates again. Only a snapshot is exact now.
+                self._synced = False
+                self._buffer.append(update)
+                return Gap(self.seq + 1, update.seq)
             return Stale(update.seq, self.seq)
         if update.seq > self.seq + 1:
             self._synced = False
