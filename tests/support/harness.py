@@ -346,9 +346,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str,
 
 
 def wait_drained(bus: Bus, queue: str, timeout: float = 60.0) -> None:
-    """Until ``queue`` has no ready message. Messages a consumer still holds are not
-    counted: stop the worker, which finishes them, then check ``ready`` again."""
-    wait_for(lambda: bus.ready(queue) == 0, timeout, f"{queue} to drain")
+    """Until ``queue`` has no ready message and the worker holds none unacknowledged:
+    every message is handled. (A stopping worker finishes only the batches it started;
+    what it received but had not started goes back to the queue.)"""
+    wait_for(lambda: bus.ready(queue) == 0 and bus.in_worker() == 0, timeout,
+             f"{queue} to drain and the worker to ack all it holds", interval=0.2)
 
 
 # -- the worker -------------------------------------------------------------------------
