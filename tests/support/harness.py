@@ -9,16 +9,22 @@
   :class:`ThreadWorker` (in process, on a thread of its own);
 - traffic: :class:`Producer` (paced, confirmed, republishing after a broker restart)
   and :class:`Collector` (consumes a queue on a connection of its own), and
-  :func:`rig`, a worker with both collectors, ready to consume.
+  :func:`rig`, a worker with both collectors, ready to consume;
+- the network: :class:`TcpProxy`, a link between the worker and the broker that a test
+  cuts and restores without touching the shared broker; :func:`free_port` and
+  :func:`http_get` for the worker's HTTP endpoints.
 
 A figure in the README and an assertion in CI go through the same code here.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -85,8 +91,14 @@ def await_broker(timeout: float = 180.0) -> None:
             time.sleep(2)
 
 
-def amqp_url(vhost: str, user: str = "guest", password: str = "guest") -> str:
-    return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:5672/" \
+BROKER = ("127.0.0.1", 5672)
+
+
+def amqp_url(vhost: str, user: str = "guest", password: str = "guest", *,
+             port: int = BROKER[1]) -> str:
+    """The URL of ``vhost`` on the local broker (``port``: another way in to it, such
+    as a :class:`TcpProxy`)."""
+    return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}/" \
            f"{quote(vhost, safe='')}"
 
 
@@ -856,3 +868,194 @@ def settle(broker: Bus, worker: WorkerProcess, collectors: Iterable[Collector],
             return broker.ready(c.queue) == 0 and c.quiet_for(0.5)
 
         wait_for(collected, 60, f"{collector.queue} to be collected", interval=0.2)
+
+
+# -- the network ------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free right now (bound on port 0 and released): for a
+    subprocess that must be told its port up front, as the worker's HTTP server is.
+    Another process could take it in between; on this machine that is a rare failure
+    that says so (the worker logs that it cannot bind), never a wrong result."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """``GET http://127.0.0.1:<port><path>``: (status, body). Any status is an answer
+    (a 503 is not an exception, unlike urllib); a refused connection raises OSError."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    finally:
+        connection.close()
+
+
+class _Pipe:
+    """One proxied connection: the client's socket, the broker's, a pump thread per
+    direction. Whichever side ends first shuts both down (which wakes the other pump
+    out of ``recv`` or ``sendall``); the last pump out closes the sockets."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket, chunk: int,
+                 on_closed: Callable[[_Pipe], None]) -> None:
+        self._sockets = (client, upstream)
+        self._chunk = chunk
+        self._on_closed = on_closed
+        self._lock = threading.Lock()
+        self._running = 2
+        self._threads = [threading.Thread(target=self._pump, args=(src, dst), daemon=True,
+                                          name=f"tcp-proxy-{direction}")
+                         for src, dst, direction in ((client, upstream, "up"),
+                                                     (upstream, client, "down"))]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        # Blocking sendall is the back-pressure: at most one chunk per direction is ever
+        # held here, however fast one side writes.
+        try:
+            while data := source.recv(self._chunk):
+                sink.sendall(data)
+        except OSError:
+            pass  # cut, reset by a peer, or shut down by the other pump: all mean "end"
+        finally:
+            self.shut()
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0
+            if last:
+                for sock in self._sockets:
+                    sock.close()
+                self._on_closed(self)
+
+    def shut(self) -> None:
+        """End both directions now (idempotent; the pumps close the sockets)."""
+        for sock in self._sockets:
+            with suppress(OSError):  # already shut, or closed by the last pump
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def join(self, timeout: float) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 (a free port) in front of the broker: the worker's
+    network, which a test cuts and restores while the shared broker stays up.
+
+    ``url(vhost)`` is the worker's AMQP_URL through it. :meth:`cut` closes every
+    proxied connection and refuses new ones (accepted, then reset: the client sees its
+    connection fail, as with a broker that is gone) until :meth:`restore`.
+    :meth:`close` (or leaving ``with``) stops it: listener, connections and threads.
+
+    Bounded: at most ``max_connections`` at once (others are refused), two daemon
+    threads and one ``chunk`` of buffered bytes per direction each, plus the accept
+    thread, which polls its stop flag every ``ACCEPT_POLL`` seconds.
+    """
+
+    ACCEPT_POLL = 0.1
+
+    def __init__(self, upstream: tuple[str, int] = BROKER, *, max_connections: int = 16,
+                 chunk: int = 65536) -> None:
+        self.upstream = upstream
+        self.max_connections = max_connections
+        self.chunk = chunk
+        self.accepted = 0  # connections proxied, ever
+        self.refused = 0  # connections refused (cut, full, or upstream unreachable)
+        self._pipes: set[_Pipe] = set()
+        self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
+        self._stopping = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(self.ACCEPT_POLL)
+        self.port = int(self._listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._accept_loop, name="tcp-proxy",
+                                        daemon=True)
+        self._thread.start()
+
+    def url(self, vhost: str, user: str = "guest", password: str = "guest") -> str:
+        """``vhost``'s AMQP URL through this proxy."""
+        return amqp_url(vhost, user, password, port=self.port)
+
+    @property
+    def connections(self) -> int:
+        """Connections proxied right now."""
+        with self._lock:
+            return len(self._pipes)
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # the listener was closed
+            self._take(client)
+
+    def _take(self, client: socket.socket) -> None:
+        client.settimeout(None)  # accepted sockets inherit the listener's timeout
+        with self._lock:
+            full = len(self._pipes) >= self.max_connections
+        if not self._open.is_set() or full or self._stopping.is_set():
+            self._refuse(client)
+            return
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=5.0)
+        except OSError:
+            self._refuse(client)
+            return
+        upstream.settimeout(None)
+        pipe = _Pipe(client, upstream, self.chunk, self._forget)
+        with self._lock:
+            self._pipes.add(pipe)
+            self.accepted += 1
+        pipe.start()
+        if not self._open.is_set():  # cut() ran while this one was being connected
+            pipe.shut()
+
+    def _refuse(self, client: socket.socket) -> None:
+        # SO_LINGER 0: close() sends a reset, not an orderly FIN.
+        with suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        self.refused += 1
+
+    def _forget(self, pipe: _Pipe) -> None:
+        with self._lock:
+            self._pipes.discard(pipe)
+
+    def cut(self, timeout: float = 5.0) -> int:
+        """Close every proxied connection and refuse new ones; returns how many were
+        open. When it returns, none is left."""
+        self._open.clear()
+        with self._lock:
+            pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.shut()
+        for pipe in pipes:
+            pipe.join(timeout)
+        assert self.connections == 0, "a proxied connection outlived the cut"
+        return len(pipes)
+
+    def restore(self) -> None:
+        """Accept and proxy connections again."""
+        self._open.set()
+
+    def close(self) -> None:
+        """Stop: no more connections, every open one closed, threads joined (idempotent)."""
+        self._stopping.set()
+        self.cut()
+        self._thread.join(5 * self.ACCEPT_POLL + 5)
+        self._listener.close()
+
+    def __enter__(self) -> TcpProxy:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
