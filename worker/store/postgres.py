@@ -1,0 +1,750 @@
+"""The PostgreSQL store: one state shared by several workers, partitioned by account.
+
+The same contract as the SQLite store (:class:`worker.store.StateStore`, the same rows
+and the same window pruning), plus ownership. Accounts fall in ``partitions``
+partitions (:func:`worker.partitions.partition_of`); a worker takes one with
+:meth:`PostgresStore.acquire`, which raises the partition's epoch and remembers it.
+Every commit locks the rows of the partitions it touches (``SELECT ... FOR UPDATE``)
+and writes only if each epoch is still the one this store acquired: a worker that hung
+and woke up after another took its partitions is fenced off
+(:class:`worker.errors.StoreFencedError`) having written nothing. Advisory locks cannot
+do this: they belong to a session, and a hung worker's session may still be alive.
+
+Connections are autocommit, with explicit ``transaction()`` blocks: in psycopg's
+default mode the first statement opens an implicit transaction that lasts until the
+next commit, and a ``transaction()`` inside it is only a savepoint, so the row lock a
+commit took would outlive the commit and stall every takeover. Each thread that uses
+the store gets a connection of its own, opened on first use and again once it broke:
+the reader (loads, on the ioloop), the writer (commits, on the commit thread) and the
+control connection (acquire, release, membership, on the coordinator's thread). The
+epochs are remembered per instance: acquire and release on the instance that commits.
+A session that stays idle inside a transaction (a worker hung mid-commit, holding
+partition rows) is ended by the server after ``idle_in_transaction_timeout`` seconds,
+so a takeover waits at most that long.
+
+The URL goes to libpq as it is: TLS is asked for there, for example
+``postgresql://user:pw@db.example/inbox?sslmode=verify-full&sslrootcert=/etc/ca.pem``.
+Errors name the URL with its password masked.
+
+The schema lives in a PostgreSQL schema of its own (``inbox_rules`` by default), is
+versioned by ``schema_migrations`` and migrated at open under a transaction-scoped
+advisory lock, so workers starting together migrate once; a newer schema is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import socket
+import threading
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from worker.domain.account import AccountState, AccountWrite
+from worker.domain.state import Account, Conversation
+from worker.errors import StoreError, StoreFencedError
+from worker.partitions import partition_of
+from worker.settings import mask_url
+
+SCHEMA_VERSION = 1
+DEFAULT_SCHEMA = "inbox_rules"
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+# {s} is the schema, quoted. The composite primary keys cluster nothing in PostgreSQL,
+# but they are the only indexes the reads need (one account is one key range), and
+# fillfactor leaves room on each page for the updated rows of a commit (HOT updates:
+# the indexes are not touched when no key changes).
+_V1_TABLES = (
+    "CREATE TABLE {s}.meta (key text PRIMARY KEY, value text NOT NULL)",
+    # One row per partition: the epoch is the fencing token, raised by each new owner.
+    """CREATE TABLE {s}.partitions (
+        partition integer PRIMARY KEY, epoch bigint NOT NULL DEFAULT 0, owner text,
+        acquired_at timestamptz) WITH (fillfactor = 50)""",
+    # Live workers: a heartbeat within the lease (by the database clock) is alive.
+    """CREATE TABLE {s}.members (
+        worker_id text PRIMARY KEY, heartbeat_at timestamptz NOT NULL,
+        lease_seconds double precision NOT NULL,
+        joined_at timestamptz NOT NULL DEFAULT now())""",
+    # events_kept/tombstones_kept count the account's rows in events and tombstones:
+    # pruning to the window then costs only the rows it removes, not a walk over the
+    # window on every commit. last_occurred_at is text, not timestamptz: it becomes an
+    # update's occurred_at, whose offset must survive exactly (a retried adoption must
+    # repeat its updates byte for byte).
+    """CREATE TABLE {s}.accounts (
+        account_id text PRIMARY KEY, partition integer NOT NULL, plan text NOT NULL,
+        agents text NOT NULL, groups_ text NOT NULL, last_sequence bigint,
+        rules_version text, rules_generation bigint NOT NULL, last_occurred_at text,
+        event_counter bigint NOT NULL, events_kept integer NOT NULL,
+        tombstones_kept integer NOT NULL) WITH (fillfactor = 80)""",
+    """CREATE TABLE {s}.conversations (
+        account_id text NOT NULL, conversation_id text NOT NULL, status text NOT NULL,
+        group_id text, joined text NOT NULL, last_sequence bigint, categories text NOT NULL,
+        PRIMARY KEY (account_id, conversation_id)) WITH (fillfactor = 80)""",
+    """CREATE TABLE {s}.agents (
+        account_id text NOT NULL, agent_id text NOT NULL, counts text NOT NULL,
+        seq bigint NOT NULL, PRIMARY KEY (account_id, agent_id)) WITH (fillfactor = 80)""",
+    # Numbers grow per account and are shared by events and tombstones (one counter).
+    """CREATE TABLE {s}.events (
+        account_id text NOT NULL, number bigint NOT NULL, event_id text NOT NULL,
+        PRIMARY KEY (account_id, number))""",
+    # One row per deleted conversation: a commit that tombstones one again deletes its
+    # row (not a UNIQUE constraint: the delete and the insert are one statement, whose
+    # parts run in no promised order). last_sequence: a late event older than the
+    # deleted conversation's newest is stale.
+    """CREATE TABLE {s}.tombstones (
+        account_id text NOT NULL, number bigint NOT NULL, conversation_id text NOT NULL,
+        last_sequence bigint, PRIMARY KEY (account_id, number))""",
+    "CREATE INDEX tombstones_by_conversation ON {s}.tombstones (account_id, conversation_id)",
+)
+
+
+def _migrate_to_1(conn: Connection, schema: sql.Identifier) -> None:
+    for statement in _V1_TABLES:
+        conn.execute(sql.SQL(statement).format(s=schema))
+
+
+# (version, migration from the version before it); all run in the open's transaction.
+MIGRATIONS: tuple[tuple[int, Callable[[Connection, sql.Identifier], None]], ...] = (
+    (1, _migrate_to_1),
+)
+
+# The statements of the hot paths, formatted with the schema once per store.
+_QUERIES = {
+    "account": "SELECT plan, agents, groups_, last_sequence, rules_version, rules_generation,"
+               " last_occurred_at, event_counter FROM {s}.accounts WHERE account_id = %s",
+    "conversations": "SELECT conversation_id, status, group_id, joined, last_sequence,"
+                     " categories FROM {s}.conversations WHERE account_id = %s",
+    "agents": "SELECT agent_id, counts, seq FROM {s}.agents WHERE account_id = %s",
+    "events": "SELECT number, event_id FROM {s}.events WHERE account_id = %s"
+              " ORDER BY number DESC LIMIT %s",
+    "tombstones": "SELECT number, conversation_id, last_sequence FROM {s}.tombstones"
+                  " WHERE account_id = %s ORDER BY number DESC LIMIT %s",
+    "behind": "SELECT account_id FROM {s}.accounts WHERE account_id > %s"
+              " AND rules_version IS DISTINCT FROM %s AND partition = ANY(%s)"
+              " ORDER BY account_id LIMIT %s",
+    "lock": "SELECT partition, epoch FROM {s}.partitions WHERE partition = ANY(%s)"
+            " ORDER BY partition FOR UPDATE",
+    # A commit writes in two statements after the fence, each over arrays (unnest): a
+    # fixed number of round trips and plans however many rows the batch has. The arrays
+    # go in binary (%b): the text format escapes every quote of the JSON columns, which
+    # cost more than the writes. Data-modifying CTEs share one snapshot, so the
+    # tombstones they delete are never the ones they insert.
+    "write":
+        "WITH put_conversations AS (INSERT INTO {s}.conversations SELECT * FROM unnest("
+        "  %(c_account)b::text[], %(c_id)b::text[], %(c_status)b::text[],"
+        "  %(c_group)b::text[], %(c_joined)b::text[], %(c_sequence)b::bigint[],"
+        "  %(c_categories)b::text[])"
+        " ON CONFLICT (account_id, conversation_id) DO UPDATE SET status = EXCLUDED.status,"
+        "  group_id = EXCLUDED.group_id, joined = EXCLUDED.joined,"
+        "  last_sequence = EXCLUDED.last_sequence, categories = EXCLUDED.categories),"
+        " deleted AS (DELETE FROM {s}.conversations c"
+        "  USING unnest(%(d_account)b::text[], %(d_id)b::text[])"
+        "  AS d(account_id, conversation_id)"
+        "  WHERE c.account_id = d.account_id AND c.conversation_id = d.conversation_id),"
+        " put_agents AS (INSERT INTO {s}.agents SELECT * FROM unnest(%(g_account)b::text[],"
+        "  %(g_id)b::text[], %(g_counts)b::text[], %(g_seq)b::bigint[])"
+        "  ON CONFLICT (account_id, agent_id) DO UPDATE"
+        "  SET counts = EXCLUDED.counts, seq = EXCLUDED.seq),"
+        # Plain INSERT: a number is used once per account; a clash is a bug, not a retry.
+        " put_events AS (INSERT INTO {s}.events SELECT * FROM unnest(%(e_account)b::text[],"
+        "  %(e_number)b::bigint[], %(e_id)b::text[])),"
+        # A conversation tombstoned again (a newer event for it) keeps one row.
+        " superseded AS (DELETE FROM {s}.tombstones t"
+        "  USING unnest(%(t_account)b::text[], %(t_id)b::text[])"
+        "  AS d(account_id, conversation_id)"
+        "  WHERE t.account_id = d.account_id AND t.conversation_id = d.conversation_id"
+        "  RETURNING t.account_id),"
+        " put_tombstones AS (INSERT INTO {s}.tombstones SELECT * FROM unnest("
+        "  %(t_account)b::text[], %(t_number)b::bigint[], %(t_id)b::text[],"
+        "  %(t_sequence)b::bigint[]))"
+        # What the accounts kept before this commit, and the tombstones it replaced.
+        " SELECT account_id, events_kept, tombstones_kept, 0 FROM {s}.accounts"
+        "  WHERE account_id = ANY(%(accounts)b::text[])"
+        " UNION ALL SELECT account_id, 0, 0, count(*) FROM superseded GROUP BY account_id",
+    # The windows trimmed (the oldest `excess` rows of each account: a walk over what
+    # goes, not over the window), then the accounts written with what they now keep.
+    "finish":
+        "WITH w AS (SELECT * FROM unnest(%(account)b::text[], %(partition)b::integer[],"
+        "  %(plan)b::text[], %(agents)b::text[], %(groups)b::text[],"
+        "  %(last_sequence)b::bigint[], %(rules_version)b::text[],"
+        "  %(rules_generation)b::bigint[], %(last_occurred_at)b::text[],"
+        "  %(event_counter)b::bigint[], %(events_kept)b::bigint[],"
+        "  %(tombstones_kept)b::bigint[], %(event_window)b::bigint[],"
+        "  %(tombstone_window)b::bigint[])"
+        "  AS w(account_id, partition, plan, agents, groups_, last_sequence, rules_version,"
+        "  rules_generation, last_occurred_at, event_counter, events_kept, tombstones_kept,"
+        "  event_window, tombstone_window)),"
+        " event_cut AS (SELECT w.account_id, (SELECT x.number FROM {s}.events x"
+        "  WHERE x.account_id = w.account_id ORDER BY x.number"
+        "  OFFSET w.events_kept - w.event_window - 1 LIMIT 1) AS upto"
+        "  FROM w WHERE w.events_kept > w.event_window),"
+        " events_gone AS (DELETE FROM {s}.events e USING event_cut c"
+        "  WHERE e.account_id = c.account_id AND e.number <= c.upto RETURNING e.account_id),"
+        " tombstone_cut AS (SELECT w.account_id, (SELECT x.number FROM {s}.tombstones x"
+        "  WHERE x.account_id = w.account_id ORDER BY x.number"
+        "  OFFSET w.tombstones_kept - w.tombstone_window - 1 LIMIT 1) AS upto"
+        "  FROM w WHERE w.tombstones_kept > w.tombstone_window),"
+        " tombstones_gone AS (DELETE FROM {s}.tombstones t USING tombstone_cut c"
+        "  WHERE t.account_id = c.account_id AND t.number <= c.upto RETURNING t.account_id),"
+        " events_trimmed AS (SELECT account_id, count(*) AS n FROM events_gone"
+        "  GROUP BY account_id),"
+        " tombstones_trimmed AS (SELECT account_id, count(*) AS n FROM tombstones_gone"
+        "  GROUP BY account_id)"
+        " INSERT INTO {s}.accounts SELECT w.account_id, w.partition, w.plan, w.agents,"
+        "  w.groups_, w.last_sequence, w.rules_version, w.rules_generation,"
+        "  w.last_occurred_at, w.event_counter, w.events_kept - COALESCE(e.n, 0),"
+        "  w.tombstones_kept - COALESCE(t.n, 0)"
+        "  FROM w LEFT JOIN events_trimmed e USING (account_id)"
+        "  LEFT JOIN tombstones_trimmed t USING (account_id)"
+        " ON CONFLICT (account_id) DO UPDATE SET plan = EXCLUDED.plan,"
+        "  agents = EXCLUDED.agents, groups_ = EXCLUDED.groups_,"
+        "  last_sequence = EXCLUDED.last_sequence, rules_version = EXCLUDED.rules_version,"
+        "  rules_generation = EXCLUDED.rules_generation,"
+        "  last_occurred_at = EXCLUDED.last_occurred_at,"
+        "  event_counter = EXCLUDED.event_counter, events_kept = EXCLUDED.events_kept,"
+        "  tombstones_kept = EXCLUDED.tombstones_kept",
+    "acquire": "UPDATE {s}.partitions SET epoch = epoch + 1, owner = %s, acquired_at = now()"
+               " WHERE partition = %s RETURNING epoch",
+    "reacquire": "UPDATE {s}.partitions SET epoch = epoch + 1, owner = %s,"
+                 " acquired_at = now() WHERE partition = %s AND epoch = %s RETURNING epoch",
+    "release": "UPDATE {s}.partitions SET owner = NULL WHERE partition = %s AND epoch = %s",
+    "heartbeat": "INSERT INTO {s}.members (worker_id, heartbeat_at, lease_seconds)"
+                 " VALUES (%s, now(), %s) ON CONFLICT (worker_id) DO UPDATE"
+                 " SET heartbeat_at = now(), lease_seconds = EXCLUDED.lease_seconds",
+    "live": "SELECT worker_id FROM {s}.members"
+            " WHERE heartbeat_at > now() - make_interval(secs => %s) ORDER BY worker_id",
+    "leave": "DELETE FROM {s}.members WHERE worker_id = %s",
+    "disown": "UPDATE {s}.partitions SET owner = NULL WHERE owner = %s",
+}
+
+
+class _Link:
+    """One connection, opened on first use and again after it broke. Its lock keeps a
+    thread's transaction block whole: psycopg would let another thread's statement
+    run inside it."""
+
+    __slots__ = ("_conn", "_connect", "lock")
+
+    def __init__(self, connect: Callable[[], Connection]) -> None:
+        self._connect = connect
+        self._conn: Connection | None = None
+        self.lock = threading.Lock()
+
+    def get(self) -> Connection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            self._conn = None
+            if conn is not None:
+                conn.close()
+            conn = self._conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        with self.lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+
+class PostgresStore:
+    """:class:`worker.store.StateStore` in PostgreSQL, with partition ownership and
+    worker membership (see the module docstring)."""
+
+    def __init__(self, url: str, partitions: int, *, schema: str | None = None,
+                 worker_id: str | None = None,
+                 idle_in_transaction_timeout: float = 10.0) -> None:
+        if partitions < 1:
+            raise ValueError(f"the partition count must be at least 1, not {partitions}")
+        self.url = url
+        self.partitions = partitions
+        self.schema = schema or DEFAULT_SCHEMA
+        # Recorded as the owner of the partitions this store acquires (operators read
+        # it; leave() releases by it): the coordinator's member id.
+        self.worker_id = worker_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self._where = _describe(url)
+        self._timeout_ms = max(1, round(idle_in_transaction_timeout * 1000))
+        # partition -> the epoch we acquired. Replaced, never mutated: the commit and
+        # reader threads read it while the coordinator's thread acquires.
+        self._epochs: dict[int, int] = {}
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise self._error("cannot open", exc) from exc
+        self._defaults: dict[str, Any] = {}
+        if "connect_timeout" not in params:
+            self._defaults["connect_timeout"] = 10
+        if "application_name" not in params:
+            self._defaults["application_name"] = "inbox-rules"
+        identifier = sql.Identifier(self.schema)
+        self._q = {name: sql.SQL(text).format(s=identifier).as_bytes(None)
+                   for name, text in _QUERIES.items()}
+        self._reader = _Link(self._connect_reader)
+        self._writer = _Link(self._connect)
+        self._control = _Link(self._connect)
+        try:
+            with self._connect() as conn:
+                self._migrate(conn, identifier)
+        except psycopg.Error as exc:
+            raise self._error("cannot open", exc) from exc
+
+    # -- schema ------------------------------------------------------------
+    def _migrate(self, conn: Connection, schema: sql.Identifier) -> None:
+        with conn.transaction():
+            # Transaction-scoped: released at commit, whatever happens to the session.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(self.schema),))
+            exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                                  (self.schema,)).fetchone()
+            if exists is None:
+                conn.execute(sql.SQL("CREATE SCHEMA {s}").format(s=schema))
+            tables = {name for (name,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (self.schema,))}
+            if tables and "schema_migrations" not in tables:
+                raise StoreError(
+                    f"state store {self._where}: schema {self.schema!r} is not an inbox-rules "
+                    f"state (tables: {', '.join(sorted(tables))}); name another schema")
+            conn.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {s}.schema_migrations (version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())").format(s=schema))
+            row = conn.execute(sql.SQL("SELECT COALESCE(MAX(version), 0) FROM"
+                                       " {s}.schema_migrations").format(s=schema)).fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"state store {self._where}: schema version {version} was written by a "
+                    f"newer inbox-rules (this one reads up to {SCHEMA_VERSION}); upgrade the "
+                    "worker, or point it at another schema")
+            for target, migration in MIGRATIONS:
+                if target > version:
+                    migration(conn, schema)
+                    conn.execute(sql.SQL("INSERT INTO {s}.schema_migrations (version)"
+                                         " VALUES (%s)").format(s=schema), (target,))
+            self._check_partitions(conn, schema)
+
+    def _check_partitions(self, conn: Connection, schema: sql.Identifier) -> None:
+        row = conn.execute(sql.SQL("SELECT value FROM {s}.meta WHERE key = 'partitions'")
+                           .format(s=schema)).fetchone()
+        if row is None:
+            conn.execute(sql.SQL("INSERT INTO {s}.meta VALUES ('partitions', %s)")
+                         .format(s=schema), (str(self.partitions),))
+        elif int(row[0]) != self.partitions:
+            raise StoreError(
+                f"state store {self._where}: it holds {row[0]} account partitions, this "
+                f"worker was started with {self.partitions}; every worker must use "
+                f"{row[0]}. Changing the count moves accounts between partitions, which "
+                "needs a migration of every account: it cannot happen at start-up")
+        conn.execute(sql.SQL("INSERT INTO {s}.partitions (partition)"
+                             " SELECT generate_series(0, %s - 1) ON CONFLICT DO NOTHING")
+                     .format(s=schema), (self.partitions,))
+
+    # -- reads -------------------------------------------------------------
+    def load_account(self, account_id: str, *, event_window: int,
+                     tombstone_window: int) -> AccountState | None:
+        q = self._q
+        key = (account_id,)
+        try:
+            with self._reader.lock:
+                conn = self._reader.get()
+                # One repeatable-read transaction, one round trip: a commit by another
+                # worker cannot tear the account.
+                with _pipeline(conn), conn.transaction():
+                    account = conn.execute(q["account"], key)
+                    conversations = conn.execute(q["conversations"], key)
+                    agents = conn.execute(q["agents"], key)
+                    events = conn.execute(q["events"], (account_id, event_window))
+                    tombstones = conn.execute(q["tombstones"], (account_id, tombstone_window))
+                return _state(account_id, account.fetchone(), conversations.fetchall(),
+                              agents.fetchall(), events.fetchall(), tombstones.fetchall(),
+                              event_window, tombstone_window)
+        except (psycopg.Error, ValueError) as exc:
+            raise self._error(f"cannot load account {account_id!r}", exc) from exc
+
+    def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
+        """Only accounts of the partitions this store owns: another worker's accounts
+        are its to re-categorise (and our commit of them would be fenced)."""
+        owned = sorted(self._epochs)
+        if not owned:
+            return []
+        try:
+            with self._reader.lock:
+                rows = self._reader.get().execute(
+                    self._q["behind"], (after, rules_version, owned, limit)).fetchall()
+        except psycopg.Error as exc:
+            raise self._error("cannot list accounts behind the rules", exc) from exc
+        return [account_id for (account_id,) in rows]
+
+    def changed_elsewhere(self) -> bool:
+        """Always False: fencing, not a store-wide generation, keeps workers apart; the
+        worker drops a partition's cached accounts when it (re)acquires it."""
+        return False
+
+    def resync(self) -> None:
+        """Nothing to take: see :meth:`changed_elsewhere`."""
+
+    # -- writes ------------------------------------------------------------
+    def commit(self, writes: Sequence[AccountWrite]) -> None:
+        """Everything in one transaction, after the fence: the rows of the partitions
+        the writes touch are locked and their epochs compared with ours first."""
+        if not writes:
+            return
+        batch = _Batch(writes, self.partitions)
+        touched = sorted(set(batch.partition.values()))
+        try:
+            with self._writer.lock:
+                conn = self._writer.get()
+                # No pipeline here: each statement ends with a Sync, so between them the
+                # session is idle in a transaction, and a worker that hangs there is cut
+                # off by idle_in_transaction_session_timeout (mid-pipeline it would not
+                # be, and would stall the takeover of its partitions).
+                with conn.transaction():
+                    held: dict[int, int] = dict(
+                        conn.execute(self._q["lock"], (touched,)).fetchall())
+                    # Our epochs as of now, under the lock: an acquire that went before it
+                    # counts.
+                    self._check_fence(touched, held, self._epochs)
+                    self._write(conn, batch)
+        except psycopg.Error as exc:
+            raise self._error("commit failed", exc) from exc
+
+    def _check_fence(self, touched: list[int], held: dict[int, int],
+                     epochs: dict[int, int]) -> None:
+        for partition in touched:
+            ours, now = epochs.get(partition), held.get(partition)
+            if ours is None:
+                why = "this worker has not acquired it"
+            elif now != ours:
+                why = (f"another worker took it over (epoch {now}; this worker acquired "
+                       f"epoch {ours})")
+            else:
+                continue
+            raise StoreFencedError(f"state store {self._where}: partition {partition} is "
+                                   f"not this worker's: {why}; nothing was written")
+
+    def _write(self, conn: Connection, batch: _Batch) -> None:
+        """Two statements: the rows, then the windows trimmed and the accounts."""
+        events_kept: dict[str, int] = {}
+        tombstones_kept: dict[str, int] = {}
+        for account_id, events, tombstones, superseded in conn.execute(
+                self._q["write"], batch.rows()).fetchall():
+            events_kept[account_id] = events_kept.get(account_id, 0) + events
+            tombstones_kept[account_id] = (tombstones_kept.get(account_id, 0) + tombstones
+                                           - superseded)
+        conn.execute(self._q["finish"], batch.accounts(events_kept, tombstones_kept))
+
+    # -- ownership ---------------------------------------------------------
+    def acquire(self, partition: int) -> int:
+        """Take ``partition``: raise its epoch (waiting for a commit that holds its row)
+        and remember it; from then on the previous owner's commits are fenced off.
+
+        A partition this store holds already is taken again only if nobody took it
+        meanwhile. If somebody did, this raises :class:`StoreFencedError` and keeps the
+        old epoch, so that batches computed from what we cached before still fail: the
+        caller releases it once none of those can commit, then acquires it afresh (a
+        silent re-take would make them valid again, over the other worker's commits)."""
+        self._check_partition(partition)
+        held = self._epochs.get(partition)
+        try:
+            with self._control.lock:
+                conn = self._control.get()
+                if held is None:
+                    row = conn.execute(self._q["acquire"],
+                                       (self.worker_id, partition)).fetchone()
+                else:
+                    row = conn.execute(self._q["reacquire"],
+                                       (self.worker_id, partition, held)).fetchone()
+        except psycopg.Error as exc:
+            raise self._error(f"cannot acquire partition {partition}", exc) from exc
+        if row is None and held is not None:
+            raise StoreFencedError(
+                f"state store {self._where}: partition {partition} was taken over since this "
+                f"worker acquired epoch {held}: release it once nothing computed before can "
+                "commit, then acquire it again")
+        if row is None:
+            raise StoreError(f"state store {self._where}: partition {partition} has no row")
+        epoch = int(row[0])
+        self._epochs = {**self._epochs, partition: epoch}
+        return epoch
+
+    def release(self, partition: int) -> None:
+        """Give ``partition`` up: our commits to it are refused from now on, and it shows
+        no owner unless another worker took it meanwhile."""
+        epoch = self._epochs.get(partition)
+        if epoch is None:
+            return
+        self._epochs = {p: e for p, e in self._epochs.items() if p != partition}
+        try:
+            with self._control.lock:
+                self._control.get().execute(self._q["release"], (partition, epoch))
+        except psycopg.Error as exc:
+            raise self._error(f"cannot release partition {partition}", exc) from exc
+
+    def owned(self) -> dict[int, int]:
+        """The partitions this store acquired and has not released, with their epochs."""
+        return dict(self._epochs)
+
+    def _check_partition(self, partition: int) -> None:
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"no partition {partition}: the store has {self.partitions} "
+                             f"(0..{self.partitions - 1})")
+
+    # -- membership --------------------------------------------------------
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
+        """``worker_id`` is alive now, by the database clock (workers' clocks may
+        disagree; the database's is the one all of them read)."""
+        try:
+            with self._control.lock:
+                self._control.get().execute(self._q["heartbeat"], (worker_id, lease_seconds))
+        except psycopg.Error as exc:
+            raise self._error(f"cannot record the heartbeat of {worker_id!r}", exc) from exc
+
+    def live_members(self, lease_seconds: float) -> list[str]:
+        """Workers whose last heartbeat is within ``lease_seconds``, sorted."""
+        try:
+            with self._control.lock:
+                rows = self._control.get().execute(self._q["live"],
+                                                   (lease_seconds,)).fetchall()
+        except psycopg.Error as exc:
+            raise self._error("cannot list live workers", exc) from exc
+        return [worker_id for (worker_id,) in rows]
+
+    def leave(self, worker_id: str) -> None:
+        """``worker_id`` is gone: drop its membership and the owner of its partitions,
+        at once (the others need not wait for its lease to lapse)."""
+        try:
+            with self._control.lock:
+                conn = self._control.get()
+                with conn.transaction():
+                    conn.execute(self._q["leave"], (worker_id,))
+                    conn.execute(self._q["disown"], (worker_id,))
+        except psycopg.Error as exc:
+            raise self._error(f"cannot remove worker {worker_id!r}", exc) from exc
+        if worker_id == self.worker_id:
+            self._epochs = {}
+
+    # -- plumbing ----------------------------------------------------------
+    def _connect(self) -> Connection:
+        conn = psycopg.connect(self.url, autocommit=True, **self._defaults)
+        try:
+            conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                         (str(self._timeout_ms),))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_reader(self) -> Connection:
+        conn = self._connect()
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        return conn
+
+    def _error(self, what: str, exc: Exception) -> StoreError:
+        return StoreError(f"state store {self._where}: {what}: {_masked(str(exc), self.url)}")
+
+    def close(self) -> None:
+        try:
+            for link in (self._reader, self._writer, self._control):
+                link.close()
+        except psycopg.Error as exc:
+            raise self._error("cannot close", exc) from exc
+
+
+class _Batch:
+    """One commit's rows, as the column arrays its statements take. The last change of
+    each conversation, agent, tombstone and account wins, in write order: two writes of
+    one account in a batch may delete a conversation and bring it back, and one
+    statement may not touch a row twice."""
+
+    def __init__(self, writes: Sequence[AccountWrite], partitions: int) -> None:
+        self.final: dict[tuple[str, str], Conversation | None] = {}
+        self.agents: dict[tuple[str, str], tuple[str, int]] = {}
+        self.tombstones: dict[tuple[str, str], tuple[int, int | None]] = {}
+        self.last: dict[str, AccountWrite] = {}
+        self.new_events: Counter[str] = Counter()
+        self.events: tuple[list[str], list[int], list[str]] = ([], [], [])
+        for write in writes:
+            account_id = write.account_id
+            self.last[account_id] = write
+            for conversation in write.conversations:
+                self.final[(account_id, conversation.conversation_id)] = conversation
+            for conversation_id in write.deleted:
+                self.final[(account_id, conversation_id)] = None
+            for agent_id, (counts, seq) in write.agents.items():
+                self.agents[(account_id, agent_id)] = (
+                    _json(counts, orjson.OPT_SORT_KEYS), seq)
+            accounts, numbers, ids = self.events
+            for number, event_id in write.events:
+                accounts.append(account_id)
+                numbers.append(number)
+                ids.append(event_id)
+            self.new_events[account_id] += len(write.events)
+            for number, conversation_id, last_sequence in write.tombstones:
+                self.tombstones[(account_id, conversation_id)] = (number, last_sequence)
+        self.partition = {a: partition_of(a, partitions) for a in self.last}
+
+    def rows(self) -> dict[str, list[Any]]:
+        """The parameters of the ``write`` statement."""
+        put = [c for c in self.final.values() if c is not None]
+        deleted = [key for key, c in self.final.items() if c is None]
+        return {
+            "c_account": [c.account_id for c in put],
+            "c_id": [c.conversation_id for c in put],
+            "c_status": [c.status for c in put],
+            "c_group": [c.group_id for c in put],
+            "c_joined": [_joined_json(c.joined) for c in put],
+            "c_sequence": [c.last_sequence for c in put],
+            "c_categories": [_categories_json(c.categories) for c in put],
+            "d_account": [a for a, _ in deleted],
+            "d_id": [c for _, c in deleted],
+            "g_account": [a for a, _ in self.agents],
+            "g_id": [g for _, g in self.agents],
+            "g_counts": [counts for counts, _ in self.agents.values()],
+            "g_seq": [seq for _, seq in self.agents.values()],
+            "e_account": self.events[0],
+            "e_number": self.events[1],
+            "e_id": self.events[2],
+            "t_account": [a for a, _ in self.tombstones],
+            "t_id": [c for _, c in self.tombstones],
+            "t_number": [n for n, _ in self.tombstones.values()],
+            "t_sequence": [s for _, s in self.tombstones.values()],
+            "accounts": list(self.last),
+        }
+
+    def accounts(self, events_kept: dict[str, int], tombstones_kept: dict[str, int],
+                 ) -> dict[str, list[Any]]:
+        """The parameters of the ``finish`` statement: each account's row, with the
+        rows it keeps before the trim (what was stored, less the tombstones superseded,
+        plus this batch's)."""
+        new_tombstones = Counter(a for a, _ in self.tombstones)
+        rows = [(*_account_row(w, self.partition[a]),
+                 events_kept.get(a, 0) + self.new_events[a],
+                 tombstones_kept.get(a, 0) + new_tombstones[a],
+                 w.event_window, w.tombstone_window) for a, w in self.last.items()]
+        names = ("account", "partition", "plan", "agents", "groups", "last_sequence",
+                 "rules_version", "rules_generation", "last_occurred_at", "event_counter",
+                 "events_kept", "tombstones_kept", "event_window", "tombstone_window")
+        return dict(zip(names, _columns(rows, len(names)), strict=True))
+
+
+@contextlib.contextmanager
+def _pipeline(conn: Connection) -> Iterator[None]:
+    """Pipeline mode where libpq has it (14+): statements go out without waiting for
+    the ones before, and their results come back when one is fetched (one round trip
+    for all of them)."""
+    if not psycopg.Pipeline.is_supported():
+        yield
+        return
+    with conn.pipeline():
+        yield
+
+
+def _state(account_id: str, row: tuple[Any, ...] | None, conversation_rows: list[Any],
+           agents: list[Any], event_rows: list[Any], tombstone_rows: list[Any],
+           event_window: int, tombstone_window: int) -> AccountState | None:
+    if row is None and not (conversation_rows or agents or event_rows or tombstone_rows):
+        return None
+    if row is None:
+        account, rules_version, generation, last, counter = (
+            Account(account_id), None, 0, None, 0)
+    else:
+        plan, agent_ids, groups, last_sequence, rules_version, generation, last, counter = row
+        account = Account(account_id, plan, frozenset(orjson.loads(agent_ids)),
+                          {g: frozenset(m) for g, m in orjson.loads(groups).items()},
+                          last_sequence)
+    state = AccountState(account, rules_version=rules_version, event_window=event_window,
+                         tombstone_window=tombstone_window)
+    # Public attributes, not the mutating methods: a loaded state has nothing to write.
+    state.conversations = {
+        conversation_id: Conversation(
+            account_id, conversation_id, status, group_id, frozenset(orjson.loads(joined)),
+            last_sequence, tuple(frozenset(c) for c in orjson.loads(categories)))
+        for conversation_id, status, group_id, joined, last_sequence, categories
+        in conversation_rows}
+    state.counts = {agent_id: orjson.loads(counts) for agent_id, counts, _ in agents}
+    state.seqs = {agent_id: seq for agent_id, _, seq in agents if seq}
+    recent: OrderedDict[str, int] = OrderedDict()
+    for number, event_id in reversed(event_rows):  # newest first from the query
+        recent[event_id] = number
+        recent.move_to_end(event_id)
+    tombstones: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
+    for number, conversation_id, last_sequence in reversed(tombstone_rows):
+        tombstones.pop(conversation_id, None)
+        tombstones[conversation_id] = (number, last_sequence)
+    state.recent = recent
+    state.tombstones = tombstones
+    state.rules_generation = generation
+    state.last_occurred_at = None if last is None else datetime.fromisoformat(last)
+    # Never below a stored number, even for an account with no row of its own.
+    state.event_counter = max(counter, *recent.values(),
+                              *(n for n, _ in tombstones.values()), 0)
+    return state
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to the column arrays unnest() takes."""
+    columns: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+def _json(value: object, option: int = 0) -> str:
+    return orjson.dumps(value, option=option).decode()
+
+
+@lru_cache(maxsize=4096)
+def _categories_json(categories: tuple[frozenset[str], ...]) -> str:
+    """Few distinct values (one per combination of category sets): encoded once each."""
+    return _json([sorted(c) for c in categories])
+
+
+@lru_cache(maxsize=4096)
+def _joined_json(joined: frozenset[str]) -> str:
+    return _json(sorted(joined))
+
+
+def _account_row(write: AccountWrite, partition: int) -> tuple[object, ...]:
+    account = write.account
+    groups = {g: sorted(m) for g, m in sorted(account.groups.items())}
+    last = None if write.last_occurred_at is None else write.last_occurred_at.isoformat()
+    return (write.account_id, partition, account.plan, _json(sorted(account.agents)),
+            _json(groups), account.last_sequence, write.rules_version,
+            write.rules_generation, last, write.event_counter)
+
+
+def _lock_key(schema: str) -> int:
+    """The advisory lock of one schema's migrations (a signed 64-bit key)."""
+    digest = hashlib.blake2b(f"inbox-rules migrate {schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _describe(url: str) -> str:
+    """The URL for messages: password masked, in URL or key=value form."""
+    return _masked(mask_url(url), url)
+
+
+_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+
+
+def _masked(text: str, url: str) -> str:
+    """``text`` without the password of ``url`` (a parameter, or quoted by a message)."""
+    text = _PASSWORD.sub(r"\1***", text)
+    try:
+        password = conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        return text
+    # A very short one would mask random letters of the message, not a quotation.
+    if password and len(str(password)) >= 4:
+        text = text.replace(str(password), "***")
+    return text
