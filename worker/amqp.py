@@ -9,6 +9,7 @@ on publisher confirms and prefetch, and reports what happens to a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -367,6 +368,7 @@ class AmqpLink:
             properties=properties,
             redelivered=bool(method.redelivered),
             queue=self._consumers.get(method.consumer_tag, ""),
+            received=time.monotonic(),
         ))
 
     def ack(self, tag: int, multiple: bool) -> None:

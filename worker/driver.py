@@ -397,11 +397,12 @@ class Driver:
         if not self._check_takeover():
             self._buffer.extendleft(reversed(deliveries))
             return False
+        started = time.monotonic()
         plan = self.step.run(deliveries, self.cache, self.categoriser)
         self._buffer.extendleft(reversed(plan.rest))
         self._last_was_sweep = False
         if plan.deliveries:
-            self._launch(plan, sweep=False)
+            self._launch(plan, sweep=False, started=started)
         if plan.stalled is not None:
             self._back_off(f"cannot load state: {plan.stalled}")
             return False
@@ -425,12 +426,13 @@ class Driver:
             log.info("every stored account follows rules version %s", self.rules.version)
             self._sweep_after = None
             return bool(self._buffer)
+        started = time.monotonic()
         plan = self.step.run([], self.cache, self.categoriser, sweep=Sweep(tuple(ids)))
         self._last_was_sweep = True
         if not plan.swept_accounts and plan.stalled is not None:
             self._back_off(f"cannot load state: {plan.stalled}")
             return False
-        self._launch(plan, sweep=True)
+        self._launch(plan, sweep=True, started=started)
         return True
 
     def _check_takeover(self) -> bool:
@@ -448,11 +450,11 @@ class Driver:
             return False
         return True
 
-    def _launch(self, plan: Plan, sweep: bool) -> None:
+    def _launch(self, plan: Plan, sweep: bool, started: float) -> None:
         if plan.deliveries:
             self._evaluated_upto = max(self._evaluated_upto, plan.deliveries[-1].tag)
         self.cache.pin(plan.touched)
-        self._in_flight.append(Batch(plan, plan.messages(), sweep=sweep))
+        self._in_flight.append(Batch(plan, plan.messages(), sweep=sweep, started=started))
 
     def _on_batch_timer(self) -> None:
         self._batch_timer = None
@@ -554,8 +556,10 @@ class Driver:
         self._failures = 0
         self.problem = None
         if len(self._batch_timings) < MAX_KEPT:  # bounded even with no monitor reading
+            # Event to confirm: from the arrival of the batch's oldest event.
+            arrived = plan.deliveries[0].received if plan.deliveries else batch.started
             self._batch_timings.append((time.monotonic() - batch.started,
-                                        batch.confirmed - batch.started))
+                                        batch.confirmed - (arrived or batch.started)))
         if plan.dead_letters and len(self._dead_letter_reasons) < MAX_KEPT:
             self._dead_letter_reasons.extend(o.reason for o in plan.outcomes
                                              if isinstance(o, DeadLetter))

@@ -28,6 +28,7 @@ class Delivery(NamedTuple):
     redelivered: bool = False
     # The queue it came from: events and requests share one channel, one stream of tags.
     queue: str = ""
+    received: float = 0.0  # time.monotonic() on arrival (latency metrics)
 
 
 class Outgoing(NamedTuple):

@@ -27,6 +27,7 @@ class Monitor:
         self.status = status
         self._last = Stats()
         self._rules_version = ""
+        self._partitions: frozenset[int] = frozenset()
 
     def tick(self) -> None:
         """Publish everything the driver counted since the last tick."""
@@ -40,14 +41,23 @@ class Monitor:
             metrics.committed()
         for _ in range(stats.failed_batches - last.failed_batches):
             metrics.batch_failed()
-        for reason in driver.take_dead_letter_reasons():
+        reasons = driver.take_dead_letter_reasons()
+        for reason in reasons:
             metrics.dead_lettered(reason)
+        # The driver keeps a bounded number of reasons between two ticks; a burst
+        # beyond that is still counted (in the family "other").
+        unnamed = stats.dead_lettered - last.dead_lettered - len(reasons)
+        if unnamed > 0:
+            metrics.dead_lettered("other", unnamed)
         for batch_seconds, confirm_seconds in driver.take_batch_timings():
             metrics.observe_batch(batch_seconds)
             metrics.observe_confirm_latency(confirm_seconds)
         self._last = Stats(**vars(stats))
         metrics.set_unacked_events(driver.unacked)
         metrics.set_cached_accounts(len(driver.cache))
+        if driver.partitions != self._partitions:
+            self._partitions = driver.partitions
+            metrics.owned_partitions(sorted(self._partitions))
         if driver.rules.version != self._rules_version:
             self._rules_version = driver.rules.version
             metrics.rules_version(self._rules_version)

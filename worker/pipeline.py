@@ -195,7 +195,9 @@ class Step:
             updates = categoriser.handle(state, event)
         except Exception as exc:  # a worker bug must not stop the stream
             state.rollback()
-            log.exception("event %s failed; dead-lettering it", event.event_id)
+            log.exception("event %s failed; dead-lettering it", event.event_id,
+                          extra={"context": {"event_id": event.event_id,
+                                             "account_id": event.account_id}})
             return self.dead_letter(delivery, f"worker error: {type(exc).__name__}: {exc}")
         state.release()
         return Publish(tuple(self.update_message(u) for u in updates))
@@ -301,7 +303,8 @@ class Step:
         headers["x-error"] = reason
         original = delivery.properties
         log.warning("dead-lettering a message (routing key %s): %s", delivery.routing_key,
-                    reason)
+                    reason, extra={"context": {"routing_key": delivery.routing_key,
+                                               "queue": delivery.queue}})
         routing_key = str(delivery.headers.get(ROUTING_KEY_HEADER, delivery.routing_key)
                           if delivery.headers else delivery.routing_key)
         return DeadLetter(reason, Outgoing(
