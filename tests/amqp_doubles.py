@@ -156,7 +156,7 @@ class FakeChannel:
 
 class FakeConnection:
     """A ``SelectConnection`` stand-in: opens (and opens its channel) when the test
-    says so; ``close`` starts closing, ``closed`` finishes it."""
+    says so; ``close`` or ``drop`` starts closing, ``closed`` finishes it."""
 
     def __init__(self, broker: FakeBroker, *, on_open_callback: Callable[[Any], None],
                  on_open_error_callback: Callable[[Any, BaseException], None],
@@ -164,6 +164,7 @@ class FakeConnection:
         self.broker = broker
         self.is_closed = False
         self.is_closing = False
+        self.dropped = False
         self.channels: list[FakeChannel] = []
         self._on_open = on_open_callback
         self._on_open_error = on_open_error_callback
@@ -185,6 +186,13 @@ class FakeConnection:
 
     def close(self) -> None:
         assert not (self.is_closing or self.is_closed), "pika raises on a second close()"
+        self.is_closing = True
+
+    def drop(self) -> None:
+        """The stream is cut without an AMQP close; pika finishes that asynchronously,
+        as ``closed`` does here (with the reason the test gives)."""
+        assert not self.is_closed, "nothing left to drop"
+        self.dropped = True
         self.is_closing = True
 
     def closed(self, reason: BaseException) -> None:
