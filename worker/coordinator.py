@@ -68,6 +68,7 @@ class Coordinator:
         self._posted: frozenset[int] | None = None
         self._released: queue.SimpleQueue[frozenset[int]] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._refresh = False
         self._thread = threading.Thread(target=self._run, name="inbox-rules-members",
                                         daemon=True)
 
@@ -77,6 +78,11 @@ class Coordinator:
     def released(self, partitions: frozenset[int]) -> None:
         """The driver finished with these (any thread): give them up in the store."""
         self._released.put(partitions)
+
+    def fenced(self) -> None:
+        """A commit was fenced off (another worker took a partition while this one
+        still thought it owned it): take every wanted partition anew, new epochs."""
+        self._refresh = True
 
     def stop(self) -> None:
         """Leave the group: the others take our partitions at once, not after a lease."""
@@ -109,6 +115,9 @@ class Coordinator:
         self.store.heartbeat(self.worker_id, self.lease)
         members = self.store.live_members(self.lease)
         wanted = deal(members, self.worker_id, self.partitions)
+        if self._refresh and not self.held:
+            self._refresh = False
+            self._posted = None
         # New to us, or back to us (another worker may have held it meanwhile).
         for partition in sorted(wanted - (self._posted or frozenset())):
             # Waits for a commit of the previous owner that holds the row; from then on

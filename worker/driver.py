@@ -119,6 +119,8 @@ class Driver:
         self.partitions: frozenset[int] = frozenset()
         self._assigned: frozenset[int] = frozenset()
         self.on_released: Callable[[frozenset[int]], None] | None = None
+        # Told when a commit was fenced off: the partitions must be taken anew.
+        self.on_fenced: Callable[[], None] | None = None
         self.stats = Stats()
         self.phase = Phase.OFFLINE
         self.link: Link | None = None
@@ -233,20 +235,23 @@ class Driver:
         over in order: finish the batches out, drop the connection, reconnect with the
         new set."""
         self._assigned = partitions
+        if self.phase is not Phase.CONSUMING:
+            return  # on_ready consumes what is assigned then
         added, removed = partitions - self.partitions, self.partitions - partitions
-        if added:
-            # Another worker may have changed these accounts since we last held them.
-            self.cache.forget_where(lambda a: partition_of(a, self.topology.partitions)
-                                    in added)
-        if removed and self.phase is Phase.CONSUMING:
+        if removed:
             log.info("handing over partition(s) %s", ", ".join(map(str, sorted(removed))))
             self.phase = Phase.HANDING_OVER
             self._advance()
-            return
-        self.partitions = partitions if self.phase is not Phase.HANDING_OVER else (
-            self.partitions | added)
-        if self.phase is Phase.CONSUMING and added:
+        elif added:
+            self._take(added)
             self._link().consume([self.topology.partition_queue(p) for p in sorted(added)])
+
+    def _take(self, added: frozenset[int]) -> None:
+        # Another worker may have changed these accounts since we last held them; and
+        # the rules sweep covers the partitions owned: look again.
+        self.cache.forget_where(lambda a: partition_of(a, self.topology.partitions) in added)
+        self._sweep_after = ""
+        self.partitions = self.partitions | added
 
     # -- LinkHandler -------------------------------------------------------
     def on_ready(self) -> None:
@@ -258,7 +263,9 @@ class Driver:
             return
         self.phase = Phase.CONSUMING
         self._consumer_on = True
-        self.partitions = self._assigned
+        self.partitions &= self._assigned
+        if self._assigned - self.partitions:
+            self._take(self._assigned - self.partitions)
         self._link().consume([*self.topology.consumed_queues(),
                               *(self.topology.partition_queue(p) for p in sorted(self.partitions))])
         self._advance()
@@ -354,7 +361,7 @@ class Driver:
             self._link().cancel_timer(self._retry_timer)
             self._retry_timer = None
         released = self.partitions - self._assigned
-        self.partitions = self._assigned
+        self.partitions &= self._assigned
         if released:
             self.cache.forget_where(lambda a: partition_of(a, self.topology.partitions)
                                     in released)
@@ -531,6 +538,9 @@ class Driver:
             # here; hand everything back in order and reconnect with what we still own.
             log.warning("%s: handing the batches in hand back", error)
             self._discard_in_flight()
+            self._assigned = frozenset()  # until the coordinator takes them anew
+            if self.on_fenced is not None:
+                self.on_fenced()
             self.stats.failed_batches += 1
             self.problem = str(error)
             self.phase = Phase.DRAINING if self._stop_requested else Phase.HANDING_OVER

@@ -8,12 +8,18 @@ carried out, committed and acked by :mod:`worker.driver`.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
+import socket
+import time
+from typing import TYPE_CHECKING
 
 from pika.adapters.select_connection import IOLoop
 
 from worker.amqp import AmqpLink
 from worker.committer import ThreadedCommitter
+from worker.coordinator import Coordinator
 from worker.driver import Driver, Stats
 from worker.errors import RuleFileError
 from worker.monitor import Monitor
@@ -23,6 +29,9 @@ from worker.settings import Settings
 from worker.store import StateStore
 from worker.store.sqlite import SqliteStore
 from worker.topology import Topology
+
+if TYPE_CHECKING:
+    from worker.store.postgres import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +108,34 @@ class Worker:
 def serve(settings: Settings, rules: CompiledRules) -> Stats:
     """Run the worker in this thread until SIGTERM or SIGINT; the state store is closed
     on the way out."""
-    store = SqliteStore(settings.state_path)
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    shared: PostgresStore | None = None
+    if settings.store_url:
+        from worker.store.postgres import PostgresStore  # psycopg: only when used
+
+        shared = PostgresStore(settings.store_url, settings.partitions, worker_id=worker_id)
+    store: StateStore = shared if shared is not None else SqliteStore(settings.state_path)
+    coordinator: Coordinator | None = None
     try:
         worker = Worker(settings, rules, store)
-        log.info("rules version %s; state %s", rules.version, settings.state_path)
+        if shared is not None:
+            lease = settings.member_lease
+
+            def loop_alive() -> bool:
+                return time.monotonic() - worker.health.loop_turned_at < lease / 2
+
+            coordinator = Coordinator(shared, worker_id, settings.partitions,
+                                      lease, worker.driver.assign,
+                                      worker.ioloop.add_callback_threadsafe, loop_alive)
+            worker.driver.on_released = coordinator.released
+            worker.driver.on_fenced = coordinator.fenced
+            coordinator.start()
+            log.info("worker %s: state in PostgreSQL, %d partitions shared with the other "
+                     "workers", worker_id, settings.partitions)
+        else:
+            log.info("state %s (one active worker; others wait as hot standbys)",
+                     settings.state_path)
+        log.info("rules version %s", rules.version)
         previous = {sig: signal.signal(sig, lambda _sig, _frame: worker.request_stop())
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGHUP] = signal.signal(
@@ -114,4 +147,6 @@ def serve(settings: Settings, rules: CompiledRules) -> Stats:
                 signal.signal(sig, handler)
         return worker.stats
     finally:
+        if coordinator is not None:
+            coordinator.stop()  # the others take our partitions at once
         store.close()
