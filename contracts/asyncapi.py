@@ -100,17 +100,22 @@ _EXAMPLE_EXPLAIN_REPLY: dict[str, Any] = {
               "conversation.joined_count": 1, "agent.joined": True, "agent.in_group": False,
               "account.plan": "pro", "account.agent_count": 2, "account.group_count": 1},
     "categories": ["all", "mine", "primary"],
+    # Abbreviated: a reply explains every category of the rule set.
     "explanations": [
-        {"name": "mine", "holds": True, "conditions": [
+        {"name": "all", "holds": True, "conditions": [
+            {"file": "inbox.yaml", "line": 60, "condition": "predicate open", "holds": True,
+             "depth": 0},
             {"file": "inbox.yaml", "line": 23, "condition": "conversation.status equals open",
-             "holds": True},
-            {"file": "inbox.yaml", "line": 43, "condition": "account.agent_count greater_than 1",
-             "holds": True},
-            {"file": "inbox.yaml", "line": 79, "condition": "agent.joined equals true",
-             "holds": True}]},
+             "holds": True, "depth": 1}]},
         {"name": "new", "holds": False, "conditions": [
+            {"file": "inbox.yaml", "line": 67, "condition": "all of 2", "holds": False,
+             "depth": 0},
+            {"file": "inbox.yaml", "line": 68, "condition": "predicate waiting",
+             "holds": False, "depth": 1},
+            {"file": "inbox.yaml", "line": 28, "condition": "all of 2", "holds": False,
+             "depth": 2},
             {"file": "inbox.yaml", "line": 30, "condition": "conversation.joined_count equals 0",
-             "holds": False}]},
+             "holds": False, "depth": 3}]},
     ],
 }
 

@@ -123,12 +123,19 @@ class ExplainRequest(_Request):
 
 
 class ConditionExplanation(_Reply):
-    """One condition of a category rule, where it is written, and whether it held."""
+    """One condition of a category rule, where it is written, and whether it held.
+
+    ``depth`` places it in the tree of deciding conditions: 0 is the category's own
+    ``when``, and each condition is followed by the ones one level deeper that decided
+    it (the items of an ``all``/``any``/``not``, the condition of a referenced
+    predicate or category), depth first.
+    """
 
     file: str
     line: Annotated[int, Field(ge=1)]
     condition: str
     holds: bool
+    depth: Annotated[int, Field(ge=0)] = 0
 
 
 class CategoryExplanation(_Reply):
@@ -146,8 +153,14 @@ class ExplainReply(_Reply):
     ``inbox-rules explain --json`` (SPEC.md), so one model serves the CLI and the
     request. ``explanations`` covers every category of the rule set, held or not, with
     file:line for each condition. ``facts`` maps fact names (``conversation.status``,
-    ``agent.joined`` ...) to their values. A conversation the worker does not know has
-    no facts and no categories.
+    ``agent.joined`` ...) to their values. A pair the worker decides nothing for (an
+    unknown account or conversation, a deleted conversation, or an agent who is not one
+    of the account's) has no facts, no categories and no explanations: the worker
+    publishes nothing for it.
+
+    The explanation is of the worker's live rules. While a new rule set rolls out, an
+    account not yet re-categorised under it (the sweep has not reached it) may be
+    shown categories its inbox will have only once it has.
     """
 
     account_id: Id

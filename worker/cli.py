@@ -10,6 +10,7 @@ from typing import BinaryIO
 import click
 from pydantic import ValidationError
 
+from contracts.requests import describe_request_error
 from worker.demo import run_demo
 from worker.domain.inbox import Inbox
 from worker.errors import DemoError, RuleFileError, StoreError
@@ -128,6 +129,64 @@ def watch(account_id: str, agent_id: str, categories: str | None, tab: str | Non
                   timeout=timeout, once=once)
     except WatchError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.argument("events", type=click.File("rb"), required=False)
+@click.option("--account", "account_id", required=True, help="The account.")
+@click.option("--agent", "agent_id", required=True, help="The agent whose view to explain.")
+@click.option("--conversation", "conversation_id", required=True,
+              help="The conversation to explain.")
+@click.option("--rules", "rules_dir", type=RULES_DIR, default=None,
+              help="Rule directory (default: the shipped rule set; not with --live).")
+@click.option("--live", is_flag=True,
+              help="Ask the running worker (over inbox.requests) instead of replaying EVENTS.")
+@click.option("--timeout", default=10.0, show_default=True,
+              help="With --live: seconds to wait for the worker's reply.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object (an ExplainReply; key 'categories': those that hold).")
+def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversation_id: str,
+            rules_dir: Path | None, live: bool, timeout: float, as_json: bool) -> None:
+    """After replaying EVENTS.jsonl ('-' reads stdin), or live from the running worker:
+    the facts of one agent and conversation, and for every category whether it holds
+    and the conditions (file:line) that decided it."""
+    from contracts.requests import ExplainReply, ExplainRequest
+    from worker.explain_tool import explain_events, render
+
+    if live == (events is not None):
+        raise click.UsageError("give EVENTS.jsonl to replay, or --live to ask the worker")
+    if live and rules_dir is not None:
+        raise click.UsageError("--rules does not apply to --live: the worker's rules answer")
+    try:
+        request = ExplainRequest(account_id=account_id, agent_id=agent_id,
+                                 conversation_id=conversation_id)
+    except ValidationError as exc:
+        raise click.UsageError(f"bad ids: {describe_request_error(exc)}") from exc
+    bad = 0
+    if events is None:
+        from worker.request_client import RequestError, ask  # pika: only here
+
+        try:
+            reply = ask(Settings(), "explain", request, ExplainReply, timeout=timeout)
+        except RequestError as exc:
+            raise click.ClickException(str(exc)) from exc
+        undecided, source = None, None
+    else:
+        rules = _load_or_exit(rules_dir)
+        with progress(None, "replaying events") as bar:
+            explained = explain_events(rules, events, account_id, agent_id, conversation_id,
+                                       progress=bar.advance)
+        for line in explained.bad:
+            click.echo(f"line {line.number}: {line.reason}", err=True)
+        bad = len(explained.bad)
+        reply, undecided, source = explained.reply, explained.undecided, rules.source
+    if as_json:
+        click.echo(reply.model_dump_json())
+    else:
+        click.echo(render(reply, undecided, source), nl=False)
+    if bad:
+        click.echo(f"{bad} bad line(s) skipped", err=True)
+        sys.exit(1)
 
 
 @main.group()

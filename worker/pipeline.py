@@ -33,6 +33,8 @@ from worker.domain.updates import Update
 from worker.errors import StoreError
 from worker.link import Delivery, Outgoing
 from worker.partitions import partition_of
+from worker.rulebook.engine import CompiledRules
+from worker.rulebook.explain import explain_pair
 
 log = logging.getLogger(__name__)
 
@@ -248,16 +250,21 @@ class Step:
         if not reply_to:
             return self.dead_letter(delivery, f"bad {kind} request: no reply_to property: "
                                               "nowhere to send the reply")
-        if not isinstance(request, SnapshotRequest):
-            return self.dead_letter(delivery, f"{kind} requests are not answered by this "
-                                              "version of the worker")
         state = cache.get(request.account_id, categoriser.rules.version)
         rules = categoriser.rules
-        body = snapshot(state, request.agent_id, rules.categories, rules.version,
-                        categories=request.categories, after=request.after,
-                        limit=request.limit)
+        if isinstance(request, SnapshotRequest):
+            body = orjson.dumps(snapshot(
+                state, request.agent_id, rules.categories, rules.version,
+                categories=request.categories, after=request.after, limit=request.limit))
+        elif isinstance(rules, CompiledRules):
+            # Read only: the facts and categories of the state as the events before this
+            # request left it, explained under the live rules.
+            body = explain_pair(rules, state, request.account_id, request.agent_id,
+                                request.conversation_id).model_dump_json().encode()
+        else:  # rules that are not rule files (tests' doubles) have no conditions to show
+            return self.dead_letter(delivery, f"{kind} requests need rule files to explain")
         return Reply(Outgoing(
-            "", reply_to, orjson.dumps(body), message_id=None, persistent=False,
+            "", reply_to, body, message_id=None, persistent=False,
             type=f"{kind}.reply", correlation_id=getattr(properties, "correlation_id", None)))
 
     def _sweep(self, plan: Plan, sweep: Sweep, cache: AccountCache,

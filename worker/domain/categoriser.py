@@ -19,6 +19,7 @@ import orjson
 
 from contracts import AccountUpdated, ConversationEvent, Event
 from worker.domain.account import AccountState
+from worker.domain.facts import FACT_NAMES, FactVector
 from worker.domain.rules import Rules
 from worker.domain.state import (
     EMPTY_BY_RELATION,
@@ -36,6 +37,10 @@ from worker.domain.updates import Cause, CountsEncoder, Pair, Update
 
 # (conversation_id, agent_id, categories before, categories after)
 Change = tuple[str, str, frozenset[str], frozenset[str]]
+# (status, has a group, joined count, plan, agent count, group count): the facts one
+# conversation has for every agent of its account (see conversation_facts).
+ConversationFacts = tuple[str, bool, int, str, int, int]
+FactValue = str | bool | int
 # Entries of each of the categoriser's caches, at most (in practice far fewer).
 MAX_CACHED = 4096
 # Rules adoptions of an account that had no event yet are stamped with this time.
@@ -156,8 +161,7 @@ class Categoriser:
             new = new.with_categories(EMPTY_BY_RELATION)
             state.delete_conversation(new.conversation_id, new.last_sequence)
         else:
-            key = (new.status, new.group_id is not None, len(new.joined), account.plan,
-                   len(account.agents), len(account.groups))
+            key = conversation_facts(new, account)
             categories = self._evaluated.get(key) or self._evaluate(key)
             if new is not old or categories != new.categories:
                 # An account-wide pass leaves most conversations as they were: writing
@@ -171,15 +175,12 @@ class Categoriser:
         return [(conversation_id, agent, before, after)
                 for agent, before, after in _changed_agents(old_account, account, old, new)]
 
-    def _evaluate(self, key: tuple[str, bool, int, str, int, int],
-                  ) -> tuple[frozenset[str], ...]:
+    def _evaluate(self, key: ConversationFacts) -> tuple[frozenset[str], ...]:
         """Categories per relation for one (conversation, account) fact combination."""
         categories = self._evaluated.get(key)
         if categories is None:
             evaluate = self.rules.evaluate
-            status, has_group, joined_count, plan, agents, groups = key
-            categories = tuple(evaluate((status, has_group, joined_count, joined, in_group,
-                                         plan, agents, groups))
+            categories = tuple(evaluate(fact_vector(key, joined, in_group))
                                for joined, in_group in RELATIONS)
             if len(self._evaluated) > MAX_CACHED:
                 self._evaluated.clear()
@@ -241,6 +242,36 @@ def _changed_agents(old_account: Account, account: Account, old: Conversation,
                  if agent in new_agents else NO_CATEGORIES)
         if before != after:
             yield agent, before, after
+
+
+def conversation_facts(conversation: Conversation, account: Account) -> ConversationFacts:
+    """The facts a conversation has for every agent of its account: the categoriser's
+    cache key. With :func:`fact_vector` this is the only place facts are computed, so
+    :func:`facts_of` (explanations, tooling) cannot drift from what was published."""
+    return (conversation.status, conversation.group_id is not None, len(conversation.joined),
+            account.plan, len(account.agents), len(account.groups))
+
+
+def fact_vector(key: ConversationFacts, joined: bool, in_group: bool) -> FactVector:
+    """One agent's facts, in :data:`~worker.domain.facts.FACT_NAMES` order: the
+    conversation's (``key``) and the agent's relation to it."""
+    status, has_group, joined_count, plan, agents, groups = key
+    return (status, has_group, joined_count, joined, in_group, plan, agents, groups)
+
+
+def facts_of(state: AccountState, conversation_id: str, agent_id: str) -> dict[str, FactValue]:
+    """The named facts the categories of (agent, conversation) are decided on, exactly
+    as the categoriser evaluates them; empty when no decision is made for the pair (the
+    conversation is unknown or deleted, or the agent is not one of the account's), like
+    :func:`categories_of`, which is then empty too."""
+    account = state.account
+    conversation = state.conversations.get(conversation_id)
+    if conversation is None or agent_id not in account.agents:
+        return {}
+    vector = fact_vector(conversation_facts(conversation, account),
+                         agent_id in conversation.joined,
+                         agent_id in account.members(conversation.group_id))
+    return dict(zip(FACT_NAMES, vector, strict=True))
 
 
 def categories_of(state: AccountState, conversation_id: str, agent_id: str) -> frozenset[str]:

@@ -68,6 +68,9 @@ class CompiledRules:
                  ruleset: dict[str, Any]) -> None:
         self.version = version
         self.source = source
+        # Kept for explanations and coverage (worker.rulebook.explain), which read the
+        # conditions as written, with their lines; durable-rules still decides.
+        self.definitions = definitions
         self.categories: tuple[str, ...] = tuple(definitions.categories)
         self.descriptions: dict[str, str] = {
             name: d.description for name, d in definitions.categories.items()}

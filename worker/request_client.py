@@ -1,0 +1,102 @@
+"""Ask the running worker one question over ``inbox.requests`` and wait for its answer.
+
+SPEC.md "Requests": publish to the direct exchange with the kind as routing key, a
+``correlation_id`` and RabbitMQ's direct reply-to as ``reply_to``; the reply comes back
+on the same channel. The publish is ``mandatory``: with no worker's queue bound, the
+broker returns the request at once instead of leaving us to time out.
+
+``inbox-rules explain --live`` uses it; ``watch`` has a transport of its own because it
+also keeps a queue of updates and pages through snapshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pika
+import pika.exceptions
+from pydantic import BaseModel, ValidationError
+
+from contracts.requests import describe_request_error
+from worker.amqp import connection_parameters
+from worker.errors import InboxRulesError
+from worker.settings import Settings
+from worker.topology import Topology
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+ReplyModel = TypeVar("ReplyModel", bound=BaseModel)
+
+
+class RequestError(InboxRulesError):
+    """No answer: no broker, no worker bound, no reply in time, or a reply we cannot read."""
+
+
+def ask(settings: Settings, kind: str, request: BaseModel, reply_model: type[ReplyModel], *,
+        timeout: float = 10.0,
+        connect: Callable[[pika.URLParameters], Any] = pika.BlockingConnection,
+        ) -> ReplyModel:
+    """Publish ``request`` as a ``kind`` request and return the worker's reply.
+
+    Raises :class:`RequestError` saying what to check when nothing usable comes back
+    within ``timeout`` seconds.
+    """
+    exchange = Topology.from_settings(settings).requests_exchange
+    where = settings.safe_amqp_url
+    correlation_id = uuid.uuid4().hex
+    answer: list[bytes] = []
+    returned: list[str] = []
+
+    def on_reply(_channel: Any, _method: Any, properties: Any, body: bytes) -> None:
+        if properties.correlation_id == correlation_id:  # not a late one to someone else
+            answer.append(body)
+
+    def on_return(_channel: Any, method: Any, _properties: Any, _body: bytes) -> None:
+        returned.append(str(method.reply_text))
+
+    try:
+        connection = connect(connection_parameters(settings, f"inbox-rules {kind}"))
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise RequestError(f"cannot connect to {where}: {exc!r}") from exc
+    try:
+        channel = connection.channel()
+        # RabbitMQ: consume the direct reply-to, no-ack, before publishing with it.
+        channel.basic_consume(DIRECT_REPLY_TO, on_reply, auto_ack=True)
+        channel.add_on_return_callback(on_return)
+        channel.basic_publish(
+            exchange, kind, request.model_dump_json(exclude_none=True).encode(),
+            pika.BasicProperties(reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
+                                 content_type="application/json"),
+            mandatory=True)
+        deadline = time.monotonic() + timeout
+        while not answer:
+            if returned:
+                raise RequestError(
+                    f"no worker is bound to {exchange!r} with routing key {kind!r} "
+                    f"({returned[0]}): is a worker (inbox-rules run) running on {where}?")
+            if time.monotonic() > deadline:
+                raise RequestError(
+                    f"no {kind} reply within {timeout:g} s: is a worker (inbox-rules run) "
+                    f"answering {exchange!r} on {where}? A request it cannot read goes to "
+                    "its dead-letter queue with the reason")
+            connection.process_data_events(time_limit=0.05)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        hint = (f": the worker declares {exchange!r}; is one running?"
+                if exc.reply_code == 404 else "")
+        raise RequestError(f"the broker refused the request: {exc.reply_text}{hint}") from exc
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise RequestError(f"lost the connection to {where}: {exc!r}") from exc
+    finally:
+        if connection.is_open:
+            # The answer (or the error) is what matters, not how the connection ends.
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()
+    try:
+        return reply_model.model_validate_json(answer[0])
+    except ValidationError as exc:
+        raise RequestError(f"the worker's {kind} reply is not a {reply_model.__name__}: "
+                           f"{describe_request_error(exc)}") from exc
