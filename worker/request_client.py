@@ -64,6 +64,8 @@ def ask(settings: Settings, kind: str, request: BaseModel, reply_model: type[Rep
         raise RequestError(f"cannot connect to {where}: {exc!r}") from exc
     try:
         channel = connection.channel()
+        # The worker declares the requests exchange: without it nobody could answer.
+        channel.exchange_declare(exchange, passive=True)
         # RabbitMQ: consume the direct reply-to, no-ack, before publishing with it.
         channel.basic_consume(DIRECT_REPLY_TO, on_reply, auto_ack=True)
         channel.add_on_return_callback(on_return)
@@ -84,6 +86,8 @@ def ask(settings: Settings, kind: str, request: BaseModel, reply_model: type[Rep
                     f"answering {exchange!r} on {where}? A request it cannot read goes to "
                     "its dead-letter queue with the reason")
             connection.process_data_events(time_limit=0.05)
+            if channel.is_closed:  # a blocking channel the broker closed says so only here
+                raise RequestError("the broker closed the request channel (its log says why)")
     except pika.exceptions.ChannelClosedByBroker as exc:
         hint = (f": the worker declares {exchange!r}; is one running?"
                 if exc.reply_code == 404 else "")
