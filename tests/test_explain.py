@@ -283,7 +283,8 @@ def test_explanations_of_every_pair_agree_with_what_replay_published(seed: int) 
                 facts = facts_of(state, conversation_id, agent_id)
                 assert reply.facts == facts
                 if facts:
-                    assert set(reply.categories) == SHIPPED.evaluate_facts(facts)
+                    named: dict[str, object] = {**facts}
+                    assert set(reply.categories) == SHIPPED.evaluate_facts(named)
                     checked += 1
                 else:
                     assert not reply.explanations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import sys
 from pathlib import Path
@@ -187,6 +188,70 @@ def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversatio
     if bad:
         click.echo(f"{bad} bad line(s) skipped", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.argument("events", type=click.File("rb"), required=False)
+@click.option("--candidate", "candidate_dir", type=RULES_DIR, required=True,
+              help="The rule directory that would go live.")
+@click.option("--rules", "rules_dir", type=RULES_DIR, default=None,
+              help="The rules live now (default: the shipped rule set).")
+@click.option("--state", "state", is_flag=False, flag_value="", default=None,
+              metavar="[PATH|URL]",
+              help="Compare against the worker's stored state instead of EVENTS, read-only: "
+                   "a SQLite file, a postgresql:// URL, or (no value) INBOX_RULES_STORE_URL, "
+                   "else INBOX_RULES_STATE_PATH.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object (key 'differences': the pairs whose categories differ).")
+def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
+           state: str | None, as_json: bool) -> None:
+    """What would change if the rules of --candidate went live: per category the
+    (agent, conversation) pairs entering and leaving it, badge count changes per agent,
+    and examples with their explanations. Exit status as diff: 0 no difference, 1
+    differences, 2 trouble."""
+    from worker.shadow import ShadowReport, open_state, render
+    from worker.shadow import shadow as compare
+
+    if (events is None) == (state is None):
+        raise click.UsageError("give EVENTS.jsonl to replay, or --state to read the "
+                               "worker's state")
+    current = _load_or_exit(rules_dir)
+    candidate = _load_or_exit(candidate_dir)
+    bad = 0
+    report: ShadowReport
+    if events is not None:
+        inbox = Inbox(current)
+        with progress(None, "replaying events") as bar:
+            for item in replay_lines(inbox, events, progress=bar.advance):
+                if isinstance(item, BadLine):
+                    bad += 1
+                    click.echo(f"line {item.number}: {item.reason}", err=True)
+        with progress(len(inbox.accounts), "comparing accounts") as bar:
+            report = compare(inbox.accounts.values(), candidate, current,
+                             progress=bar.advance)
+        source = current.source
+    else:
+        try:
+            store, where = open_state(state or "", Settings())
+            try:
+                with progress(None, "comparing accounts") as bar:
+                    report = compare(store.iter_accounts(), candidate, current,
+                                     progress=bar.advance)
+            finally:
+                store.close()
+        except StoreError as exc:
+            click.echo(f"shadow: {exc}", err=True)
+            sys.exit(2)
+        source = f"{current.source}; state {where}"
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(render(report, current_source=source, candidate_source=candidate.source),
+                   nl=False)
+    if bad:
+        click.echo(f"{bad} bad line(s) skipped: the comparison is of the rest", err=True)
+        sys.exit(2)
+    sys.exit(1 if report.differences else 0)
 
 
 @main.group()

@@ -84,11 +84,13 @@ def render(reply: ExplainReply, undecided: str | None = None, source: str | None
     lines.append(f"categories: {', '.join(reply.categories) or 'none'}")
     for category in reply.explanations:
         lines.append("")
-        lines.extend(_category(category, reply))
+        lines.extend(render_category(category, reply))
     return "\n".join(lines) + "\n"
 
 
-def _category(category: CategoryExplanation, reply: ExplainReply) -> list[str]:
+def render_category(category: CategoryExplanation, reply: ExplainReply) -> list[str]:
+    """One category's verdict and its deciding conditions, a line each (see
+    :func:`render`)."""
     verdict = "holds" if category.holds else "does not hold"
     out = [f"{category.name}: {verdict}"]
     shown: set[str] = set()

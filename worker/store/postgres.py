@@ -263,7 +263,7 @@ class PostgresStore:
 
     def __init__(self, url: str, partitions: int, *, schema: str | None = None,
                  worker_id: str | None = None,
-                 idle_in_transaction_timeout: float = 10.0) -> None:
+                 idle_in_transaction_timeout: float = 10.0, read_only: bool = False) -> None:
         if partitions < 1:
             raise ValueError(f"the partition count must be at least 1, not {partitions}")
         self.url = url
@@ -289,12 +289,21 @@ class PostgresStore:
         identifier = sql.Identifier(self.schema)
         self._q = {name: sql.SQL(text).format(s=identifier).as_bytes(None)
                    for name, text in _QUERIES.items()}
-        self._reader = _Link(self._connect_reader)
-        self._writer = _Link(self._connect)
-        self._control = _Link(self._connect)
+        # Read only: every session is, so nothing but SELECTs can run, whatever is asked.
+        connect = self._connect_read_only if read_only else self._connect
+        self._reader = _Link(self._connect_read_only if read_only else self._connect_reader)
+        self._writer = _Link(connect)
+        self._control = _Link(connect)
         try:
-            with self._connect() as conn:
-                self._migrate(conn, identifier)
+            if read_only:  # tools that only look: SELECTs on read-only sessions
+                try:
+                    self._check_readable(identifier)
+                except BaseException:
+                    self._reader.close()
+                    raise
+            else:
+                with self._connect() as conn:
+                    self._migrate(conn, identifier)
         except psycopg.Error as exc:
             raise self._error("cannot open", exc) from exc
 
@@ -368,6 +377,55 @@ class PostgresStore:
                               event_window, tombstone_window)
         except (psycopg.Error, ValueError) as exc:
             raise self._error(f"cannot load account {account_id!r}", exc) from exc
+
+    def iter_accounts(self, *, event_window: int = 0, tombstone_window: int = 0,
+                      page: int = 500) -> Iterator[AccountState]:
+        """Every stored account of every partition, in id order, each read in one
+        repeatable-read transaction of its own. For tools that look at the whole state
+        (``inbox-rules shadow --state``) on a store opened ``read_only``: its sessions
+        are read-only, so nothing but SELECTs can run. The windows default to 0 (recent
+        event ids and tombstones are left unread)."""
+        query = sql.SQL("SELECT account_id FROM {s}.accounts WHERE account_id > %s"
+                        " ORDER BY account_id LIMIT %s").format(s=sql.Identifier(self.schema))
+        after = ""
+        while True:
+            try:
+                with self._reader.lock:
+                    ids = [account_id for (account_id,) in
+                           self._reader.get().execute(query, (after, page)).fetchall()]
+            except psycopg.Error as exc:
+                raise self._error("cannot list accounts", exc) from exc
+            for account_id in ids:
+                state = self.load_account(account_id, event_window=event_window,
+                                          tombstone_window=tombstone_window)
+                if state is not None:
+                    yield state
+            if len(ids) < page:
+                return
+            after = ids[-1]
+
+    def _check_readable(self, schema: sql.Identifier) -> None:
+        """The schema holds state this version reads: only a worker may create or
+        migrate it, a read-only open refuses anything else."""
+        with self._reader.lock:
+            conn = self._reader.get()
+            found = conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = %s"
+                                 " AND tablename = 'schema_migrations'",
+                                 (self.schema,)).fetchone()
+            if found is None:
+                raise StoreError(f"state store {self._where}: schema {self.schema!r} holds no "
+                                 "inbox-rules state")
+            row = conn.execute(sql.SQL("SELECT COALESCE(MAX(version), 0) FROM"
+                                       " {s}.schema_migrations").format(s=schema)).fetchone()
+        version = int(row[0]) if row else 0
+        if version != SCHEMA_VERSION:
+            newer = version > SCHEMA_VERSION
+            raise StoreError(
+                f"state store {self._where}: schema version {version} was written by "
+                f"{'a newer' if newer else 'an older'} inbox-rules (this one reads "
+                f"{SCHEMA_VERSION}); " + ("upgrade it" if newer else
+                                          "a worker of this version migrates it when it "
+                                          "starts, read-only tools cannot"))
 
     def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
         """Only accounts of the partitions this store owns: another worker's accounts
@@ -546,6 +604,18 @@ class PostgresStore:
         conn = self._connect()
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
+        return conn
+
+    def _connect_read_only(self) -> Connection:
+        """A reader whose every transaction is read-only, the implicit ones of autocommit
+        statements too (psycopg's ``read_only`` covers only its own ``transaction()``
+        blocks)."""
+        conn = self._connect_reader()
+        try:
+            conn.execute("SELECT set_config('default_transaction_read_only', 'on', false)")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _error(self, what: str, exc: Exception) -> StoreError:

@@ -150,9 +150,12 @@ class SqliteStore:
     with :class:`StoreConflictError`, and the worker drops its cached accounts.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self._generation = 0
+        if read_only:
+            self._open_read_only()
+            return
         try:
             # One thread uses the store at a time, but not always the one that opened it.
             self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0,
@@ -231,6 +234,57 @@ class SqliteStore:
                 return self._load(account_id, event_window, tombstone_window)
         except (sqlite3.Error, ValueError) as exc:
             raise self._error(f"cannot load account {account_id!r}", exc) from exc
+
+    def iter_accounts(self, *, event_window: int = 0, tombstone_window: int = 0,
+                      page: int = 500) -> Iterator[AccountState]:
+        """Every stored account, in id order, each read in a transaction of its own (a
+        worker committing meanwhile cannot tear one). Tools that look at the whole state
+        (``inbox-rules shadow --state``) use it on a store opened ``read_only``; the
+        windows default to 0: recent event ids and tombstones are left unread."""
+        after = ""
+        while True:
+            try:
+                ids = [account_id for (account_id,) in self._reader.execute(
+                    "SELECT account_id FROM accounts WHERE account_id > ?"
+                    " ORDER BY account_id LIMIT ?", (after, page))]
+            except sqlite3.Error as exc:
+                raise self._error("cannot list accounts", exc) from exc
+            for account_id in ids:
+                state = self.load_account(account_id, event_window=event_window,
+                                          tombstone_window=tombstone_window)
+                if state is not None:
+                    yield state
+            if len(ids) < page:
+                return
+            after = ids[-1]
+
+    def _open_read_only(self) -> None:
+        """Open for reading only (``mode=ro``): nothing is created, migrated or written,
+        not even the WAL setting, so a tool can look at a live worker's file safely. A
+        file of another schema version is refused: only a worker may migrate it."""
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0,
+                                       check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._error("cannot open read-only", exc) from exc
+        self._reader = self._db
+        try:
+            version = self._schema_version()
+        except (sqlite3.Error, StoreError) as exc:
+            self._db.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise self._error("cannot open read-only", exc) from exc
+        if version == 0:
+            self._db.close()
+            raise StoreError(f"state store {self.path}: holds no inbox-rules state")
+        if version != SCHEMA_VERSION:
+            self._db.close()
+            raise (self._newer(version) if version > SCHEMA_VERSION else StoreError(
+                f"state store {self.path}: schema version {version} was written by an older "
+                f"inbox-rules (this one reads {SCHEMA_VERSION}); a worker of this version "
+                "migrates it when it starts, read-only tools cannot"))
 
     def _load(self, account_id: str, event_window: int,
               tombstone_window: int) -> AccountState | None:
