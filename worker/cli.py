@@ -19,6 +19,7 @@ from worker.observability import configure_logging, progress
 from worker.observability.logs import url_secrets
 from worker.replay import BadLine, replay_lines
 from worker.rule_cases import run_cases
+from worker.rule_coverage import Coverage, run_with_coverage
 from worker.rulebook.engine import CompiledRules, check_rules, default_rules_dir, load_rules
 from worker.settings import Settings, describe_settings
 
@@ -276,27 +277,57 @@ def rules_check(directory: Path | None) -> None:
 
 @rules.command("test")
 @click.argument("directory", type=RULES_DIR, required=False)
-def rules_test(directory: Path | None) -> None:
-    """Run the rule test cases in DIRECTORY/cases against DIRECTORY's rules."""
+@click.option("--coverage", "with_coverage", is_flag=True,
+              help="Also list the conditions (file:line) no case made true, and false.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: the cases' results (and the coverage), for CI.")
+def rules_test(directory: Path | None, with_coverage: bool, as_json: bool) -> None:
+    """Run the rule test cases in DIRECTORY/cases against DIRECTORY's rules. The exit
+    status says whether they pass; coverage gaps are reported, not failed."""
     directory = directory or default_rules_dir()
     compiled = _load_or_exit(directory)
+    measured: Coverage | None = None
     try:
-        results = run_cases(compiled, directory)
+        if with_coverage:
+            results, measured = run_with_coverage(compiled, directory)
+        else:
+            results = run_cases(compiled, directory)
     except RuleFileError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         sys.exit(1)
     failed = [r for r in results if not r.passed]
-    for result in results:
-        mark = "PASS" if result.passed else "FAIL"
-        click.echo(f"{mark} {result.file}:{result.line} {result.name}")
-        for failure in result.failures:
-            click.echo(f"     {failure}")
-    click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if as_json:
+        report: dict[str, object] = {
+            "passed": len(results) - len(failed), "failed": len(failed),
+            "cases": [{"file": r.file, "line": r.line, "name": r.name, "passed": r.passed,
+                       "failures": r.failures} for r in results]}
+        if measured is not None:
+            report["coverage"] = measured.to_json()
+        click.echo(json.dumps(report))
+    else:
+        for result in results:
+            mark = "PASS" if result.passed else "FAIL"
+            click.echo(f"{mark} {result.file}:{result.line} {result.name}")
+            for failure in result.failures:
+                click.echo(f"     {failure}")
+        click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+        if measured is not None:
+            click.echo(_coverage_text(measured), nl=False)
     if not results:
         click.echo(f"no test cases found in {directory / 'cases'}", err=True)
     if failed or not results:
         sys.exit(1)
+
+
+def _coverage_text(measured: Coverage) -> str:
+    lines = [f"coverage: {len(measured.conditions)} conditions over {measured.vectors} "
+             "distinct fact vectors the cases produced"]
+    for title, gaps in (("never made true", measured.never_true),
+                        ("never made false", measured.never_false)):
+        lines.append(f"{title}: {len(gaps) or 'none'}")
+        lines += [f"  {c.file}:{c.line}  {c.condition}  (in {c.owner})" for c in gaps]
+    return "\n".join(lines) + "\n"
 
 
 def _load_or_exit(directory: Path | None) -> CompiledRules:

@@ -6,6 +6,7 @@ A case file ``cases/*.yaml`` holds a list under ``cases``; each case names its e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,10 @@ def load_cases(path: Path) -> list[dict[str, Any]]:
     return cases
 
 
-def run_case(rules: CompiledRules, case: dict[str, Any], file: str) -> CaseResult:
+def run_case(rules: CompiledRules, case: dict[str, Any], file: str,
+             new_inbox: Callable[[CompiledRules], Inbox] = Inbox) -> CaseResult:
+    """Run one case in an inbox of its own; ``new_inbox`` makes it (rule coverage
+    passes one that records every decision the case shows)."""
     line = int(case.get(LINE_KEY, 0)) if isinstance(case, dict) else 0
     if not isinstance(case, dict):
         return CaseResult(file, line, "?", ["a case must be a mapping"])
@@ -85,7 +89,7 @@ def run_case(rules: CompiledRules, case: dict[str, Any], file: str) -> CaseResul
     if not isinstance(events, list) or not isinstance(expectations, list) or not expectations:
         result.failures.append("a case needs a list of 'events' and a non-empty list 'expect'")
         return result
-    inbox = Inbox(rules)
+    inbox = new_inbox(rules)
     for number, raw in enumerate(events, start=1):
         if not isinstance(raw, dict):
             result.failures.append(f"event {number}: must be a mapping")
@@ -127,9 +131,10 @@ def _check(inbox: Inbox, expectation: Any, case_line: int) -> list[str]:
     return failures
 
 
-def run_cases(rules: CompiledRules, rules_dir: Path) -> list[CaseResult]:
+def run_cases(rules: CompiledRules, rules_dir: Path,
+              new_inbox: Callable[[CompiledRules], Inbox] = Inbox) -> list[CaseResult]:
     results: list[CaseResult] = []
     for path in case_files(rules_dir):
         for case in load_cases(path):
-            results.append(run_case(rules, case, str(path)))
+            results.append(run_case(rules, case, str(path), new_inbox))
     return results

@@ -168,28 +168,29 @@ def explain(definitions: Definitions, facts: Mapping[str, FactValue]) -> list[Ca
 
 
 def all_verdicts(definitions: Definitions,
-                 facts: Mapping[str, FactValue]) -> list[tuple[Condition, str, bool]]:
-    """Every condition of every definition (categories and predicates), each with its
-    file and whether it held: none is left out for not deciding (rule coverage asks of
-    each condition whether any evaluation made it true, and any made it false)."""
+                 facts: Mapping[str, FactValue]) -> list[tuple[Definition, Condition, bool]]:
+    """Every condition of every definition (categories, then predicates), each with the
+    definition it is written in and whether it held: none is left out for not deciding
+    (rule coverage asks of each condition whether any evaluation made it true, and any
+    made it false)."""
     evaluator = _Evaluator(definitions, facts)
-    out: list[tuple[Condition, str, bool]] = []
+    out: list[tuple[Definition, Condition, bool]] = []
 
-    def visit(condition: Condition, file: str) -> bool:
+    def visit(owner: Definition, condition: Condition) -> bool:
         if isinstance(condition, FactTest):
             holds = _COMPARE[condition.op](facts[condition.fact], condition.value)
         elif isinstance(condition, Not):
-            holds = not visit(condition.item, file)
+            holds = not visit(owner, condition.item)
         elif isinstance(condition, AllOf | AnyOf):
-            items = [visit(item, file) for item in condition.items]  # every one: no short cut
+            items = [visit(owner, item) for item in condition.items]  # no short cut
             holds = all(items) if isinstance(condition, AllOf) else any(items)
         else:
             holds = evaluator.definition(evaluator.target(condition)).holds
-        out.append((condition, file, holds))
+        out.append((owner, condition, holds))
         return holds
 
     for definition in [*definitions.categories.values(), *definitions.predicates.values()]:
-        visit(definition.when, definition.file)
+        visit(definition, definition.when)
     return out
 
 
