@@ -16,6 +16,8 @@ from contracts.requests import REQUEST_KINDS
 from worker.settings import Settings, env_name
 
 Step = tuple[str, dict[str, Any]]
+# The requests queue's delivery limit (see events_queue_arguments for why it is high).
+REQUESTS_DELIVERY_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ class Topology:
         return {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": self.dead_letter_exchange,
-            "x-delivery-limit": self.delivery_limit,
+            # Fixed, not the setting: the setting may be lowered to match an events
+            # queue an older worker declared, and this queue would then keep that value.
+            "x-delivery-limit": REQUESTS_DELIVERY_LIMIT,
             # The worker that consumes the events answers the requests (a standby waits).
             "x-single-active-consumer": True,
         }
