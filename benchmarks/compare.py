@@ -471,8 +471,8 @@ def verdicts(rows: list[Row], soak: Result | None) -> list[str]:
     default = by_name.get(DEFAULT)
     if default is not None:
         value = default.worker.events_per_second / default.relay.events_per_second
-        verdict(value >= 0.7, f"events/s worker/relay on the default stream ({DEFAULT}: "
-                f"fan-out light, 2 agents) = {value:.2f} (target >= 0.70)")
+        verdict(value >= 0.9, f"events/s worker/relay on the default stream ({DEFAULT}: "
+                f"fan-out light, 2 agents) = {value:.2f} (target >= 0.90)")
     for fanout in ("light", "heavy"):
         small, large = by_name.get(f"{fanout}/2"), by_name.get(f"{fanout}/500")
         if small is None or large is None:
