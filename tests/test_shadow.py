@@ -187,7 +187,9 @@ def test_state_a_worker_wrote_gives_the_same_report_and_stays_untouched(
     expected = _independent(variant)
     result = _shadow("--state", str(path), "--candidate", str(variant), "--json")
     assert result.exit_code == 1, result.output
-    _check(json.loads(result.stdout), expected)
+    report = json.loads(result.stdout)
+    _check(report, expected)
+    assert report["categorised_under"] == {load_rules().version: 3}
     # `--state` alone: the worker's settings name the file.
     env = {"INBOX_RULES_STATE_PATH": str(path)}
     result = _shadow("--candidate", str(variant), "--state", "--json", env=env)

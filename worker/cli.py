@@ -243,7 +243,7 @@ def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
         except StoreError as exc:
             click.echo(f"shadow: {exc}", err=True)
             sys.exit(2)
-        source = f"{current.source}; state {where}"
+        source = f"state {where}"
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:

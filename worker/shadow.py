@@ -80,6 +80,9 @@ class ShadowReport:
     # (account, agent) -> category -> change of the badge count
     badges: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
     examples: list[Example] = field(default_factory=list)
+    # The rules each account was categorised under (one version after a replay; a
+    # stored state may be mid-rollout): what the differences are differences from.
+    categorised: Counter[str] = field(default_factory=Counter)
 
     def badge_changes(self) -> list[tuple[str, str, dict[str, int]]]:
         """Agents whose badge counts change, the largest total change first."""
@@ -95,6 +98,7 @@ class ShadowReport:
         return {
             "differences": self.differences, "pairs": self.pairs, "accounts": self.accounts,
             "rules_version": self.current_version, "candidate_version": self.candidate_version,
+            "categorised_under": dict(self.categorised),
             "categories": {n: {"enter": self.entered[n], "leave": self.left[n]} for n in names},
             "agents_changed": len(changes),
             "badge_changes": [{"account_id": a, "agent_id": g, "changes": c}
@@ -116,6 +120,7 @@ def shadow(states: Iterable[AccountState], candidate: CompiledRules,
         report.accounts += 1
         report.pairs += len(state.account.agents) * len(state.conversations)
         categorised_by = state.rules_version
+        report.categorised[categorised_by or "(none)"] += 1
         for update in categoriser.adopt(state):
             after = update.categories
             before = sorted((set(after) - set(update.added)) | set(update.removed))
@@ -152,8 +157,10 @@ def _example(state: AccountState, agent_id: str, conversation_id: str, category:
 
 def render(report: ShadowReport, *, current_source: str, candidate_source: str) -> str:
     """The report for a person."""
-    lines = [f"rules {report.current_version or '(as stored)'} ({current_source}) -> "
-             f"candidate {report.candidate_version} ({candidate_source})",
+    under = ", ".join(f"{version} ({count} account(s))" if len(report.categorised) > 1
+                      else version for version, count in report.categorised.most_common())
+    lines = [f"now: {current_source}, categorised under rules {under or '(no account)'}",
+             f"candidate: {candidate_source}, rules {report.candidate_version}",
              f"{report.differences} of {report.pairs} (agent, conversation) pairs in "
              f"{report.accounts} account(s) would change"]
     if not report.differences:
