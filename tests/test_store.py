@@ -246,8 +246,9 @@ def test_an_account_known_only_by_its_conversations_still_loads(tmp_path: Path) 
     path = tmp_path / "state.sqlite3"
     SqliteStore(path).close()
     with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO conversations VALUES ('acc-9', 'c-1', 'open', NULL, '[]',"
-                   " 3, '[[\"all\"], [], [], []]')")
+        db.execute("INSERT INTO conversations (account_id, conversation_id, status, group_id,"
+                   " joined, last_sequence, categories) VALUES ('acc-9', 'c-1', 'open', NULL,"
+                   " '[]', 3, '[[\"all\"], [], [], []]')")
         db.execute("INSERT INTO events VALUES ('acc-9', 4, 'e-4')")
     loaded = SqliteStore(path).load_account("acc-9", event_window=10, tombstone_window=10)
     assert loaded is not None and loaded.account == Account("acc-9")
@@ -285,8 +286,8 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     SqliteStore(path).close()
     with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO schema_migrations VALUES (3, '2030-01-01')")
-    with pytest.raises(StoreError, match="schema version 3 was written by a newer"):
+        db.execute("INSERT INTO schema_migrations VALUES (99, '2030-01-01')")
+    with pytest.raises(StoreError, match="schema version 99 was written by a newer"):
         SqliteStore(path)
 
 
@@ -303,7 +304,7 @@ def test_opening_twice_migrates_once(tmp_path: Path) -> None:
     first = SqliteStore(path)
     second = SqliteStore(path)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(2,)]
+        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(2,), (3,)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     first.close()
     second.close()
@@ -386,7 +387,7 @@ def test_a_v1_file_opens_with_its_state(tmp_path: Path, categoriser: Categoriser
         tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert not tables & {"counts", "seen", "v1_accounts", "v1_conversations"}
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'"
-                          ).fetchone() == ("2",), "a v1 worker would refuse the file"
+                          ).fetchone() == ("3",), "a v1 worker would refuse the file"
         assert db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone() == ("42",)
 
 

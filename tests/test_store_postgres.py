@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -32,6 +33,7 @@ from worker.domain.state import Account
 from worker.errors import StoreConflictError, StoreError, StoreFencedError
 from worker.partitions import partition_of
 from worker.rulebook import load_rules
+from worker.rulebook.engine import default_rules_dir
 from worker.store import StateStore
 from worker.store.postgres import PostgresStore
 
@@ -583,7 +585,7 @@ def test_workers_opening_together_migrate_once(url: str, open_store: Open) -> No
     for thread, _ in threads:
         thread.join(30)
     assert all(isinstance(outcome[0], PostgresStore) for _, outcome in threads)
-    assert query(url, "SELECT version FROM inbox_rules.schema_migrations") == [(1,)]
+    assert query(url, "SELECT version FROM inbox_rules.schema_migrations") == [(1,), (2,)]
     assert query(url, "SELECT partition, epoch FROM inbox_rules.partitions"
                       " ORDER BY partition") == [(p, 0) for p in range(PARTITIONS)]
     assert query(url, "SELECT value FROM inbox_rules.meta WHERE key = 'partitions'"
@@ -693,3 +695,59 @@ def test_accounts_spread_over_the_partitions() -> None:
 def test_a_partition_count_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         partition_of("acc-1", 0)
+
+
+# -- time (docs/time.md) -------------------------------------------------------------
+
+@postgres
+def test_time_columns_round_trip_and_due_accounts_are_those_of_owned_partitions(
+        open_store: Open) -> None:
+    sla = Categoriser(load_rules(default_rules_dir() / "examples" / "sla"))
+    store = owner(open_store)
+    accounts = [in_partition(p) for p in range(PARTITIONS)]
+    states = []
+    for account in accounts:
+        state = AccountState(Account(account), rules_version=sla.rules.version)
+        sla.handle(state, parse_event_object({
+            "event_id": "snap", "type": "account.updated", "account_id": account,
+            "occurred_at": "2026-11-25T10:00:00+02:00",
+            "data": {"plan": "free", "agents": ["ag-1"], "groups": {}}}))
+        handle(sla, state, "e-1")  # created at 10:00+02:00: overdue at 08:05Z
+        states.append(state)
+    store.commit([s.take_write() for s in states])
+    due = datetime(2026, 11, 25, 8, 5, tzinfo=UTC)
+    loaded = load(store, accounts[0])
+    assert loaded.conversations == states[0].conversations
+    waiting = loaded.conversations["c-new"].waiting_since
+    assert waiting is not None and waiting.isoformat() == "2026-11-25T10:00:00+02:00"
+    assert loaded.next_due() == due
+    assert store.next_due() == due
+    assert store.due_accounts(due - timedelta(microseconds=1), 10) == []
+    assert store.due_accounts(due, 10) == sorted(accounts)
+    assert len(store.due_accounts(due, 2)) == 2
+    store.release(1)
+    assert store.due_accounts(due, 10) == sorted(a for a in accounts if a != accounts[1])
+    assert open_store().due_accounts(due, 10) == [] and open_store().next_due() is None
+
+
+@postgres
+def test_a_version_1_schema_gains_the_time_columns(url: str, open_store: Open) -> None:
+    from worker.store import postgres as module
+
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        schema = sql.Identifier(module.DEFAULT_SCHEMA)
+        conn.execute(sql.SQL("CREATE SCHEMA {s}").format(s=schema))
+        conn.execute(sql.SQL("CREATE TABLE {s}.schema_migrations (version integer PRIMARY"
+                             " KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+                     .format(s=schema))
+        module._migrate_to_1(conn, schema)
+        conn.execute(sql.SQL("INSERT INTO {s}.schema_migrations (version) VALUES (1)")
+                     .format(s=schema))
+        conn.execute(sql.SQL("INSERT INTO {s}.conversations VALUES ('acc-1', 'c-1', 'open',"
+                             " NULL, '[]', 3, '[[\"all\"], [], [], []]')").format(s=schema))
+    store = open_store()
+    conversation = load(store, "acc-1").conversations["c-1"]
+    assert (conversation.waiting_since, conversation.last_message_by,
+            conversation.due_at) == (None, "none", None)
+    assert query(url, "SELECT version FROM inbox_rules.schema_migrations ORDER BY 1") == [
+        (1,), (2,)]

@@ -17,7 +17,7 @@ from worker.domain.inbox import Inbox
 from worker.errors import DemoError, RuleFileError, StoreError
 from worker.observability import configure_logging, progress
 from worker.observability.logs import url_secrets
-from worker.replay import BadLine, replay_lines
+from worker.replay import BadLine, parse_moment, replay_lines
 from worker.rule_cases import run_cases
 from worker.rule_coverage import Coverage, run_with_coverage
 from worker.rulebook.engine import CompiledRules, check_rules, default_rules_dir, load_rules
@@ -35,8 +35,15 @@ def main() -> None:
 @click.argument("events", type=click.File("rb"))
 @click.option("--rules", "rules_dir", type=RULES_DIR, default=None,
               help="Rule directory (default: the shipped rule set).")
-def replay(events: BinaryIO, rules_dir: Path | None) -> None:
+@click.option("--until", default=None, metavar="TIMESTAMP",
+              help="After the last event, cross every time threshold due by TIMESTAMP "
+                   "(ISO 8601; UTC if it has no offset).")
+def replay(events: BinaryIO, rules_dir: Path | None, until: str | None) -> None:
     """Print the category updates EVENTS.jsonl would produce ('-' reads stdin)."""
+    try:
+        moment = None if until is None else parse_moment(until)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--until") from exc
     rules = _load_or_exit(rules_dir)
     inbox = Inbox(rules)
     out = sys.stdout.buffer
@@ -52,6 +59,10 @@ def replay(events: BinaryIO, rules_dir: Path | None) -> None:
             else:
                 write(item.body)
                 write(b"\n")
+    if moment is not None:
+        for update in inbox.cross_until(moment):
+            write(update.body)
+            write(b"\n")
     out.flush()
     if bad:
         click.echo(f"{bad} bad line(s) skipped", err=True)

@@ -1,9 +1,15 @@
-"""Offline replay: the worker's rules and state logic with no broker."""
+"""Offline replay: the worker's rules and state logic with no broker.
+
+Time passes by the events: before each event, every time threshold crossing due by its
+``occurred_at`` is made (see :class:`worker.domain.inbox.Inbox`); ``--until`` makes the
+rest up to a given moment at the end.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from contracts import BadEvent, parse_event
 from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES
@@ -39,3 +45,12 @@ def replay_lines(inbox: Inbox, lines: Iterable[bytes],
             yield BadLine(number, exc.reason)
             continue
         yield from inbox.handle(event)
+
+
+def parse_moment(text: str) -> datetime:
+    """An ISO 8601 timestamp (``2026-11-24T10:05:00Z``); one without an offset is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 timestamp: {text!r}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -2,12 +2,19 @@
 
 A case file ``cases/*.yaml`` holds a list under ``cases``; each case names its events
 (envelope fields may be left out and get defaults) and what an agent should see.
+
+Time: an event may say when it happens with ``at:`` (seconds after the case's start,
+``2026-01-01T00:00:00Z``, or an ISO timestamp; an event without one happens when the
+one before it did), and an expectation at what time to look with ``look_at:`` (the same
+forms): every threshold crossing due by then is made first, as ``inbox-rules replay
+--until`` does. Expectations are checked in order; time never goes back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,7 @@ from worker.rulebook.engine import CompiledRules
 
 DEFAULT_ACCOUNT = "acc-1"
 DEFAULT_TIME = "2026-01-01T00:00:00Z"
+START = datetime(2026, 1, 1, tzinfo=UTC)
 LINE_KEY = "__line__"
 
 
@@ -90,21 +98,64 @@ def run_case(rules: CompiledRules, case: dict[str, Any], file: str,
         result.failures.append("a case needs a list of 'events' and a non-empty list 'expect'")
         return result
     inbox = new_inbox(rules)
+    now: datetime | str = DEFAULT_TIME
     for number, raw in enumerate(events, start=1):
         if not isinstance(raw, dict):
             result.failures.append(f"event {number}: must be a mapping")
             return result
         at = raw.get(LINE_KEY, line)
+        fields = _strip_lines(raw)
+        if "at" in fields:
+            moment = _moment(fields.pop("at"))
+            if moment is None:
+                result.failures.append(f"line {at}: event {number}: 'at' must be seconds "
+                                       "after the case's start or an ISO timestamp")
+                return result
+            now = moment
         event = {"event_id": f"case-{line}-{number}", "account_id": DEFAULT_ACCOUNT,
-                 "occurred_at": DEFAULT_TIME, **_strip_lines(raw)}
+                 "occurred_at": now, **fields}
         try:
-            inbox.handle(parse_event_object(event))
+            parsed = parse_event_object(event)
         except BadEvent as exc:
             result.failures.append(f"line {at}: event {number} is invalid: {exc.reason}")
             return result
+        inbox.handle(parsed)
+        now = parsed.occurred_at
+    looked = now if isinstance(now, datetime) else None
     for expectation in expectations:
+        if isinstance(expectation, dict) and "look_at" in expectation:
+            moment = _moment(expectation["look_at"])
+            where = expectation.get(LINE_KEY, line)
+            if moment is None:
+                result.failures.append(f"line {where}: 'look_at' must be seconds after the "
+                                       "case's start or an ISO timestamp")
+                continue
+            if looked is not None and moment < looked:
+                result.failures.append(f"line {where}: 'look_at' goes back in time, before "
+                                       "the last event or the look before it "
+                                       f"({moment.isoformat()} < {looked.isoformat()})")
+                continue
+            looked = moment
+            inbox.cross_until(moment)
         result.failures.extend(_check(inbox, expectation, line))
     return result
+
+
+def _moment(value: Any) -> datetime | None:
+    """``at``/``look_at``: seconds after the case's start, or an ISO timestamp (YAML
+    reads an unquoted one as a datetime; one without an offset is UTC)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return START + timedelta(seconds=value)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return None
 
 
 def _check(inbox: Inbox, expectation: Any, case_line: int) -> list[str]:

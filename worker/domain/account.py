@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from heapq import heapify, heappop, heappush
 
 from worker.domain.state import Account, Conversation
 
@@ -49,8 +50,8 @@ class AccountState:
     """The mutable state of one account. Only this class changes it, so every change
     is tracked for the store and journalled for a rollback."""
 
-    __slots__ = ("_account_dirty", "_agents_touched", "_changed_conversations", "_journal",
-                 "_new_events", "_new_tombstones", "account", "conversations", "counts",
+    __slots__ = ("_account_dirty", "_agents_touched", "_changed_conversations", "_due",
+                 "_journal", "_new_events", "_new_tombstones", "account", "conversations", "counts",
                  "event_counter", "event_window", "last_occurred_at", "recent",
                  "rules_generation", "rules_version", "seqs", "tombstone_window",
                  "tombstones")
@@ -80,6 +81,10 @@ class AccountState:
         self._new_events: list[tuple[int, str]] = []
         self._new_tombstones: list[tuple[int, str, int | None]] = []
         self._journal: list[Callable[[], None]] | None = None
+        # (due_at, conversation id) of conversations with a time crossing ahead, a heap
+        # built on first use (never, under rules without time facts). An entry whose
+        # conversation moved on (other due_at, or gone) is stale and skipped.
+        self._due: list[tuple[datetime, str]] | None = None
 
     @property
     def account_id(self) -> str:
@@ -94,6 +99,36 @@ class AccountState:
 
     def counts_of(self, agent_id: str) -> dict[str, int]:
         return self.counts.get(agent_id, {})
+
+    def next_due(self) -> datetime | None:
+        """The earliest instant at which one of the account's conversations crosses a
+        time threshold (None: none will, until an event comes)."""
+        heap = self._due
+        if heap is None:
+            heap = self._due = [(c.due_at, c.conversation_id)
+                                for c in self.conversations.values() if c.due_at is not None]
+            heapify(heap)
+        conversations = self.conversations
+        while heap:
+            due, conversation_id = heap[0]
+            conversation = conversations.get(conversation_id)
+            if conversation is not None and conversation.due_at == due:
+                return due
+            heappop(heap)
+        return None
+
+    def take_due(self, instant: datetime) -> list[Conversation]:
+        """The conversations due at ``instant`` (the :meth:`next_due`), by id, taken off
+        the index: the caller evaluates them again and puts them back."""
+        due: dict[str, Conversation] = {}
+        heap = self._due
+        conversations = self.conversations
+        while heap and heap[0][0] == instant:
+            _, conversation_id = heappop(heap)
+            conversation = conversations.get(conversation_id)
+            if conversation is not None and conversation.due_at == instant:
+                due[conversation_id] = conversation
+        return [due[c] for c in sorted(due)]
 
     # -- writes ------------------------------------------------------------
     def set_account(self, account: Account) -> None:
@@ -110,6 +145,8 @@ class AccountState:
                                                 self.conversations.get(conversation_id)))
         self.conversations[conversation_id] = conversation
         self._changed_conversations.add(conversation_id)
+        if self._due is not None and conversation.due_at is not None:
+            heappush(self._due, (conversation.due_at, conversation_id))
 
     def delete_conversation(self, conversation_id: str, last_sequence: int | None) -> None:
         """Forget a deleted conversation (it is in no category) and keep a tombstone with
@@ -166,6 +203,17 @@ class AccountState:
         if self.last_occurred_at is None or occurred_at > self.last_occurred_at:
             self.last_occurred_at = occurred_at
 
+    def advance_clock(self, moment: datetime) -> None:
+        """Time reached ``moment`` (a crossing): the account's clock never goes back, so
+        an event that occurred earlier is evaluated at this moment, not before it."""
+        if self.last_occurred_at is not None and moment <= self.last_occurred_at:
+            return
+        if self._journal is not None:
+            last, counter = self.last_occurred_at, self.event_counter
+            self._journal.append(lambda: self._restore_clock(last, counter))
+        self.last_occurred_at = moment
+        self._account_dirty = True
+
     def set_rules(self, version: str, generation: int) -> None:
         if self._journal is not None:
             old = (self.rules_version, self.rules_generation)
@@ -185,6 +233,7 @@ class AccountState:
         journal, self._journal = self._journal or [], None
         for undo in reversed(journal):
             undo()
+        self._due = None  # entries taken since begin() may be due again: rebuilt on use
 
     def _restorer(self, conversation_id: str, old: Conversation | None) -> Callable[[], None]:
         def restore() -> None:

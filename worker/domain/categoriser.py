@@ -12,8 +12,9 @@ knows about brokers, stores or what a category means.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -32,19 +33,24 @@ from worker.domain.state import (
     apply_snapshot,
     is_stale,
     learn_agents,
+    new_conversation,
 )
-from worker.domain.updates import Cause, CountsEncoder, Pair, Update
+from worker.domain.updates import Cause, CountsEncoder, Pair, Update, format_time
 
 # (conversation_id, agent_id, categories before, categories after)
 Change = tuple[str, str, frozenset[str], frozenset[str]]
-# (status, has a group, joined count, plan, agent count, group count): the facts one
-# conversation has for every agent of its account (see conversation_facts).
-ConversationFacts = tuple[str, bool, int, str, int, int]
+# (status, has a group, joined count, plan, agent count, group count, waiting seconds
+# (bucketed by the rules' thresholds), last message by): the facts one conversation has
+# for every agent of its account (see conversation_facts).
+ConversationFacts = tuple[str, bool, int, str, int, int, int, str]
 FactValue = str | bool | int
 # Entries of each of the categoriser's caches, at most (in practice far fewer).
 MAX_CACHED = 4096
 # Rules adoptions of an account that had no event yet are stamped with this time.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_SECOND = timedelta(seconds=1)
+WAITING = "conversation.waiting_seconds"
+LAST_MESSAGE_BY = "conversation.last_message_by"
 
 
 class Categoriser:
@@ -58,6 +64,16 @@ class Categoriser:
         self._evaluated: dict[tuple[object, ...], tuple[frozenset[str], ...]] = {}
         self._pairs: dict[tuple[frozenset[str], frozenset[str]], Pair] = {}
         self._version_json = orjson.dumps(rules.version)
+        # The waiting times at which a category may change (docs/time.md). None: the
+        # rules test no time fact, and time costs nothing (no clock read, no index).
+        self._thresholds: tuple[int, ...] | None = tuple(rules.thresholds.get(WAITING, ())) or None
+        # Who wrote last splits the cache three ways: only when some rule asks.
+        self._by_last = LAST_MESSAGE_BY in rules.tested_facts
+
+    @property
+    def timed(self) -> bool:
+        """The rules test a time fact: categories may change as time passes."""
+        return self._thresholds is not None
 
     # -- entry points ------------------------------------------------------
     def handle(self, state: AccountState, event: Event) -> list[Update]:
@@ -68,11 +84,21 @@ class Categoriser:
         """
         if event.event_id in state.recent:  # a duplicate (hot path: no method call)
             return []
-        updates = self.adopt(state) if state.rules_version != self.rules.version else []
-        if isinstance(event, AccountUpdated):
-            changes = self._account_updated(state, event)
+        now = event.occurred_at
+        if self._thresholds is not None:
+            # Every crossing before the event first (time order), then the event at the
+            # account's clock: it never goes back, even for an event that comes late.
+            updates = self.cross(state, now)
+            if state.last_occurred_at is not None and state.last_occurred_at > now:
+                now = state.last_occurred_at
+        elif state.rules_version != self.rules.version:
+            updates = self.adopt(state)
         else:
-            changes = self._conversation_event(state, event)
+            updates = []
+        if isinstance(event, AccountUpdated):
+            changes = self._account_updated(state, event, now)
+        else:
+            changes = self._conversation_event(state, event, now)
         state.remember(event.event_id, event.occurred_at)
         if changes:
             cause = Cause(state.account_id, event.event_id, self._version_json,
@@ -94,23 +120,49 @@ class Categoriser:
             state.set_rules(version, state.rules_generation)  # nothing categorised yet
             return []
         generation = state.rules_generation + 1
-        changes = self._recategorise(state, state.account, state.account)
+        moment = state.last_occurred_at or EPOCH
+        changes = self._recategorise(state, state.account, state.account, moment)
         state.set_rules(version, generation)
         cause = Cause(state.account_id, f"rules:{version}:{generation}", self._version_json,
-                      state.last_occurred_at or EPOCH)
+                      moment)
         return self._publishable(state, changes, cause)
 
+    def cross(self, state: AccountState, now: datetime) -> list[Update]:
+        """Cross every time threshold of the account due at or before ``now``, one
+        instant at a time in time order; each instant's changes are published with
+        cause ``time:<instant>`` (UTC) and ``occurred_at`` = the instant, so crossing
+        again from the same state repeats them exactly, whenever it runs."""
+        if self._thresholds is None:
+            return []
+        updates = self.adopt(state) if state.rules_version != self.rules.version else []
+        account = state.account
+        while True:
+            instant = state.next_due()
+            if instant is None or instant > now:
+                return updates
+            moment = instant.astimezone(UTC)
+            changes: list[Change] = []
+            for conversation in state.take_due(instant):
+                changes.extend(self._settle(state, account, account, conversation,
+                                            conversation, moment))
+            state.advance_clock(moment)
+            if changes:
+                cause = Cause(state.account_id, f"time:{format_time(moment)}",
+                              self._version_json, moment)
+                updates.extend(self._publishable(state, changes, cause))
+
     # -- events ------------------------------------------------------------
-    def _account_updated(self, state: AccountState, event: AccountUpdated) -> list[Change]:
+    def _account_updated(self, state: AccountState, event: AccountUpdated,
+                         now: datetime) -> list[Change]:
         old = state.account
         if is_stale(old.last_sequence, event.sequence):
             return []
         new = apply_snapshot(old, event)
         state.set_account(new)
-        return self._recategorise(state, old, new)
+        return self._recategorise(state, old, new, now)
 
     def _conversation_event(self, state: AccountState, event: ConversationEvent,
-                            ) -> list[Change]:
+                            now: datetime) -> list[Change]:
         conversation_id = event.conversation_id
         old_account = state.account
         # Any event reveals its agents, even one for a deleted conversation.
@@ -127,46 +179,56 @@ class Categoriser:
             if account is old_account:
                 return []
             state.set_account(account)
-            return self._recategorise(state, old_account, account)
+            return self._recategorise(state, old_account, account, now)
         old = state.conversations.get(conversation_id)
         if (old is not None and event.sequence is not None and old.last_sequence is not None
                 and event.sequence < old.last_sequence):
             return []  # stale (is_stale, inlined on the hot path)
-        base = old or Conversation(event.account_id, conversation_id)
+        base = old or new_conversation(event)
         new = apply_conversation_event(base, event)
         if account is not old_account:
             # A newly seen agent can change the account's shape (one agent -> several):
             # the whole account is re-categorised, this conversation included.
             state.set_account(account)
             state.put_conversation(new.with_categories(base.categories))
-            return self._recategorise(state, old_account, account,
+            return self._recategorise(state, old_account, account, now,
                                       changed={conversation_id: base})
-        return self._settle(state, old_account, account, base, new)
+        return self._settle(state, old_account, account, base, new, now)
 
     # -- categorisation ----------------------------------------------------
     def _recategorise(self, state: AccountState, old_account: Account, account: Account,
-                      changed: dict[str, Conversation] | None = None) -> list[Change]:
+                      now: datetime, changed: dict[str, Conversation] | None = None,
+                      ) -> list[Change]:
         changes: list[Change] = []
         for conversation_id in sorted(state.conversations):
             conversation = state.conversations[conversation_id]
             before = (changed or {}).get(conversation_id, conversation)
-            changes.extend(self._settle(state, old_account, account, before, conversation))
+            changes.extend(self._settle(state, old_account, account, before, conversation,
+                                        now))
         return changes
 
     def _settle(self, state: AccountState, old_account: Account, account: Account,
-                old: Conversation, new: Conversation) -> list[Change]:
-        """Evaluate ``new``, store it, and list every agent whose set changed."""
+                old: Conversation, new: Conversation, now: datetime) -> list[Change]:
+        """Evaluate ``new`` at ``now``, store it, and list every agent whose set changed."""
         if new.status == "deleted":
             # In no category: it leaves the state (a tombstone keeps late events out).
             new = new.with_categories(EMPTY_BY_RELATION)
             state.delete_conversation(new.conversation_id, new.last_sequence)
         else:
-            key = conversation_facts(new, account)
+            thresholds = self._thresholds
+            last_by = new.last_message_by if self._by_last else "none"
+            if thresholds is None:
+                key, due = conversation_facts(new, account, 0, last_by), None  # no time
+            elif new.waiting_since is None:
+                key, due = conversation_facts(new, account, 0, last_by), None  # not waiting
+            else:
+                waited, due = waited_and_due(new.waiting_since, now, thresholds)
+                key = conversation_facts(new, account, waited, last_by)
             categories = self._evaluated.get(key) or self._evaluate(key)
-            if new is not old or categories != new.categories:
+            if new is not old or categories != new.categories or due != new.due_at:
                 # An account-wide pass leaves most conversations as they were: writing
                 # them would make the store rewrite the whole account every batch.
-                new = new.with_categories(categories)
+                new = new.with_categories(categories, due)
                 state.put_conversation(new)
         if (account is old_account and new.categories == old.categories
                 and new.joined == old.joined and new.group_id == old.group_id):
@@ -244,19 +306,45 @@ def _changed_agents(old_account: Account, account: Account, old: Conversation,
             yield agent, before, after
 
 
-def conversation_facts(conversation: Conversation, account: Account) -> ConversationFacts:
+def conversation_facts(conversation: Conversation, account: Account, waited: int = 0,
+                       last_by: str | None = None) -> ConversationFacts:
     """The facts a conversation has for every agent of its account: the categoriser's
     cache key. With :func:`fact_vector` this is the only place facts are computed, so
-    :func:`facts_of` (explanations, tooling) cannot drift from what was published."""
+    :func:`facts_of` (explanations, tooling) cannot drift from what was published.
+    ``waited`` is ``conversation.waiting_seconds`` (bucketed: see :func:`waited_and_due`);
+    ``last_by`` stands for ``conversation.last_message_by`` (the categoriser gives a
+    constant when no rule tests it; None: the conversation's)."""
     return (conversation.status, conversation.group_id is not None, len(conversation.joined),
-            account.plan, len(account.agents), len(account.groups))
+            account.plan, len(account.agents), len(account.groups), waited,
+            conversation.last_message_by if last_by is None else last_by)
 
 
 def fact_vector(key: ConversationFacts, joined: bool, in_group: bool) -> FactVector:
     """One agent's facts, in :data:`~worker.domain.facts.FACT_NAMES` order: the
     conversation's (``key``) and the agent's relation to it."""
-    status, has_group, joined_count, plan, agents, groups = key
-    return (status, has_group, joined_count, joined, in_group, plan, agents, groups)
+    status, has_group, joined_count, plan, agents, groups, waited, last_by = key
+    return (status, has_group, joined_count, joined, in_group, plan, agents, groups, waited,
+            last_by)
+
+
+def waiting_seconds(since: datetime | None, now: datetime) -> int:
+    """``conversation.waiting_seconds`` at ``now``: whole seconds since ``since`` (0 while
+    not waiting, and never below 0 when the clocks disagree)."""
+    if since is None or now <= since:
+        return 0
+    return (now - since) // ONE_SECOND
+
+
+def waited_and_due(since: datetime, now: datetime, thresholds: tuple[int, ...],
+                   ) -> tuple[int, datetime | None]:
+    """The waiting time the engine is given at ``now`` - the largest threshold at or
+    below the real value, 0 below the first: every test on it has the same truth, and
+    the cache sees one value per bucket - and the instant the next threshold is
+    reached (None after the last)."""
+    index = bisect_right(thresholds, waiting_seconds(since, now))
+    waited = thresholds[index - 1] if index else 0
+    due = since + timedelta(seconds=thresholds[index]) if index < len(thresholds) else None
+    return waited, due
 
 
 def facts_of(state: AccountState, conversation_id: str, agent_id: str) -> dict[str, FactValue]:
@@ -268,7 +356,10 @@ def facts_of(state: AccountState, conversation_id: str, agent_id: str) -> dict[s
     conversation = state.conversations.get(conversation_id)
     if conversation is None or agent_id not in account.agents:
         return {}
-    vector = fact_vector(conversation_facts(conversation, account),
+    # The real waiting time at the account's clock, where its categories were decided
+    # (a test has the same truth for it as for the bucketed value the engine was given).
+    waited = waiting_seconds(conversation.waiting_since, state.last_occurred_at or EPOCH)
+    vector = fact_vector(conversation_facts(conversation, account, waited),
                          agent_id in conversation.joined,
                          agent_id in account.members(conversation.group_id))
     return dict(zip(FACT_NAMES, vector, strict=True))

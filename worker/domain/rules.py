@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from worker.domain.facts import FactVector
@@ -18,6 +19,17 @@ class Rules(Protocol):
     @property
     def categories(self) -> tuple[str, ...]:
         """Every published category, in the order of the badge counts."""
+
+    @property
+    def thresholds(self) -> Mapping[str, tuple[int, ...]]:
+        """Per time fact (:data:`~worker.domain.facts.TIME_FACTS`) the rules test, the
+        values at which a test on it may change truth, ascending (none: time plays no
+        part, and costs nothing)."""
+
+    @property
+    def tested_facts(self) -> frozenset[str]:
+        """Every fact a category's condition tests: the others cannot change a category,
+        so the evaluation cache need not tell their values apart."""
 
     def evaluate(self, facts: FactVector) -> frozenset[str]:
         """The categories that hold for one (agent, conversation) fact vector."""

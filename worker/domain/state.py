@@ -7,6 +7,7 @@ categories that puts it in lives only in the rule files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import NamedTuple
 
 from contracts import (
@@ -62,16 +63,31 @@ class Conversation(NamedTuple):
     # current account and rules. Stored, not recomputed, so a rules change can be
     # diffed against what downstream was told.
     categories: tuple[frozenset[str], ...] = EMPTY_BY_RELATION
+    # Since when it waits for an agent (the occurred_at of its creation, its reopening,
+    # or the first visitor message after the last agent message); None: not waiting.
+    waiting_since: datetime | None = None
+    last_message_by: str = "none"  # none | visitor | agent
+    # The next instant at which a time threshold of the rules is crossed (None: none
+    # is ahead): set with the categories, from the same evaluation.
+    due_at: datetime | None = None
 
-    def with_categories(self, categories: tuple[frozenset[str], ...]) -> Conversation:
-        # Positional construction: _replace costs several times more, and this runs
-        # for every event.
-        return Conversation(self.account_id, self.conversation_id, self.status,
-                            self.group_id, self.joined, self.last_sequence, categories)
+    def with_categories(self, categories: tuple[frozenset[str], ...],
+                        due_at: datetime | None = None) -> Conversation:
+        # Straight from the tuple: _replace costs several times more, the generated
+        # __new__ a function call more, and this runs for every event.
+        return _new(Conversation, (self.account_id, self.conversation_id, self.status,
+                                   self.group_id, self.joined, self.last_sequence, categories,
+                                   self.waiting_since, self.last_message_by, due_at))
 
     def relation_of(self, agent_id: str, account: Account) -> int:
         return relation_index(agent_id in self.joined,
                               agent_id in account.members(self.group_id))
+
+
+# Conversations are built with the tuple's own constructor: every field given, in order
+# (the NamedTuple's generated __new__ would cost one more Python call per event).
+_new = tuple.__new__
+_NOBODY: frozenset[str] = frozenset()
 
 
 def apply_snapshot(account: Account, event: AccountUpdated) -> Account:
@@ -106,12 +122,18 @@ def learn_agents(account: Account, agents: tuple[str, ...]) -> Account:
 
 
 def apply_conversation_event(conversation: Conversation, event: ConversationEvent) -> Conversation:
-    """The conversation after one event. A deleted conversation stays deleted."""
+    """The conversation after one event. A deleted conversation stays deleted.
+
+    Waiting (for an agent) starts when the conversation is first seen (created),
+    reopened, or written to by the visitor after an agent's message; an agent's message
+    ends it, and so do resolving and deleting. It is stamped with the event's
+    ``occurred_at``: the platform's clock, never the worker's."""
     sequence = event.sequence  # the highest applied (inlined _next_sequence: hot path)
     last = conversation.last_sequence
     if sequence is None or (last is not None and last > sequence):
         sequence = last
     status, group_id, joined = conversation.status, conversation.group_id, conversation.joined
+    waiting, last_by = conversation.waiting_since, conversation.last_message_by
     if status == "deleted":
         return Conversation(conversation.account_id, conversation.conversation_id, status,
                             group_id, joined, sequence, conversation.categories)
@@ -121,8 +143,14 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
         if event.data.author == "visitor":
             if status == "resolved":
                 status = "open"  # a visitor writing into a resolved chat reopens it
-        elif event.data.agent_id is not None and event.data.agent_id not in joined:
-            joined = joined | {event.data.agent_id}  # an agent who replies joins
+                waiting = event.occurred_at
+            elif waiting is None:
+                waiting = event.occurred_at  # the first visitor message after an agent's
+            last_by = "visitor"
+        else:
+            if event.data.agent_id is not None and event.data.agent_id not in joined:
+                joined = joined | {event.data.agent_id}  # an agent who replies joins
+            waiting, last_by = None, "agent"
     elif isinstance(event, AgentAssigned):
         joined = joined | {event.data.agent_id}
     elif isinstance(event, AgentUnassigned):
@@ -133,13 +161,23 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
         else:
             joined, group_id = frozenset(), event.data.to_group_id
     elif isinstance(event, ConversationResolved):
-        status = "resolved"
+        status, waiting = "resolved", None
     elif isinstance(event, ConversationReopened):
+        if status == "resolved":
+            waiting = event.occurred_at
         status = "open"
     elif isinstance(event, ConversationDeleted):
-        status = "deleted"
-    return Conversation(conversation.account_id, conversation.conversation_id, status,
-                        group_id, joined, sequence, conversation.categories)
+        status, waiting = "deleted", None
+    return _new(Conversation, (conversation.account_id, conversation.conversation_id, status,
+                               group_id, joined, sequence, conversation.categories, waiting,
+                               last_by, conversation.due_at))
+
+
+def new_conversation(event: ConversationEvent) -> Conversation:
+    """The conversation an event finds when its conversation was never seen: it came
+    into being (and started waiting for an agent) when this event occurred."""
+    return _new(Conversation, (event.account_id, event.conversation_id, "open", None, _NOBODY,
+                               None, EMPTY_BY_RELATION, event.occurred_at, "none", None))
 
 
 def is_stale(last_sequence: int | None, sequence: int | None) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from worker.errors import RuleFileError, RuleProblem
+from worker.rulebook.facts import TIME_FACTS
 from worker.rulebook.syntax import AllOf, AnyOf, Condition, Definition, FactTest, Not, Ref
 
 _NEGATED = {
@@ -201,3 +202,64 @@ def compile_ruleset(definitions: Definitions) -> dict[str, Any]:
     if problems:
         raise RuleFileError(problems)
     return rules
+
+
+def time_thresholds(definitions: Definitions) -> dict[str, tuple[int, ...]]:
+    """Per time fact, every value of it at which some category's condition may change.
+
+    A test ``at_least 300`` (or its negation ``less_than 300``) changes at 300 seconds;
+    ``greater_than 299`` (``at_most 299``) changes at 300 too, the values being whole
+    seconds; ``equals 300`` (``in``, ``not_equals``, ``not_in``) at 300 and at 301. Between
+    two consecutive thresholds every test on the fact keeps its truth, so the fact's
+    value can be given to the engine as the largest threshold at or below it (the
+    cache sees a few values, not every second), and a conversation needs looking at
+    again only when its value reaches the next threshold. Thresholds at or below 0
+    are never crossed (the facts start at 0) and are left out. Facts with no
+    threshold are absent.
+    """
+    found: dict[str, set[int]] = {}
+
+    def visit(condition: Condition) -> None:
+        if isinstance(condition, FactTest):
+            if condition.fact in TIME_FACTS:
+                values = (condition.value if condition.op in ("in", "not_in")
+                          else (condition.value,))
+                points = found.setdefault(condition.fact, set())
+                for value in values:  # type: ignore[attr-defined]
+                    points.update(_boundaries(condition.op, int(value)))
+        elif isinstance(condition, Not):
+            visit(condition.item)
+        elif isinstance(condition, AllOf | AnyOf):
+            for item in condition.items:
+                visit(item)
+
+    for definition in definitions.categories.values():
+        visit(definitions.expand(definition.when))
+    return {fact: tuple(sorted(p for p in points if p > 0))
+            for fact, points in sorted(found.items()) if any(p > 0 for p in points)}
+
+
+def _boundaries(op: str, value: int) -> tuple[int, ...]:
+    if op in ("at_least", "less_than"):
+        return (value,)
+    if op in ("greater_than", "at_most"):
+        return (value + 1,)
+    return (value, value + 1)  # equals, not_equals, in, not_in
+
+
+def tested_facts(definitions: Definitions) -> frozenset[str]:
+    """Every fact some category's condition tests (through predicates and categories)."""
+    found: set[str] = set()
+
+    def visit(condition: Condition) -> None:
+        if isinstance(condition, FactTest):
+            found.add(condition.fact)
+        elif isinstance(condition, Not):
+            visit(condition.item)
+        elif isinstance(condition, AllOf | AnyOf):
+            for item in condition.items:
+                visit(item)
+
+    for definition in definitions.categories.values():
+        visit(definitions.expand(definition.when))
+    return frozenset(found)

@@ -20,7 +20,13 @@ from typing import Any
 from durable import engine as durable_engine
 
 from worker.errors import RuleFileError, RuleProblem
-from worker.rulebook.compiler import Definitions, compile_ruleset, fact_key
+from worker.rulebook.compiler import (
+    Definitions,
+    compile_ruleset,
+    fact_key,
+    tested_facts,
+    time_thresholds,
+)
 from worker.rulebook.facts import FACT_NAMES, FactVector
 from worker.rulebook.syntax import Definition, parse_rule_file, read_rule_bytes
 
@@ -92,6 +98,9 @@ class CompiledRules:
                     source, None, f"durable-rules rejected the compiled rules: {exc}")]) from exc
         self.evaluate: Callable[[FactVector], frozenset[str]] = lru_cache(maxsize=CACHE_SIZE)(
             self._evaluate_uncached)
+        # Per time fact, the values at which a category may change (docs/time.md).
+        self.thresholds: dict[str, tuple[int, ...]] = time_thresholds(definitions)
+        self.tested_facts: frozenset[str] = tested_facts(definitions)
 
     def _recorder(self, category: str) -> Callable[[Any], None]:
         def record(_context: Any) -> None:

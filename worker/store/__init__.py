@@ -11,6 +11,7 @@ Implementations: :mod:`worker.store.sqlite` (the embedded default) and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from worker.domain.account import AccountState, AccountWrite
@@ -33,6 +34,13 @@ class StateStore(Protocol):
         """Up to ``limit`` stored accounts, in id order after ``after``, whose categories
         were computed under other rules than ``rules_version`` (the rules sweep)."""
 
+    def due_accounts(self, now: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` stored accounts with a time crossing due at or before ``now``,
+        the earliest due first (from an index by due time: no scan)."""
+
+    def next_due(self) -> datetime | None:
+        """The earliest time crossing due in the stored accounts (None: none is)."""
+
     def changed_elsewhere(self) -> bool:
         """True if another worker committed since our last :meth:`resync` or commit."""
 
@@ -42,3 +50,16 @@ class StateStore(Protocol):
     def close(self) -> None:
         """Release the store."""
 
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(moment: datetime) -> int:
+    """A due time as stored: whole microseconds since the epoch (exact, ordered)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)

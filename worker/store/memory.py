@@ -87,6 +87,17 @@ class MemoryStore:
         return sorted(a for a, s in self.accounts.items()
                       if a > after and s.rules_version != rules_version)[:limit]
 
+    def due_accounts(self, now: datetime, limit: int) -> list[str]:
+        due = sorted((min(c.due_at for c in s.conversations.values() if c.due_at is not None), a)
+                     for a, s in self.accounts.items()
+                     if any(c.due_at is not None and c.due_at <= now
+                            for c in s.conversations.values()))
+        return [a for _, a in due][:limit]
+
+    def next_due(self) -> datetime | None:
+        return min((c.due_at for s in self.accounts.values() for c in s.conversations.values()
+                    if c.due_at is not None), default=None)
+
     def changed_elsewhere(self) -> bool:
         return self.generation != self._base
 

@@ -55,8 +55,9 @@ from worker.domain.state import Account, Conversation
 from worker.errors import StoreError, StoreFencedError
 from worker.partitions import partition_of
 from worker.settings import mask_url
+from worker.store import from_micros, micros
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SCHEMA = "inbox_rules"
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -114,9 +115,25 @@ def _migrate_to_1(conn: Connection, schema: sql.Identifier) -> None:
         conn.execute(sql.SQL(statement).format(s=schema))
 
 
+def _migrate_to_2(conn: Connection, schema: sql.Identifier) -> None:
+    """Time facts: since when a conversation waits for an agent (ISO text, its offset
+    kept exactly), who wrote last, and when its next time crossing is due (microseconds
+    since the epoch, UTC), indexed so that due crossings are found without a scan (only
+    waiting conversations under rules with time facts have one). Conversations stored
+    before this are taken as not waiting until their next event."""
+    for statement in (
+            "ALTER TABLE {s}.conversations ADD COLUMN waiting_since text,"
+            " ADD COLUMN last_message_by text NOT NULL DEFAULT 'none',"
+            " ADD COLUMN due_at bigint",
+            "CREATE INDEX conversations_by_due ON {s}.conversations (due_at, account_id)"
+            " WHERE due_at IS NOT NULL"):
+        conn.execute(sql.SQL(statement).format(s=schema))
+
+
 # (version, migration from the version before it); all run in the open's transaction.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection, sql.Identifier], None]], ...] = (
     (1, _migrate_to_1),
+    (2, _migrate_to_2),
 )
 
 # The statements of the hot paths, formatted with the schema once per store.
@@ -124,7 +141,8 @@ _QUERIES = {
     "account": "SELECT plan, agents, groups_, last_sequence, rules_version, rules_generation,"
                " last_occurred_at, event_counter FROM {s}.accounts WHERE account_id = %s",
     "conversations": "SELECT conversation_id, status, group_id, joined, last_sequence,"
-                     " categories FROM {s}.conversations WHERE account_id = %s",
+                     " categories, waiting_since, last_message_by, due_at"
+                     " FROM {s}.conversations WHERE account_id = %s",
     "agents": "SELECT agent_id, counts, seq FROM {s}.agents WHERE account_id = %s",
     "events": "SELECT number, event_id FROM {s}.events WHERE account_id = %s"
               " ORDER BY number DESC LIMIT %s",
@@ -133,6 +151,13 @@ _QUERIES = {
     "behind": "SELECT account_id FROM {s}.accounts WHERE account_id > %s"
               " AND rules_version IS DISTINCT FROM %s AND partition = ANY(%s)"
               " ORDER BY account_id LIMIT %s",
+    # Due crossings of the partitions owned: the index by due time, then each account's
+    # partition (few rows: only what is due).
+    "due": "SELECT c.account_id FROM {s}.conversations c JOIN {s}.accounts a"
+           " USING (account_id) WHERE c.due_at <= %s AND a.partition = ANY(%s)"
+           " GROUP BY c.account_id ORDER BY MIN(c.due_at), c.account_id LIMIT %s",
+    "next_due": "SELECT MIN(c.due_at) FROM {s}.conversations c JOIN {s}.accounts a"
+                " USING (account_id) WHERE c.due_at IS NOT NULL AND a.partition = ANY(%s)",
     "lock": "SELECT partition, epoch FROM {s}.partitions WHERE partition = ANY(%s)"
             " ORDER BY partition FOR UPDATE",
     # A commit writes in two statements after the fence, each over arrays (unnest): a
@@ -144,10 +169,13 @@ _QUERIES = {
         "WITH put_conversations AS (INSERT INTO {s}.conversations SELECT * FROM unnest("
         "  %(c_account)b::text[], %(c_id)b::text[], %(c_status)b::text[],"
         "  %(c_group)b::text[], %(c_joined)b::text[], %(c_sequence)b::bigint[],"
-        "  %(c_categories)b::text[])"
+        "  %(c_categories)b::text[], %(c_waiting)b::text[], %(c_last_by)b::text[],"
+        "  %(c_due)b::bigint[])"
         " ON CONFLICT (account_id, conversation_id) DO UPDATE SET status = EXCLUDED.status,"
         "  group_id = EXCLUDED.group_id, joined = EXCLUDED.joined,"
-        "  last_sequence = EXCLUDED.last_sequence, categories = EXCLUDED.categories),"
+        "  last_sequence = EXCLUDED.last_sequence, categories = EXCLUDED.categories,"
+        "  waiting_since = EXCLUDED.waiting_since,"
+        "  last_message_by = EXCLUDED.last_message_by, due_at = EXCLUDED.due_at),"
         " deleted AS (DELETE FROM {s}.conversations c"
         "  USING unnest(%(d_account)b::text[], %(d_id)b::text[])"
         "  AS d(account_id, conversation_id)"
@@ -441,6 +469,30 @@ class PostgresStore:
             raise self._error("cannot list accounts behind the rules", exc) from exc
         return [account_id for (account_id,) in rows]
 
+    def due_accounts(self, now: datetime, limit: int) -> list[str]:
+        """Only accounts of the partitions this store owns (see :meth:`accounts_behind`)."""
+        owned = sorted(self._epochs)
+        if not owned:
+            return []
+        try:
+            with self._reader.lock:
+                rows = self._reader.get().execute(
+                    self._q["due"], (micros(now), owned, limit)).fetchall()
+        except psycopg.Error as exc:
+            raise self._error("cannot list accounts with crossings due", exc) from exc
+        return [account_id for (account_id,) in rows]
+
+    def next_due(self) -> datetime | None:
+        owned = sorted(self._epochs)
+        if not owned:
+            return None
+        try:
+            with self._reader.lock:
+                row = self._reader.get().execute(self._q["next_due"], (owned,)).fetchone()
+        except psycopg.Error as exc:
+            raise self._error("cannot read the next crossing", exc) from exc
+        return None if row is None or row[0] is None else from_micros(row[0])
+
     def changed_elsewhere(self) -> bool:
         """Always False: fencing, not a store-wide generation, keeps workers apart; the
         worker drops a partition's cached accounts when it (re)acquires it."""
@@ -674,6 +726,10 @@ class _Batch:
             "c_joined": [_joined_json(c.joined) for c in put],
             "c_sequence": [c.last_sequence for c in put],
             "c_categories": [_categories_json(c.categories) for c in put],
+            "c_waiting": [None if c.waiting_since is None else c.waiting_since.isoformat()
+                          for c in put],
+            "c_last_by": [c.last_message_by for c in put],
+            "c_due": [None if c.due_at is None else micros(c.due_at) for c in put],
             "d_account": [a for a, _ in deleted],
             "d_id": [c for _, c in deleted],
             "g_account": [a for a, _ in self.agents],
@@ -737,9 +793,11 @@ def _state(account_id: str, row: tuple[Any, ...] | None, conversation_rows: list
     state.conversations = {
         conversation_id: Conversation(
             account_id, conversation_id, status, group_id, frozenset(orjson.loads(joined)),
-            last_sequence, tuple(frozenset(c) for c in orjson.loads(categories)))
-        for conversation_id, status, group_id, joined, last_sequence, categories
-        in conversation_rows}
+            last_sequence, tuple(frozenset(c) for c in orjson.loads(categories)),
+            None if waiting is None else datetime.fromisoformat(waiting), last_by,
+            None if due is None else from_micros(due))
+        for (conversation_id, status, group_id, joined, last_sequence, categories, waiting,
+             last_by, due) in conversation_rows}
     state.counts = {agent_id: orjson.loads(counts) for agent_id, counts, _ in agents}
     state.seqs = {agent_id: seq for agent_id, _, seq in agents if seq}
     recent: OrderedDict[str, int] = OrderedDict()

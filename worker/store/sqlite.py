@@ -27,8 +27,9 @@ import orjson
 from worker.domain.account import AccountState, AccountWrite
 from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
+from worker.store import from_micros, micros
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # A composite primary key is the only index these tables need, and WITHOUT ROWID
 # clusters each account's rows together: one account is one contiguous range to read.
@@ -136,9 +137,26 @@ def _migrate_to_2(db: sqlite3.Connection, current: int) -> None:
                (str(SCHEMA_VERSION),))
 
 
+def _migrate_to_3(db: sqlite3.Connection, current: int) -> None:
+    """Time facts: since when a conversation waits for an agent (ISO text, its offset
+    kept), who wrote last, and when its next time crossing is due (microseconds since
+    the epoch, UTC), indexed so that due crossings are found without a scan (only
+    waiting conversations under rules with time facts have one). Conversations stored
+    before this are taken as not waiting until their next event."""
+    db.execute("ALTER TABLE conversations ADD COLUMN waiting_since TEXT")
+    db.execute("ALTER TABLE conversations ADD COLUMN last_message_by TEXT NOT NULL"
+               " DEFAULT 'none'")
+    db.execute("ALTER TABLE conversations ADD COLUMN due_at INTEGER")
+    db.execute("CREATE INDEX conversations_by_due ON conversations (due_at, account_id)"
+               " WHERE due_at IS NOT NULL")
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+               (str(SCHEMA_VERSION),))
+
+
 # (version, migration from the version before it); each runs in its own transaction.
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection, int], None]], ...] = (
     (2, _migrate_to_2),
+    (3, _migrate_to_3),
 )
 
 
@@ -297,10 +315,14 @@ class SqliteStore:
         conversations = {
             conversation_id: Conversation(
                 account_id, conversation_id, status, group_id, frozenset(json.loads(joined)),
-                last_sequence, tuple(frozenset(c) for c in json.loads(categories)))
-            for conversation_id, status, group_id, joined, last_sequence, categories
+                last_sequence, tuple(frozenset(c) for c in json.loads(categories)),
+                None if waiting is None else datetime.fromisoformat(waiting), last_by,
+                None if due is None else from_micros(due))
+            for (conversation_id, status, group_id, joined, last_sequence, categories,
+                 waiting, last_by, due)
             in db.execute(
-                "SELECT conversation_id, status, group_id, joined, last_sequence, categories"
+                "SELECT conversation_id, status, group_id, joined, last_sequence, categories,"
+                " waiting_since, last_message_by, due_at"
                 " FROM conversations WHERE account_id = ?", key)}
         agents = db.execute("SELECT agent_id, counts, seq FROM agents WHERE account_id = ?",
                             key).fetchall()
@@ -340,6 +362,27 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise self._error("cannot list accounts behind the rules", exc) from exc
         return [account_id for (account_id,) in rows]
+
+    def due_accounts(self, now: datetime, limit: int) -> list[str]:
+        try:
+            rows = self._reader.execute(
+                # INDEXED BY: the primary key's order suits GROUP BY, and the planner
+                # may walk every conversation for it; only the due ones may be read.
+                "SELECT account_id FROM conversations INDEXED BY conversations_by_due"
+                " WHERE due_at <= ? GROUP BY account_id ORDER BY MIN(due_at), account_id"
+                " LIMIT ?",
+                (micros(now), limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("cannot list accounts with crossings due", exc) from exc
+        return [account_id for (account_id,) in rows]
+
+    def next_due(self) -> datetime | None:
+        try:
+            row = self._reader.execute(
+                "SELECT MIN(due_at) FROM conversations WHERE due_at IS NOT NULL").fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read the next crossing", exc) from exc
+        return None if row is None or row[0] is None else from_micros(row[0])
 
     def changed_elsewhere(self) -> bool:
         try:
@@ -382,7 +425,7 @@ class SqliteStore:
                 final[(write.account_id, conversation.conversation_id)] = conversation
             for conversation_id in write.deleted:
                 final[(write.account_id, conversation_id)] = None
-        db.executemany("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?)",
+        db.executemany("INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [_conversation_row(c) for c in final.values() if c is not None])
         db.executemany("DELETE FROM conversations WHERE account_id = ? AND conversation_id = ?",
                        [key for key, c in final.items() if c is None])
@@ -513,6 +556,9 @@ def _categories_json(categories: tuple[frozenset[str], ...]) -> str:
 
 
 def _conversation_row(conversation: Conversation) -> tuple[object, ...]:
+    waiting, due = conversation.waiting_since, conversation.due_at
     return (conversation.account_id, conversation.conversation_id, conversation.status,
             conversation.group_id, _json(sorted(conversation.joined)),
-            conversation.last_sequence, _categories_json(conversation.categories))
+            conversation.last_sequence, _categories_json(conversation.categories),
+            None if waiting is None else waiting.isoformat(), conversation.last_message_by,
+            None if due is None else micros(due))
