@@ -19,7 +19,7 @@ from worker.domain.categoriser import Categoriser
 from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
 from worker.rulebook import load_rules
-from worker.store.sqlite import SqliteStore
+from worker.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 AGENTS = ("ag-1", "ag-2", "ag-3")
 BIG = 1_000
@@ -304,7 +304,8 @@ def test_opening_twice_migrates_once(tmp_path: Path) -> None:
     first = SqliteStore(path)
     second = SqliteStore(path)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(2,), (3,)]
+        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [
+            (target,) for target, _ in MIGRATIONS]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     first.close()
     second.close()
@@ -387,7 +388,7 @@ def test_a_v1_file_opens_with_its_state(tmp_path: Path, categoriser: Categoriser
         tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert not tables & {"counts", "seen", "v1_accounts", "v1_conversations"}
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'"
-                          ).fetchone() == ("3",), "a v1 worker would refuse the file"
+                          ).fetchone() == (str(SCHEMA_VERSION),), "a v1 worker would refuse it"
         assert db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone() == ("42",)
 
 

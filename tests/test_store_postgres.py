@@ -35,7 +35,7 @@ from worker.partitions import partition_of
 from worker.rulebook import load_rules
 from worker.rulebook.engine import default_rules_dir
 from worker.store import StateStore
-from worker.store.postgres import PostgresStore
+from worker.store.postgres import MIGRATIONS, PostgresStore
 
 ADMIN_URL = os.environ.get("INBOX_RULES_TEST_POSTGRES",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -585,7 +585,8 @@ def test_workers_opening_together_migrate_once(url: str, open_store: Open) -> No
     for thread, _ in threads:
         thread.join(30)
     assert all(isinstance(outcome[0], PostgresStore) for _, outcome in threads)
-    assert query(url, "SELECT version FROM inbox_rules.schema_migrations") == [(1,), (2,)]
+    assert query(url, "SELECT version FROM inbox_rules.schema_migrations ORDER BY 1") == [
+        (target,) for target, _ in MIGRATIONS]
     assert query(url, "SELECT partition, epoch FROM inbox_rules.partitions"
                       " ORDER BY partition") == [(p, 0) for p in range(PARTITIONS)]
     assert query(url, "SELECT value FROM inbox_rules.meta WHERE key = 'partitions'"
@@ -750,4 +751,4 @@ def test_a_version_1_schema_gains_the_time_columns(url: str, open_store: Open) -
     assert (conversation.waiting_since, conversation.last_message_by,
             conversation.due_at) == (None, "none", None)
     assert query(url, "SELECT version FROM inbox_rules.schema_migrations ORDER BY 1") == [
-        (1,), (2,)]
+        (target,) for target, _ in MIGRATIONS]

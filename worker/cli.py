@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -22,7 +23,12 @@ from worker.rule_cases import run_cases
 from worker.rule_coverage import Coverage, run_with_coverage
 from worker.rulebook.engine import CompiledRules, check_rules, default_rules_dir, load_rules
 from worker.settings import Settings, describe_settings
+from worker.store import RuleDeployment, RuleStore
 
+if TYPE_CHECKING:
+    from worker.rule_versions import Deployed
+
+_T = TypeVar("_T")
 RULES_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -329,6 +335,113 @@ def rules_test(directory: Path | None, with_coverage: bool, as_json: bool) -> No
         click.echo(f"no test cases found in {directory / 'cases'}", err=True)
     if failed or not results:
         sys.exit(1)
+
+
+_STORE_OPTION = click.option(
+    "--store", "where", default="", metavar="PATH|URL",
+    help="The workers' state store: a SQLite file or a postgresql:// URL (default: "
+         "INBOX_RULES_STORE_URL, else INBOX_RULES_STATE_PATH).")
+
+
+@rules.command("deploy")
+@click.argument("directory", type=RULES_DIR)
+@_STORE_OPTION
+def rules_deploy(directory: Path, where: str) -> None:
+    """Check DIRECTORY's rule files and run its test cases; if all pass, keep them in
+    the workers' state store as a new rules version and make it live: every worker
+    adopts it at a batch boundary within INBOX_RULES_RULES_POLL_INTERVAL seconds.
+    Exit 1, nothing deployed, if a file does not validate or a case fails."""
+    from worker.rule_versions import deploy_directory
+
+    def deploy(store: RuleStore) -> Deployed:
+        return deploy_directory(store, directory)
+
+    done, store_name = _with_rule_store(where, deploy)
+    if done.deployment is None:
+        click.echo(f"rules version {done.version} ({directory}) is live already in "
+                   f"{store_name}: nothing to do")
+        return
+    click.echo(f"deployed rules version {done.version} from {directory} "
+               f"({done.cases} test cases passed) to {store_name}")
+    click.echo(f"live now: {done.version} (was {done.previous or 'none'}), deployment "
+               f"#{done.deployment.number}")
+    click.echo(f"what changed: {done.summary}")
+
+
+@rules.command("rollback")
+@click.argument("version", required=False)
+@_STORE_OPTION
+def rules_rollback(version: str | None, where: str) -> None:
+    """Make VERSION (default: the version live before the current one) the live rules
+    again, the same way as a deploy. Exit 1, nothing changed, if it was never deployed
+    or does not load."""
+    from worker.rule_versions import rollback
+
+    def roll_back(store: RuleStore) -> Deployed:
+        return rollback(store, version)
+
+    done, store_name = _with_rule_store(where, roll_back)
+    if done.deployment is None:
+        click.echo(f"rules version {done.version} is live already in {store_name}: "
+                   "nothing to do")
+        return
+    click.echo(f"rolled back in {store_name}: live now {done.version} (was "
+               f"{done.previous}), deployment #{done.deployment.number}")
+    click.echo(f"what changed: {done.summary}")
+
+
+@rules.command("history")
+@_STORE_OPTION
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: 'live' and 'deployments' (oldest first).")
+def rules_history(where: str, as_json: bool) -> None:
+    """Every deployment and rollback of the workers' rules: when, which version, from
+    where, and what changed; the live one last, marked."""
+    def history(store: RuleStore) -> list[RuleDeployment]:
+        return store.rule_history()
+
+    deployments, store_name = _with_rule_store(where, history, read_only=True)
+    if as_json:
+        click.echo(json.dumps({
+            "store": store_name,
+            "live": deployments[-1].version if deployments else None,
+            "deployments": [{"number": d.number, "version": d.version,
+                             "at": d.at.isoformat(), "action": d.action, "source": d.source,
+                             "summary": d.summary} for d in deployments]}))
+        return
+    if not deployments:
+        click.echo(f"{store_name}: no rules deployed (workers run their rule directory)")
+        return
+    for d in deployments:
+        live = "  (live)" if d is deployments[-1] else ""
+        click.echo(f"#{d.number}  {d.at.isoformat(timespec='seconds')}  {d.action:<8}  "
+                   f"{d.version}  {d.source}{live}")
+        click.echo(f"     {d.summary}")
+
+
+def _with_rule_store(where: str, work: Callable[[RuleStore], _T], *,
+                     read_only: bool = False) -> tuple[_T, str]:
+    """Run ``work`` on the workers' store, closed after; a refusal (nothing changed) or
+    a store that cannot be used is said on stderr with exit status 1."""
+    from worker.rule_versions import DeployRefusedError, open_rule_store
+
+    try:
+        store, store_name = open_rule_store(where, Settings(), read_only=read_only)
+    except (StoreError, ValidationError) as exc:
+        click.echo(f"state store: {exc}", err=True)
+        sys.exit(1)
+    try:
+        return work(store), store_name
+    except DeployRefusedError as exc:
+        click.echo(str(exc), err=True)
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(1)
+    except StoreError as exc:
+        click.echo(f"{exc}; nothing changed", err=True)
+        sys.exit(1)
+    finally:
+        store.close()
 
 
 def _coverage_text(measured: Coverage) -> str:

@@ -20,10 +20,11 @@ from pika.adapters.select_connection import IOLoop
 from worker.amqp import AmqpLink
 from worker.committer import ThreadedCommitter
 from worker.coordinator import Coordinator
-from worker.driver import Driver, Stats
-from worker.errors import RuleFileError
+from worker.driver import Driver, Phase, Stats
+from worker.errors import RuleFileError, StoreError
 from worker.monitor import Monitor
 from worker.observability import HealthState, Metrics, StatusLine, start_http
+from worker.rule_versions import LiveRulesFollower
 from worker.rulebook import CompiledRules, load_rules
 from worker.settings import Settings
 from worker.store import StateStore
@@ -40,9 +41,13 @@ class Worker:
     """One driver on one connection, run by the thread that calls :meth:`run`."""
 
     def __init__(self, settings: Settings, rules: CompiledRules, store: StateStore,
-                 ioloop: IOLoop | None = None) -> None:
+                 ioloop: IOLoop | None = None, *,
+                 follower: LiveRulesFollower | None = None) -> None:
         self.settings = settings
         self.store = store
+        # The store's deployed rules (inbox-rules rules deploy), polled on the ioloop.
+        self.follower = follower
+        self._follow_failing = False
         self.ioloop = ioloop or IOLoop()
         topology = Topology.from_settings(settings)
         self.committer = ThreadedCommitter(store, self.ioloop.add_callback_threadsafe)
@@ -68,6 +73,8 @@ class Worker:
         """Block, running the ioloop, until :meth:`stop` has finished its work."""
         http = start_http(self.settings, self.metrics, self.health)
         self.monitor.run_every(self.ioloop.call_later)
+        if self.follower is not None and self.settings.rules_poll_interval > 0:
+            self.ioloop.call_later(self.settings.rules_poll_interval, self.follow_rules)
         self.link.start()
         try:
             self.ioloop.start()
@@ -85,12 +92,51 @@ class Worker:
         """Thread- and signal-safe: ask the ioloop thread to reload the rule files."""
         self.ioloop.add_callback_threadsafe(self.reload_rules)
 
+    def follow_rules(self) -> None:
+        """Poll the store's live rules version (on the ioloop, every
+        ``rules_poll_interval`` seconds) and adopt a new one the way SIGHUP does: at a
+        batch boundary, every account re-categorised. A store that cannot be read is
+        logged once until it can again; the rules in hand stay live meanwhile."""
+        assert self.follower is not None
+        try:
+            rules = self.follower.poll()
+        except StoreError as exc:
+            if not self._follow_failing:
+                log.warning("cannot read the deployed rules version (%s); keeping version "
+                            "%s, looking again every %.0f s", exc, self.follower.version,
+                            self.settings.rules_poll_interval)
+            self._follow_failing = True
+            rules = None
+        else:
+            self._follow_failing = False
+        if rules is not None:
+            self.driver.adopt(rules)
+        if self.driver.phase is not Phase.STOPPED:
+            self.ioloop.call_later(self.settings.rules_poll_interval, self.follow_rules)
+
     def reload_rules(self) -> bool:
         """Load the rule directory again; accounts follow the new rules from now on.
 
         A rule set that does not validate never goes live: the worker keeps the rules
         it has and logs every problem as file:line. True if new rules were adopted.
+
+        Once rules were deployed to the state store, the store decides for the whole
+        fleet: SIGHUP is then refused with a warning (reloading one host's directory
+        would set it apart from the others until the next deploy). Deploy the
+        directory instead (``inbox-rules rules deploy DIR``).
         """
+        if self.follower is not None:
+            try:
+                deployed = self.follower.store.live_version()
+            except StoreError as exc:
+                log.error("SIGHUP ignored: cannot tell whether rules are deployed in the "
+                          "state store (%s)", exc)
+                return False
+            if deployed is not None:
+                log.warning("SIGHUP ignored: rules version %s is deployed in the state "
+                            "store and every worker follows it; to change the rules, run "
+                            "'inbox-rules rules deploy DIR' (or 'rules rollback')", deployed)
+                return False
         current = self.driver.rules.version
         try:
             rules = load_rules(self.settings.rules_dir)
@@ -114,10 +160,14 @@ def serve(settings: Settings, rules: CompiledRules) -> Stats:
         from worker.store.postgres import PostgresStore  # psycopg: only when used
 
         shared = PostgresStore(settings.store_url, settings.partitions, worker_id=worker_id)
-    store: StateStore = shared if shared is not None else SqliteStore(settings.state_path)
+    store: SqliteStore | PostgresStore = (shared if shared is not None
+                                          else SqliteStore(settings.state_path))
     coordinator: Coordinator | None = None
     try:
-        worker = Worker(settings, rules, store)
+        # A deployed live version takes precedence over the rule directory (logged).
+        follower = LiveRulesFollower(store, rules)
+        rules = follower.start(rules)
+        worker = Worker(settings, rules, store, follower=follower)
         if shared is not None:
             lease = settings.member_lease
 

@@ -9,14 +9,17 @@ the categories whose rules fired, and retracts it again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import durable_rules_engine  # type: ignore[import-not-found]
 from durable import engine as durable_engine
 
 from worker.errors import RuleFileError, RuleProblem
@@ -28,7 +31,12 @@ from worker.rulebook.compiler import (
     time_thresholds,
 )
 from worker.rulebook.facts import FACT_NAMES, FactVector
-from worker.rulebook.syntax import Definition, parse_rule_file, read_rule_bytes
+from worker.rulebook.syntax import (
+    MAX_FILE_BYTES,
+    Definition,
+    parse_rule_file,
+    read_rule_bytes,
+)
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 CACHE_SIZE = 65536
@@ -54,17 +62,47 @@ class _SynchronousHost(durable_engine.Host):  # type: ignore[misc]
         return self._actions[action_name]
 
 
-_HOST: _SynchronousHost | None = None
-_HOST_LOCK = threading.Lock()
-# durable-rules can never register a ruleset name twice in one process.
+# durable-rules keeps its rulesets in one process-wide C handle table: one caller at a
+# time. Reentrant: the collector may release a dropped rule set (_release) inside a
+# block that holds the lock, on the same thread.
+_ENGINE_LOCK = threading.RLock()
+# Names stay unique in the process (a host refuses a name it has seen).
 _RULESET_NUMBERS = itertools.count(1)
 
 
-def _host() -> _SynchronousHost:
-    global _HOST
-    if _HOST is None:
-        _HOST = _SynchronousHost()
-    return _HOST
+def _release(host: _SynchronousHost, name: str, handle: int) -> None:
+    """Free what one rule set holds in durable-rules once nothing can evaluate with it.
+
+    A host never unregisters a ruleset, and the C side (the rete tree, the session of
+    sid "0" with its frame pools) is freed only by ``delete_state`` and
+    ``delete_ruleset``, which the Python host never calls: with one process-wide host,
+    every rule version ever loaded stayed (about 1 MiB each; benchmarks/rules_churn.py).
+    So each :class:`CompiledRules` has a host of its own, and this runs when it is
+    collected.
+    """
+    with _ENGINE_LOCK:
+        host._ruleset_directory.pop(name, None)
+        host._ruleset_list.clear()
+        host._actions.clear()
+        with contextlib.suppress(Exception):  # never evaluated: no session to delete
+            durable_rules_engine.delete_state(handle, "0")
+        with contextlib.suppress(Exception):
+            durable_rules_engine.delete_ruleset(handle)
+
+
+# A rule no fact of ours matches (no fact has this key), fired once at creation: see
+# _prime.
+_PRIME = "inbox_prime"
+
+
+def _prime(host: _SynchronousHost, name: str) -> None:
+    """Create the session (sid "0") and run one action in it, so that its action
+    context is initialised: durable-rules leaves it uninitialised until an action has
+    run, and ``delete_state`` frees what it finds there (a rule set whose first fact
+    matched no category crashed in :func:`_release`: "free(): invalid pointer")."""
+    fact = {"sid": "0", "id": _PRIME, _PRIME: 1}
+    host.assert_fact(name, fact)
+    host.retract_fact(name, fact)
 
 
 class CompiledRules:
@@ -81,46 +119,33 @@ class CompiledRules:
         self.descriptions: dict[str, str] = {
             name: d.description for name, d in definitions.categories.items()}
         self.ruleset_json = ruleset
-        self._fired: list[str] = []
-        self._fact_ids = itertools.count(1)
-        with _HOST_LOCK:
-            self._name = f"inbox_{version}_{next(_RULESET_NUMBERS)}"
-            host = _host()
-            body: dict[str, Any] = {}
-            for rule_name, rule in self.ruleset_json.items():
-                action = f"{self._name}:{rule['run']}"
-                host._actions[action] = self._recorder(rule["run"])
-                body[rule_name] = {**rule, "run": action}
+        # Nothing below refers back to this object, so it is freed as soon as the last
+        # user drops it, and the finalizer frees the engine's side with it.
+        fired: list[str] = []
+        name = f"inbox_{version}_{next(_RULESET_NUMBERS)}"
+        host = _SynchronousHost()
+        body: dict[str, Any] = {}
+        for rule_name, rule in self.ruleset_json.items():
+            action = f"{name}:{rule['run']}"
+            host._actions[action] = _recorder(fired, rule["run"])
+            body[rule_name] = {**rule, "run": action}
+        body[_PRIME] = {"all": [{"m": {_PRIME: 1}}], "run": f"{name}:{_PRIME}"}
+        host._actions[f"{name}:{_PRIME}"] = _recorder([], _PRIME)
+        with _ENGINE_LOCK:
             try:
-                host.register_rulesets({self._name: body})
+                host.register_rulesets({name: body})
             except Exception as exc:
                 raise RuleFileError([RuleProblem(
                     source, None, f"durable-rules rejected the compiled rules: {exc}")]) from exc
+            handle: int = host._ruleset_directory[name]._handle
+            _prime(host, name)
+        finalizer = weakref.finalize(self, _release, host, name, handle)
+        finalizer.atexit = False  # the process is going: nothing to give back
         self.evaluate: Callable[[FactVector], frozenset[str]] = lru_cache(maxsize=CACHE_SIZE)(
-            self._evaluate_uncached)
+            _evaluator(host, name, fired))
         # Per time fact, the values at which a category may change (docs/time.md).
         self.thresholds: dict[str, tuple[int, ...]] = time_thresholds(definitions)
         self.tested_facts: frozenset[str] = tested_facts(definitions)
-
-    def _recorder(self, category: str) -> Callable[[Any], None]:
-        def record(_context: Any) -> None:
-            self._fired.append(category)
-        return record
-
-    def _evaluate_uncached(self, facts: FactVector) -> frozenset[str]:
-        fact: dict[str, Any] = dict(zip(_FACT_KEYS, facts, strict=True))
-        fact["sid"] = "0"
-        with _HOST_LOCK:
-            fact["id"] = f"f{next(self._fact_ids)}"
-            self._fired.clear()
-            host = _host()
-            try:
-                host.assert_fact(self._name, fact)
-            except durable_engine.MessageNotHandledException:
-                pass  # no category matched: the empty set
-            finally:
-                host.retract_fact(self._name, fact)
-            return frozenset(self._fired)
 
     def evaluate_facts(self, facts: dict[str, object]) -> frozenset[str]:
         """Evaluate a named fact mapping (rule tests, tooling); every fact is required."""
@@ -128,6 +153,36 @@ class CompiledRules:
         if missing:
             raise KeyError(f"missing facts: {', '.join(missing)}")
         return self.evaluate(tuple(facts[name] for name in FACT_NAMES))  # type: ignore[misc]
+
+
+def _recorder(fired: list[str], category: str) -> Callable[[Any], None]:
+    """The action of a category's rules: note that it fired (a plain function: the
+    host inspects its signature)."""
+    def record(_context: Any) -> None:
+        fired.append(category)
+    return record
+
+
+def _evaluator(host: _SynchronousHost, name: str,
+               fired: list[str]) -> Callable[[FactVector], frozenset[str]]:
+    """Evaluate one fact vector: assert it, collect the categories that fired, retract
+    it (business state never stays in the engine)."""
+    fact_ids = itertools.count(1)
+
+    def evaluate(facts: FactVector) -> frozenset[str]:
+        fact: dict[str, Any] = dict(zip(_FACT_KEYS, facts, strict=True))
+        fact["sid"] = "0"
+        with _ENGINE_LOCK:
+            fact["id"] = f"f{next(fact_ids)}"
+            fired.clear()
+            try:
+                host.assert_fact(name, fact)
+            except durable_engine.MessageNotHandledException:
+                pass  # no category matched: the empty set
+            finally:
+                host.retract_fact(name, fact)
+            return frozenset(fired)
+    return evaluate
 
 
 def rule_files(directory: Path) -> list[Path]:
@@ -148,16 +203,29 @@ def _check_and_compile(directory: Path) -> tuple[Definitions, str, dict[str, Any
     if not files:
         raise RuleFileError([RuleProblem(str(directory), None,
                                          "no rule files (*.yaml) in this directory")])
-    definitions: list[Definition] = []
+    contents: dict[str, bytes] = {}
     problems: list[RuleProblem] = []
-    digest = hashlib.sha256()
     for path in files:
-        display = str(path)
         try:
             # Read once: the version is the hash of exactly the bytes that were parsed.
-            data = read_rule_bytes(path, display)
-            digest.update(path.name.encode() + b"\0" + data + b"\0")
-            definitions.extend(parse_rule_file(data, display))
+            contents[path.name] = read_rule_bytes(path, str(path))
+        except RuleFileError as exc:
+            problems.extend(exc.problems)
+    return _compile_files(contents, lambda name: str(directory / name), problems)
+
+
+def _compile_files(contents: Mapping[str, bytes], display: Callable[[str], str],
+                   problems: list[RuleProblem]) -> tuple[Definitions, str, dict[str, Any]]:
+    """Parse, check and compile rule files given as bytes (from a directory or from
+    the state store alike: one validator). The version hashes names and bytes in name
+    order, so a directory and the same files stored as a deployed version agree."""
+    definitions: list[Definition] = []
+    digest = hashlib.sha256()
+    for name in sorted(contents):
+        data = contents[name]
+        digest.update(name.encode() + b"\0" + data + b"\0")
+        try:
+            definitions.extend(parse_rule_file(data, display(name)))
         except RuleFileError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -172,6 +240,35 @@ def load_rules(directory: Path | None = None) -> CompiledRules:
     directory = directory or default_rules_dir()
     definitions, version, ruleset = _check_and_compile(directory)
     return CompiledRules(definitions, version, str(directory), ruleset)
+
+
+def read_rule_directory(directory: Path) -> dict[str, bytes]:
+    """The rule files of a directory as they would be loaded (name -> bytes): what a
+    deploy stores. Validate them with :func:`load_rules_from_files`."""
+    if not directory.is_dir():
+        raise RuleFileError([RuleProblem(str(directory), None, "not a directory")])
+    return {path.name: read_rule_bytes(path, str(path)) for path in rule_files(directory)}
+
+
+def load_rules_from_files(files: Mapping[str, bytes], source: str) -> CompiledRules:
+    """Load, validate and compile rule files held in memory (a version kept in the state
+    store): the same validator as a directory, nothing is written to disk or executed.
+    Problems name ``source/file:line``. Names must be plain ``*.yaml``/``*.yml`` file
+    names, as in a directory."""
+    problems: list[RuleProblem] = []
+    for name, data in files.items():
+        where = f"{source}/{name}"
+        if (not name or "/" in name or "\\" in name or name.startswith(".")
+                or not name.endswith(RULE_FILE_SUFFIXES)):
+            problems.append(RuleProblem(where, None, "not a rule file name (*.yaml)"))
+        elif len(data) > MAX_FILE_BYTES:
+            problems.append(RuleProblem(where, None, f"file larger than {MAX_FILE_BYTES} bytes"))
+    if not files:
+        problems.append(RuleProblem(source, None, "no rule files (*.yaml)"))
+    if problems:
+        raise RuleFileError(problems)
+    definitions, version, ruleset = _compile_files(files, lambda name: f"{source}/{name}", [])
+    return CompiledRules(definitions, version, source, ruleset)
 
 
 def default_rules_dir() -> Path:

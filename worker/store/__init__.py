@@ -10,11 +10,15 @@ Implementations: :mod:`worker.store.sqlite` (the embedded default) and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Protocol
 
 from worker.domain.account import AccountState, AccountWrite
+from worker.errors import StoreConflictError, StoreError
 
 
 class StateStore(Protocol):
@@ -63,3 +67,89 @@ def micros(moment: datetime) -> int:
 
 def from_micros(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
+
+
+class Unset(Enum):
+    """The type of :data:`UNSET`: "no expectation", where None means "no version"."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
+
+
+@dataclass(frozen=True)
+class RuleDeployment:
+    """One change of the live rules (``inbox-rules rules history`` lists them): the
+    ``number``-th, making ``version`` live by ``action`` (``deploy`` or ``rollback``),
+    when (``at``, the store's clock), from where (``source``: who, on which host, from
+    which directory) and what changed against the version live before (``summary``)."""
+
+    number: int
+    version: str
+    at: datetime
+    action: str
+    source: str
+    summary: str
+
+
+class RuleStore(Protocol):
+    """Rule versions kept beside the state, so that every worker of a fleet runs the
+    same rules: ``inbox-rules rules deploy`` and ``rollback`` write here, workers poll
+    :meth:`live_version` and adopt what it names. Rule files are kept as data (name ->
+    YAML text) and go through the same validator as a directory when loaded.
+
+    The live version is the one the newest deployment names; deployments are
+    numbered 1, 2, 3 ... and never rewritten (the history)."""
+
+    def deploy_rules(self, version: str, files: Mapping[str, bytes], source: str,
+                     summary: str, *, expect_live: str | Unset | None = UNSET,
+                     ) -> RuleDeployment:
+        """Keep ``files`` as ``version`` (if not kept already) and make it live, in one
+        transaction. With ``expect_live``, refuse (:class:`worker.errors.StoreConflictError`,
+        nothing written) unless that is the live version (None: none is) when it runs:
+        the summary was computed against it."""
+
+    def set_live(self, version: str, source: str, summary: str, *,
+                 expect_live: str | Unset | None = UNSET) -> RuleDeployment:
+        """Make a kept version live again (a rollback); :class:`worker.errors.StoreError`
+        if it was never deployed. ``expect_live`` as in :meth:`deploy_rules`."""
+
+    def live_version(self) -> str | None:
+        """The live version, None if none was ever deployed (one small read: workers
+        poll it)."""
+
+    def live_rules(self) -> tuple[str, dict[str, bytes]] | None:
+        """The live version and its rule files."""
+
+    def rule_files(self, version: str) -> dict[str, bytes] | None:
+        """A kept version's rule files, None if it was never deployed."""
+
+    def rule_history(self) -> list[RuleDeployment]:
+        """Every deployment and rollback, oldest first."""
+
+
+def encode_rule_files(files: Mapping[str, bytes]) -> str:
+    """Rule files as stored: one JSON object, name -> text (rule files are UTF-8; a
+    file that is not never validates, so never reaches a store)."""
+    return json.dumps({name: data.decode("utf-8") for name, data in sorted(files.items())},
+                      ensure_ascii=False, sort_keys=True)
+
+
+def decode_rule_files(text: str) -> dict[str, bytes]:
+    """The inverse of :func:`encode_rule_files`: the exact bytes deployed (the version
+    is their hash, and the worker checks it)."""
+    files = json.loads(text)
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ValueError("stored rule files are not a JSON object of texts")
+    return {str(name): value.encode("utf-8") for name, value in files.items()}
+
+
+def no_such_version(where: str, version: str) -> StoreError:
+    return StoreError(f"state store {where}: no deployed rules version {version!r}")
+
+
+def not_expected(where: str, expected: str | None, live: str | None) -> StoreConflictError:
+    return StoreConflictError(
+        f"state store {where}: the live rules changed meanwhile (now {live or 'none'}, "
+        f"expected {expected or 'none'}); nothing was written, run it again")

@@ -4,13 +4,14 @@ driver (a commit can be made to fail on demand) and for tools that need no durab
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from worker.domain.account import AccountState, AccountWrite
 from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
+from worker.store import UNSET, RuleDeployment, Unset, no_such_version, not_expected
 
 
 @dataclass
@@ -35,6 +36,9 @@ class MemoryStore:
         self._base = 0
         self.fail_commits = 0
         self.commits = 0
+        # Rule versions (RuleStore): version -> files, and the deployments in order.
+        self.rule_versions: dict[str, dict[str, bytes]] = {}
+        self.deployments: list[RuleDeployment] = []
 
     def load_account(self, account_id: str, *, event_window: int,
                      tombstone_window: int) -> AccountState | None:
@@ -100,6 +104,46 @@ class MemoryStore:
 
     def changed_elsewhere(self) -> bool:
         return self.generation != self._base
+
+    def deploy_rules(self, version: str, files: Mapping[str, bytes], source: str,
+                     summary: str, *, expect_live: str | Unset | None = UNSET,
+                     ) -> RuleDeployment:
+        self._expect(expect_live)
+        self.rule_versions.setdefault(version, dict(files))
+        return self._go_live(version, "deploy", source, summary)
+
+    def set_live(self, version: str, source: str, summary: str, *,
+                 expect_live: str | Unset | None = UNSET) -> RuleDeployment:
+        self._expect(expect_live)
+        if version not in self.rule_versions:
+            raise no_such_version("(memory)", version)
+        return self._go_live(version, "rollback", source, summary)
+
+    def _expect(self, expect_live: str | Unset | None) -> None:
+        live = self.live_version()
+        if not isinstance(expect_live, Unset) and live != expect_live:
+            raise not_expected("(memory)", expect_live, live)
+
+    def _go_live(self, version: str, action: str, source: str, summary: str,
+                 ) -> RuleDeployment:
+        deployment = RuleDeployment(len(self.deployments) + 1, version, datetime.now(UTC),
+                                    action, source, summary)
+        self.deployments.append(deployment)
+        return deployment
+
+    def live_version(self) -> str | None:
+        return self.deployments[-1].version if self.deployments else None
+
+    def live_rules(self) -> tuple[str, dict[str, bytes]] | None:
+        version = self.live_version()
+        return None if version is None else (version, dict(self.rule_versions[version]))
+
+    def rule_files(self, version: str) -> dict[str, bytes] | None:
+        files = self.rule_versions.get(version)
+        return None if files is None else dict(files)
+
+    def rule_history(self) -> list[RuleDeployment]:
+        return list(self.deployments)
 
     def resync(self) -> None:
         self._base = self.generation

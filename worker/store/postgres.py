@@ -40,7 +40,7 @@ import socket
 import threading
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -55,9 +55,19 @@ from worker.domain.state import Account, Conversation
 from worker.errors import StoreError, StoreFencedError
 from worker.partitions import partition_of
 from worker.settings import mask_url
-from worker.store import from_micros, micros
+from worker.store import (
+    UNSET,
+    RuleDeployment,
+    Unset,
+    decode_rule_files,
+    encode_rule_files,
+    from_micros,
+    micros,
+    no_such_version,
+    not_expected,
+)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_SCHEMA = "inbox_rules"
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -130,10 +140,27 @@ def _migrate_to_2(conn: Connection, schema: sql.Identifier) -> None:
         conn.execute(sql.SQL(statement).format(s=schema))
 
 
+def _migrate_to_3(conn: Connection, schema: sql.Identifier) -> None:
+    """Rule versions for a fleet (``inbox-rules rules deploy``): each version's rule
+    files as data (JSON text, name -> YAML text: kept byte for byte, as jsonb would
+    not promise), and every deployment and rollback in order; the live version is the
+    newest deployment's. Times by the database clock, like membership."""
+    for statement in (
+            """CREATE TABLE {s}.rule_versions (
+                version text PRIMARY KEY, stored_at timestamptz NOT NULL DEFAULT now(),
+                source text NOT NULL, files text NOT NULL)""",
+            """CREATE TABLE {s}.rule_deployments (
+                number bigint PRIMARY KEY, version text NOT NULL REFERENCES {s}.rule_versions,
+                deployed_at timestamptz NOT NULL DEFAULT now(), action text NOT NULL,
+                source text NOT NULL, summary text NOT NULL)"""):
+        conn.execute(sql.SQL(statement).format(s=schema))
+
+
 # (version, migration from the version before it); all run in the open's transaction.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection, sql.Identifier], None]], ...] = (
     (1, _migrate_to_1),
     (2, _migrate_to_2),
+    (3, _migrate_to_3),
 )
 
 # The statements of the hot paths, formatted with the schema once per store.
@@ -254,6 +281,23 @@ _QUERIES = {
             " WHERE heartbeat_at > now() - make_interval(secs => %s) ORDER BY worker_id",
     "leave": "DELETE FROM {s}.members WHERE worker_id = %s",
     "disown": "UPDATE {s}.partitions SET owner = NULL WHERE owner = %s",
+    # Rule versions (RuleStore). Deployments take a lock that conflicts with itself
+    # (not with readers): two deploys at once get consecutive numbers, each checked
+    # against the live version the other left.
+    "rules_lock": "LOCK TABLE {s}.rule_deployments IN SHARE ROW EXCLUSIVE MODE",
+    "rules_live": "SELECT version FROM {s}.rule_deployments ORDER BY number DESC LIMIT 1",
+    "rules_keep": "INSERT INTO {s}.rule_versions (version, source, files) VALUES (%s, %s, %s)"
+                  " ON CONFLICT (version) DO NOTHING",
+    "rules_known": "SELECT 1 FROM {s}.rule_versions WHERE version = %s",
+    "rules_go_live": "INSERT INTO {s}.rule_deployments (number, version, action, source,"
+                     " summary) SELECT COALESCE(MAX(number), 0) + 1, %s, %s, %s, %s"
+                     " FROM {s}.rule_deployments RETURNING number, deployed_at",
+    "rules_live_files": "SELECT v.version, v.files FROM {s}.rule_versions v WHERE v.version ="
+                        " (SELECT version FROM {s}.rule_deployments"
+                        "  ORDER BY number DESC LIMIT 1)",
+    "rules_files": "SELECT files FROM {s}.rule_versions WHERE version = %s",
+    "rules_history": "SELECT number, version, deployed_at, action, source, summary"
+                     " FROM {s}.rule_deployments ORDER BY number",
 }
 
 
@@ -550,6 +594,80 @@ class PostgresStore:
             tombstones_kept[account_id] = (tombstones_kept.get(account_id, 0) + tombstones
                                            - superseded)
         conn.execute(self._q["finish"], batch.accounts(events_kept, tombstones_kept))
+
+    # -- rule versions (worker.store.RuleStore) ------------------------------
+    def deploy_rules(self, version: str, files: Mapping[str, bytes], source: str,
+                     summary: str, *, expect_live: str | Unset | None = UNSET,
+                     ) -> RuleDeployment:
+        """On the control connection, in one transaction under the deployments' lock;
+        no partition is touched (nothing is fenced, no account changes)."""
+        return self._deploy(version, files, source, summary, "deploy", expect_live)
+
+    def set_live(self, version: str, source: str, summary: str, *,
+                 expect_live: str | Unset | None = UNSET) -> RuleDeployment:
+        return self._deploy(version, None, source, summary, "rollback", expect_live)
+
+    def _deploy(self, version: str, files: Mapping[str, bytes] | None, source: str,
+                summary: str, action: str, expect_live: str | Unset | None,
+                ) -> RuleDeployment:
+        q = self._q
+        try:
+            with self._control.lock:
+                conn = self._control.get()
+                with conn.transaction():
+                    conn.execute(q["rules_lock"])
+                    row = conn.execute(q["rules_live"]).fetchone()
+                    live = None if row is None else str(row[0])
+                    if not isinstance(expect_live, Unset) and live != expect_live:
+                        raise not_expected(self._where, expect_live, live)
+                    if files is not None:
+                        conn.execute(q["rules_keep"],
+                                     (version, source, encode_rule_files(files)))
+                    elif conn.execute(q["rules_known"], (version,)).fetchone() is None:
+                        raise no_such_version(self._where, version)
+                    done = conn.execute(q["rules_go_live"],
+                                        (version, action, source, summary)).fetchone()
+        except psycopg.Error as exc:
+            raise self._error(f"cannot {action} rules version {version}", exc) from exc
+        assert done is not None
+        return RuleDeployment(int(done[0]), version, done[1], action, source, summary)
+
+    def live_version(self) -> str | None:
+        """One indexed row on the reader's connection (the worker polls it on its
+        ioloop, like its account loads)."""
+        try:
+            with self._reader.lock:
+                row = self._reader.get().execute(self._q["rules_live"]).fetchone()
+        except psycopg.Error as exc:
+            raise self._error("cannot read the live rules version", exc) from exc
+        return None if row is None else str(row[0])
+
+    def live_rules(self) -> tuple[str, dict[str, bytes]] | None:
+        try:
+            with self._reader.lock:
+                row = self._reader.get().execute(self._q["rules_live_files"]).fetchone()
+            return None if row is None else (str(row[0]), decode_rule_files(row[1]))
+        except (psycopg.Error, ValueError) as exc:
+            raise self._error("cannot read the live rules", exc) from exc
+
+    def rule_files(self, version: str) -> dict[str, bytes] | None:
+        try:
+            with self._reader.lock:
+                row = self._reader.get().execute(self._q["rules_files"],
+                                                 (version,)).fetchone()
+            return None if row is None else decode_rule_files(row[0])
+        except (psycopg.Error, ValueError) as exc:
+            raise self._error(f"cannot read rules version {version}", exc) from exc
+
+    def rule_history(self) -> list[RuleDeployment]:
+        try:
+            with self._reader.lock:
+                rows = self._reader.get().execute(self._q["rules_history"]).fetchall()
+        except psycopg.Error as exc:
+            raise self._error("cannot read the rules history", exc) from exc
+        return [RuleDeployment(int(number), str(version), at, str(action), str(source),
+                               str(summary))
+                for number, version, at, action, source, summary in rows]
 
     # -- ownership ---------------------------------------------------------
     def acquire(self, partition: int) -> int:

@@ -17,7 +17,7 @@ import contextlib
 import json
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -27,9 +27,19 @@ import orjson
 from worker.domain.account import AccountState, AccountWrite
 from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
-from worker.store import from_micros, micros
+from worker.store import (
+    UNSET,
+    RuleDeployment,
+    Unset,
+    decode_rule_files,
+    encode_rule_files,
+    from_micros,
+    micros,
+    no_such_version,
+    not_expected,
+)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # A composite primary key is the only index these tables need, and WITHOUT ROWID
 # clusters each account's rows together: one account is one contiguous range to read.
@@ -153,10 +163,26 @@ def _migrate_to_3(db: sqlite3.Connection, current: int) -> None:
                (str(SCHEMA_VERSION),))
 
 
+def _migrate_to_4(db: sqlite3.Connection, current: int) -> None:
+    """Rule versions for a fleet (``inbox-rules rules deploy``): each version's rule
+    files as data (JSON, name -> YAML text), and every deployment and rollback in
+    order; the live version is the newest deployment's."""
+    db.execute("""CREATE TABLE rule_versions (
+        version TEXT PRIMARY KEY, stored_at TEXT NOT NULL, source TEXT NOT NULL,
+        files TEXT NOT NULL) WITHOUT ROWID""")
+    db.execute("""CREATE TABLE rule_deployments (
+        number INTEGER PRIMARY KEY, version TEXT NOT NULL REFERENCES rule_versions,
+        deployed_at TEXT NOT NULL, action TEXT NOT NULL, source TEXT NOT NULL,
+        summary TEXT NOT NULL)""")
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+               (str(SCHEMA_VERSION),))
+
+
 # (version, migration from the version before it); each runs in its own transaction.
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection, int], None]], ...] = (
     (2, _migrate_to_2),
     (3, _migrate_to_3),
+    (4, _migrate_to_4),
 )
 
 
@@ -401,6 +427,79 @@ class SqliteStore:
             "SELECT value FROM meta WHERE key = 'generation'").fetchone()
         return 0 if row is None else int(row[0])
 
+    # -- rule versions (worker.store.RuleStore) ------------------------------
+    def deploy_rules(self, version: str, files: Mapping[str, bytes], source: str,
+                     summary: str, *, expect_live: str | Unset | None = UNSET,
+                     ) -> RuleDeployment:
+        """Written on the writer connection, in a write transaction of its own: a
+        worker's commit and a deploy from the command line serialise on the file's
+        lock, and the generation is left alone (no account changed)."""
+        return self._deploy(version, files, source, summary, "deploy", expect_live)
+
+    def set_live(self, version: str, source: str, summary: str, *,
+                 expect_live: str | Unset | None = UNSET) -> RuleDeployment:
+        return self._deploy(version, None, source, summary, "rollback", expect_live)
+
+    def _deploy(self, version: str, files: Mapping[str, bytes] | None, source: str,
+                summary: str, action: str, expect_live: str | Unset | None,
+                ) -> RuleDeployment:
+        now = datetime.now(UTC)
+        try:
+            with self._transaction():
+                db = self._db
+                live = _live(db)
+                if not isinstance(expect_live, Unset) and live != expect_live:
+                    raise not_expected(str(self.path), expect_live, live)
+                if files is not None:
+                    db.execute("INSERT OR IGNORE INTO rule_versions VALUES (?, ?, ?, ?)",
+                               (version, now.isoformat(), source, encode_rule_files(files)))
+                elif db.execute("SELECT 1 FROM rule_versions WHERE version = ?",
+                                (version,)).fetchone() is None:
+                    raise no_such_version(str(self.path), version)
+                cursor = db.execute(
+                    "INSERT INTO rule_deployments (version, deployed_at, action, source,"
+                    " summary) VALUES (?, ?, ?, ?, ?)",
+                    (version, now.isoformat(), action, source, summary))
+                number = int(cursor.lastrowid or 0)
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot {action} rules version {version}", exc) from exc
+        return RuleDeployment(number, version, now, action, source, summary)
+
+    def live_version(self) -> str | None:
+        try:
+            return _live(self._reader)
+        except sqlite3.Error as exc:
+            raise self._error("cannot read the live rules version", exc) from exc
+
+    def live_rules(self) -> tuple[str, dict[str, bytes]] | None:
+        try:
+            row = self._reader.execute(
+                "SELECT v.version, v.files FROM rule_versions v WHERE v.version ="
+                " (SELECT version FROM rule_deployments ORDER BY number DESC LIMIT 1)"
+            ).fetchone()
+            return None if row is None else (row[0], decode_rule_files(row[1]))
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._error("cannot read the live rules", exc) from exc
+
+    def rule_files(self, version: str) -> dict[str, bytes] | None:
+        try:
+            row = self._reader.execute("SELECT files FROM rule_versions WHERE version = ?",
+                                       (version,)).fetchone()
+            return None if row is None else decode_rule_files(row[0])
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._error(f"cannot read rules version {version}", exc) from exc
+
+    def rule_history(self) -> list[RuleDeployment]:
+        try:
+            rows = self._reader.execute(
+                "SELECT number, version, deployed_at, action, source, summary"
+                " FROM rule_deployments ORDER BY number").fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read the rules history", exc) from exc
+        return [RuleDeployment(number, version, datetime.fromisoformat(at), action, source,
+                               summary)
+                for number, version, at, action, source, summary in rows]
+
     # -- writes ------------------------------------------------------------
     def commit(self, writes: Sequence[AccountWrite]) -> None:
         try:
@@ -505,6 +604,13 @@ class SqliteStore:
             self._db.close()
         except sqlite3.Error as exc:
             raise self._error("cannot close", exc) from exc
+
+
+def _live(db: sqlite3.Connection) -> str | None:
+    """The live rules version: the newest deployment's (the primary key's last row)."""
+    row = db.execute(
+        "SELECT version FROM rule_deployments ORDER BY number DESC LIMIT 1").fetchone()
+    return None if row is None else str(row[0])
 
 
 def _newest(db: sqlite3.Connection, table: str, column: str, account_id: str,
