@@ -239,11 +239,11 @@ def test_deploy_says_what_changed_and_rollback_goes_back(
     second = deploy_directory(store, b, "tester")
     assert second.previous == first.version
     # new and mine test groups in effect (through multi_agent), primary is either.
-    assert second.summary == "changed: new, mine, primary"
+    assert second.summary == "changed categories: new, mine, primary"
     assert deploy_directory(store, b).deployment is None, "live already: nothing to do"
     back = rollback(store, source="tester")
     assert (back.version, back.previous) == (first.version, second.version)
-    assert back.summary == "changed: new, mine, primary"
+    assert back.summary == "changed categories: new, mine, primary"
     assert stores().live_version() == first.version
     # Two rollbacks in a row come back (the version live before), like `cd -`.
     assert rollback(store).version == second.version
@@ -273,8 +273,8 @@ def test_describe_change_names_added_removed_changed_and_order(tmp_path: Path) -
     crowded = ("  crowded:\n    description: very large teams\n    when: {fact: "
                "account.agent_count, greater_than: 50}\n")
     (a / "inbox.yaml").write_text(text + crowded)
-    assert describe_change(old, load_rules(a)) == "added: crowded"
-    assert describe_change(load_rules(a), old) == "removed: crowded"
+    assert describe_change(old, load_rules(a)) == "added categories: crowded"
+    assert describe_change(load_rules(a), old) == "removed categories: crowded"
     (a / "inbox.yaml").write_text(text + "\n# a comment\n")
     assert describe_change(old, load_rules(a)) == (
         "no category changed (the files differ in form only)")
@@ -386,7 +386,8 @@ def test_the_command_line_deploys_lists_and_rolls_back(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "unknown fact" in result.stderr
     result = _cli("rules", "deploy", str(b), env=env)
     version_b = load_rules(b).version
-    assert result.exit_code == 0 and "what changed: changed: new, mine, primary" in result.stdout
+    assert result.exit_code == 0
+    assert "what changed: changed categories: new, mine, primary" in result.stdout
     result = _cli("rules", "rollback", env=env)
     assert result.exit_code == 0 and f"live now {version_a} (was {version_b})" in result.stdout
     result = _cli("rules", "rollback", "nope", env=env)

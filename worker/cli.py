@@ -361,8 +361,9 @@ def rules_deploy(directory: Path, where: str) -> None:
         click.echo(f"rules version {done.version} ({directory}) is live already in "
                    f"{store_name}: nothing to do")
         return
-    click.echo(f"deployed rules version {done.version} from {directory} "
-               f"({done.cases} test cases passed) to {store_name}")
+    cases = f"{done.cases} test case{'' if done.cases == 1 else 's'} passed"
+    click.echo(f"deployed rules version {done.version} from {directory} ({cases}) to "
+               f"{store_name}")
     click.echo(f"live now: {done.version} (was {done.previous or 'none'}), deployment "
                f"#{done.deployment.number}")
     click.echo(f"what changed: {done.summary}")

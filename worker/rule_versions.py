@@ -134,15 +134,15 @@ def describe_change(old: CompiledRules | None, new: CompiledRules) -> str:
                if c in old.categories and _meaning(old, c) != _meaning(new, c)]
     parts = []
     if added:
-        parts.append(f"added: {', '.join(added)}")
+        parts.append(f"added categories: {', '.join(added)}")
     if removed:
-        parts.append(f"removed: {', '.join(removed)}")
+        parts.append(f"removed categories: {', '.join(removed)}")
     if changed:
-        parts.append(f"changed: {', '.join(changed)}")
+        parts.append(f"changed categories: {', '.join(changed)}")
     kept_new = [c for c in new.categories if c in old.categories]
     kept_old = [c for c in old.categories if c in new.categories]
     if kept_new != kept_old:
-        parts.append("order of categories changed")
+        parts.append("category order changed")
     return "; ".join(parts) or "no category changed (the files differ in form only)"
 
 
