@@ -333,7 +333,7 @@ def test_who_wrote_last_splits_the_cache_only_when_a_rule_tests_it(
         inbox.handle(ev.account("free", ["ag-1"], occurred_at=at(0)))
         for n, author in enumerate(("visitor", "agent", "visitor")):
             inbox.handle(ev("conversation.created", f"c-{n}", occurred_at=at(0)))
-            data = {"agent_id": "ag-9"} if author == "agent" else {}
+            data: dict[str, Any] = {"agent_id": "ag-9"} if author == "agent" else {}
             inbox.handle(ev("message.created", f"c-{n}", occurred_at=at(1), author=author,
                             **data))
             inbox.handle(ev("conversation.unassigned", f"c-{n}", occurred_at=at(1),

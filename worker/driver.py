@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from functools import partial
 
@@ -35,7 +36,7 @@ from worker.domain.rules import Rules
 from worker.errors import StoreConflictError, StoreError, StoreFencedError
 from worker.link import Delivery, Link, Outgoing, Returned
 from worker.partitions import partition_of
-from worker.pipeline import DeadLetter, Plan, Router, Step, Sweep
+from worker.pipeline import TICK_HEADER, DeadLetter, Plan, Router, Step, Sweep
 from worker.settings import Settings
 from worker.store import StateStore
 from worker.topology import Topology
@@ -51,6 +52,15 @@ EVALUATE_BUDGET = 0.25
 SWEEP_PAGE = 200
 # Batch timings and dead-letter reasons kept for the monitor between two of its reads.
 MAX_KEPT = 10_000
+# Time crossings (rules with time facts only; docs/time.md): the store is asked for the
+# accounts due at least this often (seconds), and sooner when it knows the next one...
+TIME_POLL = 1.0
+# ...and a crossing batch takes this many accounts at most.
+CROSS_PAGE = 200
+# A worker that has received nothing since it connected cannot tell whether it is the
+# active consumer or a hot standby; every this many seconds it sends its input queue a
+# tick, which only the active consumer receives (SQLite store: one active worker).
+TICK_INTERVAL = 5.0
 
 
 class Phase(Enum):
@@ -76,6 +86,7 @@ class Stats:
     failed_batches: int = 0
     redelivered: int = 0
     swept_accounts: int = 0
+    crossed_accounts: int = 0  # accounts looked at by time crossing batches
 
 
 @dataclass
@@ -85,6 +96,7 @@ class Batch:
     plan: Plan
     messages: list[Outgoing]
     sweep: bool = False
+    crossing: bool = False  # time crossings (docs/time.md)
     published: int = 0
     last_sequence: int | None = None  # publish number of its last message
     started: float = field(default_factory=time.monotonic)
@@ -158,6 +170,15 @@ class Driver:
         # Deliveries arrived on this connection: we are the active consumer (a hot
         # standby on the same store must never sweep).
         self._active = False
+        # Time crossings: the worker's clock (tests set it), the timer of the next look
+        # at the store, whether a look is due, the timer of the next tick, and the
+        # publish numbers of ticks in flight (their confirms concern no batch).
+        self.wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self._time_timer: object | None = None
+        self._cross_due = False
+        self._last_was_cross = False
+        self._tick_timer: object | None = None
+        self._ticks: set[int] = set()
 
     @property
     def rules(self) -> Rules:
@@ -214,6 +235,7 @@ class Driver:
                      self.rules.version, rules.version)
             self.categoriser = Categoriser(rules)
             self._sweep_after = ""
+            self._start_time()
         return True
 
     def stop(self) -> None:
@@ -268,6 +290,8 @@ class Driver:
             self._take(self._assigned - self.partitions)
         self._link().consume([*self.topology.consumed_queues(),
                               *(self.topology.partition_queue(p) for p in sorted(self.partitions))])
+        self._ticks.clear()
+        self._start_time()
         self._advance()
 
     def on_delivery(self, delivery: Delivery) -> None:
@@ -282,10 +306,18 @@ class Driver:
         self._advance()
 
     def on_confirm(self, sequence: int, multiple: bool, ok: bool) -> None:
+        ticks = self._ticks
+        if not ok and not multiple and sequence in ticks:
+            ok = True  # a refused tick concerns no batch: counted as done
         if not ok:
             if sequence > self._stale_upto:
                 self._fail("the broker refused a publish")
             return
+        if ticks:
+            if multiple:
+                ticks.difference_update([t for t in ticks if t <= sequence])
+            else:
+                ticks.discard(sequence)
         if multiple:
             self._confirmed = max(self._confirmed, sequence)
         elif sequence == self._confirmed + 1:
@@ -319,6 +351,7 @@ class Driver:
             if timer is not None:
                 self._link().cancel_timer(timer)
         self._batch_timer = self._retry_timer = None
+        self._cancel_time()
         self._flush_due = False
         self._discard_in_flight()
         self._buffer.clear()
@@ -382,6 +415,14 @@ class Driver:
                      and not any(b.sweep for b in self._in_flight))
         if sweep_due and (not self._last_was_sweep or not self._buffer):
             return self._start_sweep()
+        # Time crossings, between event batches (never before a retry: its events must
+        # be evaluated again exactly as they were).
+        if (self._cross_due and not retrying and self._may_cross()
+                and not any(b.crossing for b in self._in_flight)
+                and (not self._last_was_cross or not self._buffer)):
+            crossed = self._start_crossing()
+            if crossed is not None:
+                return crossed
         if not self._buffer:
             return False
         ready = (not self._in_flight or len(self._buffer) >= self.settings.batch_size
@@ -407,7 +448,7 @@ class Driver:
         started = time.monotonic()
         plan = self.step.run(deliveries, self.cache, self.categoriser)
         self._buffer.extendleft(reversed(plan.rest))
-        self._last_was_sweep = False
+        self._last_was_sweep = self._last_was_cross = False
         if plan.deliveries:
             self._launch(plan, sweep=False, started=started)
         if plan.stalled is not None:
@@ -457,11 +498,113 @@ class Driver:
             return False
         return True
 
-    def _launch(self, plan: Plan, sweep: bool, started: float) -> None:
+    def _launch(self, plan: Plan, sweep: bool, started: float, crossing: bool = False,
+                ) -> None:
         if plan.deliveries:
             self._evaluated_upto = max(self._evaluated_upto, plan.deliveries[-1].tag)
         self.cache.pin(plan.touched)
-        self._in_flight.append(Batch(plan, plan.messages(), sweep=sweep, started=started))
+        self._in_flight.append(Batch(plan, plan.messages(), sweep=sweep, started=started,
+                                     crossing=crossing))
+
+    # -- time crossings (docs/time.md) -------------------------------------
+    def _start_time(self) -> None:
+        """Rules with time facts: look for due crossings at once, then now and then; a
+        worker that may be a standby first finds out whether it is the active consumer.
+        Under rules without time facts: no timer, no query, nothing."""
+        self._cancel_time()
+        if self.link is None or self.phase is not Phase.CONSUMING or not self.categoriser.timed:
+            return
+        self._time_timer = self._link().call_later(0, self._on_time_timer)
+        if not self.topology.partitions and not self._active:
+            self._tick_timer = self._link().call_later(0, self._send_tick)
+
+    def _cancel_time(self) -> None:
+        for timer in (self._time_timer, self._tick_timer):
+            if timer is not None and self.link is not None:
+                self.link.cancel_timer(timer)
+        self._time_timer = self._tick_timer = None
+        self._cross_due = False
+
+    def _may_cross(self) -> bool:
+        """Only the active consumer makes crossings: with partitions, the owner of some
+        (the store lists only their accounts); else a worker that received a message on
+        this connection (a hot standby must not write the shared state)."""
+        return bool(self.partitions) if self.topology.partitions else self._active
+
+    def _send_tick(self) -> None:
+        """Send the input queue a tick: the broker gives it to the active consumer only,
+        so receiving it (or anything) tells this worker it is the one. Repeated while
+        nothing came, so a standby finds out when it takes over on an idle queue."""
+        self._tick_timer = None
+        if self.phase is not Phase.CONSUMING or self._active or not self.categoriser.timed:
+            return
+        sequence = self._link().publish(Outgoing(
+            "", self.topology.events_queue, b"", message_id=None, persistent=False,
+            headers={TICK_HEADER: 1}, content_type=None, type="inbox-rules.tick"))
+        if sequence is not None:
+            self._published = sequence
+            self._ticks.add(sequence)
+        self._tick_timer = self._link().call_later(TICK_INTERVAL, self._send_tick)
+
+    def _start_crossing(self) -> bool | None:
+        """One batch of the crossings due by the worker's clock (less the time lag), for
+        at most CROSS_PAGE accounts, through the same pipeline as events: published,
+        confirmed, committed. True: launched; False: stopped (the store failed); None:
+        nothing to cross (the next look is scheduled)."""
+        if not self._check_takeover():
+            return False
+        now = self.wall_clock() - timedelta(seconds=self.settings.time_lag)
+        try:
+            ids = self.store.due_accounts(now, CROSS_PAGE)
+        except StoreError as exc:
+            self._back_off(f"cannot list accounts with time crossings due: {exc}")
+            return False
+        plan = None
+        started = time.monotonic()
+        if ids:
+            plan = self.step.run([], self.cache, self.categoriser,
+                                 sweep=Sweep(tuple(ids), until=now))
+            if not plan.swept_accounts and plan.stalled is not None:
+                self._back_off(f"cannot load state: {plan.stalled}")
+                return False
+        more = plan is not None and bool(plan.writes) and (
+            len(ids) == CROSS_PAGE or len(plan.swept_accounts) < len(ids))
+        if not more:
+            self._cross_due = False
+            self._schedule_time(now)
+        if plan is None or not (plan.writes or plan.swept):
+            return None  # due in the store, made already in memory: its commit is coming
+        self._last_was_cross = True
+        self._launch(plan, sweep=False, started=started, crossing=True)
+        return True
+
+    def _schedule_time(self, now: datetime) -> None:
+        """The next look: when the store says the next crossing is due, TIME_POLL at
+        most (another worker's accounts may become ours, a commit may bring one)."""
+        if not self.categoriser.timed:
+            return
+        if self._time_timer is not None:
+            self._link().cancel_timer(self._time_timer)
+            self._time_timer = None
+        delay = TIME_POLL
+        try:
+            upcoming = self.store.next_due()
+        except StoreError:
+            upcoming = None  # the next look says why
+        if upcoming is not None and upcoming > now:
+            delay = min(delay, (upcoming - now).total_seconds())
+        self._time_timer = self._link().call_later(delay, self._on_time_timer)
+
+    def _on_time_timer(self) -> None:
+        """Look now (the look schedules the next one). Not the active consumer (yet), or
+        the look cannot happen now (a batch to retry, new rules waiting...): the flag
+        stays up for the next turn of the loop, and this timer comes back anyway."""
+        self._time_timer = None
+        if self._may_cross():
+            self._cross_due = True
+            self._advance()
+        if self._time_timer is None and self.phase is Phase.CONSUMING:
+            self._time_timer = self._link().call_later(TIME_POLL, self._on_time_timer)
 
     def _on_batch_timer(self) -> None:
         self._batch_timer = None
@@ -583,6 +726,9 @@ class Driver:
                 self._link().ack(plan.deliveries[-1].tag, multiple=True)
             self._acked_upto = max(self._acked_upto, plan.deliveries[-1].tag)
             stats.acked += len(plan.deliveries)
+        if batch.crossing:
+            stats.crossed_accounts += len(plan.swept_accounts)
+            self._cross_due = True  # committed: the store knows the next due times now
         if batch.sweep and plan.swept_accounts:
             stats.swept_accounts += len(plan.swept_accounts)
             if self._sweep_after is not None:

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -49,6 +50,9 @@ MAX_REASON_CHARS = 1000
 # Headers the router adds for the partition owner.
 REQUEST_HEADER = "x-inbox-request"  # the request kind (snapshot, explain)
 ROUTING_KEY_HEADER = "x-inbox-routing-key"  # the routing key the message came with
+# A message a worker sends its own input queue to learn whether it is the active
+# consumer (time crossings: see the driver); acknowledged, nothing else.
+TICK_HEADER = "x-inbox-rules-tick"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +96,11 @@ Outcome = Publish | DeadLetter | Reply | Route
 
 @dataclass(frozen=True, slots=True)
 class Sweep:
-    """Synthetic work: re-categorise these accounts under the live rules."""
+    """Synthetic work: re-categorise these accounts under the live rules; with
+    ``until``, make their time crossings due by then instead (docs/time.md)."""
 
     account_ids: tuple[str, ...]
+    until: datetime | None = None
 
 
 @dataclass
@@ -179,6 +185,8 @@ class Step:
         router = self.router
         if router is not None and delivery.queue in router.intake:
             return self._route(delivery, router)
+        if delivery.headers and TICK_HEADER in delivery.headers:
+            return Publish(())  # a worker looking for its turn (driver: _send_tick)
         kind = delivery.headers.get(REQUEST_HEADER) if delivery.headers else None
         if delivery.queue and delivery.queue == self.requests_queue:
             kind = delivery.routing_key
@@ -281,7 +289,8 @@ class Step:
             plan.swept_accounts.append(account_id)
             state.begin()
             try:
-                updates = categoriser.adopt(state)
+                updates = (categoriser.adopt(state) if sweep.until is None
+                           else categoriser.cross(state, sweep.until))
             except Exception:  # a worker bug: leave the account for its next event
                 state.rollback()
                 log.exception("re-categorising account %s failed", account_id)

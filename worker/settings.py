@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1,
                                    description="Larger events are dead-lettered.")
     rules_dir: Path | None = Field(None, description="Rule directory (default: shipped rules).")
+    time_lag: float = Field(1.0, ge=0, description=(
+        "Seconds the worker's clock must be past a time threshold crossing before it is "
+        "made (rules with time facts): room for events still on their way and clock "
+        "skew."))
     heartbeat: int = Field(30, ge=0, description="AMQP heartbeat in seconds (0: broker's).")
     reconnect_max_delay: float = Field(30.0, gt=0, description=(
         "Longest wait between reconnects or store retries, seconds."))

@@ -1,0 +1,242 @@
+"""Time crossings in the worker without a broker (docs/time.md): the driver looks for due
+crossings by its clock (a fake one here, with timers that honour their delays), makes
+them in batches through the same pipeline as events (published, confirmed, committed),
+only when it is the active consumer, and not at all under rules without time facts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from contracts import parse_event
+from tests.test_driver import RecordingLink
+from worker.domain.inbox import Inbox
+from worker.driver import TICK_INTERVAL, Driver
+from worker.link import Delivery, Link
+from worker.pipeline import TICK_HEADER
+from worker.rulebook import CompiledRules, load_rules
+from worker.rulebook.engine import default_rules_dir
+from worker.settings import Settings
+from worker.store.memory import MemoryStore
+
+DEFAULT = load_rules(None)
+SLA = load_rules(default_rules_dir() / "examples" / "sla")
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+class ClockLink(RecordingLink):
+    """A recording link whose timers run when a fake clock reaches them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0  # seconds after T0
+        self.pending: list[list[Any]] = []  # [due, order, callback]
+        self._order = itertools.count()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> object:
+        handle = [self.now + delay, next(self._order), callback]
+        self.pending.append(handle)
+        return handle
+
+    def cancel_timer(self, handle: object) -> None:
+        self.pending = [h for h in self.pending if h is not handle]
+
+    def wall(self) -> datetime:
+        return T0 + timedelta(seconds=self.now)
+
+    def advance(self, seconds: float = 0.0) -> None:
+        """Run every timer due by now + ``seconds``, in time order, confirming what is
+        published as it goes (the broker confirms at once)."""
+        until = self.now + seconds
+        for _ in range(100_000):
+            self.confirm_all()
+            due = [h for h in self.pending if h[0] <= until]
+            if not due:
+                self.now = until
+                return
+            handle = min(due, key=lambda h: (h[0], h[1]))
+            self.pending.remove(handle)
+            self.now = max(self.now, handle[0])
+            handle[2]()
+        raise AssertionError("timers keep firing at one instant")
+
+    def confirm_all(self) -> None:
+        confirmed = 0
+        while confirmed < len(self.published):
+            confirmed = len(self.published)
+            self.driver.on_confirm(confirmed, multiple=True, ok=True)
+
+    driver: Driver
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def due_accounts(self, now: datetime, limit: int) -> list[str]:
+        self.looks += 1
+        return super().due_accounts(now, limit)
+
+    def next_due(self) -> datetime | None:
+        self.looks += 1
+        return super().next_due()
+
+
+def _driver(rules: CompiledRules = SLA, lag: float = 1.0,
+            ) -> tuple[Driver, ClockLink, CountingStore]:
+    settings = Settings(batch_size=50, prefetch=50, max_batch_delay=0.0, time_lag=lag)
+    store = CountingStore()
+    driver = Driver(settings, rules, store)
+    link = ClockLink()
+    link.driver = driver
+    checked: Link = link
+    driver.attach(checked)
+    driver.wall_clock = link.wall
+    driver.on_ready()
+    return driver, link, store
+
+
+def _event(number: int, kind: str, seconds: float, conversation: str | None = None,
+           **data: Any) -> dict[str, Any]:
+    event = {"event_id": f"e-{number}", "type": kind, "account_id": "acc-1",
+             "occurred_at": (T0 + timedelta(seconds=seconds)).isoformat(), "data": data}
+    if conversation is not None:
+        event["conversation_id"] = conversation
+    return event
+
+
+EVENTS = [_event(1, "account.updated", 0, plan="free", agents=["ag-1", "ag-2"], groups={}),
+          _event(2, "conversation.created", 0, "c-1", group_id=None),
+          _event(3, "conversation.created", 100, "c-2", group_id=None)]
+
+
+def _deliver(driver: Driver, events: list[dict[str, Any]], first_tag: int = 1) -> None:
+    for tag, event in enumerate(events, start=first_tag):
+        driver.on_delivery(Delivery(tag, event["type"], json.dumps(event).encode()))
+
+
+def _replayed(events: list[dict[str, Any]], until: float | None = None) -> list[dict[str, Any]]:
+    inbox = Inbox(SLA)
+    updates = [u for e in events for u in inbox.handle(parse_event(json.dumps(e).encode()))]
+    if until is not None:
+        updates += inbox.cross_until(T0 + timedelta(seconds=until))
+    return [json.loads(u.body) for u in updates]
+
+
+@pytest.fixture(autouse=True)
+def generous_evaluation_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("worker.driver.EVALUATE_BUDGET", 60.0)
+
+
+def test_rules_without_time_facts_never_look_for_crossings() -> None:
+    driver, link, store = _driver(DEFAULT)
+    _deliver(driver, EVENTS)
+    link.advance(3600)
+    assert store.looks == 0
+    assert not [m for m in link.published if m.headers and TICK_HEADER in m.headers]
+    inbox = Inbox(DEFAULT)
+    assert link.updates() == [json.loads(u.body) for e in EVENTS
+                              for u in inbox.handle(parse_event(json.dumps(e).encode()))]
+
+
+def test_the_active_worker_makes_each_crossing_once_its_clock_is_past_it_by_the_lag() -> None:
+    driver, link, store = _driver(lag=1.0)
+    _deliver(driver, EVENTS[:2])
+    link.advance(0)
+    events_only = len(link.updates())
+    link.advance(300.9)
+    assert len(link.updates()) == events_only, "not before the instant plus the lag"
+    _deliver(driver, EVENTS[2:], first_tag=3)  # c-2 at +100 (the clock went on)
+    link.advance(0.2)  # now +301.1
+    crossing = link.updates(events_only + 2)
+    assert [(u["agent_id"], u["cause_event_id"], u["occurred_at"]) for u in crossing] == [
+        ("ag-1", "time:2026-11-24T10:05:00Z", "2026-11-24T10:05:00Z"),
+        ("ag-2", "time:2026-11-24T10:05:00Z", "2026-11-24T10:05:00Z")]
+    assert driver.stats.crossed_accounts == 1
+    link.advance(200)  # c-2's crossing at +400
+    assert link.updates() == _replayed(EVENTS, until=401)
+    assert store.due_accounts(T0 + timedelta(days=1), 10) == []
+    assert link.acks[-1] == (3, True)
+
+
+def test_idle_waiting_costs_about_one_look_a_second_whatever_is_stored() -> None:
+    driver, link, store = _driver()
+    _deliver(driver, EVENTS)
+    link.advance(1)
+    looks = store.looks
+    link.advance(60)  # nothing is due in this minute
+    assert 60 <= store.looks - looks <= 2 * 61  # due_accounts + next_due, once a second
+    published = len(link.published)
+    link.advance(240)  # the crossings at +300 and +400 are near: looked for on time
+    assert len(link.published) > published
+
+
+def test_a_crossing_batch_whose_commit_fails_is_made_again_identically() -> None:
+    driver, link, store = _driver(lag=0.0)
+    _deliver(driver, EVENTS[:2])
+    link.advance(0)
+    before = len(link.updates())
+    store.fail_commits = 1
+    link.advance(300)
+    first = link.updates(before)
+    assert [u["cause_event_id"] for u in first] == ["time:2026-11-24T10:05:00Z"] * 2
+    assert store.due_accounts(T0 + timedelta(seconds=300), 10) == ["acc-1"], "not committed"
+    link.advance(60)  # the backoff, then the next look
+    again = link.updates(before + len(first))
+    assert again == first, "the same update ids and bodies"
+    assert store.due_accounts(T0 + timedelta(seconds=300), 10) == []
+    assert link.updates() == _replayed(EVENTS[:2], until=300) + first
+
+
+def test_a_worker_that_received_nothing_ticks_until_it_learns_it_is_the_active_one() -> None:
+    driver, link, store = _driver()
+    link.advance(2 * TICK_INTERVAL + 0.5)
+    ticks = [m for m in link.published if m.headers and TICK_HEADER in m.headers]
+    assert len(ticks) == 3 and {(m.exchange, m.routing_key) for m in ticks} == {
+        ("", "inbox-rules.events")}
+    assert not ticks[0].persistent
+    assert store.looks == 0, "a hot standby never crosses"
+    driver.on_delivery(Delivery(1, "inbox-rules.events", b"", headers={TICK_HEADER: 1},
+                                queue="inbox-rules.events"))
+    link.advance(0)
+    assert link.acks == [(1, True)], "the tick is acknowledged, and nothing else happens"
+    link.advance(1.0)  # the next look
+    assert store.looks > 0 and not link.dead_letters()
+    link.advance(3 * TICK_INTERVAL)
+    assert len([m for m in link.published if m.headers and TICK_HEADER in m.headers]) == 3
+
+
+def test_a_refused_tick_fails_no_batch() -> None:
+    driver, link, _ = _driver()
+    [send] = [h for h in link.pending if h[2] == driver._send_tick]  # the first tick
+    link.pending.remove(send)
+    send[2]()
+    [tick] = link.published
+    driver.on_confirm(1, multiple=False, ok=False)
+    assert driver.problem is None and driver.stats.failed_batches == 0
+    _deliver(driver, EVENTS[:2])
+    link.advance(0)
+    assert link.acks[-1] == (2, True)
+    assert tick.headers is not None
+
+
+def test_new_rules_with_time_facts_start_the_looks_and_without_them_stop_them() -> None:
+    driver, link, store = _driver(DEFAULT)
+    _deliver(driver, EVENTS[:2])
+    link.advance(10)
+    assert store.looks == 0
+    driver.adopt(SLA)
+    link.advance(400)
+    assert store.looks > 0
+    assert any(u["cause_event_id"] == "time:2026-11-24T10:05:00Z" for u in link.updates())
+    driver.adopt(DEFAULT)
+    link.advance(1)
+    looks = store.looks
+    link.advance(600)
+    assert store.looks == looks
