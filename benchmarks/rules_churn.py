@@ -16,6 +16,11 @@ Each time the worker's poll (:class:`LiveRulesFollower`) finds the change, loads
 version from the store, the driver adopts it, and the paced sweep re-categorises every
 account (published, confirmed, committed). Every ``--every`` cycles it prints the
 process's RSS (VmRSS), its OS threads, and how many compiled rule sets are alive.
+
+With ``--worker``, the same changes go to a real ``inbox-rules run`` (a subprocess on a
+vhost of its own, after the stream; it polls the store every 0.05 s): each change
+waits until the worker switched and swept every account, and the worker's RSS and
+threads are read from its /proc.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import gc
 import json
 import shutil
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -131,76 +135,149 @@ def stamp(directory: Path, cycle: int) -> None:
     path.write_text("\n".join([f"# churn cycle {cycle}", *lines]) + "\n")
 
 
+def change(rule_store: SqliteStore, cycle: int, a: Path, b: Path) -> str:
+    """One deploy (odd cycles: a new version, B and A in turn, stamped) or rollback (even
+    cycles: to the version live before), as the command line makes them; the version
+    live now."""
+    if cycle % 2:
+        directory = b if cycle % 4 == 1 else a
+        stamp(directory, cycle)
+        files = read_rule_directory(directory)
+        version = load_rules_from_files(files, str(directory)).version
+        rule_store.deploy_rules(version, files, "churn", f"cycle {cycle}")
+        return version
+    version = rule_store.rule_history()[-2].version
+    rule_store.set_live(version, "churn", f"cycle {cycle}")
+    return version
+
+
+class Report:
+    """Prints (or collects, for --json) one line per measurement."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.rows: list[dict[str, float | int]] = []
+        self.started = time.monotonic()
+
+    def __call__(self, cycle: int, rss: float, threads: int, note: str = "",
+                 **extra: int) -> None:
+        seconds = time.monotonic() - self.started
+        self.rows.append({"cycle": cycle, "rss_mib": round(rss, 1), "threads": threads,
+                          "seconds": round(seconds, 2), **extra})
+        if not self.as_json:
+            print(f"after {cycle:4d} changes: RSS {rss:7.1f} MiB  threads {threads}  {note}"
+                  f"({seconds:.1f} s)", flush=True)
+
+
+def in_process(args: argparse.Namespace, report: Report, tmp: Path) -> None:
+    """The driver of this process, over an in-memory link double and store."""
+    alive: weakref.WeakSet[CompiledRules] = weakref.WeakSet()
+    a, b = rule_dirs(tmp)
+    settings = Settings(batch_size=200, prefetch=600, max_batch_delay=0.0)
+    first = load_rules(a)
+    alive.add(first)
+    driver = Driver(settings, first, MemoryStore())
+    link = _Link()
+    driver.attach(_checked(link))
+    driver.on_ready()
+    events = encode(event_stream(seed=31, count=args.events, accounts=args.accounts))
+    for tag, body in enumerate(events, start=1):
+        driver.on_delivery(Delivery(tag, "event", body))
+    settle(driver, link)
+    del first
+    if not report.as_json:
+        print(f"in process: {len(driver.store.accounts)} accounts, "  # type: ignore[attr-defined]
+              f"{len(events)} events; {args.cycles} deploys and rollbacks")
+
+    def measure(cycle: int) -> None:
+        rss, threads = process_status()
+        report(cycle, rss, threads, f"compiled rule sets alive {len(alive)}  ",
+               compiled_alive=len(alive))
+
+    measure(0)
+    rule_store = SqliteStore(tmp / "state.sqlite3")
+    # The shipped rules are the first deployed version (what the driver runs).
+    rule_store.deploy_rules(driver.rules.version, read_rule_directory(a), "churn", "start")
+    follower = LiveRulesFollower(rule_store, driver.rules)  # type: ignore[arg-type]
+    for cycle in range(1, args.cycles + 1):
+        change(rule_store, cycle, a, b)
+        rules = follower.poll()
+        assert rules is not None, "every cycle changes the live version"
+        alive.add(rules)
+        driver.adopt(rules)
+        del rules
+        settle(driver, link)
+        assert driver.rules.version == follower.version
+        if cycle % args.every == 0:
+            measure(cycle)
+    rule_store.close()
+    gc.collect()
+    measure(args.cycles)
+
+
+def in_worker(args: argparse.Namespace, report: Report, tmp: Path) -> None:
+    """A real ``inbox-rules run`` on a vhost of its own: the stream first, then each
+    change waits until the worker has switched and swept every account; RSS and
+    threads from its /proc."""
+    from tests.support.harness import Bus, WorkerProcess, fresh_vhost, wait_drained, wait_for
+
+    a, b = rule_dirs(tmp)
+    events = event_stream(seed=31, count=args.events, accounts=args.accounts)
+    with fresh_vhost("inbox-rules-churn") as vhost:
+        bus = Bus(vhost)
+        bus.publish_events(events)
+        worker = WorkerProcess.in_vhost(vhost, tmp, rules_poll_interval=0.05)
+        worker.start()
+        try:
+            wait_drained(bus, bus.topology.events_queue, timeout=120)
+            if not report.as_json:
+                print(f"worker pid {worker.pid}: {len(events)} events; {args.cycles} deploys "
+                      "and rollbacks")
+
+            def measure(cycle: int) -> None:
+                fields = dict(line.split(":", 1) for line in Path(
+                    f"/proc/{worker.pid}/status").read_text().splitlines() if ":" in line)
+                report(cycle, int(fields["VmRSS"].split()[0]) / 1024,
+                       int(fields["Threads"]))
+
+            measure(0)
+            rule_store = SqliteStore(tmp / "state.sqlite3")
+            rule_store.deploy_rules(load_rules(a).version, read_rule_directory(a), "churn",
+                                    "start")
+            def switched(count: int) -> Callable[[], bool]:
+                return lambda: worker.log().count("re-categorising every account") == count
+
+            def swept(version: str) -> Callable[[], bool]:
+                return lambda: rule_store.accounts_behind(version, "", 1) == []
+
+            for cycle in range(1, args.cycles + 1):
+                version = change(rule_store, cycle, a, b)
+                wait_for(switched(cycle), 30, f"the worker to adopt {version}", alive=worker)
+                wait_for(swept(version), 30, "the sweep", alive=worker)
+                if cycle % args.every == 0:
+                    measure(cycle)
+            rule_store.close()
+        finally:
+            status = worker.stop()
+            bus.close()
+        assert status == 0, worker.log_tail()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cycles", type=int, default=100)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--accounts", type=int, default=200)
+    parser.add_argument("--worker", action="store_true",
+                        help="measure a real 'inbox-rules run' (needs the local RabbitMQ)")
     parser.add_argument("--json", action="store_true", help="one JSON object at the end")
     args = parser.parse_args()
-    alive: weakref.WeakSet[CompiledRules] = weakref.WeakSet()
-    rows: list[dict[str, float | int]] = []
+    report = Report(args.json)
     with tempfile.TemporaryDirectory() as tmp:
-        a, b = rule_dirs(Path(tmp))
-        settings = Settings(batch_size=200, prefetch=600, max_batch_delay=0.0)
-        first = load_rules(a)
-        alive.add(first)
-        driver = Driver(settings, first, MemoryStore())
-        link = _Link()
-        driver.attach(_checked(link))
-        driver.on_ready()
-        events = encode(event_stream(seed=31, count=args.events, accounts=args.accounts))
-        for tag, body in enumerate(events, start=1):
-            driver.on_delivery(Delivery(tag, "event", body))
-        settle(driver, link)
-        del first
-        accounts = len(driver.store.accounts)  # type: ignore[attr-defined]
-
-        def measure(cycle: int, seconds: float) -> None:
-            rss, threads = process_status()
-            row = {"cycle": cycle, "rss_mib": round(rss, 1), "threads": threads,
-                   "python_threads": threading.active_count(), "compiled_alive": len(alive),
-                   "seconds": round(seconds, 2)}
-            rows.append(row)
-            if not args.json:
-                print(f"after {cycle:4d} changes: RSS {rss:7.1f} MiB  threads {threads}"
-                      f" (python {row['python_threads']})  compiled rule sets alive "
-                      f"{row['compiled_alive']}  ({seconds:.1f} s)", flush=True)
-
-        if not args.json:
-            print(f"{accounts} accounts, {len(events)} events; {args.cycles} deploys and "
-                  "rollbacks")
-        started = time.monotonic()
-        measure(0, 0.0)
-        rule_store = SqliteStore(Path(tmp) / "state.sqlite3")
-        # The shipped rules are the first deployed version (what the driver runs).
-        rule_store.deploy_rules(driver.rules.version, read_rule_directory(a), "churn", "start")
-        follower = LiveRulesFollower(rule_store, driver.rules)  # type: ignore[arg-type]
-        for cycle in range(1, args.cycles + 1):
-            history = rule_store.rule_history()
-            if cycle % 2:  # deploy a new version
-                directory = b if cycle % 4 == 1 else a
-                stamp(directory, cycle)
-                files = read_rule_directory(directory)
-                version = load_rules_from_files(files, str(directory)).version
-                rule_store.deploy_rules(version, files, "churn", f"cycle {cycle}")
-            else:  # roll back to the version live before
-                rule_store.set_live(history[-2].version, "churn", f"cycle {cycle}")
-            rules = follower.poll()
-            assert rules is not None, "every cycle changes the live version"
-            alive.add(rules)
-            driver.adopt(rules)
-            del rules
-            settle(driver, link)
-            assert driver.rules.version == follower.version
-            if cycle % args.every == 0:
-                measure(cycle, time.monotonic() - started)
-        rule_store.close()
-        gc.collect()
-        measure(args.cycles, time.monotonic() - started)
+        (in_worker if args.worker else in_process)(args, report, Path(tmp))
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(report.rows))
 
 
 if __name__ == "__main__":
