@@ -417,7 +417,7 @@ class Driver:
             return self._start_sweep()
         # Time crossings, between event batches (never before a retry: its events must
         # be evaluated again exactly as they were).
-        if (self._cross_due and not retrying and self._may_cross()
+        if (self._cross_due and not retrying and self.categoriser.timed and self._may_cross()
                 and not any(b.crossing for b in self._in_flight)
                 and (not self._last_was_cross or not self._buffer)):
             crossed = self._start_crossing()
@@ -600,10 +600,13 @@ class Driver:
         the look cannot happen now (a batch to retry, new rules waiting...): the flag
         stays up for the next turn of the loop, and this timer comes back anyway."""
         self._time_timer = None
+        if not self.categoriser.timed:
+            return
         if self._may_cross():
             self._cross_due = True
             self._advance()
-        if self._time_timer is None and self.phase is Phase.CONSUMING:
+        if (self._time_timer is None and self.phase is Phase.CONSUMING
+                and self.categoriser.timed):
             self._time_timer = self._link().call_later(TIME_POLL, self._on_time_timer)
 
     def _on_batch_timer(self) -> None:

@@ -204,8 +204,37 @@ def compile_ruleset(definitions: Definitions) -> dict[str, Any]:
     return rules
 
 
-def time_thresholds(definitions: Definitions) -> dict[str, tuple[int, ...]]:
-    """Per time fact, every value of it at which some category's condition may change.
+
+def category_tests(definitions: Definitions) -> list[FactTest]:
+    """Every fact test some category's condition makes, through the predicates and
+    categories it refers to (each definition read once)."""
+    tests: list[FactTest] = []
+    seen: set[tuple[str, str]] = set()
+
+    def visit(condition: Condition) -> None:
+        if isinstance(condition, FactTest):
+            tests.append(condition)
+        elif isinstance(condition, Not):
+            visit(condition.item)
+        elif isinstance(condition, AllOf | AnyOf):
+            for item in condition.items:
+                visit(item)
+        elif (condition.kind, condition.name) not in seen:
+            seen.add((condition.kind, condition.name))
+            table = (definitions.categories if condition.kind == "category"
+                     else definitions.predicates)
+            visit(table[condition.name].when)
+
+    for name, definition in definitions.categories.items():
+        if ("category", name) not in seen:
+            seen.add(("category", name))
+            visit(definition.when)
+    return tests
+
+
+def time_thresholds(tests: list[FactTest]) -> dict[str, tuple[int, ...]]:
+    """Per time fact, every value of it at which some category's condition may change
+    (``tests``: :func:`category_tests`).
 
     A test ``at_least 300`` (or its negation ``less_than 300``) changes at 300 seconds;
     ``greater_than 299`` (``at_most 299``) changes at 300 too, the values being whole
@@ -218,25 +247,13 @@ def time_thresholds(definitions: Definitions) -> dict[str, tuple[int, ...]]:
     threshold are absent.
     """
     found: dict[str, set[int]] = {}
-
-    def visit(condition: Condition) -> None:
-        if isinstance(condition, FactTest):
-            if condition.fact in TIME_FACTS:
-                values = (condition.value if condition.op in ("in", "not_in")
-                          else (condition.value,))
-                points = found.setdefault(condition.fact, set())
-                for value in values:  # type: ignore[attr-defined]
-                    points.update(_boundaries(condition.op, int(value)))
-        elif isinstance(condition, Not):
-            visit(condition.item)
-        elif isinstance(condition, AllOf | AnyOf):
-            for item in condition.items:
-                visit(item)
-
-    for definition in definitions.categories.values():
-        visit(definitions.expand(definition.when))
-    return {fact: tuple(sorted(p for p in points if p > 0))
-            for fact, points in sorted(found.items()) if any(p > 0 for p in points)}
+    for test in tests:
+        if test.fact in TIME_FACTS:
+            values = test.value if test.op in ("in", "not_in") else (test.value,)
+            points = found.setdefault(test.fact, set())
+            for value in values:  # type: ignore[attr-defined]
+                points.update(p for p in _boundaries(test.op, int(value)) if p > 0)
+    return {fact: tuple(sorted(points)) for fact, points in sorted(found.items()) if points}
 
 
 def _boundaries(op: str, value: int) -> tuple[int, ...]:
@@ -245,21 +262,3 @@ def _boundaries(op: str, value: int) -> tuple[int, ...]:
     if op in ("greater_than", "at_most"):
         return (value + 1,)
     return (value, value + 1)  # equals, not_equals, in, not_in
-
-
-def tested_facts(definitions: Definitions) -> frozenset[str]:
-    """Every fact some category's condition tests (through predicates and categories)."""
-    found: set[str] = set()
-
-    def visit(condition: Condition) -> None:
-        if isinstance(condition, FactTest):
-            found.add(condition.fact)
-        elif isinstance(condition, Not):
-            visit(condition.item)
-        elif isinstance(condition, AllOf | AnyOf):
-            for item in condition.items:
-                visit(item)
-
-    for definition in definitions.categories.values():
-        visit(definitions.expand(definition.when))
-    return frozenset(found)

@@ -25,9 +25,9 @@ from durable import engine as durable_engine
 from worker.errors import RuleFileError, RuleProblem
 from worker.rulebook.compiler import (
     Definitions,
+    category_tests,
     compile_ruleset,
     fact_key,
-    tested_facts,
     time_thresholds,
 )
 from worker.rulebook.facts import FACT_NAMES, FactVector
@@ -143,9 +143,11 @@ class CompiledRules:
         finalizer.atexit = False  # the process is going: nothing to give back
         self.evaluate: Callable[[FactVector], frozenset[str]] = lru_cache(maxsize=CACHE_SIZE)(
             _evaluator(host, name, fired))
-        # Per time fact, the values at which a category may change (docs/time.md).
-        self.thresholds: dict[str, tuple[int, ...]] = time_thresholds(definitions)
-        self.tested_facts: frozenset[str] = tested_facts(definitions)
+        # Per time fact, the values at which a category may change (docs/time.md), and
+        # every fact a category tests.
+        tests = category_tests(definitions)
+        self.thresholds: dict[str, tuple[int, ...]] = time_thresholds(tests)
+        self.tested_facts: frozenset[str] = frozenset(test.fact for test in tests)
 
     def evaluate_facts(self, facts: dict[str, object]) -> frozenset[str]:
         """Evaluate a named fact mapping (rule tests, tooling); every fact is required."""
