@@ -77,3 +77,45 @@ def test_a_stuck_loop_stops_the_heartbeat() -> None:
     alive[0] = False
     coordinator.tick()
     assert store.beats == 1
+
+
+def test_a_release_the_driver_reports_late_does_not_give_up_a_partition_posted_again() -> None:
+    """Found by tests/broker/test_several_workers.py: the driver reports what it dropped
+    under an older assignment; the coordinator had meanwhile dealt those partitions to
+    it again. Giving them up then left the driver consuming them with no epoch (every
+    commit fenced off: "this worker has not acquired it")."""
+    store = FakeMembership(["w-a", "w-b"])
+    coordinator, told = _coordinator(store, "w-a")
+    coordinator.tick()
+    assert told[-1] == frozenset({0, 2, 4, 6})
+    store.members.remove("w-b")
+    coordinator.tick()  # all eight again
+    coordinator.released(frozenset({0, 2}))  # dropped under an older assignment
+    coordinator.tick()
+    assert store.released == [], "0 and 2 are assigned to the driver again: kept"
+    assert coordinator.held == set(range(8))
+
+
+def test_after_a_fence_every_partition_is_taken_anew_even_one_the_driver_never_took() -> None:
+    """Found by tests/broker/test_several_workers.py: a fence while partition 3 was
+    assigned but not yet consumed (the driver was handing others over). The driver
+    gives back only what it consumed, so waiting for every held partition to come back
+    waited for ever: the worker consumed nothing, and nobody else took its share."""
+    store = FakeMembership(["w-a", "w-c"])
+    coordinator, told = _coordinator(store, "w-a")
+    coordinator.tick()
+    assert told[-1] == frozenset({0, 2, 4, 6})
+    store.members.append("w-b")
+    coordinator.tick()
+    assert told[-1] == frozenset({0, 3, 6})  # 3 taken, not yet consumed by the driver
+    coordinator.fenced()
+    coordinator.released(frozenset({0, 2, 4, 6}))  # what the driver had consumed
+    acquired = len(store.acquired)
+    coordinator.tick()
+    assert store.acquired[acquired:] == [0, 3, 6], "taken anew: new epochs"
+    assert set(store.released) >= {0, 2, 3, 4, 6}
+    assert told[-1] == frozenset({0, 3, 6}) and len(told) == 3, "told again"
+    assert coordinator.held == {0, 3, 6}
+    coordinator.released(frozenset({0, 2, 4, 6}))  # a late report changes nothing now
+    coordinator.tick()
+    assert coordinator.held == {0, 3, 6}

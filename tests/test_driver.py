@@ -526,3 +526,21 @@ def test_a_batch_retried_after_a_rules_change_keeps_the_rules_it_was_published_u
     assert {json.loads(m.body)["rules_version"] for m in again[len(first_round):]
             if m.message_id not in first_round} <= {variant.version}
     assert driver.rules.version == variant.version
+
+
+def test_partitions_assigned_but_never_taken_are_given_back_when_withdrawn() -> None:
+    """Found by tests/broker/test_several_workers.py: a partition assigned while the
+    driver was offline (or handing over) and withdrawn before it consumed it was never
+    named by a later handover, so the coordinator held its epoch for ever."""
+    driver = Driver(Settings(max_batch_delay=0.0), RULES, MemoryStore())
+    link = RecordingLink()
+    driver.attach(_checked(link))
+    released: list[frozenset[int]] = []
+    driver.on_released = released.append
+    driver.assign(frozenset({1, 2}))  # offline: taken once the link is up
+    driver.assign(frozenset({2, 3}))
+    assert released == [frozenset({1})]
+    driver.on_ready()
+    assert driver.partitions == {2, 3}
+    driver.assign(frozenset({3}))  # a consumed one comes back through the handover
+    assert released == [frozenset({1}), frozenset({2})] and link.aborts == [False]

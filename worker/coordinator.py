@@ -103,11 +103,17 @@ class Coordinator:
             self._stop.wait(interval)
 
     def tick(self) -> None:
+        released: set[int] = set()
         while not self._released.empty():
-            for partition in sorted(self._released.get()):
-                if partition in self.held:
-                    self.store.release(partition)
-                    self.held.discard(partition)
+            released |= self._released.get()
+        # The driver dropped these, and their cached accounts with them. One that the
+        # last assignment names again stays ours (releasing it would leave the driver
+        # consuming a partition with no epoch): the driver takes it afresh when that
+        # assignment reaches it.
+        for partition in sorted(released - (self._posted or frozenset())):
+            if partition in self.held:
+                self.store.release(partition)
+                self.held.discard(partition)
         if not self.loop_alive():
             log.warning("the worker's loop is stuck: no heartbeat, so that the others can "
                         "take its partitions")
@@ -115,7 +121,17 @@ class Coordinator:
         self.store.heartbeat(self.worker_id, self.lease)
         members = self.store.live_members(self.lease)
         wanted = deal(members, self.worker_id, self.partitions)
-        if self._refresh and not self.held:
+        if self._refresh:
+            # A commit was fenced off. Before telling us, the driver discarded every
+            # batch in flight, and it drops its partitions with their cached accounts
+            # before it runs anything else: nothing computed before can commit, and it
+            # takes afresh whatever it is assigned next. So give up everything held
+            # (an epoch another worker took cannot be taken back in place; one we hold
+            # but the driver never took would otherwise stay held for ever) and take
+            # what we are to own anew.
+            for partition in sorted(self.held):
+                self.store.release(partition)
+                self.held.discard(partition)
             self._refresh = False
             self._posted = None
         # New to us, or back to us (another worker may have held it meanwhile).

@@ -256,7 +256,13 @@ class Driver:
         consumed at once (their epochs are already taken); losing one hands everything
         over in order: finish the batches out, drop the connection, reconnect with the
         new set."""
+        # Assigned while offline or handing over, never taken, and withdrawn now: nothing
+        # of them is cached or in flight, so the coordinator may give them up at once
+        # (no later _leave would name them).
+        untaken = self._assigned - self.partitions - partitions
         self._assigned = partitions
+        if untaken and self.on_released is not None:
+            self.on_released(untaken)
         if self.phase is not Phase.CONSUMING:
             return  # on_ready consumes what is assigned then
         added, removed = partitions - self.partitions, self.partitions - partitions
