@@ -11,13 +11,17 @@ Implementations: :mod:`worker.store.sqlite` (the embedded default) and
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from worker.domain.account import AccountState, AccountWrite
+from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
 
 
@@ -153,3 +157,52 @@ def not_expected(where: str, expected: str | None, live: str | None) -> StoreCon
     return StoreConflictError(
         f"state store {where}: the live rules changed meanwhile (now {live or 'none'}, "
         f"expected {expected or 'none'}); nothing was written, run it again")
+
+
+def state_from_rows(account_id: str, row: Sequence[Any] | None,
+                    conversation_rows: Sequence[Sequence[Any]], agents: Sequence[Sequence[Any]],
+                    event_rows: Sequence[Sequence[Any]],
+                    tombstone_rows: Sequence[Sequence[Any]],
+                    event_window: int, tombstone_window: int) -> AccountState | None:
+    """One account from a store's rows (both stores select the same columns): the
+    account row or None, conversations, agents (id, counts, seq), and the newest event
+    ids and tombstones as (number, ...) rows, newest first. None if nothing is stored."""
+    if row is None and not (conversation_rows or agents or event_rows or tombstone_rows):
+        return None
+    if row is None:
+        account, rules_version, generation, last, counter = (
+            Account(account_id), None, 0, None, 0)
+    else:
+        plan, agent_ids, groups, last_sequence, rules_version, generation, last, counter = row
+        account = Account(account_id, plan, frozenset(orjson.loads(agent_ids)),
+                          {g: frozenset(m) for g, m in orjson.loads(groups).items()},
+                          last_sequence)
+    state = AccountState(account, rules_version=rules_version, event_window=event_window,
+                         tombstone_window=tombstone_window)
+    # Public attributes, not the mutating methods: a loaded state has nothing to write.
+    state.conversations = {
+        conversation_id: Conversation(
+            account_id, conversation_id, status, group_id, frozenset(orjson.loads(joined)),
+            last_sequence, tuple(frozenset(c) for c in orjson.loads(categories)),
+            None if waiting is None else datetime.fromisoformat(waiting), last_by,
+            None if due is None else from_micros(due))
+        for (conversation_id, status, group_id, joined, last_sequence, categories, waiting,
+             last_by, due) in conversation_rows}
+    state.counts = {agent_id: orjson.loads(counts) for agent_id, counts, _ in agents}
+    state.seqs = {agent_id: seq for agent_id, _, seq in agents if seq}
+    recent: OrderedDict[str, int] = OrderedDict()
+    for number, event_id in reversed(event_rows):  # newest first from the query
+        recent[event_id] = number
+        recent.move_to_end(event_id)
+    tombstones: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
+    for number, conversation_id, last_sequence in reversed(tombstone_rows):
+        tombstones.pop(conversation_id, None)
+        tombstones[conversation_id] = (number, last_sequence)
+    state.recent = recent
+    state.tombstones = tombstones
+    state.rules_generation = generation
+    state.last_occurred_at = None if last is None else datetime.fromisoformat(last)
+    # Never below a stored number, even for an account with no row of its own.
+    state.event_counter = max(counter, *recent.values(),
+                              *(n for n, _ in tombstones.values()), 0)
+    return state

@@ -39,7 +39,7 @@ import re
 import socket
 import threading
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -51,7 +51,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from worker.domain.account import AccountState, AccountWrite
-from worker.domain.state import Account, Conversation
+from worker.domain.state import Conversation
 from worker.errors import StoreError, StoreFencedError
 from worker.partitions import partition_of
 from worker.settings import mask_url
@@ -65,6 +65,7 @@ from worker.store import (
     micros,
     no_such_version,
     not_expected,
+    state_from_rows,
 )
 
 SCHEMA_VERSION = 3
@@ -444,9 +445,10 @@ class PostgresStore:
                     agents = conn.execute(q["agents"], key)
                     events = conn.execute(q["events"], (account_id, event_window))
                     tombstones = conn.execute(q["tombstones"], (account_id, tombstone_window))
-                return _state(account_id, account.fetchone(), conversations.fetchall(),
-                              agents.fetchall(), events.fetchall(), tombstones.fetchall(),
-                              event_window, tombstone_window)
+                return state_from_rows(
+                    account_id, account.fetchone(), conversations.fetchall(),
+                    agents.fetchall(), events.fetchall(), tombstones.fetchall(),
+                    event_window, tombstone_window)
         except (psycopg.Error, ValueError) as exc:
             raise self._error(f"cannot load account {account_id!r}", exc) from exc
 
@@ -890,50 +892,6 @@ def _pipeline(conn: Connection) -> Iterator[None]:
         return
     with conn.pipeline():
         yield
-
-
-def _state(account_id: str, row: tuple[Any, ...] | None, conversation_rows: list[Any],
-           agents: list[Any], event_rows: list[Any], tombstone_rows: list[Any],
-           event_window: int, tombstone_window: int) -> AccountState | None:
-    if row is None and not (conversation_rows or agents or event_rows or tombstone_rows):
-        return None
-    if row is None:
-        account, rules_version, generation, last, counter = (
-            Account(account_id), None, 0, None, 0)
-    else:
-        plan, agent_ids, groups, last_sequence, rules_version, generation, last, counter = row
-        account = Account(account_id, plan, frozenset(orjson.loads(agent_ids)),
-                          {g: frozenset(m) for g, m in orjson.loads(groups).items()},
-                          last_sequence)
-    state = AccountState(account, rules_version=rules_version, event_window=event_window,
-                         tombstone_window=tombstone_window)
-    # Public attributes, not the mutating methods: a loaded state has nothing to write.
-    state.conversations = {
-        conversation_id: Conversation(
-            account_id, conversation_id, status, group_id, frozenset(orjson.loads(joined)),
-            last_sequence, tuple(frozenset(c) for c in orjson.loads(categories)),
-            None if waiting is None else datetime.fromisoformat(waiting), last_by,
-            None if due is None else from_micros(due))
-        for (conversation_id, status, group_id, joined, last_sequence, categories, waiting,
-             last_by, due) in conversation_rows}
-    state.counts = {agent_id: orjson.loads(counts) for agent_id, counts, _ in agents}
-    state.seqs = {agent_id: seq for agent_id, _, seq in agents if seq}
-    recent: OrderedDict[str, int] = OrderedDict()
-    for number, event_id in reversed(event_rows):  # newest first from the query
-        recent[event_id] = number
-        recent.move_to_end(event_id)
-    tombstones: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
-    for number, conversation_id, last_sequence in reversed(tombstone_rows):
-        tombstones.pop(conversation_id, None)
-        tombstones[conversation_id] = (number, last_sequence)
-    state.recent = recent
-    state.tombstones = tombstones
-    state.rules_generation = generation
-    state.last_occurred_at = None if last is None else datetime.fromisoformat(last)
-    # Never below a stored number, even for an account with no row of its own.
-    state.event_counter = max(counter, *recent.values(),
-                              *(n for n, _ in tombstones.values()), 0)
-    return state
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -14,9 +14,7 @@ own transaction, and a file written by a newer schema is refused rather than mis
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -25,7 +23,7 @@ from pathlib import Path
 import orjson
 
 from worker.domain.account import AccountState, AccountWrite
-from worker.domain.state import Account, Conversation
+from worker.domain.state import Conversation
 from worker.errors import StoreConflictError, StoreError
 from worker.store import (
     UNSET,
@@ -37,6 +35,7 @@ from worker.store import (
     micros,
     no_such_version,
     not_expected,
+    state_from_rows,
 )
 
 SCHEMA_VERSION = 4
@@ -338,46 +337,20 @@ class SqliteStore:
             "SELECT plan, agents, groups_, last_sequence, rules_version, rules_generation,"
             " last_occurred_at, event_counter FROM accounts WHERE account_id = ?",
             key).fetchone()
-        conversations = {
-            conversation_id: Conversation(
-                account_id, conversation_id, status, group_id, frozenset(json.loads(joined)),
-                last_sequence, tuple(frozenset(c) for c in json.loads(categories)),
-                None if waiting is None else datetime.fromisoformat(waiting), last_by,
-                None if due is None else from_micros(due))
-            for (conversation_id, status, group_id, joined, last_sequence, categories,
-                 waiting, last_by, due)
-            in db.execute(
-                "SELECT conversation_id, status, group_id, joined, last_sequence, categories,"
-                " waiting_since, last_message_by, due_at"
-                " FROM conversations WHERE account_id = ?", key)}
+        conversations = db.execute(
+            "SELECT conversation_id, status, group_id, joined, last_sequence, categories,"
+            " waiting_since, last_message_by, due_at"
+            " FROM conversations WHERE account_id = ?", key).fetchall()
         agents = db.execute("SELECT agent_id, counts, seq FROM agents WHERE account_id = ?",
                             key).fetchall()
-        recent = _newest(db, "events", "event_id", account_id, event_window)
-        tombstones = _tombstones(db, account_id, tombstone_window)
-        if row is None and not (conversations or agents or recent or tombstones):
-            return None
-        if row is None:
-            account, rules_version, generation, last, counter = (
-                Account(account_id), None, 0, None, 0)
-        else:
-            plan, agent_ids, groups, last_sequence, rules_version, generation, last, counter = row
-            account = Account(account_id, plan, frozenset(json.loads(agent_ids)),
-                              {g: frozenset(m) for g, m in json.loads(groups).items()},
-                              last_sequence)
-        state = AccountState(account, rules_version=rules_version, event_window=event_window,
-                             tombstone_window=tombstone_window)
-        # Public attributes, not the mutating methods: a loaded state has nothing to write.
-        state.conversations = conversations
-        state.counts = {agent_id: json.loads(counts) for agent_id, counts, _ in agents}
-        state.seqs = {agent_id: seq for agent_id, _, seq in agents if seq}
-        state.recent = recent
-        state.tombstones = tombstones
-        state.rules_generation = generation
-        state.last_occurred_at = None if last is None else datetime.fromisoformat(last)
-        # Never below a stored number, even for a row a migration could not fill.
-        state.event_counter = max(counter, *recent.values(),
-                                  *(n for n, _ in tombstones.values()), 0)
-        return state
+        events = db.execute("SELECT number, event_id FROM events WHERE account_id = ?"
+                            " ORDER BY number DESC LIMIT ?", (account_id, event_window)).fetchall()
+        tombstones = db.execute(
+            "SELECT number, conversation_id, last_sequence FROM tombstones"
+            " WHERE account_id = ? ORDER BY number DESC LIMIT ?",
+            (account_id, tombstone_window)).fetchall()
+        return state_from_rows(account_id, row, conversations, agents, events, tombstones,
+                               event_window, tombstone_window)
 
     def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
         try:
@@ -611,33 +584,6 @@ def _live(db: sqlite3.Connection) -> str | None:
     row = db.execute(
         "SELECT version FROM rule_deployments ORDER BY number DESC LIMIT 1").fetchone()
     return None if row is None else str(row[0])
-
-
-def _newest(db: sqlite3.Connection, table: str, column: str, account_id: str,
-            window: int) -> OrderedDict[str, int]:
-    """The newest ``window`` entries, oldest first (the order they fall out in)."""
-    rows = db.execute(
-        f"SELECT number, {column} FROM {table} WHERE account_id = ?"  # noqa: S608 - fixed names
-        " ORDER BY number DESC LIMIT ?", (account_id, window)).fetchall()
-    memory: OrderedDict[str, int] = OrderedDict()
-    for number, key in reversed(rows):
-        memory[key] = number
-        memory.move_to_end(key)  # a key remembered twice counts from its newest number
-    return memory
-
-
-def _tombstones(db: sqlite3.Connection, account_id: str, window: int,
-                ) -> OrderedDict[str, tuple[int, int | None]]:
-    """The newest ``window`` tombstones, oldest first; a conversation tombstoned again
-    (a newer event for it) counts from its newest row."""
-    rows = db.execute(
-        "SELECT number, conversation_id, last_sequence FROM tombstones WHERE account_id = ?"
-        " ORDER BY number DESC LIMIT ?", (account_id, window)).fetchall()
-    memory: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
-    for number, conversation_id, last_sequence in reversed(rows):
-        memory.pop(conversation_id, None)
-        memory[conversation_id] = (number, last_sequence)
-    return memory
 
 
 def _json(value: object, option: int = 0) -> str:
