@@ -51,6 +51,7 @@ from tests.support.harness import (
     Producer,
     as_messages,
     connect,
+    fresh_database,
     fresh_vhost,
     wait_for,
 )
@@ -61,7 +62,6 @@ from tests.support.several import (
     consumers,
     cpu_seconds,
     fleet,
-    fresh_database,
     machine_busy_seconds,
     partitioned_topology,
     settled,

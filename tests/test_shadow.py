@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from psycopg import sql
 
 from contracts import parse_event_object
+from tests.support.harness import fresh_database
 from tests.support.oracle import final_view, replay
 from tests.support.streams import encode, event_stream
 from worker.cli import main
@@ -231,26 +229,11 @@ def test_a_read_only_open_never_creates_or_migrates(tmp_path: Path) -> None:
 
 
 # -- PostgreSQL ---------------------------------------------------------------------
-ADMIN_URL = os.environ.get("INBOX_RULES_TEST_POSTGRES",
-                           "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
 @pytest.fixture
 def database() -> Iterator[str]:
     """A database of its own, dropped after the test."""
-    name = f"inbox_rules_test_{uuid.uuid4().hex}"
-    try:
-        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is needed at {ADMIN_URL}: {exc}")
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"  # a URL, as --state takes it
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.mark.postgres

@@ -12,10 +12,8 @@ skip, without it): ``INBOX_RULES_TEST_POSTGRES`` names the admin URL, default
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,6 +24,7 @@ import pytest
 from psycopg import sql
 
 from contracts import parse_event_object
+from tests.support.harness import fresh_database
 from tests.test_store import BIG, events, fresh, snapshot
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
@@ -37,8 +36,6 @@ from worker.rulebook.engine import default_rules_dir
 from worker.store import StateStore
 from worker.store.postgres import MIGRATIONS, PostgresStore
 
-ADMIN_URL = os.environ.get("INBOX_RULES_TEST_POSTGRES",
-                           "postgresql://postgres@127.0.0.1:5432/postgres")
 PARTITIONS = 4
 
 postgres = pytest.mark.postgres
@@ -49,26 +46,11 @@ def categoriser() -> Categoriser:
     return Categoriser(load_rules(None))
 
 
-def _admin() -> psycopg.Connection[tuple[Any, ...]]:
-    try:
-        return psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is needed at {ADMIN_URL} (start it, or set "
-                    f"INBOX_RULES_TEST_POSTGRES): {exc}")
-
-
 @pytest.fixture
 def url() -> Iterator[str]:
     """A fresh database, dropped after the test (its sessions with it)."""
-    name = f"inbox_rules_test_{uuid.uuid4().hex}"
-    with _admin() as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
-    finally:
-        with _admin() as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+    with fresh_database() as database:
+        yield database
 
 
 Open = Callable[..., PostgresStore]

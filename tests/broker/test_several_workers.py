@@ -37,6 +37,7 @@ from tests.support.harness import (
     Received,
     as_messages,
     collecting,
+    fresh_database,
     wait_for,
 )
 from tests.support.oracle import Oracle, final_view, judge
@@ -46,7 +47,6 @@ from tests.support.several import (
     active_consumer,
     consumers,
     fleet,
-    fresh_database,
     owned_partitions,
     partition_backlog,
     partitioned_topology,

@@ -35,11 +35,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pika
 import pika.exceptions
+import psycopg
 from pika.adapters.select_connection import IOLoop
+from psycopg import sql
 
 from worker.settings import Settings
 from worker.topology import Topology
@@ -216,6 +218,36 @@ def connect(vhost: str, attempts: int = 1, pause: float = 0.5) -> pika.BlockingC
                 raise
             time.sleep(pause)
     raise AssertionError("unreachable")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+ADMIN_URL = os.environ.get("INBOX_RULES_TEST_POSTGRES",
+                           "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _admin() -> psycopg.Connection[tuple[Any, ...]]:
+    try:
+        return psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise AssertionError(f"PostgreSQL is needed at {ADMIN_URL} (start it: "
+                             f"bash .ci/ensure-postgres, or set INBOX_RULES_TEST_POSTGRES): "
+                             f"{exc}") from exc
+
+
+@contextmanager
+def fresh_database(prefix: str = "inbox_rules_test") -> Iterator[str]:
+    """A new database; its URL. Dropped on leaving, with every session still on it
+    (a SIGKILLed or SIGSTOPped worker's)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with _admin() as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        # A URL (not key=value): the worker, psycopg and `shadow --state` all take it.
+        yield urlsplit(ADMIN_URL)._replace(path=f"/{name}").geturl()
+    finally:
+        with _admin() as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+                sql.Identifier(name)))
 
 
 class Bus:

@@ -1,8 +1,6 @@
 """Several workers on one PostgreSQL store: what their tests and benchmark share.
 
-- :func:`fresh_database`: a database of its own per test or run, dropped after (its
-  sessions with it); PostgreSQL must answer at ``INBOX_RULES_TEST_POSTGRES`` (default
-  ``postgresql://postgres@127.0.0.1:5432/postgres``): no PostgreSQL, a failed test;
+- (a database of their own: :func:`tests.support.harness.fresh_database`);
 - :class:`Fleet`: ``inbox-rules run`` subprocesses on one vhost and one database, each
   with its own HTTP port (for its ``/metrics``) and log file;
 - :func:`scrape`: a worker's ``/metrics`` as ``{series: value}``;
@@ -15,15 +13,10 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import psycopg
-from psycopg import sql
 
 from tests.support.harness import (
     TEST_SETTINGS,
@@ -39,33 +32,6 @@ from tests.support.harness import (
 )
 from worker.settings import Settings
 from worker.topology import Topology
-
-ADMIN_URL = os.environ.get("INBOX_RULES_TEST_POSTGRES",
-                           "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _admin() -> psycopg.Connection[tuple[Any, ...]]:
-    try:
-        return psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        raise AssertionError(f"PostgreSQL is needed at {ADMIN_URL} (start it: "
-                             f"bash .ci/ensure-postgres, or set INBOX_RULES_TEST_POSTGRES): "
-                             f"{exc}") from exc
-
-
-@contextmanager
-def fresh_database(prefix: str = "inbox_rules_test") -> Iterator[str]:
-    """A new database; its URL. Dropped on leaving, with every session still on it
-    (a SIGKILLed or SIGSTOPped worker's)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with _admin() as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
-    finally:
-        with _admin() as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 def partitioned_topology(partitions: int) -> Topology:
