@@ -13,12 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pika
 import pytest
 from pika.adapters.select_connection import IOLoop
 
 from tests.amqp_doubles import RecordingHandler
-from tests.support.harness import amqp_url, close_connections, wait_for
+from tests.support.harness import amqp_url, blocking, close_connections, wait_for
 from worker.amqp import TAG_BITS, AmqpLink, CoalescingConnection
 from worker.link import Outgoing, Returned
 from worker.settings import Settings
@@ -97,16 +96,6 @@ def running(vhost: str, tmp_path: Path, handler: RecordingHandler,
         yield runner
     finally:
         runner.stop()
-
-
-@contextmanager
-def blocking(vhost: str) -> Iterator[Any]:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost)))
-    try:
-        yield connection.channel()
-    finally:
-        if connection.is_open:
-            connection.close()
 
 
 def dead_letter(n: int, **fields: Any) -> Outgoing:

@@ -7,15 +7,13 @@ event across far more reconnects than a storm would bring."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 
-from tests.support.harness import amqp_url, close_connections
+from tests.support.harness import amqp_url, blocking, close_connections
 from worker.settings import Settings
 from worker.topology import Topology
 
@@ -23,17 +21,6 @@ RECONNECTS = 25  # well past the old default limit of 20
 DELIVERY_WAIT = 2.0  # seconds a consumer waits for the message before calling it gone
 
 pytestmark = pytest.mark.broker
-
-
-@contextmanager
-def blocking(vhost: str) -> Iterator[Any]:
-    """A channel on a fresh connection to ``vhost``, closed on exit."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost)))
-    try:
-        yield connection.channel()
-    finally:
-        if connection.is_open:
-            connection.close()
 
 
 def hold_and_drop(vhost: str, queue: str, cut: bool) -> dict[str, Any] | None:

@@ -220,6 +220,17 @@ def connect(vhost: str, attempts: int = 1, pause: float = 0.5) -> pika.BlockingC
     raise AssertionError("unreachable")
 
 
+@contextmanager
+def blocking(vhost: str) -> Iterator[Any]:
+    """A channel on a fresh, plain connection to ``vhost``, closed on exit."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost)))
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
 # -- PostgreSQL ---------------------------------------------------------------------
 ADMIN_URL = os.environ.get("INBOX_RULES_TEST_POSTGRES",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
