@@ -68,3 +68,12 @@ def test_no_pika_class_is_patched_globally() -> None:
     produce = io_services_utils._AsyncTransportBase._produce
     assert not hasattr(produce, "__wrapped__")
     assert produce.__module__ == "pika.adapters.utils.io_services_utils"
+
+
+def test_the_stream_drop_reaches_pikas_own_termination_path() -> None:
+    """``drop()`` (a stop and a handover hand unacked deliveries back in order) calls
+    the private method pika itself uses when a heartbeat is missed: fail loudly if it
+    moves, rather than leaving the worker unable to hand over."""
+    target = pika.connection.Connection._terminate_stream
+    assert parameters(target) == ["self", "error"]
+    assert "self._terminate_stream(" in inspect.getsource(CoalescingConnection.drop)
