@@ -60,11 +60,12 @@ class CoalescingConnection(pika.SelectConnection):  # type: ignore[misc]
     ``_send_frame`` and ``_send_message``); it is queued, and one callback per ioloop
     pass joins the queue and passes it on through pika's own ``_adapter_emit_data``.
 
-    This is the worker's only use of a private pika hook; pika is pinned to the minor
-    release it was checked on, and tests/test_amqp_hook.py fails if the hook's target
-    moves. While the connection is not open (handshake, closing) frames are written
-    at once, exactly as stock pika does: pika may tear the stream down in the same
-    pass, and nothing may overtake a Close.
+    This is the worker's only override of a private pika method (``drop`` also calls
+    one: pika's own stream termination); pika is pinned to the minor release both were
+    checked on, and tests/test_amqp_hook.py fails if either target moves. While the
+    connection is not open (handshake, closing) frames are written at once, exactly as
+    stock pika does: pika may tear the stream down in the same pass, and nothing may
+    overtake a Close.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
