@@ -155,6 +155,9 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+# The core validator, called directly on the hot path: TypeAdapter.validate_json adds a
+# Python-level wrapper per call (about a tenth of a replayed event's parsing cost).
+_validate_event_json = EVENT_ADAPTER.validator.validate_json
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -191,7 +194,7 @@ def parse_event(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
     if len(body) > max_bytes:
         raise BadEvent(f"message too large: {len(body)} bytes exceeds the limit of {max_bytes}")
     try:
-        return EVENT_ADAPTER.validate_json(body)
+        event: Event = _validate_event_json(body)
     except ValidationError as exc:
         # The JSON parser refuses invalid UTF-8 anywhere in the body; say it plainly.
         # (Checked only on failure: decoding every good body first cost a copy each.)
@@ -201,6 +204,7 @@ def parse_event(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
             raise BadEvent(f"message is not valid UTF-8: byte {bad.start}: {bad.reason}",
                            ) from bad
         raise BadEvent(describe_validation_error(exc)) from exc
+    return event
 
 
 def parse_event_object(raw: Any) -> Event:

@@ -195,12 +195,15 @@ class AccountState:
             self._journal.append(lambda: self._unremember(self.recent, event_id,
                                                           self._new_events))
             self._journal.append(lambda: self._restore_clock(last, counter))
-        self.event_counter += 1
-        self.recent[event_id] = self.event_counter
-        self._new_events.append((self.event_counter, event_id))
-        while len(self.recent) > self.event_window:
-            self.recent.popitem(last=False)
-        if self.last_occurred_at is None or occurred_at > self.last_occurred_at:
+        counter = self.event_counter = self.event_counter + 1
+        recent = self.recent
+        recent[event_id] = counter
+        self._new_events.append((counter, event_id))
+        if len(recent) > self.event_window:
+            while len(recent) > self.event_window:
+                recent.popitem(last=False)
+        last = self.last_occurred_at
+        if last is None or occurred_at > last:
             self.last_occurred_at = occurred_at
 
     def advance_clock(self, moment: datetime) -> None:

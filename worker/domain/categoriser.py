@@ -16,8 +16,6 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import orjson
-
 from contracts import AccountUpdated, ConversationEvent, Event
 from worker.domain.account import AccountState
 from worker.domain.facts import FACT_NAMES, FactVector
@@ -35,7 +33,7 @@ from worker.domain.state import (
     learn_agents,
     new_conversation,
 )
-from worker.domain.updates import Cause, CountsEncoder, Pair, Update, format_time
+from worker.domain.updates import Cause, CountsEncoder, Pair, RulesStamp, Update, format_time
 
 # (conversation_id, agent_id, categories before, categories after)
 Change = tuple[str, str, frozenset[str], frozenset[str]]
@@ -63,7 +61,7 @@ class Categoriser:
         # fact combination, and every distinct (before, after) pair of category sets.
         self._evaluated: dict[tuple[object, ...], tuple[frozenset[str], ...]] = {}
         self._pairs: dict[tuple[frozenset[str], frozenset[str]], Pair] = {}
-        self._version_json = orjson.dumps(rules.version)
+        self._stamp = RulesStamp(rules.version)
         # The waiting times at which a category may change (docs/time.md). None: the
         # rules test no time fact, and time costs nothing (no clock read, no index).
         self._thresholds: tuple[int, ...] | None = tuple(rules.thresholds.get(WAITING, ())) or None
@@ -101,7 +99,7 @@ class Categoriser:
             changes = self._conversation_event(state, event, now)
         state.remember(event.event_id, event.occurred_at)
         if changes:
-            cause = Cause(state.account_id, event.event_id, self._version_json,
+            cause = Cause(state.account_id, event.event_id, self._stamp,
                           event.occurred_at)
             updates.extend(self._publishable(state, changes, cause))
         return updates
@@ -123,7 +121,7 @@ class Categoriser:
         moment = state.last_occurred_at or EPOCH
         changes = self._recategorise(state, state.account, state.account, moment)
         state.set_rules(version, generation)
-        cause = Cause(state.account_id, f"rules:{version}:{generation}", self._version_json,
+        cause = Cause(state.account_id, f"rules:{version}:{generation}", self._stamp,
                       moment)
         return self._publishable(state, changes, cause)
 
@@ -148,7 +146,7 @@ class Categoriser:
             state.advance_clock(moment)
             if changes:
                 cause = Cause(state.account_id, f"time:{format_time(moment)}",
-                              self._version_json, moment)
+                              self._stamp, moment)
                 updates.extend(self._publishable(state, changes, cause))
 
     # -- events ------------------------------------------------------------
@@ -225,11 +223,13 @@ class Categoriser:
                 waited, due = waited_and_due(new.waiting_since, now, thresholds)
                 key = conversation_facts(new, account, waited, last_by)
             categories = self._evaluated.get(key) or self._evaluate(key)
-            if new is not old or categories != new.categories or due != new.due_at:
-                # An account-wide pass leaves most conversations as they were: writing
-                # them would make the store rewrite the whole account every batch.
+            if categories != new.categories or due != new.due_at:
                 new = new.with_categories(categories, due)
                 state.put_conversation(new)
+            elif new is not old:
+                state.put_conversation(new)
+            # else: an account-wide pass leaves most conversations as they were; writing
+            # them would make the store rewrite the whole account every batch.
         if (account is old_account and new.categories == old.categories
                 and new.joined == old.joined and new.group_id == old.group_id):
             return []  # every agent keeps its relation, every relation its categories
