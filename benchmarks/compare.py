@@ -30,6 +30,9 @@ as subprocesses on the same pre-generated stream (:mod:`tests.support.streams`):
    RSS at the end must be within 10% of peak RSS at half-way (more would be a leak on
    the path every event takes).
 
+``CPU us/ev`` is the program's own CPU time per event; ``MQ us/ev`` is the local
+RabbitMQ's (its ``beam.smp``) in the same run: on 2 cores the two share the machine.
+
 Ratios are worker/relay, measured minutes apart on the same machine: absolute times on
 this 2-core machine (broker included) drift, ratios much less.
 """
@@ -60,6 +63,7 @@ from tests.support.harness import (
     WorkerProcess,
     amqp_url,
     await_broker,
+    broker_cpu_seconds,
     fresh_vhost,
     wait_for,
     worker_env,
@@ -112,6 +116,7 @@ class Result:
     rss_half_kb: int = 0
     rss_end_kb: int = 0
     cpu_seconds: float = 0.0  # the program's own CPU time (user + system) in the run
+    broker_cpu_seconds: float = 0.0  # RabbitMQ's CPU time in the run (0: not measured)
     rate: float = 0.0  # events/s of the latency run
     latencies: list[float] = field(default_factory=list)
 
@@ -126,6 +131,10 @@ class Result:
     @property
     def cpu_us_per_event(self) -> float:
         return self.cpu_seconds / self.events * 1e6 if self.events else 0.0
+
+    @property
+    def broker_us_per_event(self) -> float:
+        return self.broker_cpu_seconds / self.events * 1e6 if self.events else 0.0
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -217,6 +226,7 @@ def throughput(kind: str, broker: Bus, lines: list[bytes], keys: list[str],
         started = wait_until(lambda: broker.consumers() > 0, program, 120,
                              "its consumer", broker)
         cpu_started = program.cpu_seconds()
+        broker_started = broker_cpu_seconds()
         if profile is not None:
             spy = Profiler(program.pid, raw)
         last_poll = 0.0
@@ -233,6 +243,9 @@ def throughput(kind: str, broker: Bus, lines: list[bytes], keys: list[str],
         wait_until(done, program, timeout, "the sentinel's output", broker, 0.01)
         result.seconds = arrived[0] - started
         result.cpu_seconds = program.cpu_seconds() - cpu_started
+        broker_ended = broker_cpu_seconds()
+        if broker_started is not None and broker_ended is not None:
+            result.broker_cpu_seconds = broker_ended - broker_started
         result.rss_end_kb = program.status_kib("VmHWM")
         if spy is not None and profile is not None:
             spy.stop()
@@ -437,7 +450,8 @@ def ratio(a: float, b: float) -> str:
 
 def table(rows: list[Row]) -> str:
     head = (f"{'variant':11} {'program':7} {'events':>6} {'upd/ev':>6} {'events/s':>9} "
-            f"{'updates/s':>9} {'CPU us/ev':>9} {'rate ev/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'updates/s':>9} {'CPU us/ev':>9} {'MQ us/ev':>8} {'rate ev/s':>9} "
+            f"{'p50 ms':>8} {'p99 ms':>8} "
             f"{'RSS MB':>7}")
     out = [head, "-" * len(head)]
     for row in rows:
@@ -446,7 +460,8 @@ def table(rows: list[Row]) -> str:
             out.append(
                 f"{row.variant.name:11} {name:7} {thr.events:6d} "
                 f"{thr.updates / thr.events:6.1f} {thr.events_per_second:9.0f} "
-                f"{thr.updates_per_second:9.0f} {thr.cpu_us_per_event:9.0f} {lat.rate:9.0f} "
+                f"{thr.updates_per_second:9.0f} {thr.cpu_us_per_event:9.0f} "
+                f"{thr.broker_us_per_event:8.0f} {lat.rate:9.0f} "
                 f"{lat.percentile(0.5) * 1e3:8.1f} {lat.percentile(0.99) * 1e3:8.1f} "
                 f"{thr.rss_end_kb / 1024:7.1f}")
         w, r, wl, rl = row.worker, row.relay, row.worker_latency, row.relay_latency
@@ -454,7 +469,8 @@ def table(rows: list[Row]) -> str:
             f"{'':11} {'w/r':7} {'':6} {'':6} "
             f"{ratio(w.events_per_second, r.events_per_second):>9} "
             f"{ratio(w.updates_per_second, r.updates_per_second):>9} "
-            f"{ratio(w.cpu_us_per_event, r.cpu_us_per_event):>9} {'':9} "
+            f"{ratio(w.cpu_us_per_event, r.cpu_us_per_event):>9} "
+            f"{ratio(w.broker_us_per_event, r.broker_us_per_event):>8} {'':9} "
             f"{ratio(wl.percentile(0.5), rl.percentile(0.5)):>8} "
             f"{ratio(wl.percentile(0.99), rl.percentile(0.99)):>8} "
             f"{ratio(w.rss_end_kb, r.rss_end_kb):>7}")
