@@ -17,7 +17,8 @@ import pytest
 from pika.adapters.select_connection import IOLoop
 
 from tests.amqp_doubles import FakeBroker, FakeChannel, RecordingHandler
-from worker.amqp import TAG_BITS, AmqpLink, outgoing_properties
+from worker.amqp import TAG_BITS, AmqpLink
+from worker.amqp_properties import outgoing_properties
 from worker.link import Delivery, Link, LinkHandler, Outgoing, Returned
 from worker.settings import Settings
 from worker.topology import Topology

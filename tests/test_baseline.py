@@ -107,12 +107,16 @@ def test_bad_lines_are_skipped_by_both(tmp_path: Path) -> None:
                  json.dumps({"event_id": "x", "type": "conversation.assigned",
                              "account_id": "acc-8-0", "occurred_at": "2026-11-24T10:00:00Z",
                              "conversation_id": "c-0", "data": {}}).encode(),
-                 b"\xff\xfe"]
+                 b"\xff\xfe",
+                 # SPEC.md: a '.' in an id would break topic routing.
+                 json.dumps({"event_id": "y", "type": "conversation.created",
+                             "account_id": "acc-8-0", "occurred_at": "2026-11-24T10:00:00Z",
+                             "conversation_id": "c.0"}).encode()]
     lines = good[:50] + bad_lines + good[50:]
     product, stderr = product_updates(lines, tmp_path)
     bad: list[tuple[int, str]] = []
     baseline = baseline_updates(lines, product[0]["rules_version"], bad)
-    assert [number for number, _ in bad] == [51, 52, 53, 54, 55]
+    assert [number for number, _ in bad] == [51, 52, 53, 54, 55, 56]
     assert all(f"line {number}:" in stderr for number, _ in bad)
     assert final_state(baseline) == final_state(product)
     assert len(baseline) == len(product)

@@ -18,14 +18,13 @@ import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
+from worker.amqp_properties import outgoing_properties
 from worker.backoff import backoff_delay
 from worker.link import Delivery, LinkHandler, Outgoing, Returned
 from worker.settings import Settings
 from worker.topology import Topology, describe_refusal
 
 log = logging.getLogger(__name__)
-
-APP_ID = "inbox-rules"
 
 # A delivery tag the link hands out is (channel number << TAG_BITS) | the broker's tag.
 # Broker tags restart at 1 on every channel, so a tag kept across a reconnect would
@@ -125,22 +124,6 @@ class ConnectionLike(Protocol):
 
 
 ConnectionFactory = Callable[..., ConnectionLike]
-
-
-def outgoing_properties(message: Outgoing) -> pika.BasicProperties:
-    """The AMQP properties of an :class:`Outgoing` (pika stays inside this module)."""
-    return pika.BasicProperties(
-        content_type=message.content_type,
-        delivery_mode=2 if message.persistent else None,
-        message_id=message.message_id,
-        headers=message.headers,
-        type=message.type,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        content_encoding=message.content_encoding,
-        timestamp=message.timestamp,
-        app_id=message.app_id or APP_ID,
-    )
 
 
 class AmqpLink:

@@ -195,15 +195,16 @@ class AccountState:
             self._journal.append(lambda: self._unremember(self.recent, event_id,
                                                           self._new_events))
             self._journal.append(lambda: self._restore_clock(last, counter))
-        counter = self.event_counter = self.event_counter + 1
+        # (New names: the undo closures above hold `last` and `counter` as they were.)
+        number = self.event_counter = self.event_counter + 1
         recent = self.recent
-        recent[event_id] = counter
-        self._new_events.append((counter, event_id))
+        recent[event_id] = number
+        self._new_events.append((number, event_id))
         if len(recent) > self.event_window:
             while len(recent) > self.event_window:
                 recent.popitem(last=False)
-        last = self.last_occurred_at
-        if last is None or occurred_at > last:
+        clock = self.last_occurred_at
+        if clock is None or occurred_at > clock:
             self.last_occurred_at = occurred_at
 
     def advance_clock(self, moment: datetime) -> None:

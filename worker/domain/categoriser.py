@@ -62,6 +62,7 @@ class Categoriser:
         self._evaluated: dict[tuple[object, ...], tuple[frozenset[str], ...]] = {}
         self._pairs: dict[tuple[frozenset[str], frozenset[str]], Pair] = {}
         self._stamp = RulesStamp(rules.version)
+        self._version = rules.version
         # The waiting times at which a category may change (docs/time.md). None: the
         # rules test no time fact, and time costs nothing (no clock read, no index).
         self._thresholds: tuple[int, ...] | None = tuple(rules.thresholds.get(WAITING, ())) or None
@@ -89,7 +90,7 @@ class Categoriser:
             updates = self.cross(state, now)
             if state.last_occurred_at is not None and state.last_occurred_at > now:
                 now = state.last_occurred_at
-        elif state.rules_version != self.rules.version:
+        elif state.rules_version != self._version:
             updates = self.adopt(state)
         else:
             updates = []
@@ -261,21 +262,24 @@ class Categoriser:
         pairs = self._pairs
         if len(pairs) > MAX_CACHED:
             pairs.clear()
+        add_counts = state.add_counts
+        changed: list[Pair] = []
         for _, agent, before, after in changes:
             pair = pairs.get((before, after))
             if pair is None:
                 pair = pairs[(before, after)] = Pair(before, after)
-            state.add_counts(agent, pair.added, pair.removed)
+            add_counts(agent, pair.added, pair.removed)
+            changed.append(pair)
         encode = self._counts.encode
         counts = state.counts
+        next_seq = state.next_seq
         encoded: dict[str, bytes] = {}
         updates = []
-        for conversation_id, agent, before, after in changes:
-            pair = pairs[(before, after)]
+        for (conversation_id, agent, _, _), pair in zip(changes, changed, strict=True):
             counts_json = encoded.get(agent)
             if counts_json is None:
                 counts_json = encoded[agent] = encode(counts[agent])
-            updates.append(Update(cause, pair, agent, conversation_id, state.next_seq(agent),
+            updates.append(Update(cause, pair, agent, conversation_id, next_seq(agent),
                                   counts_json))
         return updates
 

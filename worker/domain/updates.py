@@ -113,7 +113,7 @@ class Pair:
 class Update:
     """One published category update; ``body`` is its JSON (SPEC.md "Output")."""
 
-    __slots__ = ("_body", "_cause", "_counts_json", "_pair", "agent_id", "conversation_id",
+    __slots__ = ("_cause", "_counts_json", "_pair", "agent_id", "body", "conversation_id",
                  "seq", "update_id")
 
     def __init__(self, cause: Cause, pair: Pair, agent_id: str, conversation_id: str,
@@ -124,8 +124,13 @@ class Update:
         self.conversation_id = conversation_id
         self.seq = seq
         self._counts_json = counts_json
-        self.update_id = cause.update_id(agent_id, conversation_id)
-        self._body: bytes | None = None
+        self.update_id = update_id = cause.update_id(agent_id, conversation_id)
+        # Built at once: every update is published (or printed), so laziness only cost
+        # a check per read.
+        self.body: bytes = b"".join((
+            b'{"update_id":"', update_id.encode(), cause.head, agent_id.encode(),
+            b'","conversation_id":"', conversation_id.encode(), b'","seq":%d' % seq,
+            pair.fragment, counts_json, cause.tail))
 
     account_id = property(lambda self: self._cause.account_id)
     cause_event_id = property(lambda self: self._cause.cause_id)
@@ -144,18 +149,6 @@ class Update:
     @property
     def routing_key(self) -> str:
         return f"{self._cause.account_id}.{self.agent_id}"
-
-    @property
-    def body(self) -> bytes:
-        body = self._body
-        if body is None:
-            cause = self._cause
-            body = self._body = b"".join((
-                b'{"update_id":"', self.update_id.encode(), cause.head,
-                self.agent_id.encode(), b'","conversation_id":"',
-                self.conversation_id.encode(), b'","seq":%d' % self.seq,
-                self._pair.fragment, self._counts_json, cause.tail))
-        return body
 
     def model(self) -> CategoryUpdate:
         """The contract model (tests and tools; the hot path never builds it)."""

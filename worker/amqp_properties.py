@@ -1,0 +1,101 @@
+"""AMQP properties of outgoing messages, encoded from a template once per shape.
+
+A category update's properties differ from the next one's only in ``message_id``
+(the update id); pika encodes ``BasicProperties`` field by field in Python on every
+publish, which cost the worker more per update than the rest of the publish together
+(benchmarks/compare.py profiles). So the properties of one shape (every field but
+``message_id``) are encoded once, and each message splices its id into that encoding.
+
+Only public pika API is used: ``BasicProperties.encode()`` is what a content header
+frame marshals, and the subclass returns the same bytes pika's encoder would
+(tests/test_amqp_properties.py compares them on every shape the worker sends).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import pika
+
+from worker.link import Outgoing
+
+APP_ID = "inbox-rules"
+# Stands for the message id while a shape is encoded; found again by its length byte.
+_MARKER = "\x01inbox-rules:message-id\x01"
+_MARKER_ENCODED = bytes((len(_MARKER),)) + _MARKER.encode()
+# A short string holds at most 255 bytes (AMQP 0-9-1).
+MAX_SHORT_STRING = 255
+
+
+def outgoing_properties(message: Outgoing) -> pika.BasicProperties:
+    """The AMQP properties of an :class:`Outgoing`."""
+    message_id = message.message_id
+    if message.headers is None and message_id is not None:
+        encoded_id = message_id.encode()
+        if len(encoded_id) <= MAX_SHORT_STRING:
+            shape = _shape(message.content_type, message.persistent, message.type,
+                           message.correlation_id, message.reply_to,
+                           message.content_encoding, message.timestamp,
+                           message.app_id or APP_ID)
+            if shape is not None:
+                return SplicedProperties(shape, message_id, encoded_id)
+    return _properties(message.content_type, message.persistent, message_id, message.headers,
+                       message.type, message.correlation_id, message.reply_to,
+                       message.content_encoding, message.timestamp, message.app_id or APP_ID)
+
+
+def _properties(content_type: str | None, persistent: bool, message_id: str | None,
+                headers: dict[str, Any] | None, kind: str | None, correlation_id: str | None,
+                reply_to: str | None, content_encoding: str | None, timestamp: int | None,
+                app_id: str) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=content_type, delivery_mode=2 if persistent else None,
+        message_id=message_id, headers=headers, type=kind, correlation_id=correlation_id,
+        reply_to=reply_to, content_encoding=content_encoding, timestamp=timestamp,
+        app_id=app_id)
+
+
+class _Shape:
+    """One set of properties without its message id, and its encoding around the id."""
+
+    __slots__ = ("attributes", "head", "tail")
+
+    def __init__(self, template: pika.BasicProperties) -> None:
+        self.attributes = dict(vars(template))
+        encoded = b"".join(template.encode())
+        self.head, _, self.tail = encoded.partition(_MARKER_ENCODED)
+
+
+@lru_cache(maxsize=64)
+def _shape(content_type: str | None, persistent: bool, kind: str | None,
+           correlation_id: str | None, reply_to: str | None, content_encoding: str | None,
+           timestamp: int | None, app_id: str) -> _Shape | None:
+    """The shape of these properties; None if the marker could not be found again (a
+    field that happened to contain it): such messages take pika's encoder."""
+    template = _properties(content_type, persistent, _MARKER, None, kind, correlation_id,
+                           reply_to, content_encoding, timestamp, app_id)
+    encoded = b"".join(template.encode())
+    if encoded.count(_MARKER_ENCODED) != 1:
+        return None
+    return _Shape(template)
+
+
+class SplicedProperties(pika.BasicProperties):  # type: ignore[misc]
+    """BasicProperties whose encoding is its shape's, with its own message id spliced
+    in. Its attributes (``__dict__``: what pika compares and prints) are those of a
+    plain BasicProperties with the same values; the encoding sits in a slot."""
+
+    __slots__ = ("_encoded",)
+
+    def __init__(self, shape: _Shape, message_id: str, encoded_id: bytes) -> None:
+        # No super().__init__(): the shape's attributes are set at once (the stock
+        # constructor's fourteen keyword defaults were part of the cost).
+        self.__dict__.update(shape.attributes)
+        self.message_id = message_id
+        self._encoded = b"".join((shape.head, bytes((len(encoded_id),)), encoded_id,
+                                  shape.tail))
+
+    def encode(self) -> list[bytes]:
+        # A new list each time: the header frame inserts its own prefix into it.
+        return [self._encoded]
