@@ -344,16 +344,12 @@ class AmqpLink:
 
     def _on_message(self, _channel: object, method: Any, properties: pika.BasicProperties,
                     body: bytes) -> None:
+        # Positional, in field order (tag, routing key, body, headers, properties,
+        # redelivered, queue, received): one is built per delivery.
         self.handler.on_delivery(Delivery(
-            tag=(self._channel_number << TAG_BITS) | method.delivery_tag,
-            routing_key=method.routing_key,
-            body=body,
-            headers=properties.headers or {},
-            properties=properties,
-            redelivered=bool(method.redelivered),
-            queue=self._consumers.get(method.consumer_tag, ""),
-            received=time.monotonic(),
-        ))
+            (self._channel_number << TAG_BITS) | method.delivery_tag, method.routing_key,
+            body, properties.headers or {}, properties, bool(method.redelivered),
+            self._consumers.get(method.consumer_tag, ""), time.monotonic()))
 
     def ack(self, tag: int, multiple: bool) -> None:
         """Ack on the channel the delivery came from; a no-op once that is gone (the

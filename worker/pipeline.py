@@ -92,6 +92,8 @@ class Reply:
 
 
 Outcome = Publish | DeadLetter | Reply | Route
+# A duplicate, a stale event, or one that changed no category: one shared value.
+NOTHING_TO_PUBLISH = Publish(())
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,7 @@ class Step:
         if router is not None and delivery.queue in router.intake:
             return self._route(delivery, router)
         if delivery.headers and TICK_HEADER in delivery.headers:
-            return Publish(())  # a worker looking for its turn (driver: _send_tick)
+            return NOTHING_TO_PUBLISH  # a worker looking for its turn (driver: _send_tick)
         kind = delivery.headers.get(REQUEST_HEADER) if delivery.headers else None
         if delivery.queue and delivery.queue == self.requests_queue:
             kind = delivery.routing_key
@@ -210,7 +212,10 @@ class Step:
                                              "account_id": event.account_id}})
             return self.dead_letter(delivery, f"worker error: {type(exc).__name__}: {exc}")
         state.release()
-        return Publish(tuple(self.update_message(u) for u in updates))
+        if not updates:
+            return NOTHING_TO_PUBLISH
+        update_message = self.update_message
+        return Publish(tuple([update_message(u) for u in updates]))
 
     def _route(self, delivery: Delivery, router: Router) -> Outcome:
         """Validate, find the account's partition, pass it on with what the owner needs
@@ -306,8 +311,10 @@ class Step:
         return state.take_write()
 
     def update_message(self, update: Update) -> Outgoing:
+        # Positional (exchange, routing key, body, message id, headers, persistent,
+        # content type, type): one is built per update, and keywords cost more.
         return Outgoing(self.updates_exchange, update.routing_key, update.body,
-                        message_id=update.update_id, type="category.update")
+                        update.update_id, None, True, "application/json", "category.update")
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
         headers: dict[str, Any] = dict(delivery.headers)
