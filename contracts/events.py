@@ -38,15 +38,21 @@ class ConversationCreatedData(_Data):
     group_id: Id | None = None
 
 
-class MessageCreatedData(_Data):
-    author: Literal["visitor", "agent"]
-    agent_id: Id | None = None
+class VisitorMessageData(_Data):
+    author: Literal["visitor"]
+    agent_id: Id | None = None  # ignored: the visitor wrote it
 
-    @model_validator(mode="after")
-    def _agent_needs_id(self) -> MessageCreatedData:
-        if self.author == "agent" and self.agent_id is None:
-            raise ValueError("agent_id is required when author is 'agent'")
-        return self
+
+class AgentMessageData(_Data):
+    author: Literal["agent"]
+    agent_id: Id
+
+
+# Told apart by ``author``: "agent_id is required from an agent" is then part of the
+# schema (JSON Schema users see it too), and checked without a Python validator, which
+# cost a third of parsing the most common event.
+MessageCreatedData = Annotated[VisitorMessageData | AgentMessageData,
+                               Field(discriminator="author")]
 
 
 class AgentData(_Data):
@@ -154,6 +160,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "conversation.deleted",
 )
 
+AUTHORS = ("visitor", "agent")
+
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 # The core validator, called directly on the hot path: TypeAdapter.validate_json adds a
 # Python-level wrapper per call (about a tenth of a replayed event's parsing cost).
@@ -165,13 +173,24 @@ def describe_validation_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors(include_url=False):
         kind = item["type"]
-        if kind == "union_tag_invalid":
-            tag = str(item.get("ctx", {}).get("tag", ""))[:64]
-            expected = ", ".join(EVENT_TYPES)
-            parts.append(f"type: unknown event type {tag!r}; expected one of {expected}")
-            continue
-        if kind == "union_tag_not_found":
-            parts.append("type: Field required")
+        # The discriminated unions add their tag as a path step: drop it for readability
+        # (an author tag is said at the end instead: it tells why a field is needed).
+        loc = [str(p) for p in item["loc"] if str(p) not in EVENT_TYPES]
+        author = next((p for p in loc[1:] if loc[0] == "data" and p in AUTHORS), None)
+        field = ".".join(p for p in loc if p != author) or "(event)"
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            ctx = item.get("ctx", {})
+            discriminator = str(ctx.get("discriminator", "")).strip("'")
+            where = f"{field}.{discriminator}" if loc else discriminator
+            if kind == "union_tag_not_found":
+                parts.append(f"{where}: Field required")
+            elif not loc:
+                tag = str(ctx.get("tag", ""))[:64]
+                expected = ", ".join(EVENT_TYPES)
+                parts.append(f"type: unknown event type {tag!r}; expected one of {expected}")
+            else:
+                tag = str(ctx.get("tag", ""))[:64]
+                parts.append(f"{where}: {tag!r} is not one of {ctx.get('expected_tags', '')}")
             continue
         if kind == "json_invalid":
             parts.append(f"invalid JSON: {item.get('ctx', {}).get('error', item['msg'])}")
@@ -179,10 +198,8 @@ def describe_validation_error(error: ValidationError) -> str:
         if kind == "model_type" and not item["loc"]:
             parts.append(f"event must be a JSON object, got {type(item['input']).__name__}")
             continue
-        # The discriminated union adds the tag as a path step: drop it for readability.
-        loc = [str(p) for p in item["loc"] if str(p) not in EVENT_TYPES]
-        field = ".".join(loc) or "(event)"
-        parts.append(f"{field}: {item['msg']}")
+        because = f" (author is {author!r})" if author else ""
+        parts.append(f"{field}: {item['msg']}{because}")
     return "; ".join(parts)
 
 

@@ -65,7 +65,7 @@ def test_size_limit_is_checked_before_parsing() -> None:
 
 
 def test_message_author_agent_needs_agent_id() -> None:
-    with pytest.raises(BadEvent, match="agent_id is required"):
+    with pytest.raises(BadEvent, match=r"data.agent_id: Field required \(author is .agent.\)"):
         parse_event(body(type="message.created", data={"author": "agent"}))
     event = parse_event(body(type="message.created", data={"author": "visitor"}))
     assert isinstance(event, MessageCreated)
