@@ -91,8 +91,7 @@ class SplicedProperties(pika.BasicProperties):  # type: ignore[misc]
     def __init__(self, shape: _Shape, message_id: str, encoded_id: bytes) -> None:
         # No super().__init__(): the shape's attributes are set at once (the stock
         # constructor's fourteen keyword defaults were part of the cost).
-        self.__dict__.update(shape.attributes)
-        self.message_id = message_id
+        self.__dict__.update(shape.attributes, message_id=message_id)
         self._encoded = b"".join((shape.head, bytes((len(encoded_id),)), encoded_id,
                                   shape.tail))
 
