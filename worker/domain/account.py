@@ -52,15 +52,20 @@ class AccountState:
     is tracked for the store and journalled for a rollback."""
 
     __slots__ = ("_account_dirty", "_agents_touched", "_changed_conversations", "_due",
-                 "_journal", "_new_events", "_new_tombstones", "account", "conversations", "counts",
+                 "_journal", "_new_events", "_new_tombstones", "_tracked", "account",
+                 "conversations", "counts",
                  "event_counter", "event_window", "last_occurred_at", "recent",
                  "rules_generation", "rules_version", "seqs", "tombstone_window",
                  "tombstones")
 
     def __init__(self, account: Account, *, rules_version: str | None = None,
                  event_window: int = DEFAULT_EVENT_WINDOW,
-                 tombstone_window: int = DEFAULT_TOMBSTONE_WINDOW) -> None:
+                 tombstone_window: int = DEFAULT_TOMBSTONE_WINDOW,
+                 tracked: bool = True) -> None:
         self.account = account
+        # Untracked (offline replay, rule tests: nothing is stored): changes are not
+        # recorded for the store at all, rather than recorded and dropped per event.
+        self._tracked = tracked
         self.conversations: dict[str, Conversation] = {}
         self.counts: dict[str, dict[str, int]] = {}
         # Last update number published per agent (SPEC "seq"): 1, 2, 3 ... per agent.
@@ -147,7 +152,8 @@ class AccountState:
             self._journal.append((self._restore_conversation, conversation_id,
                                   self.conversations.get(conversation_id)))
         self.conversations[conversation_id] = conversation
-        self._changed_conversations.add(conversation_id)
+        if self._tracked:
+            self._changed_conversations.add(conversation_id)
         if self._due is not None and conversation.due_at is not None:
             heappush(self._due, (conversation.due_at, conversation_id))
 
@@ -165,7 +171,8 @@ class AccountState:
         self.event_counter += 1
         self.tombstones.pop(conversation_id, None)
         self.tombstones[conversation_id] = (self.event_counter, last_sequence)
-        self._new_tombstones.append((self.event_counter, conversation_id, last_sequence))
+        if self._tracked:
+            self._new_tombstones.append((self.event_counter, conversation_id, last_sequence))
         while len(self.tombstones) > self.tombstone_window:
             self.tombstones.popitem(last=False)
 
@@ -180,7 +187,8 @@ class AccountState:
             counts[category] = counts.get(category, 0) - 1
         for category in added:
             counts[category] = counts.get(category, 0) + 1
-        self._agents_touched.add(agent_id)
+        if self._tracked:
+            self._agents_touched.add(agent_id)
 
     def next_seq(self, agent_id: str) -> int:
         seq = self.seqs.get(agent_id, 0) + 1
@@ -188,7 +196,8 @@ class AccountState:
             old = seq - 1
             self._journal.append((self._restore_seq, agent_id, old))
         self.seqs[agent_id] = seq
-        self._agents_touched.add(agent_id)
+        if self._tracked:
+            self._agents_touched.add(agent_id)
         return seq
 
     def remember(self, event_id: str, occurred_at: datetime) -> None:
@@ -201,7 +210,8 @@ class AccountState:
         number = self.event_counter = self.event_counter + 1
         recent = self.recent
         recent[event_id] = number
-        self._new_events.append((number, event_id))
+        if self._tracked:
+            self._new_events.append((number, event_id))
         if len(recent) > self.event_window:
             while len(recent) > self.event_window:
                 recent.popitem(last=False)
@@ -285,14 +295,6 @@ class AccountState:
     def dirty(self) -> bool:
         return bool(self._account_dirty or self._changed_conversations or self._agents_touched
                     or self._new_events or self._new_tombstones)
-
-    def forget_changes(self) -> None:
-        """Nothing will store these changes (offline replay): drop what was tracked."""
-        self._changed_conversations.clear()
-        self._agents_touched.clear()
-        self._new_events.clear()
-        self._new_tombstones.clear()
-        self._account_dirty = False
 
     def take_write(self) -> AccountWrite:
         """Everything changed since the last call, as values (later changes to this

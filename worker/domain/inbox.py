@@ -42,7 +42,7 @@ class Inbox:
         if state is None:
             state = self.accounts[account_id] = AccountState(
                 Account(account_id), rules_version=self.rules.version,
-                event_window=self.event_window)
+                event_window=self.event_window, tracked=False)
         return state
 
     def handle(self, event: Event) -> list[Update]:
@@ -50,12 +50,9 @@ class Inbox:
         (but the crossings due before it are made all the same)."""
         state = self.accounts.get(event.account_id) or self.account(event.account_id)
         if not self._timed:
-            updates = self.categoriser.handle(state, event)
-            state.forget_changes()  # nothing stores it: keep the change lists from growing
-            return updates
+            return self.categoriser.handle(state, event)
         updates = self.cross_until(event.occurred_at)
         updates.extend(self.categoriser.handle(state, event))
-        state.forget_changes()
         self._schedule(state)
         return updates
 
@@ -70,7 +67,6 @@ class Inbox:
             del scheduled[account_id]
             state = self.accounts[account_id]
             updates.extend(self.categoriser.cross(state, due))
-            state.forget_changes()
             self._schedule(state)
         return updates
 
@@ -93,7 +89,6 @@ class Inbox:
         for account_id in sorted(self.accounts):
             state = self.accounts[account_id]
             updates.extend(self.categoriser.adopt(state))
-            state.forget_changes()
             self._schedule(state)
         return updates
 
