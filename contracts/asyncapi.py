@@ -24,6 +24,7 @@ defaults of the settings (``INBOX_RULES_*``), which an operator may change.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -130,8 +131,9 @@ def _example(model: Any, raw: Mapping[str, Any]) -> dict[str, Any]:
         validated = model.model_validate(raw)
         dumped: dict[str, Any] = validated.model_dump(mode="json", exclude_unset=True)
         return dumped
-    union_dump: dict[str, Any] = model.dump_python(model.validate_python(raw), mode="json",
-                                                   exclude_unset=True)
+    # Through JSON, as a message arrives (events are strict dataclasses).
+    union_dump: dict[str, Any] = model.dump_python(model.validate_json(json.dumps(raw)),
+                                                   mode="json", exclude_unset=True)
     return union_dump
 
 
