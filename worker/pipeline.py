@@ -164,33 +164,37 @@ class Step:
         deadline = self.clock() + self.budget
         if sweep is not None:
             self._sweep(plan, sweep, cache, categoriser, deadline)
+        clock, one = self.clock, self._one
+        taken, outcomes = plan.deliveries, plan.outcomes
         for index, delivery in enumerate(deliveries):
-            if (index or sweep is not None) and self.clock() > deadline:
+            if (index or sweep is not None) and clock() > deadline:
                 # Heavy events (an account snapshot re-categorises the whole account):
                 # end the batch here so the ioloop answers heartbeats and confirms.
                 plan.rest = list(deliveries[index:])
                 break
             try:
-                outcome = self._one(delivery, plan, cache, categoriser)
+                outcome = one(delivery, plan, cache, categoriser)
             except StoreError as exc:
                 plan.rest = list(deliveries[index:])
                 plan.stalled = exc
                 break
-            plan.deliveries.append(delivery)
-            plan.outcomes.append(outcome)
+            taken.append(delivery)
+            outcomes.append(outcome)
         plan.writes = [w for w in (self._write(cache, a) for a in sorted(plan.touched))
                        if w is not None]
         return plan
 
     def _one(self, delivery: Delivery, plan: Plan, cache: AccountCache,
              categoriser: Categoriser) -> Outcome:
-        router = self.router
-        if router is not None and delivery.queue in router.intake:
+        router, headers, queue = self.router, delivery.headers, delivery.queue
+        if router is not None and queue in router.intake:
             return self._route(delivery, router)
-        if delivery.headers and TICK_HEADER in delivery.headers:
-            return NOTHING_TO_PUBLISH  # a worker looking for its turn (driver: _send_tick)
-        kind = delivery.headers.get(REQUEST_HEADER) if delivery.headers else None
-        if delivery.queue and delivery.queue == self.requests_queue:
+        kind = None
+        if headers:
+            if TICK_HEADER in headers:
+                return NOTHING_TO_PUBLISH  # a worker looking for its turn (driver: _send_tick)
+            kind = headers.get(REQUEST_HEADER)
+        if queue and queue == self.requests_queue:
             kind = delivery.routing_key
         if kind is not None:
             return self._request(delivery, str(kind), cache, categoriser)

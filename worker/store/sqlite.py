@@ -607,10 +607,16 @@ def _categories_json(categories: tuple[frozenset[str], ...]) -> str:
     return _json([sorted(c) for c in categories])
 
 
+@lru_cache(maxsize=4096)
+def _joined_json(joined: frozenset[str]) -> str:
+    """Who joined: a handful of distinct sets per account (nobody, one agent ...)."""
+    return _json(sorted(joined))
+
+
 def _conversation_row(conversation: Conversation) -> tuple[object, ...]:
     waiting, due = conversation.waiting_since, conversation.due_at
     return (conversation.account_id, conversation.conversation_id, conversation.status,
-            conversation.group_id, _json(sorted(conversation.joined)),
+            conversation.group_id, _joined_json(conversation.joined),
             conversation.last_sequence, _categories_json(conversation.categories),
             None if waiting is None else waiting.isoformat(), conversation.last_message_by,
             None if due is None else micros(due))
