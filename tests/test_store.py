@@ -167,6 +167,34 @@ def test_the_windows_are_pruned_on_disk_and_on_load(tmp_path: Path,
     assert again is not None and snapshot(again) == snapshot(smaller)
 
 
+def test_two_writes_of_one_account_in_one_commit_count_rows_exactly(
+        tmp_path: Path, categoriser: Categoriser) -> None:
+    """A group commit carries several batches' writes of one account: the rows each
+    keeps are counted write by write, so the windows hold exactly on disk."""
+    path = tmp_path / "state.sqlite3"
+    store = SqliteStore(path)
+    state = fresh("acc-1", categoriser, event_window=20, tombstone_window=3)
+    other = fresh("acc-2", categoriser, event_window=20, tombstone_window=3)
+    streams = [events("acc-1", 5, 120), events("acc-2", 6, 120)]
+    for _ in range(4):  # each commit: two writes of each account, 15 events apart
+        writes = []
+        for _ in range(2):
+            for _ in range(15):
+                for target, stream in zip((state, other), streams, strict=True):
+                    categoriser.handle(target, parse_event_object(next(stream)))
+            writes += [state.take_write(), other.take_write()]
+        store.commit(writes)
+    with sqlite3.connect(path) as db:
+        for table, window in (("events", 20), ("tombstones", 3)):
+            rows = db.execute(f"SELECT account_id, COUNT(*) FROM {table} GROUP BY account_id"
+                              ).fetchall()
+            assert rows == [("acc-1", window), ("acc-2", window)], table
+        assert db.execute("SELECT events_kept, tombstones_kept FROM accounts ORDER BY"
+                          " account_id").fetchall() == [(20, 3), (20, 3)]
+    loaded = store.load_account("acc-1", event_window=20, tombstone_window=3)
+    assert loaded is not None and snapshot(loaded) == snapshot(state)
+
+
 def test_a_deleted_conversation_leaves_the_table_and_leaves_a_tombstone(
         tmp_path: Path, categoriser: Categoriser) -> None:
     path = tmp_path / "state.sqlite3"

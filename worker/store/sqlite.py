@@ -39,6 +39,8 @@ from worker.store import (
 )
 
 SCHEMA_VERSION = 4
+# Host parameters per query, well under SQLite's limit (999 before 3.32, 32766 after).
+MAX_QUERY_VARIABLES = 500
 
 # A composite primary key is the only index these tables need, and WITHOUT ROWID
 # clusters each account's rows together: one account is one contiguous range to read.
@@ -508,12 +510,32 @@ class SqliteStore:
         # Plain INSERT: a number is used once per account; a clash is a bug, not a retry.
         db.executemany("INSERT INTO events VALUES (?, ?, ?)",
                        [(w.account_id, n, e) for w in writes for n, e in w.events])
-        # Always written: rules, clock and counter change with every write. One account
-        # at a time, so two writes of one account in a batch still count rows exactly.
+        # Always written: rules, clock and counter change with every write. Rows kept per
+        # account are counted in memory from one read, write by write, so two writes of
+        # one account in a batch still count exactly; every SQLite call here is a
+        # round trip for the GIL, which the worker's main thread holds most of the time.
+        kept = self._kept({w.account_id for w in writes})
+        accounts = []
         for write in writes:
             superseded = self._tombstone(write)
-            db.execute("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (*_account_row(write), *self._prune(write, superseded)))
+            kept[write.account_id] = counts = self._prune(
+                write, kept.get(write.account_id, (0, 0)), superseded)
+            accounts.append((*_account_row(write), *counts))
+        db.executemany("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       accounts)
+
+    def _kept(self, account_ids: set[str]) -> dict[str, tuple[int, int]]:
+        """(event ids, tombstones) each account keeps now, from as few queries as fit."""
+        kept: dict[str, tuple[int, int]] = {}
+        ordered = sorted(account_ids)
+        for start in range(0, len(ordered), MAX_QUERY_VARIABLES):
+            chunk = ordered[start:start + MAX_QUERY_VARIABLES]
+            marks = ", ".join("?" * len(chunk))
+            for account_id, events, tombstones in self._db.execute(
+                    "SELECT account_id, events_kept, tombstones_kept FROM accounts "  # noqa: S608
+                    f"WHERE account_id IN ({marks})", chunk):
+                kept[account_id] = (events, tombstones)
+        return kept
 
     def _tombstone(self, write: AccountWrite) -> int:
         """Insert the write's tombstones; a conversation tombstoned again (a newer event
@@ -527,13 +549,11 @@ class SqliteStore:
                              (write.account_id, number, conversation_id, last_sequence))
         return superseded
 
-    def _prune(self, write: AccountWrite, superseded: int) -> tuple[int, int]:
-        """Keep only the newest windows of the account's event ids and tombstones;
-        return how many of each it now has."""
-        row = self._db.execute(
-            "SELECT events_kept, tombstones_kept FROM accounts WHERE account_id = ?",
-            (write.account_id,)).fetchone()
-        events, tombstones = row or (0, 0)
+    def _prune(self, write: AccountWrite, kept: tuple[int, int],
+               superseded: int) -> tuple[int, int]:
+        """Keep only the newest windows of the account's event ids and tombstones (it
+        kept ``kept`` before this write); return how many of each it now has."""
+        events, tombstones = kept
         return (self._trim("events", write.account_id,
                            events + len(write.events), write.event_window),
                 self._trim("tombstones", write.account_id,
