@@ -535,11 +535,17 @@ class SqliteStore:
         width = len(rows[0])
         per = max(1, MAX_QUERY_VARIABLES // width)
         row_marks = "(" + ", ".join("?" * width) + ")"
-        for start in range(0, len(rows), per):
-            chunk = rows[start:start + per]
+        start = 0
+        while start < len(rows):
+            # Full chunks, then the rest in powers of two: a handful of distinct
+            # statements per table for the connection's statement cache, not one per size.
+            left = len(rows) - start
+            size = per if left >= per else 1 << (left.bit_length() - 1)
+            chunk = rows[start:start + size]
             self._db.execute(
-                f"{verb} INTO {table} VALUES " + ", ".join([row_marks] * len(chunk)),
+                f"{verb} INTO {table} VALUES " + ", ".join([row_marks] * size),
                 [value for row in chunk for value in row])
+            start += size
 
     def _kept(self, account_ids: set[str]) -> dict[str, tuple[int, int]]:
         """(event ids, tombstones) each account keeps now, from as few queries as fit."""
