@@ -242,9 +242,16 @@ class Categoriser:
         """Categories per relation for one (conversation, account) fact combination."""
         categories = self._evaluated.get(key)
         if categories is None:
+            # A relation no agent can be in is not evaluated (an engine call costs about
+            # a hundred events): nobody is in the group of a conversation without one,
+            # and nobody has joined a conversation nobody joined.
             evaluate = self.rules.evaluate
-            categories = tuple(evaluate(fact_vector(key, joined, in_group))
-                               for joined, in_group in RELATIONS)
+            has_group, joined_count = key[1], key[2]
+            categories = tuple(
+                evaluate(fact_vector(key, joined, in_group))
+                if (has_group or not in_group) and (joined_count or not joined)
+                else NO_CATEGORIES
+                for joined, in_group in RELATIONS)
             if len(self._evaluated) > MAX_CACHED:
                 self._evaluated.clear()
             self._evaluated[key] = categories
