@@ -3,7 +3,7 @@ hand-written plain-Python categoriser.
 
     python -m benchmarks.replay [--conversations N] [--repeat N] [--pairs N]
 
-Two tables, one run (about a minute):
+Two tables, one run (about a minute and a half):
 
 1. events/s, updates per event and cost per update for each account size, and the
    ratio of each against the 2-agent run measured in the same process (absolute times
@@ -188,7 +188,7 @@ def main() -> None:
                         help="runs per heavy stream (best is kept)")
     parser.add_argument("--pairs", type=int, default=3,
                         help="product/baseline pairs per light stream, at least")
-    parser.add_argument("--min-seconds", type=float, default=2.0,
+    parser.add_argument("--min-seconds", type=float, default=5.0,
                         help="keep adding pairs (up to 25) until a stream took this long")
     args = parser.parse_args()
     results: list[Result] = []
