@@ -205,14 +205,13 @@ def describe_validation_error(error: ValidationError) -> str:
             ctx = item.get("ctx", {})
             discriminator = str(ctx.get("discriminator", "")).strip("'")
             where = f"{field}.{discriminator}" if loc else discriminator
+            tag = str(ctx.get("tag", ""))[:64]
             if kind == "union_tag_not_found":
                 parts.append(f"{where}: Field required")
             elif not loc:
-                tag = str(ctx.get("tag", ""))[:64]
                 expected = ", ".join(EVENT_TYPES)
                 parts.append(f"type: unknown event type {tag!r}; expected one of {expected}")
             else:
-                tag = str(ctx.get("tag", ""))[:64]
                 parts.append(f"{where}: {tag!r} is not one of {ctx.get('expected_tags', '')}")
             continue
         if kind == "json_invalid":

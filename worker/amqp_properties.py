@@ -61,9 +61,8 @@ class _Shape:
 
     __slots__ = ("attributes", "head", "tail")
 
-    def __init__(self, template: pika.BasicProperties) -> None:
+    def __init__(self, template: pika.BasicProperties, encoded: bytes) -> None:
         self.attributes = dict(vars(template))
-        encoded = b"".join(template.encode())
         self.head, _, self.tail = encoded.partition(_MARKER_ENCODED)
 
 
@@ -78,7 +77,7 @@ def _shape(content_type: str | None, persistent: bool, kind: str | None,
     encoded = b"".join(template.encode())
     if encoded.count(_MARKER_ENCODED) != 1:
         return None
-    return _Shape(template)
+    return _Shape(template, encoded)
 
 
 class SplicedProperties(pika.BasicProperties):  # type: ignore[misc]

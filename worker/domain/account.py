@@ -167,7 +167,8 @@ class AccountState:
             self._journal.append((self._untombstone, conversation_id, previous))
         if conversation_id in self.conversations:
             del self.conversations[conversation_id]
-            self._changed_conversations.add(conversation_id)
+            if self._tracked:
+                self._changed_conversations.add(conversation_id)
         self.event_counter += 1
         self.tombstones.pop(conversation_id, None)
         self.tombstones[conversation_id] = (self.event_counter, last_sequence)
@@ -206,15 +207,13 @@ class AccountState:
             last, counter = self.last_occurred_at, self.event_counter
             self._journal.append((self._unremember, self.recent, event_id, self._new_events))
             self._journal.append((self._restore_clock, last, counter))
-        # (New names: the undo closures above hold `last` and `counter` as they were.)
         number = self.event_counter = self.event_counter + 1
         recent = self.recent
         recent[event_id] = number
         if self._tracked:
             self._new_events.append((number, event_id))
-        if len(recent) > self.event_window:
-            while len(recent) > self.event_window:
-                recent.popitem(last=False)
+        while len(recent) > self.event_window:
+            recent.popitem(last=False)
         clock = self.last_occurred_at
         if clock is None or occurred_at > clock:
             self.last_occurred_at = occurred_at

@@ -62,7 +62,6 @@ class Categoriser:
         self._evaluated: dict[tuple[object, ...], tuple[frozenset[str], ...]] = {}
         self._pairs: dict[tuple[frozenset[str], frozenset[str]], Pair] = {}
         self._stamp = RulesStamp(rules.version)
-        self._version = rules.version
         # The waiting times at which a category may change (docs/time.md). None: the
         # rules test no time fact, and time costs nothing (no clock read, no index).
         self._thresholds: tuple[int, ...] | None = tuple(rules.thresholds.get(WAITING, ())) or None
@@ -90,7 +89,7 @@ class Categoriser:
             updates = self.cross(state, now)
             if state.last_occurred_at is not None and state.last_occurred_at > now:
                 now = state.last_occurred_at
-        elif state.rules_version != self._version:
+        elif state.rules_version != self._stamp.version:
             updates = self.adopt(state)
         else:
             updates = []
