@@ -27,6 +27,15 @@ def _copy(tmp_path: Path, cases: bool = True) -> Path:
     return target
 
 
+def _with_only_case(tmp_path: Path, name: str, text: str) -> Path:
+    """The shipped rules with one case file of ours in place of the shipped cases, so
+    that coverage measures that case alone."""
+    directory = _copy(tmp_path, cases=False)
+    (directory / "cases").mkdir()
+    (directory / "cases" / name).write_text(text, encoding="utf-8")
+    return directory
+
+
 def _line_of(path: Path, text: str) -> int:
     return next(n for n, line in enumerate(path.read_text().splitlines(), start=1)
                 if text in line)
@@ -79,17 +88,15 @@ def test_a_condition_no_case_exercises_is_named_with_file_and_line(tmp_path: Pat
 def test_only_decisions_an_agent_was_shown_count(tmp_path: Path) -> None:
     """The categoriser also evaluates relations nobody has (a member of a group, when
     there are no groups); a case without groups never makes `agent.in_group` true."""
-    directory = _copy(tmp_path, cases=False)
-    (directory / "cases").mkdir()
-    (directory / "cases" / "one.yaml").write_text(
+    directory = _with_only_case(
+        tmp_path, "one.yaml",
         "cases:\n"
         "  - name: two agents, no groups\n"
         "    events:\n"
         "      - {type: account.updated, data: {plan: pro, agents: [ag-1, ag-2], groups: {}}}\n"
         "      - {type: conversation.created, conversation_id: c-1, data: {group_id: null}}\n"
         "    expect:\n"
-        "      - {agent: ag-1, conversation: c-1, categories: [all, new, primary]}\n",
-        encoding="utf-8")
+        "      - {agent: ag-1, conversation: c-1, categories: [all, new, primary]}\n")
     rules = load_rules(directory)
     results, measured = run_with_coverage(rules, directory)
     assert [r.passed for r in results] == [True]
@@ -100,16 +107,14 @@ def test_only_decisions_an_agent_was_shown_count(tmp_path: Path) -> None:
 
 
 def test_failing_cases_still_fail_with_coverage(tmp_path: Path) -> None:
-    directory = _copy(tmp_path, cases=False)
-    (directory / "cases").mkdir()
-    (directory / "cases" / "wrong.yaml").write_text(
+    directory = _with_only_case(
+        tmp_path, "wrong.yaml",
         "cases:\n"
         "  - name: wrong on purpose\n"
         "    events:\n"
         "      - {type: conversation.created, conversation_id: c-1, data: {}}\n"
         "    expect:\n"
-        "      - {agent: ag-1, conversation: c-1, categories: [resolved]}\n",
-        encoding="utf-8")
+        "      - {agent: ag-1, conversation: c-1, categories: [resolved]}\n")
     result = _rules_test(str(directory), "--coverage", "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)

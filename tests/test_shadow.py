@@ -27,6 +27,7 @@ from worker.domain.state import Account
 from worker.errors import StoreError
 from worker.rulebook import load_rules
 from worker.rulebook.engine import default_rules_dir
+from worker.store import StateStore
 from worker.store.sqlite import SqliteStore
 
 # Seed 3 ends with unassigned chats routed to groups on PRO accounts: the variant below
@@ -156,12 +157,14 @@ def test_trouble_exits_2(tmp_path: Path, events_file: Path, variant: Path) -> No
 
 
 # -- against the state a worker wrote ---------------------------------------------------
-def _write_state(path: Path, rules_dir: Path | None = None) -> None:
-    """What a worker leaves in its SQLite file for EVENTS (one commit per event)."""
-    store = SqliteStore(path)
-    categoriser = Categoriser(load_rules(rules_dir))
+def _commit_events(store: StateStore, rules_dir: Path | None = None
+                   ) -> dict[str, AccountState]:
+    """Categorise EVENTS into ``store`` as a worker does (one commit per event), then
+    close it: the state a shadow run reads, whichever store holds it. Returns the
+    accounts written, by id."""
     states: dict[str, AccountState] = {}
     try:
+        categoriser = Categoriser(load_rules(rules_dir))
         for raw in EVENTS:
             event = parse_event_object(raw)
             state = states.get(event.account_id) or states.setdefault(
@@ -171,6 +174,12 @@ def _write_state(path: Path, rules_dir: Path | None = None) -> None:
             store.commit([state.take_write()])
     finally:
         store.close()
+    return states
+
+
+def _write_state(path: Path, rules_dir: Path | None = None) -> None:
+    """What a worker leaves in its SQLite file for EVENTS."""
+    _commit_events(SqliteStore(path), rules_dir)
 
 
 def _digest(path: Path) -> str:
@@ -249,18 +258,7 @@ def test_state_in_postgresql_read_with_selects_only(database: str, variant: Path
     store = PostgresStore(database, 4)
     for partition in range(4):
         store.acquire(partition)
-    categoriser = Categoriser(load_rules())
-    states: dict[str, AccountState] = {}
-    try:
-        for raw in EVENTS:
-            event = parse_event_object(raw)
-            state = states.get(event.account_id) or states.setdefault(
-                event.account_id, AccountState(Account(event.account_id),
-                                               rules_version=categoriser.rules.version))
-            categoriser.handle(state, event)
-            store.commit([state.take_write()])
-    finally:
-        store.close()
+    states = _commit_events(store)
     expected = _independent(variant)
     result = _shadow("--state", database, "--candidate", str(variant), "--json")
     assert result.exit_code == 1, result.output

@@ -72,6 +72,15 @@ def _downstream(updates: list[dict[str, Any]]) -> Final:
             {key: value for key, value in counts.items() if any(value.values())})
 
 
+def _assert_one_body_per_update_id(updates: list[dict[str, Any]]) -> None:
+    """No update_id is carried by two different bodies: downstream drops a repeated id
+    as a duplicate, so a reused id with another body would lose that update."""
+    bodies: dict[str, str] = {}
+    for update in updates:
+        body = json.dumps(update, sort_keys=True)
+        assert bodies.setdefault(update["update_id"], body) == body, update["update_id"]
+
+
 def test_deploy_then_rollback_through_a_running_worker_ends_as_a_clean_run(
         vhost: str, bus: Bus, tmp_path: Path) -> None:
     events = event_stream(seed=6, count=1500)
@@ -113,11 +122,7 @@ def test_deploy_then_rollback_through_a_running_worker_ends_as_a_clean_run(
         status = worker.stop()
     assert status == 0, worker.log_tail()
     updates = bus.updates()
-    # No update_id is carried by two different bodies.
-    bodies: dict[str, str] = {}
-    for update in updates:
-        body = json.dumps(update, sort_keys=True)
-        assert bodies.setdefault(update["update_id"], body) == body, update["update_id"]
+    _assert_one_body_per_update_id(updates)
     # B was live and decided events, and the rollback re-categorised what B changed.
     assert any(u["rules_version"] == version_b for u in updates)
     assert any(u["cause_event_id"].startswith(f"rules:{version_a}:") for u in updates)
@@ -182,10 +187,7 @@ def test_a_fleet_on_postgresql_follows_a_deploy_and_a_rollback(
         statuses = [worker.stop() for worker in workers]
     assert statuses == [0, 0], [w.log_tail() for w in workers]
     updates = bus.updates()
-    bodies: dict[str, str] = {}
-    for update in updates:
-        body = json.dumps(update, sort_keys=True)
-        assert bodies.setdefault(update["update_id"], body) == body, update["update_id"]
+    _assert_one_body_per_update_id(updates)
     assert any(u["rules_version"] == version_b for u in updates)
     assert _downstream(updates) == _downstream(replay(events))
 
