@@ -57,6 +57,7 @@ import pika
 import pika.exceptions
 
 from tests.support.harness import (
+    PROFILE_RATE,
     WORKER_COMMAND,
     Bus,
     Profiler,
@@ -320,32 +321,39 @@ def latency(kind: str, broker: Bus, lines: list[bytes], keys: list[str],
 
 
 # -- the profile ------------------------------------------------------------
-# The worker is idle when its ioloop waits in poll(): its stack ends in pika's poller
-# (PollPoller.poll, EPollPoller.poll, SelectPoller.poll).
+# py-spy runs with --threads: each stack starts with "thread (TID): NAME". The ioloop
+# runs on the main thread; it is idle when its stack ends in pika's poller
+# (PollPoller.poll, EPollPoller.poll, SelectPoller.poll). Of the other threads only the
+# commit thread's time in a store commit is shown (a blocked thread's Python stack does
+# not say whether it waits for work).
 IDLE_LEAF = re.compile(r"^\w*Poller\.poll \(pika/adapters/select_connection\.py:")
+THREAD = re.compile(r"^thread \(\w+\): (?P<name>.+)$")
+MAIN_THREAD = "MainThread"
+COMMITTING = re.compile(r";\w+Store\.commit \(")
 
 
-# Where a busy sample's time goes: the innermost of these functions on its stack.
+# Where a main-thread sample's time goes: the innermost of these functions on its stack.
 PHASES = [
-    ("SqliteStore.commit", "store commit (SQLite write + fsync)"),
     ("parse_event", "parse + validate the event (pydantic)"),
-    ("Inbox._publishable", "build CategoryUpdate objects + counts"),
-    ("Inbox.", "state transitions + rules + diff (domain)"),
-    ("Worker._update", "serialize update + AMQP properties"),
-    ("Worker._dead_letter", "dead letters"),
+    ("Categoriser._publishable", "update bodies + badge counts"),
+    ("Categoriser.", "rules + state + diff (domain)"),
+    ("AccountCache.", "account cache (load from the store, evict)"),
+    ("Step.", "batch step (outcomes, update messages)"),
     ("AmqpLink.publish", "pika basic_publish (frame marshalling)"),
-    ("_AsyncTransportBase._produce", "socket send (pika send() calls)"),
-    ("Worker.on_confirm", "confirm bookkeeping"),
-    ("Worker.", "worker batching/other"),
+    ("CoalescingConnection._flush", "socket send (one write per ioloop pass)"),
+    ("Driver.on_confirm", "confirm bookkeeping"),
+    ("Driver.", "driver (batches, commits, acks)"),
+    ("AmqpLink._on_message", "delivery hand-over"),
     ("Connection._on_data_available", "pika receive + frame decoding"),
 ]
 
 
 def summarize(raw: str, title: str, top: int = 25) -> str:
-    """py-spy's collapsed stacks (``frame;frame;... count``) as a short text: the idle
-    share, then busy samples by package (self time), and the functions with the most
-    inclusive and self time."""
-    total = idle = 0
+    """py-spy's collapsed stacks (``thread;frame;frame;... count``) as a short text: how
+    the main thread's wall time splits into idle (waiting in poll) and busy, the other
+    threads' busy shares, then the main thread's busy samples by phase, by package
+    (self time), and the functions with the most inclusive and self time."""
+    main_total = idle = committing = 0
     inclusive: dict[str, int] = {}
     self_time: dict[str, int] = {}
     packages: dict[str, int] = {}
@@ -355,20 +363,30 @@ def summarize(raw: str, title: str, top: int = 25) -> str:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
-        frames = [_function(frame) for frame in stack.split(";")]
-        if IDLE_LEAF.match(stack.rsplit(";", 1)[-1]):
+        head, _, rest = stack.partition(";")
+        match = THREAD.match(head)
+        thread = match["name"] if match else MAIN_THREAD
+        if match is None:
+            rest = stack
+        if thread != MAIN_THREAD:
+            if COMMITTING.search(stack):
+                committing += count
+            continue
+        main_total += count
+        if not rest or IDLE_LEAF.match(rest.rsplit(";", 1)[-1]):
             idle += count
             continue
+        frames = [_function(frame) for frame in rest.split(";")]
         for name in set(frames):
             inclusive[name] = inclusive.get(name, 0) + count
         self_time[frames[-1]] = self_time.get(frames[-1], 0) + count
         package = _package(frames[-1])
         packages[package] = packages.get(package, 0) + count
         phase = next((label for frame in reversed(frames) for marker, label in PHASES
-                      if frame.startswith(marker)), "other (ioloop, timers, start-up)")
+                      if frame.startswith(marker)), "other (ioloop, timers)")
         phases[phase] = phases.get(phase, 0) + count
-    busy = max(total - idle, 1)
+    busy = max(main_total - idle, 1)
+    wall = max(main_total, 1)
 
     def rows(counts: dict[str, int]) -> list[str]:
         ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
@@ -376,13 +394,16 @@ def summarize(raw: str, title: str, top: int = 25) -> str:
 
     return "\n".join([
         f"# py-spy profile of the {title}",
-        f"# {total} samples at 200/s; idle (ioloop waiting in poll): "
-        f"{100 * idle / max(total, 1):.1f}% of wall time; percentages below are of the "
-        f"{busy} busy samples",
-        "", "busy time by phase (innermost worker step on the stack):", *rows(phases),
-        "", "busy time by package (self):", *rows(packages),
-        "", f"top {top} functions, inclusive:", *rows(inclusive),
-        "", f"top {top} functions, self:", *rows(self_time), ""])
+        f"# main thread: {main_total} samples at {PROFILE_RATE}/s; idle (ioloop waiting in "
+        f"poll): {100 * idle / wall:.1f}% of wall time; busy (running, or waiting for a "
+        f"core or the GIL): {100 * (main_total - idle) / wall:.1f}%",
+        f"# commit thread: in a store commit (SQL, fsync, waits for the GIL) "
+        f"{100 * committing / wall:.1f}% of wall time",
+        "", "main thread's busy time by phase (innermost step on the stack):",
+        *rows(phases),
+        "", "main thread's busy time by package (self):", *rows(packages),
+        "", f"main thread: top {top} functions, inclusive:", *rows(inclusive),
+        "", f"main thread: top {top} functions, self:", *rows(self_time), ""])
 
 
 def _function(frame: str) -> str:

@@ -587,14 +587,18 @@ def broker_cpu_seconds() -> float | None:
     return None
 
 
+PROFILE_RATE = 200  # py-spy samples per second
+
+
 class Profiler:
     """py-spy (``pip install py-spy``) sampling a process without pausing it, idle
-    included, into ``raw`` (collapsed stacks) until :meth:`stop`."""
+    included, into ``raw`` (collapsed stacks, each starting with its thread) until
+    :meth:`stop`."""
 
-    def __init__(self, pid: int, raw: Path, rate: int = 200) -> None:
+    def __init__(self, pid: int, raw: Path, rate: int = PROFILE_RATE) -> None:
         spy = Path(sys.executable).with_name("py-spy")
         command = [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid),
-                   "--idle", "--nonblocking", "--rate", str(rate), "--format", "raw",
+                   "--idle", "--threads", "--nonblocking", "--rate", str(rate), "--format", "raw",
                    "-o", str(raw)]
         try:
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
