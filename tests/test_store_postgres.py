@@ -1,8 +1,8 @@
-"""The PostgreSQL state store: the SQLite store's contract (what is committed is what
-loads, windows bounded on disk, a failed commit writes nothing), plus what several
-workers need: partitions fenced by epochs (a takeover and a commit wait for each other,
-an idle or hung worker stalls neither for long), membership by the database clock, and
-a schema that workers opening together migrate once.
+"""The PostgreSQL state store: the contract every store keeps (tests/store_contract.py),
+on a database; plus what several workers need: partitions fenced by epochs (a takeover
+and a commit wait for each other, an idle or hung worker stalls neither for long), the
+rules sweep of owned partitions only, membership by the database clock, and a schema
+that workers opening together migrate once.
 
 Each test gets a database of its own; PostgreSQL must be running (the tests fail, never
 skip, without it): ``INBOX_RULES_TEST_POSTGRES`` names the admin URL, default
@@ -15,7 +15,6 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,8 +23,18 @@ import pytest
 from psycopg import sql
 
 from contracts import parse_event_object
+from tests.store_contract import (
+    BIG,
+    StoreContract,
+    Stores,
+    commit_accounts_under_mixed_rules,
+    fresh,
+    handle,
+    load,
+    snapshot,
+)
+from tests.store_contract import categoriser as categoriser
 from tests.support.harness import fresh_database
-from tests.test_store import BIG, events, fresh, snapshot
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
 from worker.domain.state import Account
@@ -34,16 +43,11 @@ from worker.partitions import partition_of
 from worker.rulebook import load_rules
 from worker.rulebook.engine import default_rules_dir
 from worker.store import StateStore
-from worker.store.postgres import MIGRATIONS, PostgresStore
+from worker.store.postgres import DEFAULT_SCHEMA, MIGRATIONS, PostgresStore
 
 PARTITIONS = 4
 
 postgres = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def categoriser() -> Categoriser:
-    return Categoriser(load_rules(None))
 
 
 @pytest.fixture
@@ -79,36 +83,14 @@ def owner(open_store: Open, **kwargs: Any) -> PostgresStore:
     return store
 
 
-def query(url: str, text: str, *params: object) -> list[tuple[Any, ...]]:
-    """Rows of the last statement of ``text`` (none for a statement without rows)."""
-    with psycopg.connect(url, autocommit=True) as conn:
+def query(url: str, text: str, *params: object,
+          schema: str | None = None) -> list[tuple[Any, ...]]:
+    """Rows of the last statement of ``text`` (none for a statement without rows); with
+    ``schema``, unqualified table names are that schema's."""
+    options = "" if schema is None else f"-c search_path={schema}"
+    with psycopg.connect(url, autocommit=True, options=options) as conn:
         cursor = conn.execute(text.encode(), params or None)
         return cursor.fetchall() if cursor.description is not None else []
-
-
-def feed(store: StateStore, categoriser: Categoriser, states: list[AccountState],
-         seed: int, count: int, batch: int) -> None:
-    """Interleave the accounts' streams; commit every ``batch`` events."""
-    streams = [events(s.account_id, seed + i, count) for i, s in enumerate(states)]
-    for n in range(count):
-        for state, stream in zip(states, streams, strict=True):
-            categoriser.handle(state, parse_event_object(next(stream)))
-        if (n + 1) % batch == 0 or n == count - 1:
-            store.commit([s.take_write() for s in states if s.dirty])
-
-
-def load(store: StateStore, account_id: str, window: int = BIG) -> AccountState:
-    state = store.load_account(account_id, event_window=window, tombstone_window=window)
-    assert state is not None
-    return state
-
-
-def handle(categoriser: Categoriser, state: AccountState, event_id: str,
-           conversation_id: str = "c-new") -> None:
-    categoriser.handle(state, parse_event_object({
-        "event_id": event_id, "type": "conversation.created",
-        "account_id": state.account_id, "occurred_at": "2026-11-25T10:00:00+02:00",
-        "conversation_id": conversation_id, "data": {}}))
 
 
 def in_partition(partition: int, partitions: int = PARTITIONS) -> str:
@@ -132,205 +114,43 @@ def run(target: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
     return thread, outcome
 
 
-# -- the SQLite store's contract -----------------------------------------------------
+# -- the contract every store keeps, and the rules sweep of owned partitions ---------
 
-@postgres
-def test_a_committed_account_loads_as_it_was_in_memory(open_store: Open,
-                                                       categoriser: Categoriser) -> None:
-    store = owner(open_store)
-    states = [fresh(f"acc-{i}", categoriser) for i in range(3)]
-    feed(store, categoriser, states, seed=7, count=300, batch=23)
-    assert all(s.tombstones and s.seqs and s.conversations for s in states), "a rich case"
-    store.close()
-    store = open_store()
-    for state in states:
-        loaded = load(store, state.account_id)
-        assert snapshot(loaded) == snapshot(state)
-        assert not loaded.dirty
-        empty = loaded.take_write()
-        assert not (empty.conversations or empty.deleted or empty.agents or empty.events
-                    or empty.tombstones), "a fresh load has nothing to write"
+class PostgresStores:
+    """The contract's way into the test's database: stores that own every partition
+    (closed by ``open_store``), and connections past them on the default schema."""
+
+    def __init__(self, url: str, open_store: Open) -> None:
+        self.url = url
+        self._open_store = open_store
+
+    def open(self) -> StateStore:
+        return owner(self._open_store)
+
+    def query(self, text: str) -> list[tuple[Any, ...]]:
+        return query(self.url, text, schema=DEFAULT_SCHEMA)
 
 
 @postgres
-def test_a_loaded_account_carries_on_as_if_it_had_never_left(
+class TestContractOnPostgres(StoreContract):
+    """The contract every state store keeps, on a database of the test's own."""
+
+    @pytest.fixture
+    def stores(self, url: str, open_store: Open) -> Stores:
+        return PostgresStores(url, open_store)
+
+
+@postgres
+def test_accounts_behind_the_rules_are_only_those_of_owned_partitions(
         open_store: Open, categoriser: Categoriser) -> None:
-    store = owner(open_store)
-    kept, evicted = fresh("acc-1", categoriser), fresh("acc-1", categoriser)
-    stream = list(events("acc-1", seed=3, count=200))
-    for event in stream[:100]:
-        categoriser.handle(kept, parse_event_object(event))
-        categoriser.handle(evicted, parse_event_object(event))
-    store.commit([evicted.take_write()])
-    evicted = load(store, "acc-1")
-    for event in stream[100:]:
-        assert (categoriser.handle(kept, parse_event_object(event))
-                == categoriser.handle(evicted, parse_event_object(event)))
-    store.commit([evicted.take_write()])
-    assert snapshot(load(store, "acc-1")) == snapshot(kept)
-
-
-@postgres
-def test_the_event_time_keeps_its_offset(open_store: Open, categoriser: Categoriser) -> None:
-    # It becomes the occurred_at of a rules adoption's updates, which a retry repeats.
-    store = owner(open_store)
-    state = fresh("acc-1", categoriser)
-    handle(categoriser, state, "e-1")
-    store.commit([state.take_write()])
-    loaded = load(store, "acc-1").last_occurred_at
-    assert loaded is not None and loaded.isoformat() == "2026-11-25T10:00:00+02:00"
-
-
-@postgres
-def test_the_windows_are_pruned_on_disk_and_on_load(url: str, open_store: Open,
-                                                    categoriser: Categoriser) -> None:
-    store = owner(open_store)
-    state = fresh("acc-1", categoriser, event_window=20, tombstone_window=3)
-    other = fresh("acc-2", categoriser, event_window=20, tombstone_window=3)
-    feed(store, categoriser, [state, other], seed=11, count=400, batch=7)
-    assert len(state.recent) == 20 and len(state.tombstones) == 3
-    for table, window in (("events", 20), ("tombstones", 3)):
-        rows = query(url, f"SELECT account_id, COUNT(*) FROM inbox_rules.{table}"
-                          " GROUP BY account_id ORDER BY account_id")
-        assert rows == [("acc-1", window), ("acc-2", window)], table
-    assert query(url, "SELECT events_kept, tombstones_kept FROM inbox_rules.accounts"
-                      " WHERE account_id = 'acc-1'") == [(20, 3)]
-    loaded = store.load_account("acc-1", event_window=20, tombstone_window=3)
-    assert loaded is not None and snapshot(loaded) == snapshot(state)
-    # A smaller window at the next start: the newest, oldest first, and the disk follows.
-    smaller = store.load_account("acc-1", event_window=5, tombstone_window=2)
-    assert smaller is not None
-    assert list(smaller.recent.items()) == list(state.recent.items())[-5:]
-    assert list(smaller.tombstones.items()) == list(state.tombstones.items())[-2:]
-    handle(categoriser, smaller, "late")
-    store.commit([smaller.take_write()])
-    assert query(url, "SELECT (SELECT COUNT(*) FROM inbox_rules.events"
-                      "         WHERE account_id = 'acc-1'),"
-                      " (SELECT COUNT(*) FROM inbox_rules.tombstones"
-                      "  WHERE account_id = 'acc-1')") == [(5, 2)]
-    again = store.load_account("acc-1", event_window=5, tombstone_window=2)
-    assert again is not None and snapshot(again) == snapshot(smaller)
-
-
-@postgres
-def test_a_deleted_conversation_leaves_the_table_and_leaves_a_tombstone(
-        url: str, open_store: Open, categoriser: Categoriser) -> None:
-    store = owner(open_store)
-    state = fresh("acc-1", categoriser)
-    for n, kind in enumerate(["conversation.created", "conversation.assigned",
-                              "conversation.deleted", "conversation.reopened"]):
-        data = {"agent_id": "ag-1"} if kind == "conversation.assigned" else {}
-        categoriser.handle(state, parse_event_object({
-            "event_id": f"e{n}", "type": kind, "account_id": "acc-1", "conversation_id": "c-1",
-            "occurred_at": "2026-11-24T10:00:00Z", "sequence": n, "data": data}))
-        store.commit([state.take_write()])
-    assert query(url, "SELECT COUNT(*) FROM inbox_rules.conversations") == [(0,)]
-    # The reopen after the delete is newer: the tombstone moves up (one row), so an
-    # event older than the reopen stays stale.
-    assert query(url, "SELECT number, conversation_id, last_sequence"
-                      " FROM inbox_rules.tombstones") == [(5, "c-1", 3)]
-    assert query(url, "SELECT tombstones_kept FROM inbox_rules.accounts") == [(1,)]
-    loaded = load(store, "acc-1")
-    assert loaded.is_deleted("c-1") and "c-1" not in loaded.conversations
-    assert loaded.tombstones["c-1"] == (5, 3)
-    assert loaded.counts["ag-1"]["all"] == 0 and loaded.event_counter == 6
-
-
-@postgres
-def test_several_writes_of_one_account_in_one_commit(url: str, open_store: Open,
-                                                     categoriser: Categoriser) -> None:
-    """A group commit may carry an account twice: the last change of each row wins,
-    and the kept counters still count exactly."""
-    store = owner(open_store)
-    state = fresh("acc-1", categoriser, event_window=4, tombstone_window=2)
-    writes = []
-    for n, kind in enumerate(["conversation.created", "conversation.assigned",
-                              "conversation.deleted", "conversation.reopened",
-                              "conversation.created", "conversation.deleted",
-                              "message.created"]):
-        conversation = "c-1" if n < 4 else "c-2"
-        data: dict[str, Any] = {"agent_id": "ag-1"} if kind == "conversation.assigned" else {}
-        if kind == "message.created":
-            data = {"author": "agent", "agent_id": "ag-1"}
-        categoriser.handle(state, parse_event_object({
-            "event_id": f"e{n}", "type": kind, "account_id": "acc-1",
-            "conversation_id": conversation, "occurred_at": "2026-11-24T10:00:00Z",
-            "sequence": n, "data": data}))
-        writes.append(state.take_write())
-    store.commit(writes)
-    loaded = store.load_account("acc-1", event_window=4, tombstone_window=2)
-    assert loaded is not None and snapshot(loaded) == snapshot(state)
-    assert query(url, "SELECT events_kept, tombstones_kept FROM inbox_rules.accounts"
-                 ) == [(4, 2)]
-    assert query(url, "SELECT COUNT(*) FROM inbox_rules.events") == [(4,)]
-    assert query(url, "SELECT conversation_id, last_sequence FROM inbox_rules.tombstones"
-                      " ORDER BY number") == [("c-1", 3), ("c-2", 6)]
-
-
-@postgres
-def test_a_failed_commit_writes_nothing(open_store: Open, categoriser: Categoriser) -> None:
-    store = owner(open_store)
-    state = fresh("acc-1", categoriser)
-    feed(store, categoriser, [state], seed=9, count=60, batch=60)
-    before = snapshot(load(store, "acc-1"))
-    other = fresh("acc-2", categoriser)
-    for event in events("acc-2", seed=1, count=30):
-        categoriser.handle(other, parse_event_object(event))
-    good = other.take_write()
-    # A number already used by an event: the commit fails after its first writes.
-    used = next(reversed(state.recent.values()))
-    clash = replace(good, account_id="acc-1", events=((used, "clash"),))
-    with pytest.raises(StoreError, match="commit failed") as failed:
-        store.commit([good, clash])
-    assert not isinstance(failed.value, StoreConflictError)
-    assert store.load_account("acc-2", event_window=BIG, tombstone_window=BIG) is None
-    assert snapshot(load(store, "acc-1")) == before
-    store.commit([good])
-    assert load(store, "acc-2").conversations == other.conversations
-
-
-@postgres
-def test_an_unknown_account_loads_as_none(open_store: Open) -> None:
-    assert open_store().load_account("nobody", event_window=10, tombstone_window=10) is None
-
-
-@postgres
-def test_an_account_known_only_by_its_conversations_still_loads(url: str,
-                                                                open_store: Open) -> None:
-    store = open_store()
-    query(url, "INSERT INTO inbox_rules.conversations VALUES ('acc-9', 'c-1', 'open', NULL,"
-               " '[]', 3, '[[\"all\"], [], [], []]')")
-    query(url, "INSERT INTO inbox_rules.events VALUES ('acc-9', 4, 'e-4')")
-    loaded = store.load_account("acc-9", event_window=10, tombstone_window=10)
-    assert loaded is not None and loaded.account == Account("acc-9")
-    assert loaded.conversations["c-1"].categories[0] == frozenset({"all"})
-    assert loaded.event_counter == 4, "new numbers never reuse a stored one"
-
-
-@postgres
-def test_accounts_behind_the_rules_come_in_pages(open_store: Open,
-                                                 categoriser: Categoriser) -> None:
+    """Only the partitions a store owns: the others' accounts are theirs to sweep."""
     store = owner(open_store)
     version = categoriser.rules.version
-    writes = []
-    for i in range(25):
-        state = fresh(f"acc-{i:02d}", categoriser)
-        state.rules_version = None if i % 5 == 0 else "old" if i % 2 else version
-        writes.append(state.take_write())
-    store.commit(writes)
-    pages, after = [], ""
-    while page := store.accounts_behind(version, after, 4):
-        pages.append(page)
-        after = page[-1]
-    expected = [f"acc-{i:02d}" for i in range(25) if i % 5 == 0 or i % 2]
-    assert [a for page in pages for a in page] == expected
-    assert all(len(page) == 4 for page in pages[:-1])
-    assert store.accounts_behind("old", "", 100) == [
-        f"acc-{i:02d}" for i in range(25) if not i % 2 or i % 5 == 0]
-    # Only the partitions a store owns: the others' accounts are theirs to sweep.
+    behind = commit_accounts_under_mixed_rules(store, categoriser)
+    assert store.accounts_behind(version, "", 100) == behind
     store.release(1)
     assert store.accounts_behind(version, "", 100) == [
-        a for a in expected if partition_of(a, PARTITIONS) != 1]
+        a for a in behind if partition_of(a, PARTITIONS) != 1]
     assert open_store().accounts_behind(version, "", 100) == []
 
 
@@ -585,14 +405,6 @@ def test_a_different_partition_count_is_refused(open_store: Open) -> None:
 
 
 @postgres
-def test_a_newer_schema_is_refused(url: str, open_store: Open) -> None:
-    open_store()
-    query(url, "INSERT INTO inbox_rules.schema_migrations (version) VALUES (99)")
-    with pytest.raises(StoreError, match="schema version 99 was written by a newer"):
-        open_store()
-
-
-@postgres
 def test_a_schema_of_something_else_is_refused(url: str, open_store: Open) -> None:
     query(url, "CREATE SCHEMA shop; CREATE TABLE shop.orders (id integer)")
     with pytest.raises(StoreError, match="'shop' is not an inbox-rules state"):
@@ -647,13 +459,6 @@ def test_a_lost_connection_is_opened_again(url: str, open_store: Open,
         except StoreError as exc:
             assert attempt == 0 and not isinstance(exc, StoreConflictError)
     assert "c-2" in load(store, "acc-1").conversations
-
-
-@postgres
-def test_a_store_is_a_state_store(open_store: Open) -> None:
-    store: StateStore = open_store()  # mypy checks the protocol
-    assert not store.changed_elsewhere()
-    store.resync()
 
 
 # -- partitions ----------------------------------------------------------------------
