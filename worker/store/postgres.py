@@ -504,28 +504,26 @@ class PostgresStore:
     def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
         """Only accounts of the partitions this store owns: another worker's accounts
         are its to re-categorise (and our commit of them would be fenced)."""
-        owned = sorted(self._epochs)
-        if not owned:
-            return []
-        try:
-            with self._reader.lock:
-                rows = self._reader.get().execute(
-                    self._q["behind"], (after, rules_version, owned, limit)).fetchall()
-        except psycopg.Error as exc:
-            raise self._error("cannot list accounts behind the rules", exc) from exc
-        return [account_id for (account_id,) in rows]
+        return self._owned_accounts("behind", "cannot list accounts behind the rules",
+                                    after, rules_version, limit=limit)
 
     def due_accounts(self, now: datetime, limit: int) -> list[str]:
         """Only accounts of the partitions this store owns (see :meth:`accounts_behind`)."""
+        return self._owned_accounts("due", "cannot list accounts with crossings due",
+                                    micros(now), limit=limit)
+
+    def _owned_accounts(self, query: str, what: str, *params: object, limit: int) -> list[str]:
+        """Account ids from ``query`` (its parameters: ``params``, then the partitions
+        owned, then ``limit``); none while this store owns no partition."""
         owned = sorted(self._epochs)
         if not owned:
             return []
         try:
             with self._reader.lock:
                 rows = self._reader.get().execute(
-                    self._q["due"], (micros(now), owned, limit)).fetchall()
+                    self._q[query], (*params, owned, limit)).fetchall()
         except psycopg.Error as exc:
-            raise self._error("cannot list accounts with crossings due", exc) from exc
+            raise self._error(what, exc) from exc
         return [account_id for (account_id,) in rows]
 
     def next_due(self) -> datetime | None:
