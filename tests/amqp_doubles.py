@@ -184,6 +184,14 @@ class FakeConnection:
         on_open_callback(channel)
         return channel
 
+    def publish(self, channel: FakeChannel, exchange: str, routing_key: str, body: bytes,
+                properties: bytes) -> None:
+        """What CoalescingConnection.publish puts on the wire, recorded by the channel
+        as a ``basic_publish`` with the properties decoded from those bytes."""
+        decoded = pika.BasicProperties()
+        decoded.decode(properties)
+        channel.basic_publish(exchange, routing_key, body, decoded, mandatory=True)
+
     def close(self) -> None:
         assert not (self.is_closing or self.is_closed), "pika raises on a second close()"
         self.is_closing = True

@@ -6,9 +6,10 @@ publish, which cost the worker more per update than the rest of the publish toge
 (benchmarks/compare.py profiles). So the properties of one shape (every field but
 ``message_id``) are encoded once, and each message splices its id into that encoding.
 
-Only public pika API is used: ``BasicProperties.encode()`` is what a content header
-frame marshals, and the subclass returns the same bytes pika's encoder would
-(tests/test_amqp_properties.py compares them on every shape the worker sends).
+Only public pika API is used: a shape is what ``BasicProperties.encode()`` gives for
+it, and the bytes go into a content header frame (:mod:`worker.amqp_frames`);
+tests/test_amqp_properties.py compares them with pika's encoding on every shape the
+worker sends.
 """
 
 from __future__ import annotations
@@ -18,18 +19,19 @@ from typing import Any
 
 import pika
 
+from worker.amqp_frames import MAX_SHORT_STRING
 from worker.link import Outgoing
 
 APP_ID = "inbox-rules"
 # Stands for the message id while a shape is encoded; found again by its length byte.
 _MARKER = "\x01inbox-rules:message-id\x01"
 _MARKER_ENCODED = bytes((len(_MARKER),)) + _MARKER.encode()
-# A short string holds at most 255 bytes (AMQP 0-9-1).
-MAX_SHORT_STRING = 255
 
 
-def outgoing_properties(message: Outgoing) -> pika.BasicProperties:
-    """The AMQP properties of an :class:`Outgoing`."""
+def encoded_properties(message: Outgoing) -> bytes:
+    """The property list of ``message``'s content header, encoded: its shape's bytes
+    with the message id spliced in, or pika's encoding for other messages (headers,
+    no id, an id no short string holds: pika refuses that one, as before)."""
     message_id = message.message_id
     if message.headers is None and message_id is not None:
         encoded_id = message_id.encode()
@@ -39,10 +41,17 @@ def outgoing_properties(message: Outgoing) -> pika.BasicProperties:
                            message.content_encoding, message.timestamp,
                            message.app_id or APP_ID)
             if shape is not None:
-                return SplicedProperties(shape, message_id, encoded_id)
-    return _properties(message.content_type, message.persistent, message_id, message.headers,
-                       message.type, message.correlation_id, message.reply_to,
-                       message.content_encoding, message.timestamp, message.app_id or APP_ID)
+                return b"".join((shape.head, bytes((len(encoded_id),)), encoded_id,
+                                 shape.tail))
+    return b"".join(outgoing_properties(message).encode())
+
+
+def outgoing_properties(message: Outgoing) -> pika.BasicProperties:
+    """The AMQP properties of an :class:`Outgoing`, as pika builds them."""
+    return _properties(message.content_type, message.persistent, message.message_id,
+                       message.headers, message.type, message.correlation_id,
+                       message.reply_to, message.content_encoding, message.timestamp,
+                       message.app_id or APP_ID)
 
 
 def _properties(content_type: str | None, persistent: bool, message_id: str | None,
@@ -57,12 +66,11 @@ def _properties(content_type: str | None, persistent: bool, message_id: str | No
 
 
 class _Shape:
-    """One set of properties without its message id, and its encoding around the id."""
+    """The encoding of one set of properties around its message id."""
 
-    __slots__ = ("attributes", "head", "tail")
+    __slots__ = ("head", "tail")
 
-    def __init__(self, template: pika.BasicProperties, encoded: bytes) -> None:
-        self.attributes = dict(vars(template))
+    def __init__(self, encoded: bytes) -> None:
         self.head, _, self.tail = encoded.partition(_MARKER_ENCODED)
 
 
@@ -77,23 +85,4 @@ def _shape(content_type: str | None, persistent: bool, kind: str | None,
     encoded = b"".join(template.encode())
     if encoded.count(_MARKER_ENCODED) != 1:
         return None
-    return _Shape(template, encoded)
-
-
-class SplicedProperties(pika.BasicProperties):  # type: ignore[misc]
-    """BasicProperties whose encoding is its shape's, with its own message id spliced
-    in. Its attributes (``__dict__``: what pika compares and prints) are those of a
-    plain BasicProperties with the same values; the encoding sits in a slot."""
-
-    __slots__ = ("_encoded",)
-
-    def __init__(self, shape: _Shape, message_id: str, encoded_id: bytes) -> None:
-        # No super().__init__(): the shape's attributes are set at once (the stock
-        # constructor's fourteen keyword defaults were part of the cost).
-        self.__dict__.update(shape.attributes, message_id=message_id)
-        self._encoded = b"".join((shape.head, bytes((len(encoded_id),)), encoded_id,
-                                  shape.tail))
-
-    def encode(self) -> list[bytes]:
-        # A new list each time: the header frame inserts its own prefix into it.
-        return [self._encoded]
+    return _Shape(encoded)
