@@ -24,11 +24,11 @@ as subprocesses on the same pre-generated stream (:mod:`tests.support.streams`):
    itself, and ``cause_event_id`` for the worker). p50/p99 are over outputs (updates).
 3. **Peak RSS**: VmHWM of the program at the end of the throughput run. The "soak"
    checks it stays flat: the worker runs a long default stream whose first half
-   creates every conversation (and fills a dedup window sized to it:
-   ``INBOX_RULES_DEDUP_WINDOW``), and whose second half reopens and resolves the same
-   conversations again, with new event ids; the state then no longer grows, so peak
-   RSS at the end must be within 10% of peak RSS at half-way (more would be a leak on
-   the path every event takes).
+   creates every conversation (and fills every account's dedup window:
+   ``INBOX_RULES_DEDUP_WINDOW`` is set to what the smallest account sends in it), and
+   whose second half reopens and resolves the same conversations again, with new event
+   ids; the state then no longer grows, so peak RSS at the end must be within 10% of
+   peak RSS at half-way (more would be a leak on the path every event takes).
 
 ``CPU us/ev`` is the program's own CPU time per event; ``MQ us/ev`` is the local
 RabbitMQ's (its ``beam.smp``) in the same run: on 2 cores the two share the machine.

@@ -214,10 +214,12 @@ def generate(knobs: Knobs) -> list[dict[str, Any]]:
 def soak_stream(conversations: int, seed: int = 11) -> tuple[list[dict[str, Any]], int]:
     """The light stream, then its chats written into, answered and resolved again (new
     event ids) until about twice as long: after the first part the state stops growing.
-    Also the first part's length (a dedup window that holds all of it)."""
+    Also a dedup window every account fills in the first part (the window is per
+    account: sized to the whole first part, it would keep growing through the second)."""
     first = event_stream(seed, profile="light", conversations=conversations)
+    per_account = Counter(str(event["account_id"]) for event in first)
     return (event_stream(seed, profile="light", conversations=conversations, revisit=True),
-            len(first))
+            min(per_account.values()))
 
 
 def _team(account: int, size: int) -> tuple[list[str], dict[str, list[str]]]:
