@@ -3,9 +3,10 @@
 pika builds a publish as three frame objects (method, content header, body) and
 marshals each field by field in Python; at thousands of updates a second that costs
 about five times what writing the bytes directly does (``python -m
-benchmarks.publish_frames``: 11.9 against 2.4 us per update). The frames are AMQP 0-9-1's (section 4.2.3 of the
-specification); tests/test_amqp_frames.py holds them byte for byte against pika's own
-``pika.frame`` marshalling on every kind of message the worker sends.
+benchmarks.publish_frames``: 11.9 against 2.4 us per update). The frames are AMQP
+0-9-1's (section 4.2.3 of the specification); tests/test_amqp_frames.py holds them
+byte for byte against pika's own ``pika.frame`` marshalling on every kind of message
+the worker sends.
 
 Only the method frame depends on (channel, exchange, routing key): it is kept per key,
 and updates repeat their keys (one per account and agent).
