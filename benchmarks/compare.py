@@ -339,7 +339,7 @@ PHASES = [
     ("Categoriser.", "rules + state + diff (domain)"),
     ("AccountCache.", "account cache (load from the store, evict)"),
     ("Step.", "batch step (outcomes, update messages)"),
-    ("AmqpLink.publish", "pika basic_publish (frame marshalling)"),
+    ("AmqpLink.publish", "publish (encoded properties + frames, worker.amqp_frames)"),
     ("CoalescingConnection._flush", "socket send (one write per ioloop pass)"),
     ("Driver.on_confirm", "confirm bookkeeping"),
     ("Driver.", "driver (batches, commits, acks)"),
