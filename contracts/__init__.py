@@ -19,6 +19,7 @@ from contracts.events import (
     ConversationTransferred,
     Event,
     MessageCreated,
+    agent_ids,
     parse_event,
     parse_event_object,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "RequestKind",
     "SnapshotReply",
     "SnapshotRequest",
+    "agent_ids",
     "parse_event",
     "parse_event_object",
     "parse_request",

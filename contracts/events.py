@@ -9,7 +9,7 @@ import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
-from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES, MAX_SEQUENCE, EventId, Id
+from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES, MAX_ROUTING_KEY, MAX_SEQUENCE, EventId, Id
 
 
 class BadEvent(ValueError):  # noqa: N818 - named for what it is, not how it is used
@@ -243,7 +243,40 @@ def parse_event(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
             raise BadEvent(f"message is not valid UTF-8: byte {bad.start}: {bad.reason}",
                            ) from bad
         raise BadEvent(describe_validation_error(exc)) from exc
+    if len(event.account_id) >= _ROUTING_KEY_CHECK_FROM:  # ids are ASCII: 1 char, 1 byte
+        _check_routing_keys(event)
     return event
+
+
+# An account id this long may leave no room in a routing key for an agent id of 128.
+_ROUTING_KEY_CHECK_FROM = MAX_ROUTING_KEY - 128
+_ONE_AGENT = (AgentData, AgentMessageData)
+
+
+def agent_ids(event: AccountEvent | ConversationEvent) -> list[str]:
+    """Every agent id an event names (snapshot agents and group members, an assignee, a
+    transfer target, an agent author)."""
+    data: object = getattr(event, "data", None)  # every concrete event type has data
+    if isinstance(data, AccountSnapshot):
+        return [*data.agents, *(agent for members in data.groups.values() for agent in members)]
+    if isinstance(data, _ONE_AGENT):
+        return [data.agent_id]
+    if isinstance(data, TransferData) and data.to_agent_id is not None:
+        return [data.to_agent_id]
+    return []
+
+
+def _check_routing_keys(event: Event) -> None:
+    """Each agent's updates go out with routing key ``<account_id>.<agent_id>``: one
+    that AMQP cannot carry would stop the worker at publish time, so the event is bad
+    input instead (SPEC.md allows two ids of 128 characters; their key would be 257)."""
+    for agent_id in agent_ids(event):
+        if len(event.account_id) + 1 + len(agent_id) > MAX_ROUTING_KEY:
+            raise BadEvent(
+                f"account_id ({len(event.account_id)} characters) and agent id "
+                f"{agent_id[:20]!r}... ({len(agent_id)} characters) make a routing key "
+                f"longer than AMQP's {MAX_ROUTING_KEY} bytes: updates for that agent "
+                f"could not be published")
 
 
 def parse_event_object(raw: Any) -> Event:

@@ -95,6 +95,34 @@ def test_account_updated_needs_a_valid_plan() -> None:
         parse_event(json.dumps(raw).encode())
 
 
+# SPEC.md allows ids of 128 characters, but an update's routing key is
+# "<account_id>.<agent_id>" and AMQP carries at most 255 bytes of it.
+LONG_ACCOUNT, LONG_AGENT = "a" * 128, "g" * 128
+
+
+@pytest.mark.parametrize("event", [
+    {"data": {"agent_id": LONG_AGENT}},
+    {"type": "message.created", "data": {"author": "agent", "agent_id": LONG_AGENT}},
+    {"type": "conversation.transferred", "data": {"to_agent_id": LONG_AGENT}},
+    {"type": "account.updated", "conversation_id": None,
+     "data": {"plan": "pro", "agents": ["ag-1", LONG_AGENT], "groups": {}}},
+    {"type": "account.updated", "conversation_id": None,
+     "data": {"plan": "pro", "agents": ["ag-1"], "groups": {"g-1": [LONG_AGENT]}}},
+], ids=["assigned", "agent message", "transfer", "snapshot agent", "group member"])
+def test_an_agent_whose_routing_key_amqp_cannot_carry_is_bad_input(
+        event: dict[str, object]) -> None:
+    with pytest.raises(BadEvent, match="longer than AMQP's 255 bytes"):
+        parse_event(body(account_id=LONG_ACCOUNT, **event))
+
+
+def test_routing_keys_up_to_255_bytes_pass() -> None:
+    # 126 + "." + 128 = 255; a visitor's agent_id is ignored, so it names no agent.
+    assert parse_event(body(account_id="a" * 126, data={"agent_id": LONG_AGENT}))
+    assert parse_event(body(account_id=LONG_ACCOUNT, type="message.created",
+                            data={"author": "visitor", "agent_id": LONG_AGENT}))
+    assert parse_event(body(account_id=LONG_ACCOUNT, data={"agent_id": "g" * 126}))
+
+
 def test_checked_in_json_schemas_are_up_to_date() -> None:
     for name, schema in schemas().items():
         path = SCHEMA_DIR / name

@@ -16,7 +16,7 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from contracts import AccountUpdated, ConversationEvent, Event
+from contracts import AccountUpdated, ConversationEvent, Event, agent_ids
 from worker.domain.account import AccountState
 from worker.domain.facts import FACT_NAMES, FactVector
 from worker.domain.rules import Rules
@@ -26,7 +26,6 @@ from worker.domain.state import (
     RELATIONS,
     Account,
     Conversation,
-    agents_mentioned,
     apply_conversation_event,
     apply_snapshot,
     is_stale,
@@ -164,7 +163,7 @@ class Categoriser:
         conversation_id = event.conversation_id
         old_account = state.account
         # Any event reveals its agents, even one for a deleted conversation.
-        mentioned = agents_mentioned(event)
+        mentioned = agent_ids(event)
         account = learn_agents(old_account, mentioned) if mentioned else old_account
         tombstone = state.tombstones.get(conversation_id)
         if tombstone is not None:

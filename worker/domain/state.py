@@ -6,6 +6,7 @@ categories that puts it in lives only in the rule files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import NamedTuple
@@ -102,19 +103,7 @@ def apply_snapshot(account: Account, event: AccountUpdated) -> Account:
     )
 
 
-def agents_mentioned(event: ConversationEvent) -> tuple[str, ...]:
-    """Agents an event reveals; the worker may know an account only from these."""
-    if isinstance(event, MessageCreated):
-        data = event.data
-        return (data.agent_id,) if data.author == "agent" and data.agent_id else ()
-    if isinstance(event, AgentAssigned | AgentUnassigned):
-        return (event.data.agent_id,)
-    if isinstance(event, ConversationTransferred) and event.data.to_agent_id is not None:
-        return (event.data.to_agent_id,)
-    return ()
-
-
-def learn_agents(account: Account, agents: tuple[str, ...]) -> Account:
+def learn_agents(account: Account, agents: Sequence[str]) -> Account:
     unknown = [a for a in agents if a not in account.agents]
     if not unknown:
         return account
