@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks.baseline import baseline_replay
+from tests.support.oracle import final_view
 from tests.support.streams import as_lines, event_stream
 from worker.cli import main
 
@@ -37,26 +38,13 @@ def baseline_updates(lines: list[bytes], rules_version: str,
                                                          bad=bad)]
 
 
-def final_state(updates: list[Update]) -> tuple[dict[tuple[str, str, str], list[str]],
-                                                dict[tuple[str, str], dict[str, int]]]:
-    """What downstream ends up showing: the last categories per (account, agent,
-    conversation) and the last counts per (account, agent)."""
-    categories: dict[tuple[str, str, str], list[str]] = {}
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for update in updates:
-        account, agent = update["account_id"], update["agent_id"]
-        categories[(account, agent, update["conversation_id"])] = update["categories"]
-        counts[(account, agent)] = update["counts"]
-    return categories, counts
-
-
 def assert_same_work(lines: list[bytes], tmp_path: Path) -> list[Update]:
     product, _ = product_updates(lines, tmp_path)
     assert product, "the stream should produce updates"
     version = product[0]["rules_version"]
     baseline = baseline_updates(lines, version)
     assert len(baseline) == len(product)
-    assert final_state(baseline) == final_state(product)
+    assert final_view(baseline) == final_view(product)
     # Stronger: the same updates in the same publish order, field for field (``seq``
     # included; a field the product may add later and the baseline lacks is skipped).
     for number, (ours, theirs) in enumerate(zip(baseline, product, strict=True)):
@@ -118,5 +106,5 @@ def test_bad_lines_are_skipped_by_both(tmp_path: Path) -> None:
     baseline = baseline_updates(lines, product[0]["rules_version"], bad)
     assert [number for number, _ in bad] == [51, 52, 53, 54, 55, 56]
     assert all(f"line {number}:" in stderr for number, _ in bad)
-    assert final_state(baseline) == final_state(product)
+    assert final_view(baseline) == final_view(product)
     assert len(baseline) == len(product)
