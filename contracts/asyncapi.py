@@ -226,8 +226,10 @@ def _messages() -> dict[str, Any]:
             description=(
                 "One event per message, routing key = the event `type`. Unknown fields "
                 "are ignored; invalid JSON, non-UTF-8, unknown types, missing or wrong "
-                "fields, bad ids and bodies over the size limit (64 KiB by default) are "
-                "dead-lettered. Publish it persistent (delivery mode 2)."),
+                "fields, bad ids, an agent whose update routing key "
+                "`<account_id>.<agent_id>` would exceed AMQP's 255 bytes, and bodies over "
+                "the size limit (64 KiB by default) are dead-lettered. Publish it "
+                "persistent (delivery mode 2)."),
             examples=events),
         "categoryUpdate": _json_message(
             "CategoryUpdate", name="categoryUpdate",
