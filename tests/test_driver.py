@@ -347,6 +347,22 @@ def test_a_bad_message_with_huge_headers_is_dead_lettered_without_them() -> None
     assert dead.headers["x-original-headers-dropped"] == "1 header(s), too large"
 
 
+@pytest.mark.parametrize("header", ["k" * 256, b"raw", 7])
+def test_a_routing_key_header_no_routing_key_can_carry_is_not_used(header: object) -> None:
+    """The router names a partition message's own routing key in a header; the same
+    header from anywhere else must not make the dead letter unpublishable (AMQP carries
+    at most 255 bytes of routing key: publishing more stopped the worker)."""
+    driver, link, _ = _driver()
+    driver.on_delivery(Delivery(1, "conversation.created", b"{not json",
+                                headers={"x-inbox-routing-key": header}))
+    driver.on_delivery(Delivery(2, "conversation.created", b"{not json",
+                                headers={"x-inbox-routing-key": "conversation.assigned"}))
+    _confirm_all(driver, link)
+    assert link.acks[-1] == (2, True)
+    assert [m.routing_key for m in link.dead_letters()] == ["conversation.created",
+                                                            "conversation.assigned"]
+
+
 def test_sighup_reload_keeps_the_rules_when_the_new_files_do_not_validate(
         tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     import shutil

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from contracts import BadEvent, parse_event
+from contracts.ids import MAX_ROUTING_KEY
 from contracts.requests import BadRequest, SnapshotRequest, parse_request
 from worker.accounts import AccountCache
 from worker.domain.account import AccountWrite
@@ -332,8 +333,12 @@ class Step:
         log.warning("dead-lettering a message (routing key %s): %s", delivery.routing_key,
                     reason, extra={"context": {"routing_key": delivery.routing_key,
                                                "queue": delivery.queue}})
-        routing_key = str(delivery.headers.get(ROUTING_KEY_HEADER, delivery.routing_key)
-                          if delivery.headers else delivery.routing_key)
+        routing_key = delivery.routing_key
+        original = delivery.headers.get(ROUTING_KEY_HEADER) if delivery.headers else None
+        # The router's header, when it came through a partition queue; anything else
+        # carrying that name (upstream's own header) must still fit a routing key.
+        if isinstance(original, str) and len(original.encode()) <= MAX_ROUTING_KEY:
+            routing_key = original
         return DeadLetter(reason, Outgoing(
             self.dead_letter_exchange, routing_key, delivery.body,
             message_id=getattr(original, "message_id", None), headers=headers,
