@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pika
 import pytest
 
 from contracts import parse_event
@@ -353,14 +354,18 @@ def test_a_routing_key_header_no_routing_key_can_carry_is_not_used(header: objec
     header from anywhere else must not make the dead letter unpublishable (AMQP carries
     at most 255 bytes of routing key: publishing more stopped the worker)."""
     driver, link, _ = _driver()
+    original = pika.BasicProperties(content_type="application/json", message_id="m-1")
     driver.on_delivery(Delivery(1, "conversation.created", b"{not json",
-                                headers={"x-inbox-routing-key": header}))
+                                headers={"x-inbox-routing-key": header}, properties=original))
     driver.on_delivery(Delivery(2, "conversation.created", b"{not json",
-                                headers={"x-inbox-routing-key": "conversation.assigned"}))
+                                headers={"x-inbox-routing-key": "conversation.assigned"},
+                                properties=original))
     _confirm_all(driver, link)
     assert link.acks[-1] == (2, True)
-    assert [m.routing_key for m in link.dead_letters()] == ["conversation.created",
-                                                            "conversation.assigned"]
+    dead = link.dead_letters()
+    assert [m.routing_key for m in dead] == ["conversation.created", "conversation.assigned"]
+    # The original's properties still travel with it.
+    assert {(m.content_type, m.message_id) for m in dead} == {("application/json", "m-1")}
 
 
 def test_sighup_reload_keeps_the_rules_when_the_new_files_do_not_validate(

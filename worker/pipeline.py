@@ -334,11 +334,11 @@ class Step:
                     reason, extra={"context": {"routing_key": delivery.routing_key,
                                                "queue": delivery.queue}})
         routing_key = delivery.routing_key
-        original = delivery.headers.get(ROUTING_KEY_HEADER) if delivery.headers else None
+        named = delivery.headers.get(ROUTING_KEY_HEADER) if delivery.headers else None
         # The router's header, when it came through a partition queue; anything else
         # carrying that name (upstream's own header) must still fit a routing key.
-        if isinstance(original, str) and len(original.encode()) <= MAX_ROUTING_KEY:
-            routing_key = original
+        if isinstance(named, str) and len(named.encode()) <= MAX_ROUTING_KEY:
+            routing_key = named
         return DeadLetter(reason, Outgoing(
             self.dead_letter_exchange, routing_key, delivery.body,
             message_id=getattr(original, "message_id", None), headers=headers,
