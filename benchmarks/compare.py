@@ -350,9 +350,9 @@ PHASES = [
 
 def summarize(raw: str, title: str, top: int = 25) -> str:
     """py-spy's collapsed stacks (``thread;frame;frame;... count``) as a short text: how
-    the main thread's wall time splits into idle (waiting in poll) and busy, the other
-    threads' busy shares, then the main thread's busy samples by phase, by package
-    (self time), and the functions with the most inclusive and self time."""
+    the main thread's wall time splits into idle (waiting in poll) and busy, the commit
+    thread's time in a store commit, then the main thread's busy samples by phase, by
+    package (self time), and the functions with the most inclusive and self time."""
     main_total = idle = committing = 0
     inclusive: dict[str, int] = {}
     self_time: dict[str, int] = {}
@@ -365,9 +365,10 @@ def summarize(raw: str, title: str, top: int = 25) -> str:
         count = int(count_text)
         head, _, rest = stack.partition(";")
         match = THREAD.match(head)
-        thread = match["name"] if match else MAIN_THREAD
-        if match is None:
-            rest = stack
+        if match is None:  # recorded without --threads: every stack is the main thread's
+            thread, rest = MAIN_THREAD, stack
+        else:
+            thread = match["name"]
         if thread != MAIN_THREAD:
             if COMMITTING.search(stack):
                 committing += count
