@@ -19,6 +19,7 @@ import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
 from worker.amqp_frames import FRAME_OVERHEAD, PublishFrames
+from worker.amqp_io import IOServices
 from worker.amqp_properties import encoded_properties
 from worker.backoff import backoff_delay
 from worker.link import Delivery, LinkHandler, Outgoing, Returned
@@ -221,7 +222,9 @@ class AmqpLink:
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,
             on_close_callback=self._on_connection_closed,
-            custom_ioloop=self.ioloop,
+            # pika's services for our ioloop, but a peer that resets the socket as it
+            # connects fails the attempt instead of raising out of the ioloop.
+            custom_ioloop=IOServices(self.ioloop),
         )
 
     def _reconnect_later(self, what: str, why: BaseException, quiet: bool = False) -> None:

@@ -206,7 +206,11 @@ def test_readiness_follows_the_broker_link_and_liveness_does_not(
     checks: list[tuple[str, int, str]] = []  # every probe answer, in order
 
     def probe(path: str) -> tuple[int, str]:
-        status, body = http_get(port, path)
+        try:
+            status, body = http_get(port, path)
+        except OSError:
+            worker.assert_alive(grace=5)  # a refused probe: most likely the worker died
+            raise
         checks.append((path, status, body.strip()))
         return status, body
 

@@ -469,7 +469,13 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def assert_alive(self) -> None:
+    def assert_alive(self, grace: float = 0.0) -> None:
+        """Fails, with the log's tail, unless running. ``grace``: a process seen to
+        misbehave (its port refused) may be on its way out; wait that long for its
+        exit and last words (a traceback) first."""
+        if grace and self.process is not None:
+            with suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace)
         if not self.alive():
             status = self.process.returncode if self.process is not None else "never started"
             raise AssertionError(f"{self.name} exited ({status}): {self.log_tail()}")

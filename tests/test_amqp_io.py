@@ -1,0 +1,176 @@
+"""A peer that resets the socket as the connection is made fails that attempt; it
+must not raise out of the ioloop (it stopped the worker: worker/amqp_io.py).
+
+No broker: a local listener (a cut test proxy) accepts and resets every connection. pika's TCP step
+then succeeds, and the test's services wait until the reset has arrived before
+pika's next step looks at the socket: the race that happened in about one of ten
+reconnects under load, every time."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pika.adapters.select_connection import IOLoop
+from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
+
+from tests.amqp_doubles import RecordingHandler
+from tests.support.harness import TcpProxy
+from worker.amqp import AmqpLink, CoalescingConnection, connection_parameters
+from worker.amqp_io import IOServices
+from worker.settings import Settings
+from worker.topology import Topology
+
+
+@pytest.fixture
+def listener() -> Iterator[TcpProxy]:
+    """A listener that accepts every connection and resets it: a cut proxy."""
+    with TcpProxy() as proxy:
+        proxy.cut()
+        yield proxy
+
+
+def settings_for(port: int, tmp_path: Path) -> Settings:
+    return Settings(AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}/%2F",
+                    state_path=tmp_path / "unused", reconnect_max_delay=0.01)
+
+
+def wait_until_reset(sock: socket.socket, timeout: float = 5.0) -> None:
+    """Until the peer's reset has reached ``sock`` (it is no longer connected)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            sock.getpeername()
+        except OSError:
+            return
+        time.sleep(0.001)
+    raise AssertionError("the listener never reset the connection")
+
+
+def reset_first(services: type[SelectorIOServicesAdapter]) -> type[SelectorIOServicesAdapter]:
+    """``services`` whose streaming set-up starts only once the reset has arrived."""
+
+    class ResetFirst(services):  # type: ignore[misc]
+        def create_streaming_connection(self, protocol_factory: Callable[[], Any],
+                                        sock: socket.socket, on_done: Callable[[Any], None],
+                                        ssl_context: Any = None,
+                                        server_hostname: str | None = None) -> Any:
+            wait_until_reset(sock)
+            return super().create_streaming_connection(
+                protocol_factory, sock, on_done, ssl_context=ssl_context,
+                server_hostname=server_hostname)
+
+    return ResetFirst
+
+
+def connect_once(services: SelectorIOServicesAdapter, settings: Settings,
+                 ioloop: IOLoop) -> list[BaseException]:
+    """One connection attempt on ``ioloop``; the errors it reported."""
+    errors: list[BaseException] = []
+
+    def failed(_connection: object, error: BaseException) -> None:
+        errors.append(error)
+        ioloop.stop()
+
+    CoalescingConnection(connection_parameters(settings), on_open_error_callback=failed,
+                         custom_ioloop=services)
+    ioloop.call_later(10, ioloop.stop)  # a hang fails below, it does not block the suite
+    ioloop.start()
+    return errors
+
+
+def test_pika_alone_raises_out_of_the_ioloop_when_the_peer_resets_as_it_connects(
+        listener: TcpProxy, tmp_path: Path) -> None:
+    # What the worker's services exist for (pika 1.4): if a pika release stops
+    # raising here, worker/amqp_io.py may go.
+    ioloop = IOLoop()
+    try:
+        stock = reset_first(SelectorIOServicesAdapter)(ioloop)
+        with pytest.raises(ValueError, match="getpeername"):
+            connect_once(stock, settings_for(listener.port, tmp_path), ioloop)
+    finally:
+        ioloop.close()
+
+
+def test_a_reset_as_the_connection_is_made_is_a_failed_attempt(
+        listener: TcpProxy, tmp_path: Path) -> None:
+    ioloop = IOLoop()
+    try:
+        services = reset_first(IOServices)(ioloop)
+        errors = connect_once(services, settings_for(listener.port, tmp_path), ioloop)
+    finally:
+        ioloop.close()
+    assert len(errors) == 1, errors
+    assert "connection reset as it was made" in repr(errors[0])
+    assert listener.refused == 1
+
+
+def test_other_bad_arguments_still_raise(tmp_path: Path) -> None:
+    ioloop = IOLoop()
+    left, right = socket.socketpair()
+    try:
+        with pytest.raises(ValueError, match="server_hostname"):
+            IOServices(ioloop).create_streaming_connection(
+                object, left, lambda _result: None, server_hostname="broker.example")
+    finally:
+        right.close()
+        left.close()
+        ioloop.close()
+
+
+def test_cancelled_before_the_loop_turns_reports_nothing(
+        listener: TcpProxy) -> None:
+    ioloop = IOLoop()
+    sock = socket.create_connection(("127.0.0.1", listener.port))
+    sock.setblocking(False)
+    reported: list[object] = []
+    try:
+        wait_until_reset(sock)
+        reference = IOServices(ioloop).create_streaming_connection(
+            object, sock, reported.append)
+        assert sock.fileno() == -1, "the socket was handed over and is closed"
+        assert reference.cancel() is True
+        assert reference.cancel() is False, "cancelled once"
+        ioloop.call_later(0.05, ioloop.stop)
+        ioloop.start()
+    finally:
+        ioloop.close()
+    assert reported == []
+
+
+def test_the_link_keeps_retrying_through_resets_as_it_connects(
+        listener: TcpProxy, tmp_path: Path) -> None:
+    ioloop = IOLoop()
+    handed: list[object] = []
+
+    def connect(*args: Any, custom_ioloop: object, **kwargs: Any) -> CoalescingConnection:
+        handed.append(custom_ioloop)
+        assert isinstance(custom_ioloop, IOServices)
+        services = reset_first(IOServices)(custom_ioloop.get_native_ioloop())
+        return CoalescingConnection(*args, custom_ioloop=services, **kwargs)
+
+    settings = settings_for(listener.port, tmp_path)
+    handler = RecordingHandler()
+    link = AmqpLink(settings, Topology.from_settings(settings), handler, ioloop,
+                    connection_factory=connect)
+
+    def enough() -> None:
+        if listener.refused >= 3:
+            ioloop.stop()
+        else:
+            ioloop.call_later(0.01, enough)
+
+    try:
+        link.start()
+        ioloop.call_later(0.01, enough)
+        ioloop.call_later(10, ioloop.stop)
+        ioloop.start()  # raised ValueError on the first attempt before worker/amqp_io.py
+    finally:
+        ioloop.close()
+    assert listener.refused >= 3, "three attempts, each reset, each retried"
+    assert len(handed) >= 3
+    assert not link.ready
