@@ -343,7 +343,9 @@ PHASES = [
     ("CoalescingConnection._flush", "socket send (one write per ioloop pass)"),
     ("Driver.on_confirm", "confirm bookkeeping"),
     ("Driver.", "driver (batches, commits, acks)"),
+    ("AmqpLink.delivered", "delivery hand-over"),
     ("AmqpLink._on_message", "delivery hand-over"),
+    ("DeliveryIntake.", "receive: deliveries off the stream (worker.amqp_intake)"),
     ("Connection._on_data_available", "pika receive + frame decoding"),
 ]
 

@@ -182,6 +182,7 @@ class AmqpLink:
         self._consumers: dict[str, str] = {}  # consumer tag -> queue
         self._published = 0
         self._attempt = 0
+        self.frames_taken = 0  # frames the intake took past pika (deliveries), ever
         self._closing = False
         self._reported_ready = False  # on_ready sent, on_lost not yet
         # Why the broker closed our channel (it then closes the connection, too).
@@ -223,8 +224,9 @@ class AmqpLink:
             on_open_error_callback=self._on_connection_open_error,
             on_close_callback=self._on_connection_closed,
             # pika's services for our ioloop, but a peer that resets the socket as it
-            # connects fails the attempt instead of raising out of the ioloop.
-            custom_ioloop=IOServices(self.ioloop),
+            # connects fails the attempt instead of raising out of the ioloop, and
+            # deliveries for our consumers come to :meth:`delivered` past pika's frames.
+            custom_ioloop=IOServices(self.ioloop, sink=self),
         )
 
     def _reconnect_later(self, what: str, why: BaseException, quiet: bool = False) -> None:
@@ -377,12 +379,31 @@ class AmqpLink:
 
     def _on_message(self, _channel: object, method: Any, properties: pika.BasicProperties,
                     body: bytes) -> None:
+        # pika's road (the intake leaves it only deliveries for consumers not ours).
+        self.delivered(method.consumer_tag, method.delivery_tag, bool(method.redelivered),
+                       method.routing_key, properties, body)
+
+    # -- the intake's sink (worker.amqp_intake.DeliverySink) -----------------
+    def takes(self, channel_number: int, consumer_tag: str) -> bool:
+        channel = self._channel
+        return (channel is not None and channel.channel_number == channel_number
+                and consumer_tag in self._consumers)
+
+    def delivered(self, consumer_tag: str, delivery_tag: int, redelivered: bool,
+                  routing_key: str, properties: pika.BasicProperties, body: bytes) -> None:
         # Positional, in field order (tag, routing key, body, headers, properties,
         # redelivered, queue, received): one is built per delivery.
         self.handler.on_delivery(Delivery(
-            (self._channel_number << TAG_BITS) | method.delivery_tag, method.routing_key,
-            body, properties.headers or {}, properties, bool(method.redelivered),
-            self._consumers.get(method.consumer_tag, ""), time.monotonic()))
+            (self._channel_number << TAG_BITS) | delivery_tag, routing_key,
+            body, properties.headers or {}, properties, redelivered,
+            self._consumers.get(consumer_tag, ""), time.monotonic()))
+
+    def received(self, byte_count: int, frame_count: int) -> None:
+        self.frames_taken += frame_count
+        connection: Any = self._connection
+        if connection is not None:  # pika's counters: its heartbeat checker reads them
+            connection.bytes_received += byte_count
+            connection.frames_received += frame_count
 
     def ack(self, tag: int, multiple: bool) -> None:
         """Ack on the channel the delivery came from; a no-op once that is gone (the

@@ -1,5 +1,5 @@
-"""pika's I/O services for the worker's connection, with one connect failure reported
-the way every other one is.
+"""pika's I/O services for the worker's connection: one connect failure reported the
+way every other one is, and the delivery intake put in front of pika's protocol.
 
 pika 1.4 connects in steps: a non-blocking TCP connect, then
 ``create_streaming_connection`` on the connected socket, which first checks
@@ -15,6 +15,9 @@ connection workflow then fails the attempt like any refused connect
 (``on_open_error_callback``) and the link backs off and retries. It overrides a
 method of pika's public ``AbstractIOServices`` interface, which ``SelectConnection``
 takes as ``custom_ioloop``; no private pika code is touched.
+
+The same method is where the transport meets its protocol: with a sink, the protocol
+pika's factory makes is wrapped in :class:`worker.amqp_intake.DeliveryIntake`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 
 from pika.adapters.utils.nbio_interface import AbstractIOReference
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
+
+from worker.amqp_intake import DeliveryIntake, DeliverySink
 
 
 def reset_on_connect(error: ValueError) -> ConnectionResetError | None:
@@ -66,13 +71,26 @@ class _FailureSoon(AbstractIOReference):  # type: ignore[misc]
 class IOServices(SelectorIOServicesAdapter):  # type: ignore[misc]
     """``SelectorIOServicesAdapter`` whose streaming set-up never raises because the
     peer reset the socket first: that is a failed connection attempt, reported
-    through ``on_done``. Every other error still raises, as in pika."""
+    through ``on_done``. Every other error still raises, as in pika.
+
+    With a ``sink``, the stream's deliveries for the sink's consumers reach it past
+    pika's frame objects (:class:`worker.amqp_intake.DeliveryIntake`)."""
+
+    def __init__(self, loop: Any, sink: DeliverySink | None = None) -> None:
+        super().__init__(loop)
+        self._sink = sink
 
     def create_streaming_connection(self, protocol_factory: Callable[[], Any],
                                     sock: socket.socket,
                                     on_done: Callable[[Any], None],
                                     ssl_context: Any = None,
                                     server_hostname: str | None = None) -> Any:
+        sink = self._sink
+        if sink is not None:
+            pika_protocol = protocol_factory
+
+            def protocol_factory() -> DeliveryIntake:
+                return DeliveryIntake(pika_protocol(), sink)
         try:
             return super().create_streaming_connection(
                 protocol_factory, sock, on_done, ssl_context=ssl_context,

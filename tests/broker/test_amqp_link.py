@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pika
 import pytest
 from pika.adapters.select_connection import IOLoop
 
@@ -302,3 +303,40 @@ def test_frames_sent_as_the_link_closes_are_not_lost(vhost: str, tmp_path: Path)
     with blocking(vhost) as channel:
         queued = channel.queue_declare("chat.events.dlq", passive=True).method.message_count
     assert queued == 10
+
+
+def test_deliveries_reach_the_handler_through_the_intake_whole(vhost: str,
+                                                               tmp_path: Path) -> None:
+    """Every delivery on a live connection comes past pika's frame objects
+    (worker/amqp_intake.py), with its body (one over three body frames), headers and
+    routing key, in queue order, while confirms and heartbeats still reach pika."""
+    bodies = [b"event %d" % n for n in range(200)]
+    bodies[7] = bytes(range(256)) * 1200  # 300 KiB: three body frames at frame_max 128K
+    bodies[9] = b""  # no body frame at all
+    handler = RecordingHandler()
+    with running(vhost, tmp_path, handler) as runner:
+        handler.wait(lambda: handler.count("ready") == 1, WAIT, "the link")
+        runner.call(lambda: runner.link.consume([runner.topology.events_queue]))
+        with blocking(vhost) as channel:
+            for n, body in enumerate(bodies):
+                channel.basic_publish(
+                    runner.topology.events_exchange, f"acc-{n % 3}.event", body,
+                    pika.BasicProperties(message_id=f"m-{n}", headers={"n": n}))
+        handler.wait(lambda: handler.count("delivery") == len(bodies), WAIT,
+                     "every delivery")
+        runner.call(lambda: runner.link.publish(dead_letter(1)))  # a confirm: pika's
+        handler.wait(lambda: confirmed_through(handler, 1), WAIT, "the confirm")
+        taken = runner.call(lambda: runner.link.frames_taken)
+    deliveries = [payload for kind, payload in handler.events if kind == "delivery"]
+    assert [d.body for d in deliveries] == bodies
+    assert [d.headers for d in deliveries] == [{"n": n} for n in range(len(bodies))]
+    assert [d.properties.message_id for d in deliveries] == [f"m-{n}" for n in
+                                                           range(len(bodies))]
+    assert [d.routing_key for d in deliveries] == [f"acc-{n % 3}.event"
+                                                   for n in range(len(bodies))]
+    assert {d.queue for d in deliveries} == {runner.topology.events_queue}
+    assert not any(d.redelivered for d in deliveries)
+    tags = [d.tag & ((1 << TAG_BITS) - 1) for d in deliveries]
+    assert tags == list(range(1, len(bodies) + 1))
+    # Method + header + body frames each; 3 extra body frames, 1 missing.
+    assert taken == 3 * len(bodies) + 2 - 1, "every delivery came through the intake"
