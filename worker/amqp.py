@@ -226,7 +226,8 @@ class AmqpLink:
             # pika's services for our ioloop, but a peer that resets the socket as it
             # connects fails the attempt instead of raising out of the ioloop, and
             # deliveries for our consumers come to :meth:`delivered` past pika's frames.
-            custom_ioloop=IOServices(self.ioloop, sink=self),
+            custom_ioloop=IOServices(self.ioloop,
+                                     sink=self if self.settings.amqp_intake else None),
         )
 
     def _reconnect_later(self, what: str, why: BaseException, quiet: bool = False) -> None:
