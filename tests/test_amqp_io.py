@@ -14,16 +14,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 from pika.adapters.select_connection import IOLoop
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
+from contracts.requests import ExplainReply, ExplainRequest
 from tests.amqp_doubles import RecordingHandler
 from tests.support.harness import TcpProxy
 from worker.amqp import AmqpLink, CoalescingConnection, connection_parameters
-from worker.amqp_io import IOServices
+from worker.amqp_io import IOServices, blocking_connection
+from worker.request_client import RequestError, ask
 from worker.settings import Settings
 from worker.topology import Topology
+from worker.watch import Watcher, WatchError
 
 
 @pytest.fixture
@@ -174,3 +178,40 @@ def test_the_link_keeps_retrying_through_resets_as_it_connects(
     assert listener.refused >= 3, "three attempts, each reset, each retried"
     assert len(handed) >= 3
     assert not link.ready
+
+
+@pytest.fixture
+def reset_first_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pika connection made in the test (BlockingConnection's too) meets the
+    reset before its streaming step."""
+    stock = SelectorIOServicesAdapter.create_streaming_connection
+
+    def waiting(self: SelectorIOServicesAdapter, protocol_factory: Callable[[], Any],
+                sock: socket.socket, on_done: Callable[[Any], None], ssl_context: Any = None,
+                server_hostname: str | None = None) -> Any:
+        wait_until_reset(sock)
+        return stock(self, protocol_factory, sock, on_done, ssl_context=ssl_context,
+                     server_hostname=server_hostname)
+
+    monkeypatch.setattr(SelectorIOServicesAdapter, "create_streaming_connection", waiting)
+
+
+@pytest.mark.usefixtures("reset_first_everywhere")
+def test_the_command_line_clients_see_a_reset_as_a_connection_error(
+        listener: TcpProxy, tmp_path: Path) -> None:
+    parameters = connection_parameters(settings_for(listener.port, tmp_path))
+    with pytest.raises(ValueError, match="getpeername"):
+        pika.BlockingConnection(parameters)  # pika alone
+    with pytest.raises(ConnectionResetError, match="reset as it was made"):
+        blocking_connection(parameters)
+
+
+@pytest.mark.usefixtures("reset_first_everywhere")
+def test_watch_and_explain_live_report_a_reset_instead_of_a_traceback(
+        listener: TcpProxy, tmp_path: Path) -> None:
+    settings = settings_for(listener.port, tmp_path)
+    with pytest.raises(WatchError, match="cannot connect"):
+        Watcher(settings, "acc-1", "ag-1").open()
+    with pytest.raises(RequestError, match="cannot connect"):
+        ask(settings, "explain", ExplainRequest(account_id="acc-1", agent_id="ag-1",
+                                                conversation_id="c-1"), ExplainReply)

@@ -27,6 +27,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import pika
 from pika.adapters.utils.nbio_interface import AbstractIOReference
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
@@ -101,3 +102,18 @@ class IOServices(SelectorIOServicesAdapter):  # type: ignore[misc]
                 raise  # a wrong argument, not the network: pika's own message stands
         # pika closed the socket (it owns it) before raising.
         return _FailureSoon(self, on_done, reset)
+
+
+def blocking_connection(parameters: Any,
+                        connect: Callable[[Any], Any] | None = None) -> Any:
+    """``pika.BlockingConnection(parameters)`` for the command-line clients (watch,
+    explain --live): the same reset, raised by pika as ``ValueError``, becomes the
+    ``ConnectionResetError`` their connection-error handling already catches.
+    ``connect``: pika's class unless a test says otherwise."""
+    try:
+        return (connect or pika.BlockingConnection)(parameters)
+    except ValueError as error:
+        reset = reset_on_connect(error)
+        if reset is None:
+            raise
+        raise reset from error

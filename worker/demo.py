@@ -16,6 +16,7 @@ import pika
 import pika.exceptions
 
 from worker.amqp import connection_parameters
+from worker.amqp_io import blocking_connection
 from worker.errors import DemoError
 from worker.settings import Settings
 from worker.topology import Topology
@@ -53,8 +54,8 @@ def run_demo(settings: Settings, timeout: float = 10.0) -> str:
     events = scenario(account_id)
     topology = Topology.from_settings(settings)
     try:
-        connection = pika.BlockingConnection(connection_parameters(settings, "inbox-rules demo"))
-    except pika.exceptions.AMQPError as exc:
+        connection = blocking_connection(connection_parameters(settings, "inbox-rules demo"))
+    except (pika.exceptions.AMQPError, OSError) as exc:
         raise DemoError(f"cannot connect to {settings.safe_amqp_url}: {exc!r}") from exc
     try:
         channel = connection.channel()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.requests import describe_request_error
 from worker.amqp import connection_parameters
+from worker.amqp_io import blocking_connection
 from worker.errors import InboxRulesError
 from worker.settings import Settings
 from worker.topology import Topology
@@ -38,7 +39,7 @@ class RequestError(InboxRulesError):
 
 def ask(settings: Settings, kind: str, request: BaseModel, reply_model: type[ReplyModel], *,
         timeout: float = 10.0,
-        connect: Callable[[pika.URLParameters], Any] = pika.BlockingConnection,
+        connect: Callable[[pika.URLParameters], Any] = blocking_connection,
         ) -> ReplyModel:
     """Publish ``request`` as a ``kind`` request and return the worker's reply.
 

@@ -37,6 +37,7 @@ from rich.text import Text
 from contracts.requests import SnapshotReply, SnapshotRequest, describe_request_error
 from contracts.updates import CategoryUpdate
 from worker.amqp import connection_parameters
+from worker.amqp_io import blocking_connection
 from worker.backoff import backoff_delay
 from worker.errors import InboxRulesError
 from worker.settings import Settings
@@ -388,7 +389,7 @@ class Watcher:
                  categories: Iterable[str] | None = None, timeout: float = 10.0,
                  page_limit: int | None = None, on_change: OnChange | None = None,
                  render_interval: float = 0.25,
-                 connect: Callable[[pika.URLParameters], Any] = pika.BlockingConnection,
+                 connect: Callable[[pika.URLParameters], Any] = blocking_connection,
                  ) -> None:
         wanted = list(categories) if categories else None
         try:  # the contract's own checks: ids fit a routing key, names are categories
