@@ -1,14 +1,19 @@
 """A peer that resets the socket as the connection is made fails that attempt; it
 must not raise out of the ioloop (it stopped the worker: worker/amqp_io.py).
 
-No broker: a local listener (a cut test proxy) accepts and resets every connection. pika's TCP step
-then succeeds, and the test's services wait until the reset has arrived before
-pika's next step looks at the socket: the race that happened in about one of ten
-reconnects under load, every time."""
+No broker: a local listener holds every connection it accepts until the test's
+services, called by pika once its TCP step has succeeded, tell it to reset one, and
+then wait for the reset before pika's next step looks at the socket. That is the
+window the race hit in about one reconnect in ten under load, every time. (A listener
+that resets at once is no good here: if the reset comes before pika's TCP step ends,
+pika reports a plain failed connect and the window is never reached.)"""
 
 from __future__ import annotations
 
+import queue
 import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +26,6 @@ from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapte
 
 from contracts.requests import ExplainReply, ExplainRequest
 from tests.amqp_doubles import RecordingHandler
-from tests.support.harness import TcpProxy
 from worker.amqp import AmqpLink, CoalescingConnection, connection_parameters
 from worker.amqp_io import IOServices, blocking_connection
 from worker.request_client import RequestError, ask
@@ -30,12 +34,48 @@ from worker.topology import Topology
 from worker.watch import Watcher, WatchError
 
 
+class ResetOnCue:
+    """127.0.0.1:<port>: accepts connections and holds them; :meth:`reset_next` resets
+    the oldest one (waiting for it to be accepted)."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket.settimeout(0.05)
+        self.port = int(self._socket.getsockname()[1])
+        self.resets = 0
+        self._held: queue.Queue[socket.socket] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _address = self._socket.accept()
+            except TimeoutError:
+                continue
+            self._held.put(client)
+
+    def reset_next(self, timeout: float = 5.0) -> None:
+        client = self._held.get(timeout=timeout)
+        # SO_LINGER 0: close() sends a reset, not an orderly FIN.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        self.resets += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._socket.close()
+        while not self._held.empty():
+            self._held.get().close()
+
+
 @pytest.fixture
-def listener() -> Iterator[TcpProxy]:
-    """A listener that accepts every connection and resets it: a cut proxy."""
-    with TcpProxy() as proxy:
-        proxy.cut()
-        yield proxy
+def listener() -> Iterator[ResetOnCue]:
+    server = ResetOnCue()
+    yield server
+    server.close()
 
 
 def settings_for(port: int, tmp_path: Path) -> Settings:
@@ -55,14 +95,17 @@ def wait_until_reset(sock: socket.socket, timeout: float = 5.0) -> None:
     raise AssertionError("the listener never reset the connection")
 
 
-def reset_first(services: type[SelectorIOServicesAdapter]) -> type[SelectorIOServicesAdapter]:
-    """``services`` whose streaming set-up starts only once the reset has arrived."""
+def reset_first(services: type[SelectorIOServicesAdapter],
+                listener: ResetOnCue) -> type[SelectorIOServicesAdapter]:
+    """``services`` whose streaming set-up (pika's TCP step done) has ``listener``
+    reset the connection, and starts once the reset has arrived."""
 
     class ResetFirst(services):  # type: ignore[misc]
         def create_streaming_connection(self, protocol_factory: Callable[[], Any],
                                         sock: socket.socket, on_done: Callable[[Any], None],
                                         ssl_context: Any = None,
                                         server_hostname: str | None = None) -> Any:
+            listener.reset_next()
             wait_until_reset(sock)
             return super().create_streaming_connection(
                 protocol_factory, sock, on_done, ssl_context=ssl_context,
@@ -88,12 +131,12 @@ def connect_once(services: SelectorIOServicesAdapter, settings: Settings,
 
 
 def test_pika_alone_raises_out_of_the_ioloop_when_the_peer_resets_as_it_connects(
-        listener: TcpProxy, tmp_path: Path) -> None:
+        listener: ResetOnCue, tmp_path: Path) -> None:
     # What the worker's services exist for (pika 1.4): if a pika release stops
     # raising here, worker/amqp_io.py may go.
     ioloop = IOLoop()
     try:
-        stock = reset_first(SelectorIOServicesAdapter)(ioloop)
+        stock = reset_first(SelectorIOServicesAdapter, listener)(ioloop)
         with pytest.raises(ValueError, match="getpeername"):
             connect_once(stock, settings_for(listener.port, tmp_path), ioloop)
     finally:
@@ -101,16 +144,16 @@ def test_pika_alone_raises_out_of_the_ioloop_when_the_peer_resets_as_it_connects
 
 
 def test_a_reset_as_the_connection_is_made_is_a_failed_attempt(
-        listener: TcpProxy, tmp_path: Path) -> None:
+        listener: ResetOnCue, tmp_path: Path) -> None:
     ioloop = IOLoop()
     try:
-        services = reset_first(IOServices)(ioloop)
+        services = reset_first(IOServices, listener)(ioloop)
         errors = connect_once(services, settings_for(listener.port, tmp_path), ioloop)
     finally:
         ioloop.close()
     assert len(errors) == 1, errors
     assert "connection reset as it was made" in repr(errors[0])
-    assert listener.refused == 1
+    assert listener.resets == 1
 
 
 def test_other_bad_arguments_still_raise(tmp_path: Path) -> None:
@@ -127,12 +170,13 @@ def test_other_bad_arguments_still_raise(tmp_path: Path) -> None:
 
 
 def test_cancelled_before_the_loop_turns_reports_nothing(
-        listener: TcpProxy) -> None:
+        listener: ResetOnCue) -> None:
     ioloop = IOLoop()
     sock = socket.create_connection(("127.0.0.1", listener.port))
     sock.setblocking(False)
     reported: list[object] = []
     try:
+        listener.reset_next()
         wait_until_reset(sock)
         reference = IOServices(ioloop).create_streaming_connection(
             object, sock, reported.append)
@@ -147,14 +191,14 @@ def test_cancelled_before_the_loop_turns_reports_nothing(
 
 
 def test_the_link_keeps_retrying_through_resets_as_it_connects(
-        listener: TcpProxy, tmp_path: Path) -> None:
+        listener: ResetOnCue, tmp_path: Path) -> None:
     ioloop = IOLoop()
     handed: list[object] = []
 
     def connect(*args: Any, custom_ioloop: object, **kwargs: Any) -> CoalescingConnection:
         handed.append(custom_ioloop)
         assert isinstance(custom_ioloop, IOServices)
-        services = reset_first(IOServices)(custom_ioloop.get_native_ioloop())
+        services = reset_first(IOServices, listener)(custom_ioloop.get_native_ioloop())
         return CoalescingConnection(*args, custom_ioloop=services, **kwargs)
 
     settings = settings_for(listener.port, tmp_path)
@@ -163,7 +207,7 @@ def test_the_link_keeps_retrying_through_resets_as_it_connects(
                     connection_factory=connect)
 
     def enough() -> None:
-        if listener.refused >= 3:
+        if listener.resets >= 3:
             ioloop.stop()
         else:
             ioloop.call_later(0.01, enough)
@@ -175,13 +219,13 @@ def test_the_link_keeps_retrying_through_resets_as_it_connects(
         ioloop.start()  # raised ValueError on the first attempt before worker/amqp_io.py
     finally:
         ioloop.close()
-    assert listener.refused >= 3, "three attempts, each reset, each retried"
+    assert listener.resets >= 3, "three attempts, each reset, each retried"
     assert len(handed) >= 3
     assert not link.ready
 
 
 @pytest.fixture
-def reset_first_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+def reset_first_everywhere(monkeypatch: pytest.MonkeyPatch, listener: ResetOnCue) -> None:
     """Every pika connection made in the test (BlockingConnection's too) meets the
     reset before its streaming step."""
     stock = SelectorIOServicesAdapter.create_streaming_connection
@@ -189,6 +233,7 @@ def reset_first_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     def waiting(self: SelectorIOServicesAdapter, protocol_factory: Callable[[], Any],
                 sock: socket.socket, on_done: Callable[[Any], None], ssl_context: Any = None,
                 server_hostname: str | None = None) -> Any:
+        listener.reset_next()
         wait_until_reset(sock)
         return stock(self, protocol_factory, sock, on_done, ssl_context=ssl_context,
                      server_hostname=server_hostname)
@@ -198,7 +243,7 @@ def reset_first_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("reset_first_everywhere")
 def test_the_command_line_clients_see_a_reset_as_a_connection_error(
-        listener: TcpProxy, tmp_path: Path) -> None:
+        listener: ResetOnCue, tmp_path: Path) -> None:
     parameters = connection_parameters(settings_for(listener.port, tmp_path))
     with pytest.raises(ValueError, match="getpeername"):
         pika.BlockingConnection(parameters)  # pika alone
@@ -208,7 +253,7 @@ def test_the_command_line_clients_see_a_reset_as_a_connection_error(
 
 @pytest.mark.usefixtures("reset_first_everywhere")
 def test_watch_and_explain_live_report_a_reset_instead_of_a_traceback(
-        listener: TcpProxy, tmp_path: Path) -> None:
+        listener: ResetOnCue, tmp_path: Path) -> None:
     settings = settings_for(listener.port, tmp_path)
     with pytest.raises(WatchError, match="cannot connect"):
         Watcher(settings, "acc-1", "ag-1").open()
