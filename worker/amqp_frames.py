@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from struct import Struct
 
-FRAME_METHOD, FRAME_HEADER, FRAME_BODY = 1, 2, 3
+FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
 FRAME_END = b"\xce"
 # Type (1 byte), channel (2) and payload size (4) before a payload; FRAME_END after it.
 FRAME_OVERHEAD = 8
-_FRAME_START = Struct(">BHI")
+FRAME_START = Struct(">BHI")  # what starts every frame (worker.amqp_intake reads it)
 # class id (basic), weight, body size: the content header's fields before the properties.
 _HEADER_START = Struct(">BHIHHQ")
 _BASIC_CLASS = 60
@@ -61,14 +61,14 @@ class PublishFrames:
         start = 0
         while start < size:
             chunk = body[start:start + body_max]
-            parts += (_FRAME_START.pack(FRAME_BODY, channel, len(chunk)), chunk, FRAME_END)
+            parts += (FRAME_START.pack(FRAME_BODY, channel, len(chunk)), chunk, FRAME_END)
             start += body_max
         return b"".join(parts), 2 + -(-size // body_max)
 
     def _method(self, channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
         payload = b"".join((_PUBLISH, short_string(exchange), short_string(routing_key),
                             _MANDATORY if mandatory else _NOT_MANDATORY))
-        method = b"".join((_FRAME_START.pack(FRAME_METHOD, channel, len(payload)), payload,
+        method = b"".join((FRAME_START.pack(FRAME_METHOD, channel, len(payload)), payload,
                            FRAME_END))
         if len(self._methods) >= MAX_METHOD_FRAMES:
             self._methods.clear()

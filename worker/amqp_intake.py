@@ -30,19 +30,22 @@ from typing import Any, Protocol
 
 from pika.spec import BasicProperties
 
-FRAME_METHOD = 1
-FRAME_HEADER = 2
-FRAME_BODY = 3
-FRAME_END = 0xCE
-HEADER_SIZE = 7  # type (1), channel (2), payload size (4)
+from worker.amqp_frames import (
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    FRAME_START,
+)
+
+HEADER_SIZE = FRAME_START.size  # type (1), channel (2), payload size (4)
+_END = FRAME_END[0]
 BASIC_DELIVER = (60 << 16) | 60  # class id, method id
-FRAME_HEARTBEAT = 8
 KNOWN_FRAMES = frozenset((FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT))
 
-_frame_header = struct.Struct(">BHL")
 _method_index = struct.Struct(">L")
-_delivery_tag = struct.Struct(">Q")
-_body_size = struct.Struct(">Q")
+_longlong = struct.Struct(">Q")  # a delivery tag, a body size
 
 
 class DeliverySink(Protocol):
@@ -117,14 +120,14 @@ class DeliveryIntake:
         taken_bytes = taken_frames = 0
         pending = self._pending
         while size - offset >= HEADER_SIZE:
-            kind, channel, length = _frame_header.unpack_from(buffer, offset)
+            kind, channel, length = FRAME_START.unpack_from(buffer, offset)
             if kind not in KNOWN_FRAMES:
                 self._step_aside(buffer[passed:])
                 return
             end = offset + HEADER_SIZE + length + 1
             if end > size:
                 break  # the rest of this frame is still on its way
-            if buffer[end - 1] != FRAME_END:
+            if buffer[end - 1] != _END:
                 self._step_aside(buffer[passed:])
                 return
             payload = offset + HEADER_SIZE
@@ -138,14 +141,14 @@ class DeliveryIntake:
                 if not self._sink.takes(channel, consumer_tag):
                     offset = end
                     continue
-                delivery_tag = _delivery_tag.unpack_from(buffer, cursor)[0]
+                delivery_tag = _longlong.unpack_from(buffer, cursor)[0]
                 redelivered = bool(buffer[cursor + 8] & 1)
                 _exchange, cursor = _short_string(buffer, cursor + 9)
                 routing_key, _end = _short_string(buffer, cursor)
                 pending[channel] = _Pending(consumer_tag, delivery_tag, redelivered,
                                             routing_key)
             elif kind == FRAME_HEADER:
-                delivery.body_size = _body_size.unpack_from(buffer, payload + 4)[0]
+                delivery.body_size = _longlong.unpack_from(buffer, payload + 4)[0]
                 delivery.properties = BasicProperties().decode(buffer[payload + 12:end - 1])
             elif kind == FRAME_BODY:
                 delivery.chunks.append(buffer[payload:end - 1])

@@ -104,14 +104,12 @@ class IOServices(SelectorIOServicesAdapter):  # type: ignore[misc]
         return _FailureSoon(self, on_done, reset)
 
 
-def blocking_connection(parameters: Any,
-                        connect: Callable[[Any], Any] | None = None) -> Any:
+def blocking_connection(parameters: Any) -> Any:
     """``pika.BlockingConnection(parameters)`` for the command-line clients (watch,
-    explain --live): the same reset, raised by pika as ``ValueError``, becomes the
-    ``ConnectionResetError`` their connection-error handling already catches.
-    ``connect``: pika's class unless a test says otherwise."""
+    explain --live, demo): the same reset, raised by pika as ``ValueError``, becomes
+    the ``ConnectionResetError`` their connection-error handling already catches."""
     try:
-        return (connect or pika.BlockingConnection)(parameters)
+        return pika.BlockingConnection(parameters)
     except ValueError as error:
         reset = reset_on_connect(error)
         if reset is None:
