@@ -90,14 +90,8 @@ class Downstream:
     def poll(self) -> list[dict[str, Any]]:
         """Take what arrived, each stamped with when it was received (at most 0.1 s
         after the broker had it)."""
-        channel = self.bus.channel
-        for method, _properties, body in channel.consume(self.bus.updates_queue,
-                                                         auto_ack=True,
-                                                         inactivity_timeout=0.1):
-            if method is None:
-                break
+        for _method, _properties, body in self.bus.take(self.bus.updates_queue, quiet=0.1):
             self.received.append((time.time(), json.loads(body)))
-        channel.cancel()
         return [u for _, u in self.received]
 
     def caused_by(self, cause: str) -> list[tuple[float, dict[str, Any]]]:

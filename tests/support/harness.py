@@ -355,18 +355,28 @@ class Bus:
         from ready to unacked between the two reads is still seen)."""
         return self.ready(self.topology.events_queue) == 0 and self.in_worker() == 0
 
+    def take(self, queue: str, quiet: float = 0.3) -> Iterator[tuple[Any, Any, bytes]]:
+        """Every message now in ``queue`` (method, properties, body), each as it arrives,
+        until none came for ``quiet`` seconds. (A consumer, not basic.get: quorum
+        queues with a single active consumer refuse basic.get.) What was yielded is
+        acknowledged, and only that: a message the broker delivers while we cancel goes
+        back to the queue for the next call (with auto-ack, pika's cancel dropped it)."""
+        last: int | None = None
+        try:
+            for method, properties, body in self.channel.consume(queue,
+                                                                  inactivity_timeout=quiet):
+                if method is None:
+                    break
+                last = method.delivery_tag
+                yield method, properties, body
+        finally:
+            if last is not None:
+                self.channel.basic_ack(last, multiple=True)
+            self.channel.cancel()
+
     def drain(self, queue: str) -> list[tuple[Any, Any, bytes]]:
-        """Every message now in ``queue`` (method, properties, body), acknowledged.
-        (A consumer, not basic.get: quorum queues with a single active consumer
-        refuse basic.get.)"""
-        messages: list[tuple[Any, Any, bytes]] = []
-        for method, properties, body in self.channel.consume(queue, auto_ack=True,
-                                                              inactivity_timeout=0.3):
-            if method is None:
-                break
-            messages.append((method, properties, body))
-        self.channel.cancel()
-        return messages
+        """Every message now in ``queue``, acknowledged (see :meth:`take`)."""
+        return list(self.take(queue))
 
     def updates(self) -> list[dict[str, Any]]:
         """Every update collected so far, in order, as JSON objects (drains the queue)."""
