@@ -13,6 +13,7 @@ import pytest
 
 from contracts import parse_event
 from tests.support.streams import encode, event_stream
+from worker.control import CONTROL_HEADER
 from worker.domain.inbox import Inbox
 from worker.driver import Driver, Phase
 from worker.link import Delivery, Link, Outgoing, Returned
@@ -352,18 +353,27 @@ def test_a_bad_message_with_huge_headers_is_dead_lettered_without_them() -> None
 def test_a_routing_key_header_no_routing_key_can_carry_is_not_used(header: object) -> None:
     """The router names a partition message's own routing key in a header; the same
     header from anywhere else must not make the dead letter unpublishable (AMQP carries
-    at most 255 bytes of routing key: publishing more stopped the worker)."""
+    at most 255 bytes of routing key: publishing more stopped the worker), and without
+    the fleet's token it is upstream's, not the router's: not used either."""
     driver, link, _ = _driver()
+    token = driver.step.token
     original = pika.BasicProperties(content_type="application/json", message_id="m-1")
     driver.on_delivery(Delivery(1, "conversation.created", b"{not json",
-                                headers={"x-inbox-routing-key": header}, properties=original))
+                                headers={"x-inbox-routing-key": header,
+                                         CONTROL_HEADER: token}, properties=original))
     driver.on_delivery(Delivery(2, "conversation.created", b"{not json",
+                                headers={"x-inbox-routing-key": "conversation.assigned",
+                                         CONTROL_HEADER: token},
+                                properties=original))
+    driver.on_delivery(Delivery(3, "conversation.created", b"{not json",
                                 headers={"x-inbox-routing-key": "conversation.assigned"},
                                 properties=original))
     _confirm_all(driver, link)
-    assert link.acks[-1] == (2, True)
+    assert link.acks[-1] == (3, True)
     dead = link.dead_letters()
-    assert [m.routing_key for m in dead] == ["conversation.created", "conversation.assigned"]
+    assert [m.routing_key for m in dead] == ["conversation.created", "conversation.assigned",
+                                             "conversation.created"]
+    assert not any(CONTROL_HEADER in (m.headers or {}) for m in dead), "the token stays inside"
     # The original's properties still travel with it.
     assert {(m.content_type, m.message_id) for m in dead} == {("application/json", "m-1")}
 

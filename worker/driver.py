@@ -31,12 +31,13 @@ from functools import partial
 from worker.accounts import AccountCache
 from worker.backoff import backoff_delay
 from worker.committer import Committer, InlineCommitter
+from worker.control import Tick, chunks, tick_message
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
 from worker.errors import StoreConflictError, StoreError, StoreFencedError
 from worker.link import Delivery, Link, Outgoing, Returned
 from worker.partitions import partition_of
-from worker.pipeline import TICK_HEADER, DeadLetter, Plan, Router, Step, Sweep
+from worker.pipeline import DeadLetter, Plan, Router, Step, Sweep
 from worker.settings import Settings
 from worker.store import StateStore
 from worker.topology import Topology
@@ -53,14 +54,20 @@ SWEEP_PAGE = 200
 # Batch timings and dead-letter reasons kept for the monitor between two of its reads.
 MAX_KEPT = 10_000
 # Time crossings (rules with time facts only; docs/time.md): the store is asked for the
-# accounts due at least this often (seconds), and sooner when it knows the next one...
+# accounts due at least this often (seconds), and sooner when it knows the next one;
+# the accounts due are sent a tick through their queue (worker.control)...
 TIME_POLL = 1.0
-# ...and a crossing batch takes this many accounts at most.
-CROSS_PAGE = 200
+# ...at most this many at a look...
+CROSS_PAGE = 1000
+# ...and an account with a tick under way is not sent another for this long (seconds):
+# its tick may have been lost with a connection, or taken by another worker.
+TICK_PATIENCE = 30.0
 # A worker that has received nothing since it connected cannot tell whether it is the
-# active consumer or a hot standby; every this many seconds it sends its input queue a
-# tick, which only the active consumer receives (SQLite store: one active worker).
+# active consumer or a hot standby; every this many seconds it sends its input queue an
+# empty tick, which only the active consumer receives (SQLite store: one active worker).
 TICK_INTERVAL = 5.0
+# Accounts with a tick under way, at most (beyond: no new ticks until some come back).
+MAX_TICKED = 10_000
 
 
 class Phase(Enum):
@@ -86,7 +93,8 @@ class Stats:
     failed_batches: int = 0
     redelivered: int = 0
     swept_accounts: int = 0
-    crossed_accounts: int = 0  # accounts looked at by time crossing batches
+    crossed_accounts: int = 0  # accounts looked at by ticks (time crossings)
+    ticks_sent: int = 0
 
 
 @dataclass
@@ -96,7 +104,6 @@ class Batch:
     plan: Plan
     messages: list[Outgoing]
     sweep: bool = False
-    crossing: bool = False  # time crossings (docs/time.md)
     published: int = 0
     last_sequence: int | None = None  # publish number of its last message
     started: float = field(default_factory=time.monotonic)
@@ -125,7 +132,8 @@ class Driver:
                         topology.partitions) if topology.partitions else None
         self.step = Step(topology.updates_exchange, topology.dead_letter_exchange,
                          settings.max_message_bytes, EVALUATE_BUDGET,
-                         requests_queue=topology.requests_queue, router=router)
+                         requests_queue=topology.requests_queue, router=router,
+                         token=store.control_token)
         # Several workers: the partitions this worker owns (the coordinator says), and
         # what to release before the next connection consumes the new set.
         self.partitions: frozenset[int] = frozenset()
@@ -171,14 +179,14 @@ class Driver:
         # standby on the same store must never sweep).
         self._active = False
         # Time crossings: the worker's clock (tests set it), the timer of the next look
-        # at the store, whether a look is due, the timer of the next tick, and the
-        # publish numbers of ticks in flight (their confirms concern no batch).
+        # at the store, the timer of the next standby probe, the publish numbers of
+        # ticks in flight (their confirms concern no batch), and the accounts with a
+        # tick under way (when it was sent, time.monotonic()).
         self.wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._time_timer: object | None = None
-        self._cross_due = False
-        self._last_was_cross = False
         self._tick_timer: object | None = None
         self._ticks: set[int] = set()
+        self._ticked: dict[str, float] = {}
 
     @property
     def rules(self) -> Rules:
@@ -297,6 +305,7 @@ class Driver:
         self._link().consume([*self.topology.consumed_queues(),
                               *(self.topology.partition_queue(p) for p in sorted(self.partitions))])
         self._ticks.clear()
+        self._ticked.clear()  # unconfirmed ones may be lost: those still due go again
         self._start_time()
         self._advance()
 
@@ -421,14 +430,6 @@ class Driver:
                      and not any(b.sweep for b in self._in_flight))
         if sweep_due and (not self._last_was_sweep or not self._buffer):
             return self._start_sweep()
-        # Time crossings, between event batches (never before a retry: its events must
-        # be evaluated again exactly as they were).
-        if (self._cross_due and not retrying and self.categoriser.timed and self._may_cross()
-                and not any(b.crossing for b in self._in_flight)
-                and (not self._last_was_cross or not self._buffer)):
-            crossed = self._start_crossing()
-            if crossed is not None:
-                return crossed
         if not self._buffer:
             return False
         ready = (not self._in_flight or len(self._buffer) >= self.settings.batch_size
@@ -454,7 +455,7 @@ class Driver:
         started = time.monotonic()
         plan = self.step.run(deliveries, self.cache, self.categoriser)
         self._buffer.extendleft(reversed(plan.rest))
-        self._last_was_sweep = self._last_was_cross = False
+        self._last_was_sweep = False
         if plan.deliveries:
             self._launch(plan, sweep=False, started=started)
         if plan.stalled is not None:
@@ -504,13 +505,11 @@ class Driver:
             return False
         return True
 
-    def _launch(self, plan: Plan, sweep: bool, started: float, crossing: bool = False,
-                ) -> None:
+    def _launch(self, plan: Plan, sweep: bool, started: float) -> None:
         if plan.deliveries:
             self._evaluated_upto = max(self._evaluated_upto, plan.deliveries[-1].tag)
         self.cache.pin(plan.touched)
-        self._in_flight.append(Batch(plan, plan.messages(), sweep=sweep, started=started,
-                                     crossing=crossing))
+        self._in_flight.append(Batch(plan, plan.messages(), sweep=sweep, started=started))
 
     # -- time crossings (docs/time.md) -------------------------------------
     def _start_time(self) -> None:
@@ -522,72 +521,82 @@ class Driver:
             return
         self._time_timer = self._link().call_later(0, self._on_time_timer)
         if not self.topology.partitions and not self._active:
-            self._tick_timer = self._link().call_later(0, self._send_tick)
+            self._tick_timer = self._link().call_later(0, self._send_probe)
 
     def _cancel_time(self) -> None:
         for timer in (self._time_timer, self._tick_timer):
             if timer is not None and self.link is not None:
                 self.link.cancel_timer(timer)
         self._time_timer = self._tick_timer = None
-        self._cross_due = False
 
     def _may_cross(self) -> bool:
-        """Only the active consumer makes crossings: with partitions, the owner of some
-        (the store lists only their accounts); else a worker that received a message on
-        this connection (a hot standby must not write the shared state)."""
+        """Only the active consumer sends ticks: with partitions, the owner of some (the
+        store lists only their accounts); else a worker that received a message on
+        this connection (a hot standby sends none)."""
         return bool(self.partitions) if self.topology.partitions else self._active
 
-    def _send_tick(self) -> None:
-        """Send the input queue a tick: the broker gives it to the active consumer only,
-        so receiving it (or anything) tells this worker it is the one. Repeated while
-        nothing came, so a standby finds out when it takes over on an idle queue."""
+    def _tick_route(self, account_id: str) -> tuple[str, str]:
+        """Where an account's tick goes: its partition's queue, or the one input queue."""
+        topology = self.topology
+        if topology.partitions:
+            return topology.partitions_exchange, str(partition_of(account_id,
+                                                                   topology.partitions))
+        return "", topology.events_queue
+
+    def _send_probe(self) -> None:
+        """Send the input queue an empty tick: the broker gives it to the active
+        consumer only, so receiving it (or anything) tells this worker it is the one.
+        Repeated while nothing came, so a standby finds out when it takes over on an
+        idle queue."""
         self._tick_timer = None
         if self.phase is not Phase.CONSUMING or self._active or not self.categoriser.timed:
             return
-        sequence = self._link().publish(Outgoing(
-            "", self.topology.events_queue, b"", message_id=None, persistent=False,
-            headers={TICK_HEADER: 1}, content_type=None, type="inbox-rules.tick"))
-        if sequence is not None:
-            self._published = sequence
-            self._ticks.add(sequence)
-        self._tick_timer = self._link().call_later(TICK_INTERVAL, self._send_tick)
+        self._publish_tick(*self._tick_route(""), Tick(self.wall_clock(), ()))
+        self._tick_timer = self._link().call_later(TICK_INTERVAL, self._send_probe)
 
-    def _start_crossing(self) -> bool | None:
-        """One batch of the crossings due by the worker's clock (less the time lag), for
-        at most CROSS_PAGE accounts, through the same pipeline as events: published,
-        confirmed, committed. True: launched; False: stopped (the store failed); None:
-        nothing to cross (the next look is scheduled)."""
-        if not self._check_takeover():
-            return False
-        now = self.wall_clock() - timedelta(seconds=self.settings.time_lag)
-        try:
-            ids = self.store.due_accounts(now, CROSS_PAGE)
-        except StoreError as exc:
-            self._back_off(f"cannot list accounts with time crossings due: {exc}")
-            return False
-        plan = None
-        started = time.monotonic()
-        if ids:
-            plan = self.step.run([], self.cache, self.categoriser,
-                                 sweep=Sweep(tuple(ids), until=now))
-            if not plan.swept_accounts and plan.stalled is not None:
-                self._back_off(f"cannot load state: {plan.stalled}")
-                return False
-        more = plan is not None and bool(plan.writes) and (
-            len(ids) == CROSS_PAGE or len(plan.swept_accounts) < len(ids))
-        if not more:
-            self._cross_due = False
-            self._schedule_time(now)
-        if plan is None or not (plan.writes or plan.swept):
-            return None  # due in the store, made already in memory: its commit is coming
-        self._last_was_cross = True
-        self._launch(plan, sweep=False, started=started, crossing=True)
+    def _publish_tick(self, exchange: str, routing_key: str, tick: Tick) -> bool:
+        sequence = self._link().publish(tick_message(exchange, routing_key,
+                                                     self.step.token, tick))
+        if sequence is None:
+            return False  # the link is down: on_lost follows
+        self._published = sequence
+        self._ticks.add(sequence)
         return True
+
+    def _send_ticks(self) -> None:
+        """Ask the store which accounts have a crossing due by the worker's clock (less
+        the time lag) and send each a tick through its queue, behind whatever is there
+        already: the crossing is made when the tick comes back, in the account's
+        order, by whoever owns the account then (worker.control)."""
+        now = self.wall_clock() - timedelta(seconds=self.settings.time_lag)
+        ticked = self._ticked
+        if ticked:
+            patience = time.monotonic() - TICK_PATIENCE
+            for account_id in [a for a, sent in ticked.items() if sent < patience]:
+                del ticked[account_id]
+        try:
+            ids = self.store.due_accounts(now, CROSS_PAGE + len(ticked))
+        except StoreError as exc:
+            log.warning("cannot list accounts with time crossings due: %s", exc)
+            self._schedule_time(now)
+            return
+        fresh = [a for a in ids if a not in ticked][:max(0, MAX_TICKED - len(ticked))]
+        routes: dict[tuple[str, str], list[str]] = {}
+        for account_id in fresh:
+            routes.setdefault(self._tick_route(account_id), []).append(account_id)
+        sent_at = time.monotonic()
+        for (exchange, routing_key), accounts in routes.items():
+            for page in chunks(sorted(accounts)):
+                if not self._publish_tick(exchange, routing_key, Tick(now, page)):
+                    return
+                self.stats.ticks_sent += 1
+                ticked.update(dict.fromkeys(page, sent_at))
+        self._schedule_time(now)
 
     def _schedule_time(self, now: datetime) -> None:
         """The next look: when the store says the next crossing is due, TIME_POLL at
         most (another worker's accounts may become ours, a commit may bring one)."""
-        if not self.categoriser.timed:
+        if not self.categoriser.timed or self.phase is not Phase.CONSUMING:
             return
         if self._time_timer is not None:
             self._link().cancel_timer(self._time_timer)
@@ -602,17 +611,14 @@ class Driver:
         self._time_timer = self._link().call_later(delay, self._on_time_timer)
 
     def _on_time_timer(self) -> None:
-        """Look now (the look schedules the next one). Not the active consumer (yet), or
-        the look cannot happen now (a batch to retry, new rules waiting...): the flag
-        stays up for the next turn of the loop, and this timer comes back anyway."""
+        """Look now (the look schedules the next one); not the active consumer (yet):
+        come back later."""
         self._time_timer = None
-        if not self.categoriser.timed:
+        if not self.categoriser.timed or self.phase is not Phase.CONSUMING:
             return
         if self._may_cross():
-            self._cross_due = True
-            self._advance()
-        if (self._time_timer is None and self.phase is Phase.CONSUMING
-                and self.categoriser.timed):
+            self._send_ticks()
+        if self._time_timer is None and self.phase is Phase.CONSUMING:
             self._time_timer = self._link().call_later(TIME_POLL, self._on_time_timer)
 
     def _on_batch_timer(self) -> None:
@@ -735,9 +741,10 @@ class Driver:
                 self._link().ack(plan.deliveries[-1].tag, multiple=True)
             self._acked_upto = max(self._acked_upto, plan.deliveries[-1].tag)
             stats.acked += len(plan.deliveries)
-        if batch.crossing:
-            stats.crossed_accounts += len(plan.swept_accounts)
-            self._cross_due = True  # committed: the store knows the next due times now
+        if plan.ticked:
+            stats.crossed_accounts += len(plan.ticked)
+            for account_id in plan.ticked:
+                self._ticked.pop(account_id, None)
         if batch.sweep and plan.swept_accounts:
             stats.swept_accounts += len(plan.swept_accounts)
             if self._sweep_after is not None:

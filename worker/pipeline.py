@@ -19,8 +19,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 import orjson
 
@@ -28,6 +26,15 @@ from contracts import BadEvent, parse_event
 from contracts.ids import MAX_ROUTING_KEY
 from contracts.requests import BadRequest, SnapshotRequest, parse_request
 from worker.accounts import AccountCache
+from worker.control import (
+    CONTROL_HEADER,
+    CONTROL_KIND_HEADER,
+    BadControlError,
+    Tick,
+    is_trusted,
+    read_control,
+    without_internal,
+)
 from worker.domain.account import AccountWrite
 from worker.domain.categoriser import Categoriser
 from worker.domain.snapshot import snapshot
@@ -48,12 +55,10 @@ MAX_COPIED_HEADERS_CHARS = 64 * 1024
 MAX_REASON_CHARS = 1000
 
 
-# Headers the router adds for the partition owner.
+# Headers the router adds for the partition owner (honoured only with the fleet's
+# token: worker.control).
 REQUEST_HEADER = "x-inbox-request"  # the request kind (snapshot, explain)
 ROUTING_KEY_HEADER = "x-inbox-routing-key"  # the routing key the message came with
-# A message a worker sends its own input queue to learn whether it is the active
-# consumer (time crossings: see the driver); acknowledged, nothing else.
-TICK_HEADER = "x-inbox-rules-tick"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +104,11 @@ NOTHING_TO_PUBLISH = Publish(())
 
 @dataclass(frozen=True, slots=True)
 class Sweep:
-    """Synthetic work: re-categorise these accounts under the live rules; with
-    ``until``, make their time crossings due by then instead (docs/time.md)."""
+    """Synthetic work: re-categorise these accounts under the live rules. Where it falls
+    among an account's events does not matter: an account adopts new rules before
+    anything else touches it, so the adoption is the same whoever makes it first."""
 
     account_ids: tuple[str, ...]
-    until: datetime | None = None
 
 
 @dataclass
@@ -117,6 +122,8 @@ class Plan:
     swept_accounts: list[str] = field(default_factory=list)
     writes: list[AccountWrite] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
+    # Accounts whose time crossings a tick of this batch made (docs/time.md).
+    ticked: list[str] = field(default_factory=list)
     rest: list[Delivery] = field(default_factory=list)
     stalled: StoreError | None = None
 
@@ -150,8 +157,11 @@ class Step:
     def __init__(self, updates_exchange: str, dead_letter_exchange: str,
                  max_message_bytes: int, budget: float,
                  clock: Callable[[], float] = time.monotonic,
-                 requests_queue: str | None = None, router: Router | None = None) -> None:
+                 requests_queue: str | None = None, router: Router | None = None,
+                 token: str = "") -> None:
         self.updates_exchange = updates_exchange
+        # The fleet's token: internal headers count only on messages that carry it.
+        self.token = token
         self.requests_queue = requests_queue
         self.router = router
         self.dead_letter_exchange = dead_letter_exchange
@@ -191,9 +201,10 @@ class Step:
         if router is not None and queue in router.intake:
             return self._route(delivery, router)
         kind = None
-        if headers:
-            if TICK_HEADER in headers:
-                return NOTHING_TO_PUBLISH  # a worker looking for its turn (driver: _send_tick)
+        if headers and CONTROL_HEADER in headers and is_trusted(headers, self.token):
+            control = headers.get(CONTROL_KIND_HEADER)
+            if control is not None:
+                return self._control(delivery, control, plan, cache, categoriser)
             kind = headers.get(REQUEST_HEADER)
         if queue and queue == self.requests_queue:
             kind = delivery.routing_key
@@ -226,7 +237,7 @@ class Step:
         """Validate, find the account's partition, pass it on with what the owner needs
         (the request kind, the reply address, the event's own routing key)."""
         properties = delivery.properties
-        headers: dict[str, Any] = dict(delivery.headers)
+        headers = without_internal(delivery.headers)
         if delivery.queue == self.requests_queue:
             kind = delivery.routing_key
             try:
@@ -247,6 +258,7 @@ class Step:
             except Exception as exc:  # noqa: BLE001 - e.g. JSON nested too deep: bad input
                 return self.dead_letter(delivery, f"unreadable: {type(exc).__name__}: {exc}")
         headers[ROUTING_KEY_HEADER] = delivery.routing_key
+        headers[CONTROL_HEADER] = self.token
         partition = partition_of(account_id, router.partitions)
         return Route(Outgoing(
             router.exchange, str(partition), delivery.body,
@@ -285,6 +297,37 @@ class Step:
             "", reply_to, body, message_id=None, persistent=False,
             type=f"{kind}.reply", correlation_id=getattr(properties, "correlation_id", None)))
 
+    def _control(self, delivery: Delivery, kind: object, plan: Plan, cache: AccountCache,
+                 categoriser: Categoriser) -> Outcome:
+        """A tick: every named account crosses what is due by its ``until``, here in the
+        account's order (worker.control)."""
+        try:
+            tick = read_control(str(kind), delivery.body)
+        except BadControlError as exc:
+            return self.dead_letter(delivery, f"bad control message: {exc}")
+        messages = self._cross(tick, plan, cache, categoriser)
+        return Publish(tuple(messages)) if messages else NOTHING_TO_PUBLISH
+
+    def _cross(self, tick: Tick, plan: Plan, cache: AccountCache,
+               categoriser: Categoriser) -> list[Outgoing]:
+        messages: list[Outgoing] = []
+        for account_id in tick.accounts:
+            # A store that cannot load the account stops the batch here (StoreError):
+            # the tick is retried whole, in order, like an event.
+            state = cache.get(account_id, categoriser.rules.version)
+            plan.touched.add(account_id)
+            plan.ticked.append(account_id)
+            state.begin()
+            try:
+                updates = categoriser.cross(state, tick.until)
+            except Exception:  # a worker bug: the account waits for its next event
+                state.rollback()
+                log.exception("time crossings of account %s failed", account_id)
+                continue
+            state.release()
+            messages.extend(self.update_message(u) for u in updates)
+        return messages
+
     def _sweep(self, plan: Plan, sweep: Sweep, cache: AccountCache,
                categoriser: Categoriser, deadline: float) -> None:
         for index, account_id in enumerate(sweep.account_ids):
@@ -299,8 +342,7 @@ class Step:
             plan.swept_accounts.append(account_id)
             state.begin()
             try:
-                updates = (categoriser.adopt(state) if sweep.until is None
-                           else categoriser.cross(state, sweep.until))
+                updates = categoriser.adopt(state)
             except Exception:  # a worker bug: leave the account for its next event
                 state.rollback()
                 log.exception("re-categorising account %s failed", account_id)
@@ -322,7 +364,9 @@ class Step:
                         update.update_id, None, True, "application/json", "category.update")
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
-        headers: dict[str, Any] = dict(delivery.headers)
+        # Never the fleet's token (or the router's notes): the dead-letter queue is read
+        # by people and tools outside the fleet.
+        headers = without_internal(delivery.headers)
         if len(repr(headers)) > MAX_COPIED_HEADERS_CHARS:
             # The original fitted in a frame; with x-error added it might not, and a
             # frame error would loop the connection. Keep the body, drop the headers.
@@ -334,9 +378,10 @@ class Step:
                     reason, extra={"context": {"routing_key": delivery.routing_key,
                                                "queue": delivery.queue}})
         routing_key = delivery.routing_key
-        named = delivery.headers.get(ROUTING_KEY_HEADER) if delivery.headers else None
-        # The router's header, when it came through a partition queue; anything else
-        # carrying that name (upstream's own header) must still fit a routing key.
+        named = (delivery.headers.get(ROUTING_KEY_HEADER)
+                 if is_trusted(delivery.headers, self.token) else None)
+        # The router's header, when it came through a partition queue; it must still
+        # fit a routing key.
         if isinstance(named, str) and len(named.encode()) <= MAX_ROUTING_KEY:
             routing_key = named
         return DeadLetter(reason, Outgoing(

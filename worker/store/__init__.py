@@ -11,6 +11,7 @@ Implementations: :mod:`worker.store.sqlite` (the embedded default) and
 from __future__ import annotations
 
 import json
+import secrets
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ from worker.errors import StoreConflictError, StoreError
 
 class StateStore(Protocol):
     """Durable per-account state."""
+
+    #: A random value shared by every worker of this store: control messages and the
+    #: router's headers count only with it (worker.control). Made once, kept forever.
+    control_token: str
 
     def load_account(self, account_id: str, *, event_window: int,
                      tombstone_window: int) -> AccountState | None:
@@ -62,6 +67,10 @@ class StateStore(Protocol):
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
+
+def new_control_token() -> str:
+    return secrets.token_hex(16)
 
 
 def micros(moment: datetime) -> int:

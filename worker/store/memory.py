@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from worker.domain.account import AccountState, AccountWrite
 from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
-from worker.store import UNSET, RuleDeployment, Unset, no_such_version, not_expected
+from worker.store import (
+    UNSET,
+    RuleDeployment,
+    Unset,
+    new_control_token,
+    no_such_version,
+    not_expected,
+)
 
 
 @dataclass
@@ -39,6 +46,7 @@ class MemoryStore:
         # Rule versions (RuleStore): version -> files, and the deployments in order.
         self.rule_versions: dict[str, dict[str, bytes]] = {}
         self.deployments: list[RuleDeployment] = []
+        self.control_token = new_control_token()
 
     def load_account(self, account_id: str, *, event_window: int,
                      tombstone_window: int) -> AccountState | None:

@@ -63,6 +63,7 @@ from worker.store import (
     encode_rule_files,
     from_micros,
     micros,
+    new_control_token,
     no_such_version,
     not_expected,
     state_from_rows,
@@ -334,6 +335,9 @@ class PostgresStore:
     """:class:`worker.store.StateStore` in PostgreSQL, with partition ownership and
     worker membership (see the module docstring)."""
 
+    # Read-only opens (tools that only look) have none: they send no control messages.
+    control_token = ""
+
     def __init__(self, url: str, partitions: int, *, schema: str | None = None,
                  worker_id: str | None = None,
                  idle_in_transaction_timeout: float = 10.0, read_only: bool = False) -> None:
@@ -412,6 +416,12 @@ class PostgresStore:
                     conn.execute(sql.SQL("INSERT INTO {s}.schema_migrations (version)"
                                          " VALUES (%s)").format(s=schema), (target,))
             self._check_partitions(conn, schema)
+            conn.execute(sql.SQL("INSERT INTO {s}.meta VALUES ('control_token', %s)"
+                                 " ON CONFLICT (key) DO NOTHING").format(s=schema),
+                         (new_control_token(),))
+            row = conn.execute(sql.SQL("SELECT value FROM {s}.meta WHERE key ="
+                                       " 'control_token'").format(s=schema)).fetchone()
+            self.control_token = str(row[0]) if row else ""
 
     def _check_partitions(self, conn: Connection, schema: sql.Identifier) -> None:
         row = conn.execute(sql.SQL("SELECT value FROM {s}.meta WHERE key = 'partitions'")

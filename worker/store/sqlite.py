@@ -33,6 +33,7 @@ from worker.store import (
     encode_rule_files,
     from_micros,
     micros,
+    new_control_token,
     no_such_version,
     not_expected,
     state_from_rows,
@@ -195,6 +196,9 @@ class SqliteStore:
     with :class:`StoreConflictError`, and the worker drops its cached accounts.
     """
 
+    # Read-only opens (tools that only look) have none: they send no control messages.
+    control_token = ""
+
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self._generation = 0
@@ -219,6 +223,7 @@ class SqliteStore:
             self._reader = sqlite3.connect(path, isolation_level=None, timeout=10.0,
                                            check_same_thread=False)
             self._generation = self._read_generation()
+            self.control_token = self._read_token()
         except (sqlite3.Error, ValueError) as exc:
             self._db.close()
             raise self._error("cannot open", exc) from exc
@@ -396,6 +401,13 @@ class SqliteStore:
             self._generation = self._read_generation()
         except sqlite3.Error as exc:
             raise self._error("cannot read the generation", exc) from exc
+
+    def _read_token(self) -> str:
+        """The fleet's token (worker.control), made by the first worker to open the file."""
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('control_token', ?)",
+                         (new_control_token(),))
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'control_token'").fetchone()
+        return str(row[0])
 
     def _read_generation(self) -> int:
         row = self._reader.execute(
