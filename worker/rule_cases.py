@@ -24,6 +24,7 @@ from contracts import BadEvent, parse_event_object
 from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError, RuleProblem
 from worker.rulebook.engine import CompiledRules
+from worker.rulebook.syntax import YamlAliasError, alias_problem, is_alias_or_anchor
 
 DEFAULT_ACCOUNT = "acc-1"
 DEFAULT_TIME = "2026-01-01T00:00:00Z"
@@ -32,7 +33,16 @@ LINE_KEY = "__line__"
 
 
 class _LineLoader(yaml.SafeLoader):
-    """Safe loader that notes the line of every mapping, for precise messages."""
+    """Safe loader that notes the line of every mapping, for precise messages, and
+    refuses anchors and aliases before composing them (nothing is ever expanded)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if is_alias_or_anchor(event):
+            mark = event.start_mark
+            raise YamlAliasError(mark.line + 1 if mark is not None else None)
+        return super().compose_node(parent, index)
+
 
 
 def _mapping_with_line(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
@@ -75,6 +85,8 @@ def load_cases(path: Path) -> list[dict[str, Any]]:
     display = str(path)
     try:
         document = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
+    except YamlAliasError as exc:
+        raise RuleFileError([alias_problem(display, exc)]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise RuleFileError([RuleProblem(display, mark.line + 1 if mark else None,

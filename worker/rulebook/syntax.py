@@ -1,7 +1,7 @@
 """Parse rule files into a small condition tree, with the line of every node.
 
 Rule files are YAML *data*: they are composed with PyYAML's safe loader into nodes
-(no tags, no object construction) and never executed.
+(no tags, no object construction, no anchors or aliases) and never executed.
 """
 
 from __future__ import annotations
@@ -242,6 +242,34 @@ class _Reader:
 
 # libyaml's composer where PyYAML was built with it (same nodes and marks, much faster).
 _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+ALIASES_NOT_ALLOWED = "YAML aliases/anchors are not allowed in rule files"
+
+
+class YamlAliasError(yaml.YAMLError):
+    """An anchor or alias in a rule or case file (``line``: 1-based). Refused outright:
+    a list of aliases to a list of aliases multiplies the work at each level (18 levels
+    of a 1 KB file never finish)."""
+
+    def __init__(self, line: int | None) -> None:
+        super().__init__(ALIASES_NOT_ALLOWED)
+        self.line = line
+
+
+def is_alias_or_anchor(event: yaml.Event) -> bool:
+    """An alias (``*name``), or a node that names itself for one (``&name``)."""
+    return isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None
+
+
+def reject_aliases(text: str, loader: type[yaml.SafeLoader]) -> None:
+    """Raise :class:`YamlAliasError` at the first anchor or alias of ``text``, reading
+    its parse events only (one pass, nothing expanded). Text with neither ``&`` nor
+    ``*`` has none and costs no parse."""
+    if "&" not in text and "*" not in text:
+        return
+    for event in yaml.parse(text, Loader=loader):
+        if is_alias_or_anchor(event):
+            mark = event.start_mark
+            raise YamlAliasError(mark.line + 1 if mark is not None else None)
 
 
 def _resolve(node: yaml.ScalarNode) -> object:
@@ -264,13 +292,22 @@ def read_rule_bytes(path: Path, display: str) -> bytes:
     return data
 
 
+def alias_problem(display: str, exc: YamlAliasError) -> RuleProblem:
+    """The one-line complaint for an anchor or alias, at its line."""
+    return RuleProblem(display, exc.line, ALIASES_NOT_ALLOWED)
+
+
 def parse_rule_file(data: bytes, display: str) -> list[Definition]:
     """Parse one rule file; raise :class:`RuleFileError` with file:line on any problem."""
     reader = _Reader(display)
     try:
-        root = yaml.compose(data.decode("utf-8"), Loader=_SAFE_LOADER)
+        text = data.decode("utf-8")
+        reject_aliases(text, _SAFE_LOADER)
+        root = yaml.compose(text, Loader=_SAFE_LOADER)
     except UnicodeDecodeError as exc:
         raise RuleFileError([RuleProblem(display, None, "not valid UTF-8")]) from exc
+    except YamlAliasError as exc:
+        raise RuleFileError([alias_problem(display, exc)]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
