@@ -136,10 +136,28 @@ categories:
     ("{fact: conversation.waiting_seconds, at_least: 1.5}", "is a int"),
     ("{fact: conversation.last_message_by, equals: bot}", "one of visitor, agent, none"),
     ("{fact: conversation.last_message_by, greater_than: 1}", "compares numbers"),
+    ("{fact: conversation.waiting_seconds, at_least: 300000000000}",
+     "300000000000 is beyond the limit of 3155760000 seconds"),
+    ("{fact: conversation.waiting_seconds, in: [60, 3155760001]}", "beyond the limit"),
 ])
 def test_time_facts_are_checked_like_every_fact(tmp_path: Path, test: str, reason: str) -> None:
     with pytest.raises(RuleFileError, match=reason):
         rules_with(tmp_path, f"categories:\n  timed:\n    when: {test}\n")
+
+
+def test_rules_check_refuses_a_wait_beyond_100_years_at_its_line(tmp_path: Path) -> None:
+    """Unrefused, such a threshold passed the check and crashed replay, explain, shadow
+    and rules test (a due time past the calendar's end)."""
+    shutil.copytree(SLA, tmp_path / "sla")
+    path = tmp_path / "sla" / "sla.yaml"
+    path.write_text(path.read_text().replace("at_least: 300}", "at_least: 300000000000}"))
+    result = CliRunner().invoke(main, ["rules", "check", str(tmp_path / "sla")])
+    assert result.exit_code == 1
+    assert result.stderr == (f"{path}:26: conversation.waiting_seconds: 300000000000 is "
+                             "beyond the limit of 3155760000 seconds (100 years)\n")
+    path.write_text(path.read_text().replace("300000000000", "3155760000"))
+    assert load_rules(tmp_path / "sla").thresholds == {
+        "conversation.waiting_seconds": (3155760000,)}
 
 
 def test_the_facts_follow_the_events(inbox: Inbox, ev: Events) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from worker.errors import RuleFileError, RuleProblem
-from worker.rulebook.facts import FACTS
+from worker.rulebook.facts import FACTS, TIME_FACTS
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 OPERATORS = ("equals", "not_equals", "in", "not_in", "greater_than", "at_least",
@@ -21,6 +21,9 @@ OPERATORS = ("equals", "not_equals", "in", "not_in", "greater_than", "at_least",
 ORDERING = ("greater_than", "at_least", "less_than", "at_most")
 MAX_DEPTH = 32
 MAX_FILE_BYTES = 1024 * 1024
+# The longest wait a rule may compare with. A due time is the wait's start plus a
+# threshold: one far beyond any real wait only risks the calendar's end (year 9999).
+MAX_WAIT_SECONDS = 100 * 31_557_600  # 100 years of 365.25 days
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,10 @@ class _Reader:
             return None
         if spec.choices and value not in spec.choices:
             self.fail(node, f"{fact} is one of {', '.join(spec.choices)}; {value!r} is not")
+            return None
+        if fact in TIME_FACTS and isinstance(value, int) and value > MAX_WAIT_SECONDS:
+            self.fail(node, f"{fact}: {value} is beyond the limit of {MAX_WAIT_SECONDS} "
+                            "seconds (100 years)")
             return None
         return value
 
