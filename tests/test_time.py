@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from tests.support.streams import Events, encode, event_stream
 from worker.accounts import AccountCache
 from worker.cli import main
 from worker.domain import Inbox
-from worker.domain.categoriser import Categoriser, facts_of
+from worker.domain.categoriser import Categoriser, facts_of, waited_and_due
 from worker.domain.updates import Update, update_id_for
 from worker.errors import RuleFileError
 from worker.rule_cases import run_cases
@@ -408,6 +408,42 @@ def test_replay_crosses_by_the_next_event_and_until_at_the_end(tmp_path: Path) -
     # c-2's crossing (10:08:20) is due by then, c-3's (10:11:40) is not.
     assert [u["cause_event_id"] for u in until[4:]] == ["time:2026-11-24T10:08:20Z"]
     assert until[-1]["counts"]["overdue"] == 2
+
+
+@pytest.mark.parametrize("occurred_at", ["9999-12-31T23:59:59Z", "9999-12-31T23:58:00Z",
+                                         "9999-12-31T23:59:59-01:00",
+                                         "9999-12-31T23:50:00-01:00"])
+def test_a_wait_that_would_end_past_the_calendar_s_end_is_never_due(
+        tmp_path: Path, occurred_at: str) -> None:
+    """A due time past what a datetime holds, in the event's offset or in UTC, is no
+    due time: replay, explain and shadow go on (the conversation never crosses)."""
+    events = [_envelope(1, "account.updated", 0, plan="free", agents=["ag-1"], groups={}),
+              _envelope(2, "conversation.created", 0, "c-1", group_id=None) | {
+                  "occurred_at": occurred_at}]
+    updates = _replay(tmp_path, events, "--until", "9999-12-31T23:59:59Z")
+    assert [u["categories"] for u in updates] == [["all", "new"]]
+    path = tmp_path / "late.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    explained = CliRunner().invoke(main, ["explain", str(path), "--rules", str(SLA),
+                                          "--account", "acc-1", "--agent", "ag-1",
+                                          "--conversation", "c-1", "--json"])
+    assert explained.exit_code == 0, explained.output
+    shadowed = CliRunner().invoke(main, ["shadow", str(path), "--rules", str(SLA),
+                                         "--candidate", str(default_rules_dir())])
+    assert shadowed.exit_code == 0, shadowed.output
+
+
+def test_waited_and_due_is_never_due_past_the_last_datetime() -> None:
+    last = datetime.max.replace(tzinfo=UTC)
+    assert waited_and_due(last, last, (300,)) == (0, None)
+    assert waited_and_due(last - timedelta(seconds=400), last, (300, 500)) == (300, None)
+    behind = timezone(timedelta(hours=-1))
+    late = datetime(9999, 12, 31, 23, 59, tzinfo=behind)
+    assert waited_and_due(late, late, (300,)) == (0, None)
+    # 23:55 at -01:00 is 00:55 of year 10000 in UTC, where crossings are stamped.
+    earlier = datetime(9999, 12, 31, 23, 50, tzinfo=behind)
+    assert waited_and_due(earlier, earlier, (300,)) == (0, None)
+    assert waited_and_due(T0, T0, (300,)) == (0, moment(300))
 
 
 def test_replay_until_must_be_a_timestamp(tmp_path: Path) -> None:
