@@ -277,6 +277,21 @@ def test_ampersands_and_stars_in_text_are_no_anchors(tmp_path: Path) -> None:
     assert load_rules(write_rules(tmp_path, text)).categories == ("all",)
 
 
+@pytest.mark.parametrize(("value", "shown"), [
+    ("2026-13-01", "'2026-13-01' (a date)"),
+    ("2026-01-01", "'2026-01-01' (a date)"),
+    ("!!bool maybe", "'maybe' (not a valid bool)"),
+    ("!!int many", "'many' (not a valid int)"),
+    ("!!timestamp soon", "'soon' (a date)"),
+    ("!local pro", "'pro' (tagged !local)"),
+])
+def test_a_scalar_that_is_no_plain_value_is_a_problem_at_its_line(
+        tmp_path: Path, value: str, shown: str) -> None:
+    text = f"categories:\n  all:\n    when:\n      fact: account.plan\n      equals: {value}\n"
+    assert problems(write_rules(tmp_path, text)) == [
+        f"{tmp_path / 'rules.yaml'}:5: account.plan is a str; {shown} is not"]
+
+
 # -- rule test-case files --------------------------------------------------------------
 
 
@@ -309,3 +324,17 @@ def test_yaml_aliases_in_a_case_file_are_refused_before_any_expansion(tmp_path: 
     assert result.exit_code == 1
     assert result.stderr == (f"{directory / 'cases' / 'cases.yaml'}:1: YAML aliases/anchors "
                              "are not allowed in rule files\n")
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (CASE % b"&t 5", ":4: YAML aliases/anchors are not allowed in rule files"),
+    (CASE % b"2026-13-01", ":4: invalid YAML: '2026-13-01' is not a valid timestamp"),
+    (CASE % b"!!bool maybe", ":4: invalid YAML: 'maybe' is not a valid bool"),
+    (CASE.replace(b"one", b"\xff\xfe"), ": not valid UTF-8"),
+])
+def test_a_case_file_that_cannot_be_read_is_one_line_naming_it(
+        tmp_path: Path, data: bytes, problem: str) -> None:
+    result = _rules_test(_case_dir(tmp_path, data))
+    assert result.exit_code == 1
+    assert result.stderr == f"{tmp_path / 'cases' / 'cases.yaml'}{problem}\n"
+    assert result.exception is None or isinstance(result.exception, SystemExit)

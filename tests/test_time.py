@@ -483,6 +483,35 @@ cases:
     assert "goes back in time" in back.failures[0]
 
 
+@pytest.mark.parametrize("value", ["99999999999999999999", "-99999999999999999999", ".nan",
+                                   ".inf", "-.inf", "9000000000000", "1.0e+300"])
+def test_case_times_past_the_calendar_are_a_failure_at_their_line(
+        sla: CompiledRules, tmp_path: Path, value: str) -> None:
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "times.yaml").write_text(f"""
+cases:
+  - name: at
+    events: [{{type: conversation.created, conversation_id: c-1, at: {value}}}]
+    expect: [{{agent: ag-1, conversation: c-1, categories: []}}]
+  - name: look_at
+    events: [{{type: conversation.created, conversation_id: c-1}}]
+    expect:
+      - {{agent: ag-1, conversation: c-1, look_at: {value}, categories: []}}
+""")
+    at_case, look_case = run_cases(sla, tmp_path)
+    assert at_case.failures == [
+        "line 4: event 1: 'at' must be seconds after the case's start (a finite number, "
+        "landing within years 1-9999) or an ISO timestamp"]
+    assert look_case.failures == [
+        "line 9: 'look_at' must be seconds after the case's start (a finite number, "
+        "landing within years 1-9999) or an ISO timestamp"]
+    for name in ("inbox.yaml", "sla.yaml"):
+        shutil.copy(SLA / name, tmp_path / name)
+    result = CliRunner().invoke(main, ["rules", "test", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "Traceback" not in result.output
+
+
 # -- the worker's way: crossings at any moment, state through a store -------------------
 
 

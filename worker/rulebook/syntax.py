@@ -279,12 +279,36 @@ def reject_aliases(text: str, loader: type[yaml.SafeLoader]) -> None:
             raise YamlAliasError(mark.line + 1 if mark is not None else None)
 
 
+_YAML_TAG = "tag:yaml.org,2002:"
+# The scalars a rule file may hold: every fact is a bool, an int or a str.
+_PLAIN_TAGS = frozenset(_YAML_TAG + kind for kind in ("str", "int", "float", "bool", "null"))
+
+
+@dataclass(frozen=True)
+class _NotPlain:
+    """A scalar that is no plain value (a date, an explicit tag, ``!!int xx``): of no
+    fact's type, so the checks that follow report it at its line like any wrong value."""
+
+    text: str
+    why: str
+
+    def __repr__(self) -> str:
+        return f"{self.text!r} ({self.why})"
+
+
 def _resolve(node: yaml.ScalarNode) -> object:
     """Construct a plain scalar safely (bool/int/float/null/str), never an object."""
+    tag = str(node.tag)
+    if tag not in _PLAIN_TAGS:
+        short = tag.removeprefix(_YAML_TAG)
+        return _NotPlain(str(node.value), "a date" if short == "timestamp" else f"tagged {short}")
     # A constructor of its own per call: cheap (a loader per scalar was most of the
     # cost of loading rules), and no state shared between threads.
     constructor = yaml.constructor.SafeConstructor()
-    return constructor.construct_object(node, deep=True)
+    try:
+        return constructor.construct_object(node, deep=True)
+    except (ValueError, KeyError):  # an explicit !!int or !!bool on other text
+        return _NotPlain(str(node.value), f"not a valid {tag.removeprefix(_YAML_TAG)}")
 
 
 def read_rule_bytes(path: Path, display: str) -> bytes:
