@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,22 @@ def test_a_missing_tls_file_stops_run_with_a_clear_message(
     result = CliRunner().invoke(main, ["run"])
     assert result.exit_code == 1
     assert "TLS settings" in result.stderr and "s3cret" not in result.output
+
+
+def test_an_http_port_in_use_stops_run_at_start_with_one_line(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Before any broker connection: the port is bound before the link starts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        monkeypatch.setenv("INBOX_RULES_HTTP_PORT", str(port))
+        monkeypatch.setenv("INBOX_RULES_HTTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("INBOX_RULES_STATE_PATH", str(tmp_path / "state.db"))
+        monkeypatch.setenv("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2F")
+        result = CliRunner().invoke(main, ["run", "--log-level", "ERROR"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (f"Error: INBOX_RULES_HTTP_PORT={port}: port already in use "
+                             "(choose another, or 0 to turn HTTP off)\n")
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)

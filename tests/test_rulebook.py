@@ -3,16 +3,19 @@
 import operator
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from itertools import product
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts import parse_event_object
+from worker.cli import main
 from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError
 from worker.rulebook import FACT_NAMES, FACTS, load_rules
@@ -228,3 +231,110 @@ def test_not_and_any_compile_with_de_morgan(tmp_path: Path) -> None:
         expected = {"odd"} if count > 1 and plan in ("pro", "standard") else set()
         assert rules.evaluate_facts(facts) == expected
         assert _reference(definitions, definitions.categories["odd"].when, facts) == bool(expected)
+
+
+# -- anchors and aliases, and scalars that are no plain value -------------------------
+
+
+def _laughs(levels: int = 18, fan: int = 10) -> str:
+    """The "billion laughs" shape as rule conditions: each predicate's condition is a
+    list of ``fan`` aliases to the one before, ``fan ** levels`` conditions expanded."""
+    lines = ["predicates:", "  p0: {when: &a0 {fact: account.plan, equals: pro}}"]
+    for level in range(1, levels):
+        aliases = ", ".join([f"*a{level - 1}"] * fan)
+        lines.append(f"  p{level}: {{when: &a{level} {{any: [{aliases}]}}}}")
+    lines += ["categories:", f"  c: {{when: {{predicate: p{levels - 1}}}}}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.timeout(5)  # an expansion would run for hours: fail instead
+def test_yaml_aliases_in_a_rule_file_are_refused_before_any_expansion(tmp_path: Path) -> None:
+    text = _laughs()
+    assert len(text.encode()) < 1500
+    write_rules(tmp_path, text)
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["rules", "check", str(tmp_path)])
+    assert time.monotonic() - started < 1.0
+    assert result.exit_code == 1
+    assert result.stderr == (f"{tmp_path / 'rules.yaml'}:2: YAML aliases/anchors are not "
+                             "allowed in rule files\n")
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("categories:\n  all:\n    when: &w {fact: agent.joined, equals: true}\n", 3),
+    ("description: &d x\ncategories:\n  all:\n    when: {fact: agent.joined, equals: true}\n",
+     1),
+    ("x: 1\ncategories:\n  all:\n    when: {fact: agent.joined, equals: *nowhere}\n", 4),
+])
+def test_a_lone_anchor_or_alias_is_refused_too(tmp_path: Path, text: str, line: int) -> None:
+    assert problems(write_rules(tmp_path, text)) == [
+        f"{tmp_path / 'rules.yaml'}:{line}: YAML aliases/anchors are not allowed in rule files"]
+
+
+def test_ampersands_and_stars_in_text_are_no_anchors(tmp_path: Path) -> None:
+    text = ("description: '*starred* & quoted'\ncategories:\n  all:\n"
+            "    description: R&D *only*\n    when: {fact: agent.joined, equals: true}\n")
+    assert load_rules(write_rules(tmp_path, text)).categories == ("all",)
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("2026-13-01", "'2026-13-01' (a date)"),
+    ("2026-01-01", "'2026-01-01' (a date)"),
+    ("!!bool maybe", "'maybe' (not a valid bool)"),
+    ("!!int many", "'many' (not a valid int)"),
+    ("!!timestamp soon", "'soon' (a date)"),
+    ("!local pro", "'pro' (tagged !local)"),
+])
+def test_a_scalar_that_is_no_plain_value_is_a_problem_at_its_line(
+        tmp_path: Path, value: str, shown: str) -> None:
+    text = f"categories:\n  all:\n    when:\n      fact: account.plan\n      equals: {value}\n"
+    assert problems(write_rules(tmp_path, text)) == [
+        f"{tmp_path / 'rules.yaml'}:5: account.plan is a str; {shown} is not"]
+
+
+# -- rule test-case files --------------------------------------------------------------
+
+
+def _case_dir(tmp_path: Path, data: bytes) -> Path:
+    shutil.copy(default_rules_dir() / "inbox.yaml", tmp_path / "inbox.yaml")
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "cases.yaml").write_bytes(data)
+    return tmp_path
+
+
+def _rules_test(directory: Path) -> Result:
+    return CliRunner().invoke(main, ["rules", "test", str(directory)])
+
+
+CASE = (b"cases:\n  - name: one\n    events:\n"
+        b"      - {type: conversation.created, conversation_id: c-1, at: %s}\n"
+        b"    expect:\n      - {agent: ag-1, conversation: c-1, categories: []}\n")
+
+
+@pytest.mark.timeout(5)  # an expansion would run for hours: fail instead
+def test_yaml_aliases_in_a_case_file_are_refused_before_any_expansion(tmp_path: Path) -> None:
+    lines = [b"a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [b"a%d: &a%d [%s]" % (n, n, b", ".join([b"*a%d" % (n - 1)] * 10))
+              for n in range(1, 18)]
+    lines += [b"cases:", b"  - {name: laughs, events: *a17, expect: *a17}"]
+    directory = _case_dir(tmp_path, b"\n".join(lines) + b"\n")
+    started = time.monotonic()
+    result = _rules_test(directory)
+    assert time.monotonic() - started < 1.0
+    assert result.exit_code == 1
+    assert result.stderr == (f"{directory / 'cases' / 'cases.yaml'}:1: YAML aliases/anchors "
+                             "are not allowed in rule files\n")
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (CASE % b"&t 5", ":4: YAML aliases/anchors are not allowed in rule files"),
+    (CASE % b"2026-13-01", ":4: invalid YAML: '2026-13-01' is not a valid timestamp"),
+    (CASE % b"!!bool maybe", ":4: invalid YAML: 'maybe' is not a valid bool"),
+    (CASE.replace(b"one", b"\xff\xfe"), ": not valid UTF-8"),
+])
+def test_a_case_file_that_cannot_be_read_is_one_line_naming_it(
+        tmp_path: Path, data: bytes, problem: str) -> None:
+    result = _rules_test(_case_dir(tmp_path, data))
+    assert result.exit_code == 1
+    assert result.stderr == f"{tmp_path / 'cases' / 'cases.yaml'}{problem}\n"
+    assert result.exception is None or isinstance(result.exception, SystemExit)

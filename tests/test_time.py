@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from tests.support.streams import Events, encode, event_stream
 from worker.accounts import AccountCache
 from worker.cli import main
 from worker.domain import Inbox
-from worker.domain.categoriser import Categoriser, facts_of
+from worker.domain.categoriser import Categoriser, facts_of, waited_and_due
 from worker.domain.updates import Update, update_id_for
 from worker.errors import RuleFileError
 from worker.rule_cases import run_cases
@@ -136,10 +136,28 @@ categories:
     ("{fact: conversation.waiting_seconds, at_least: 1.5}", "is a int"),
     ("{fact: conversation.last_message_by, equals: bot}", "one of visitor, agent, none"),
     ("{fact: conversation.last_message_by, greater_than: 1}", "compares numbers"),
+    ("{fact: conversation.waiting_seconds, at_least: 300000000000}",
+     "300000000000 is beyond the limit of 3155760000 seconds"),
+    ("{fact: conversation.waiting_seconds, in: [60, 3155760001]}", "beyond the limit"),
 ])
 def test_time_facts_are_checked_like_every_fact(tmp_path: Path, test: str, reason: str) -> None:
     with pytest.raises(RuleFileError, match=reason):
         rules_with(tmp_path, f"categories:\n  timed:\n    when: {test}\n")
+
+
+def test_rules_check_refuses_a_wait_beyond_100_years_at_its_line(tmp_path: Path) -> None:
+    """Unrefused, such a threshold passed the check and crashed replay, explain, shadow
+    and rules test (a due time past the calendar's end)."""
+    shutil.copytree(SLA, tmp_path / "sla")
+    path = tmp_path / "sla" / "sla.yaml"
+    path.write_text(path.read_text().replace("at_least: 300}", "at_least: 300000000000}"))
+    result = CliRunner().invoke(main, ["rules", "check", str(tmp_path / "sla")])
+    assert result.exit_code == 1
+    assert result.stderr == (f"{path}:26: conversation.waiting_seconds: 300000000000 is "
+                             "beyond the limit of 3155760000 seconds (100 years)\n")
+    path.write_text(path.read_text().replace("300000000000", "3155760000"))
+    assert load_rules(tmp_path / "sla").thresholds == {
+        "conversation.waiting_seconds": (3155760000,)}
 
 
 def test_the_facts_follow_the_events(inbox: Inbox, ev: Events) -> None:
@@ -392,6 +410,42 @@ def test_replay_crosses_by_the_next_event_and_until_at_the_end(tmp_path: Path) -
     assert until[-1]["counts"]["overdue"] == 2
 
 
+@pytest.mark.parametrize("occurred_at", ["9999-12-31T23:59:59Z", "9999-12-31T23:58:00Z",
+                                         "9999-12-31T23:59:59-01:00",
+                                         "9999-12-31T23:50:00-01:00"])
+def test_a_wait_that_would_end_past_the_calendar_s_end_is_never_due(
+        tmp_path: Path, occurred_at: str) -> None:
+    """A due time past what a datetime holds, in the event's offset or in UTC, is no
+    due time: replay, explain and shadow go on (the conversation never crosses)."""
+    events = [_envelope(1, "account.updated", 0, plan="free", agents=["ag-1"], groups={}),
+              _envelope(2, "conversation.created", 0, "c-1", group_id=None) | {
+                  "occurred_at": occurred_at}]
+    updates = _replay(tmp_path, events, "--until", "9999-12-31T23:59:59Z")
+    assert [u["categories"] for u in updates] == [["all", "new"]]
+    path = tmp_path / "late.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    explained = CliRunner().invoke(main, ["explain", str(path), "--rules", str(SLA),
+                                          "--account", "acc-1", "--agent", "ag-1",
+                                          "--conversation", "c-1", "--json"])
+    assert explained.exit_code == 0, explained.output
+    shadowed = CliRunner().invoke(main, ["shadow", str(path), "--rules", str(SLA),
+                                         "--candidate", str(default_rules_dir())])
+    assert shadowed.exit_code == 0, shadowed.output
+
+
+def test_waited_and_due_is_never_due_past_the_last_datetime() -> None:
+    last = datetime.max.replace(tzinfo=UTC)
+    assert waited_and_due(last, last, (300,)) == (0, None)
+    assert waited_and_due(last - timedelta(seconds=400), last, (300, 500)) == (300, None)
+    behind = timezone(timedelta(hours=-1))
+    late = datetime(9999, 12, 31, 23, 59, tzinfo=behind)
+    assert waited_and_due(late, late, (300,)) == (0, None)
+    # 23:55 at -01:00 is 00:55 of year 10000 in UTC, where crossings are stamped.
+    earlier = datetime(9999, 12, 31, 23, 50, tzinfo=behind)
+    assert waited_and_due(earlier, earlier, (300,)) == (0, None)
+    assert waited_and_due(T0, T0, (300,)) == (0, moment(300))
+
+
 def test_replay_until_must_be_a_timestamp(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("")
@@ -427,6 +481,35 @@ cases:
     bad_at, back = run_cases(sla, tmp_path)
     assert "'at' must be seconds" in bad_at.failures[0]
     assert "goes back in time" in back.failures[0]
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999", "-99999999999999999999", ".nan",
+                                   ".inf", "-.inf", "9000000000000", "1.0e+300"])
+def test_case_times_past_the_calendar_are_a_failure_at_their_line(
+        sla: CompiledRules, tmp_path: Path, value: str) -> None:
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "times.yaml").write_text(f"""
+cases:
+  - name: at
+    events: [{{type: conversation.created, conversation_id: c-1, at: {value}}}]
+    expect: [{{agent: ag-1, conversation: c-1, categories: []}}]
+  - name: look_at
+    events: [{{type: conversation.created, conversation_id: c-1}}]
+    expect:
+      - {{agent: ag-1, conversation: c-1, look_at: {value}, categories: []}}
+""")
+    at_case, look_case = run_cases(sla, tmp_path)
+    assert at_case.failures == [
+        "line 4: event 1: 'at' must be seconds after the case's start (a finite number, "
+        "landing within years 1-9999) or an ISO timestamp"]
+    assert look_case.failures == [
+        "line 9: 'look_at' must be seconds after the case's start (a finite number, "
+        "landing within years 1-9999) or an ISO timestamp"]
+    for name in ("inbox.yaml", "sla.yaml"):
+        shutil.copy(SLA / name, tmp_path / name)
+    result = CliRunner().invoke(main, ["rules", "test", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "Traceback" not in result.output
 
 
 # -- the worker's way: crossings at any moment, state through a store -------------------

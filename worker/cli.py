@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from contracts.requests import describe_request_error
 from worker.demo import run_demo
 from worker.domain.inbox import Inbox
-from worker.errors import DemoError, RuleFileError, StoreError
+from worker.errors import DemoError, RuleFileError, SettingsError, StoreError
 from worker.observability import configure_logging, progress
 from worker.observability.logs import url_secrets
 from worker.replay import BadLine, parse_moment, replay_lines
@@ -111,7 +111,7 @@ def run(rules_dir: Path | None, log_level: str) -> None:
 
     try:
         serve(settings, compiled)
-    except StoreError as exc:
+    except (StoreError, SettingsError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

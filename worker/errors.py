@@ -31,6 +31,11 @@ class RuleProblem:
         return f"RuleProblem({str(self)!r})"
 
 
+class SettingsError(InboxRulesError):
+    """A setting the worker cannot start with (the message names its variable): stop at
+    start with one line, not later with a traceback."""
+
+
 class TransientError(InboxRulesError):
     """A failure that may pass (store busy, broker hiccup): retry with backoff."""
 

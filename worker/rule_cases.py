@@ -24,15 +24,36 @@ from contracts import BadEvent, parse_event_object
 from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError, RuleProblem
 from worker.rulebook.engine import CompiledRules
+from worker.rulebook.syntax import YamlAliasError, alias_problem, is_alias_or_anchor
 
 DEFAULT_ACCOUNT = "acc-1"
 DEFAULT_TIME = "2026-01-01T00:00:00Z"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 LINE_KEY = "__line__"
+MOMENT_FORMS = ("must be seconds after the case's start (a finite number, landing within "
+                "years 1-9999) or an ISO timestamp")
 
 
 class _LineLoader(yaml.SafeLoader):
-    """Safe loader that notes the line of every mapping, for precise messages."""
+    """Safe loader that notes the line of every mapping, for precise messages, and
+    refuses anchors and aliases before composing them (nothing is ever expanded)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if is_alias_or_anchor(event):
+            mark = event.start_mark
+            raise YamlAliasError(mark.line + 1 if mark is not None else None)
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A scalar whose text its type cannot hold (``2026-13-01``, ``!!bool xx``) is a
+        problem at its line: PyYAML's scalar constructors raise these bare."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}",
+                node.start_mark) from exc
 
 
 def _mapping_with_line(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
@@ -72,9 +93,16 @@ def case_files(rules_dir: Path) -> list[Path]:
 
 
 def load_cases(path: Path) -> list[dict[str, Any]]:
+    """The cases of one file; :class:`RuleFileError` (file:line) if it cannot be read."""
     display = str(path)
     try:
         document = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
+    except OSError as exc:
+        raise RuleFileError([RuleProblem(display, None, f"cannot read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise RuleFileError([RuleProblem(display, None, "not valid UTF-8")]) from exc
+    except YamlAliasError as exc:
+        raise RuleFileError([alias_problem(display, exc)]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise RuleFileError([RuleProblem(display, mark.line + 1 if mark else None,
@@ -108,8 +136,7 @@ def run_case(rules: CompiledRules, case: dict[str, Any], file: str,
         if "at" in fields:
             moment = _moment(fields.pop("at"))
             if moment is None:
-                result.failures.append(f"line {at}: event {number}: 'at' must be seconds "
-                                       "after the case's start or an ISO timestamp")
+                result.failures.append(f"line {at}: event {number}: 'at' {MOMENT_FORMS}")
                 return result
             now = moment
         event = {"event_id": f"case-{line}-{number}", "account_id": DEFAULT_ACCOUNT,
@@ -127,8 +154,7 @@ def run_case(rules: CompiledRules, case: dict[str, Any], file: str,
             moment = _moment(expectation["look_at"])
             where = expectation.get(LINE_KEY, line)
             if moment is None:
-                result.failures.append(f"line {where}: 'look_at' must be seconds after the "
-                                       "case's start or an ISO timestamp")
+                result.failures.append(f"line {where}: 'look_at' {MOMENT_FORMS}")
                 continue
             if looked is not None and moment < looked:
                 result.failures.append(f"line {where}: 'look_at' goes back in time, before "
@@ -147,7 +173,10 @@ def _moment(value: Any) -> datetime | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return START + timedelta(seconds=value)
+        try:
+            return START + timedelta(seconds=value)
+        except (OverflowError, ValueError):  # past year 9999, before year 1, or NaN
+            return None
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)

@@ -24,7 +24,7 @@ from worker.coordinator import Coordinator
 from worker.driver import Driver, Phase, Stats
 from worker.errors import RuleFileError, StoreError
 from worker.monitor import Monitor
-from worker.observability import HealthState, Metrics, StatusLine, start_http
+from worker.observability import HealthState, HttpServer, Metrics, StatusLine, start_http
 from worker.rule_versions import LiveRulesFollower
 from worker.rulebook import CompiledRules, load_rules
 from worker.settings import Settings
@@ -74,13 +74,16 @@ class Worker:
         return rules
 
     def run(self) -> None:
-        """Block, running the ioloop, until :meth:`stop` has finished its work."""
-        http = start_http(self.settings, self.metrics, self.health)
-        self.monitor.run_every(self.ioloop.call_later)
-        if self.follower is not None and self.settings.rules_poll_interval > 0:
-            self.ioloop.call_later(self.settings.rules_poll_interval, self.follow_rules)
-        self.link.start()
+        """Block, running the ioloop, until :meth:`stop` has finished its work. A start
+        that fails (the HTTP port taken: :class:`SettingsError`) still closes the
+        commit thread and the ioloop."""
+        http: HttpServer | None = None
         try:
+            http = start_http(self.settings, self.metrics, self.health)
+            self.monitor.run_every(self.ioloop.call_later)
+            if self.follower is not None and self.settings.rules_poll_interval > 0:
+                self.ioloop.call_later(self.settings.rules_poll_interval, self.follow_rules)
+            self.link.start()
             self.ioloop.start()
         finally:
             self.committer.close()  # a commit under way finishes first

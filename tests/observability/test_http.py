@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from worker.errors import SettingsError
 from worker.observability.http import HealthState, HttpServer, serve_http, start_http
 from worker.observability.metrics import Metrics
 from worker.settings import Settings
@@ -142,6 +143,18 @@ def test_port_0_in_the_settings_turns_http_off(metrics: Metrics, health: HealthS
     assert server is not None
     with server:
         assert get(server, "/healthz")[0] == 200
+
+
+def test_a_port_in_use_is_a_settings_error_naming_the_variable(
+        metrics: Metrics, health: HealthState) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        with pytest.raises(SettingsError) as caught:
+            start_http(Settings(http_port=port, http_host="127.0.0.1"), metrics, health)
+    assert str(caught.value) == (f"INBOX_RULES_HTTP_PORT={port}: port already in use "
+                                 "(choose another, or 0 to turn HTTP off)")
 
 
 def _free_port() -> int:

@@ -349,11 +349,23 @@ def waited_and_due(since: datetime, now: datetime, thresholds: tuple[int, ...],
     """The waiting time the engine is given at ``now`` - the largest threshold at or
     below the real value, 0 below the first: every test on it has the same truth, and
     the cache sees one value per bucket - and the instant the next threshold is
-    reached (None after the last)."""
+    reached (None after the last, or when it is past what a datetime can hold)."""
     index = bisect_right(thresholds, waiting_seconds(since, now))
     waited = thresholds[index - 1] if index else 0
-    due = since + timedelta(seconds=thresholds[index]) if index < len(thresholds) else None
+    due = _after(since, thresholds[index]) if index < len(thresholds) else None
     return waited, due
+
+
+def _after(since: datetime, seconds: int) -> datetime | None:
+    """``since`` plus ``seconds``, or None ("never due") past the last instant a
+    datetime holds, in its own offset or in UTC (crossings are stamped in UTC): an event
+    dated 9999-12-31 must not stop the account."""
+    try:
+        due = since + timedelta(seconds=seconds)
+        due.astimezone(UTC)
+    except OverflowError:
+        return None
+    return due
 
 
 def facts_of(state: AccountState, conversation_id: str, agent_id: str) -> dict[str, FactValue]:

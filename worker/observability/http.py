@@ -17,6 +17,7 @@ another thread; it never touches the broker link or the store.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socketserver
 import threading
@@ -27,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlsplit
 
+from worker.errors import SettingsError
 from worker.observability.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -249,7 +251,19 @@ def serve_http(port: int, metrics: Metrics, health: HealthState,
 
 def start_http(settings: Settings, metrics: Metrics, health: HealthState) -> HttpServer | None:
     """What the driver calls: the server per ``settings.http_host``/``http_port``, or
-    None when ``http_port`` is 0 (HTTP turned off)."""
+    None when ``http_port`` is 0 (HTTP turned off). A port that cannot be bound is a
+    :class:`SettingsError` naming the variable: the operator's to fix, not a crash."""
     if settings.http_port == 0:
         return None
-    return serve_http(settings.http_port, metrics, health, host=settings.http_host)
+    try:
+        return serve_http(settings.http_port, metrics, health, host=settings.http_host)
+    except OSError as exc:
+        from worker.settings import env_name
+
+        port = f"{env_name('http_port')}={settings.http_port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise SettingsError(f"{port}: port already in use (choose another, or 0 to "
+                                "turn HTTP off)") from exc
+        raise SettingsError(f"{port}, {env_name('http_host')}={settings.http_host}: cannot "
+                            f"listen: {exc.strerror or exc} (choose another, or 0 to turn "
+                            "HTTP off)") from exc

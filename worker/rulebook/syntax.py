@@ -1,7 +1,7 @@
 """Parse rule files into a small condition tree, with the line of every node.
 
 Rule files are YAML *data*: they are composed with PyYAML's safe loader into nodes
-(no tags, no object construction) and never executed.
+(no tags, no object construction, no anchors or aliases) and never executed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from worker.errors import RuleFileError, RuleProblem
-from worker.rulebook.facts import FACTS
+from worker.rulebook.facts import FACTS, TIME_FACTS
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 OPERATORS = ("equals", "not_equals", "in", "not_in", "greater_than", "at_least",
@@ -21,6 +21,9 @@ OPERATORS = ("equals", "not_equals", "in", "not_in", "greater_than", "at_least",
 ORDERING = ("greater_than", "at_least", "less_than", "at_most")
 MAX_DEPTH = 32
 MAX_FILE_BYTES = 1024 * 1024
+# The longest wait a rule may compare with. A due time is the wait's start plus a
+# threshold: one far beyond any real wait only risks the calendar's end (year 9999).
+MAX_WAIT_SECONDS = 100 * 31_557_600  # 100 years of 365.25 days
 
 
 @dataclass(frozen=True)
@@ -237,19 +240,75 @@ class _Reader:
         if spec.choices and value not in spec.choices:
             self.fail(node, f"{fact} is one of {', '.join(spec.choices)}; {value!r} is not")
             return None
+        if fact in TIME_FACTS and isinstance(value, int) and value > MAX_WAIT_SECONDS:
+            self.fail(node, f"{fact}: {value} is beyond the limit of {MAX_WAIT_SECONDS} "
+                            "seconds (100 years)")
+            return None
         return value
 
 
 # libyaml's composer where PyYAML was built with it (same nodes and marks, much faster).
 _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+ALIASES_NOT_ALLOWED = "YAML aliases/anchors are not allowed in rule files"
+
+
+class YamlAliasError(yaml.YAMLError):
+    """An anchor or alias in a rule or case file (``line``: 1-based). Refused outright:
+    a list of aliases to a list of aliases multiplies the work at each level (18 levels
+    of a 1 KB file never finish)."""
+
+    def __init__(self, line: int | None) -> None:
+        super().__init__(ALIASES_NOT_ALLOWED)
+        self.line = line
+
+
+def is_alias_or_anchor(event: yaml.Event) -> bool:
+    """An alias (``*name``), or a node that names itself for one (``&name``)."""
+    return isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None
+
+
+def reject_aliases(text: str, loader: type[yaml.SafeLoader]) -> None:
+    """Raise :class:`YamlAliasError` at the first anchor or alias of ``text``, reading
+    its parse events only (one pass, nothing expanded). Text with neither ``&`` nor
+    ``*`` has none and costs no parse."""
+    if "&" not in text and "*" not in text:
+        return
+    for event in yaml.parse(text, Loader=loader):
+        if is_alias_or_anchor(event):
+            mark = event.start_mark
+            raise YamlAliasError(mark.line + 1 if mark is not None else None)
+
+
+_YAML_TAG = "tag:yaml.org,2002:"
+# The scalars a rule file may hold: every fact is a bool, an int or a str.
+_PLAIN_TAGS = frozenset(_YAML_TAG + kind for kind in ("str", "int", "float", "bool", "null"))
+
+
+@dataclass(frozen=True)
+class _NotPlain:
+    """A scalar that is no plain value (a date, an explicit tag, ``!!int xx``): of no
+    fact's type, so the checks that follow report it at its line like any wrong value."""
+
+    text: str
+    why: str
+
+    def __repr__(self) -> str:
+        return f"{self.text!r} ({self.why})"
 
 
 def _resolve(node: yaml.ScalarNode) -> object:
     """Construct a plain scalar safely (bool/int/float/null/str), never an object."""
+    tag = str(node.tag)
+    if tag not in _PLAIN_TAGS:
+        short = tag.removeprefix(_YAML_TAG)
+        return _NotPlain(str(node.value), "a date" if short == "timestamp" else f"tagged {short}")
     # A constructor of its own per call: cheap (a loader per scalar was most of the
     # cost of loading rules), and no state shared between threads.
     constructor = yaml.constructor.SafeConstructor()
-    return constructor.construct_object(node, deep=True)
+    try:
+        return constructor.construct_object(node, deep=True)
+    except (ValueError, KeyError):  # an explicit !!int or !!bool on other text
+        return _NotPlain(str(node.value), f"not a valid {tag.removeprefix(_YAML_TAG)}")
 
 
 def read_rule_bytes(path: Path, display: str) -> bytes:
@@ -264,13 +323,22 @@ def read_rule_bytes(path: Path, display: str) -> bytes:
     return data
 
 
+def alias_problem(display: str, exc: YamlAliasError) -> RuleProblem:
+    """The one-line complaint for an anchor or alias, at its line."""
+    return RuleProblem(display, exc.line, ALIASES_NOT_ALLOWED)
+
+
 def parse_rule_file(data: bytes, display: str) -> list[Definition]:
     """Parse one rule file; raise :class:`RuleFileError` with file:line on any problem."""
     reader = _Reader(display)
     try:
-        root = yaml.compose(data.decode("utf-8"), Loader=_SAFE_LOADER)
+        text = data.decode("utf-8")
+        reject_aliases(text, _SAFE_LOADER)
+        root = yaml.compose(text, Loader=_SAFE_LOADER)
     except UnicodeDecodeError as exc:
         raise RuleFileError([RuleProblem(display, None, "not valid UTF-8")]) from exc
+    except YamlAliasError as exc:
+        raise RuleFileError([alias_problem(display, exc)]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
