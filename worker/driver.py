@@ -299,6 +299,12 @@ class Driver:
             return
         self.phase = Phase.CONSUMING
         self._consumer_on = True
+        if self.topology.partitions:
+            # Without a connection this worker was nobody's consumer: another worker may
+            # have owned any of its partitions meanwhile and committed over what it
+            # cached (a hang, a cut). Computing from that would publish stale updates
+            # under true ids; only the commit would be fenced off, too late.
+            self.cache.clear()
         self.partitions &= self._assigned
         if self._assigned - self.partitions:
             self._take(self._assigned - self.partitions)

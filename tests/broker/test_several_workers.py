@@ -34,7 +34,6 @@ from tests.support.harness import (
     Collector,
     Message,
     Producer,
-    Received,
     as_messages,
     collecting,
     fresh_database,
@@ -42,6 +41,7 @@ from tests.support.harness import (
 )
 from tests.support.oracle import Oracle, final_view, judge
 from tests.support.several import (
+    Downstream,
     Fleet,
     Member,
     active_consumer,
@@ -72,55 +72,6 @@ FAULT_SETTINGS: dict[str, object] = {
 def database() -> Iterator[str]:
     with fresh_database() as url:
         yield url
-
-
-# -- judging what downstream received --------------------------------------------------
-@dataclass
-class Downstream:
-    """What a downstream service makes of the updates it received."""
-
-    updates: dict[str, dict[str, Any]] = field(default_factory=dict)  # update_id -> body
-    duplicates: int = 0
-    conflicting: list[str] = field(default_factory=list)  # one update_id, two bodies
-    reused_seq: list[str] = field(default_factory=list)  # one seq, two update_ids
-    gaps: list[str] = field(default_factory=list)
-
-    @classmethod
-    def read(cls, received: list[Received]) -> Downstream:
-        seen = cls()
-        first: dict[str, bytes] = {}
-        for message in received:
-            update = json.loads(message.body)
-            uid = update["update_id"]
-            if uid in first:
-                seen.duplicates += 1
-                if first[uid] != message.body:
-                    seen.conflicting.append(f"{uid}: {first[uid]!r} then {message.body!r}")
-                continue
-            first[uid] = message.body
-            seen.updates[uid] = update
-        by_agent: dict[tuple[str, str], dict[int, str]] = {}
-        for uid, update in seen.updates.items():
-            seqs = by_agent.setdefault((update["account_id"], update["agent_id"]), {})
-            other = seqs.setdefault(update["seq"], uid)
-            if other != uid:
-                seen.reused_seq.append(f"{update['account_id']}/{update['agent_id']} seq "
-                                       f"{update['seq']}: {other} and {uid}")
-        for (account, agent), seqs in sorted(by_agent.items()):
-            if sorted(seqs) != list(range(1, len(seqs) + 1)):
-                missing = sorted(set(range(1, max(seqs) + 1)) - set(seqs))
-                partition = partition_of(account, PARTITIONS_A)
-                seen.gaps.append(f"{account}/{agent} (partition {partition}): seq "
-                                 f"{min(seqs)}..{max(seqs)} misses {missing[:10]}")
-        return seen
-
-    def final(self) -> tuple[dict[tuple[str, str, str], list[str]],
-                             dict[tuple[str, str], dict[str, int]]]:
-        """The last categories per (account, agent, conversation) and the last counts
-        per (account, agent), by ``seq``."""
-        ordered = sorted(self.updates.values(),
-                         key=lambda u: (u["account_id"], u["agent_id"], u["seq"]))
-        return final_view(ordered)
 
 
 def compare_final(oracle: Oracle, downstream: Downstream) -> list[str]:
@@ -343,7 +294,7 @@ def test_three_workers_share_a_flowing_stream_through_handovers_a_crash_and_a_ha
     print(f"first deal {sorted(map(sorted, first_deal.values()))}; timeline:\n  "
           + "\n  ".join(timeline.done))
 
-    downstream = Downstream.read(received)
+    downstream = Downstream.read(received, PARTITIONS_A)
     verdict = judge(oracle, received, len(stream))
     print(f"{len(stream)} events, {len(sent)} bad messages; {len(received)} updates received "
           f"({downstream.duplicates} duplicates) for {len(expected)} expected; "

@@ -12,7 +12,6 @@ where ``inbox-rules replay --until`` the same instant does, update for update.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,12 +20,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.support.harness import Bus, WorkerProcess, wait_for
+from tests.support.harness import Bus, WorkerProcess, sla_rules, wait_for
 from tests.support.oracle import final_view
 from tests.support.streams import encode
 from worker.cli import main
 from worker.domain.updates import format_time
-from worker.rulebook.engine import default_rules_dir
 
 pytestmark = pytest.mark.broker
 
@@ -38,19 +36,7 @@ LAG = 0.2  # INBOX_RULES_TIME_LAG
 
 
 def _rules(tmp_path: Path) -> Path:
-    directory = tmp_path / "sla"
-    shutil.copytree(default_rules_dir() / "examples" / "sla", directory)
-    shutil.rmtree(directory / "cases")
-    path = directory / "sla.yaml"
-    text = path.read_text().replace("at_least: 300", f"at_least: {THRESHOLD}")
-    path.write_text(text + """
-  very_overdue:
-    when:
-      all:
-        - predicate: open
-        - {fact: conversation.waiting_seconds, at_least: 300}
-""")
-    return directory
+    return sla_rules(tmp_path, THRESHOLD)
 
 
 def _iso(moment: datetime) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -43,6 +44,7 @@ import psycopg
 from pika.adapters.select_connection import IOLoop
 from psycopg import sql
 
+from worker.rulebook.engine import default_rules_dir
 from worker.settings import Settings
 from worker.topology import Topology
 
@@ -1140,3 +1142,21 @@ class TcpProxy:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def sla_rules(directory: Path, threshold: int) -> Path:
+    """The shipped SLA example in ``directory``, overdue after ``threshold`` seconds of
+    waiting (a test cannot wait 300), plus a category at 300 s that is never reached."""
+    rules = directory / "sla"
+    shutil.copytree(default_rules_dir() / "examples" / "sla", rules)
+    shutil.rmtree(rules / "cases")
+    path = rules / "sla.yaml"
+    text = path.read_text().replace("at_least: 300", f"at_least: {threshold}")
+    path.write_text(text + """
+  very_overdue:
+    when:
+      all:
+        - predicate: open
+        - {fact: conversation.waiting_seconds, at_least: 300}
+""")
+    return rules

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -17,10 +18,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.harness import (
     TEST_SETTINGS,
     Bus,
+    Received,
     WorkerProcess,
     amqp_url,
     free_port,
@@ -30,6 +33,8 @@ from tests.support.harness import (
     worker_env,
     worker_unacked,
 )
+from tests.support.oracle import final_view
+from worker.partitions import partition_of
 from worker.settings import Settings
 from worker.topology import Topology
 
@@ -267,3 +272,52 @@ def active_consumer(vhost: str, queue: str, members: list[Member]) -> Member | N
         return None
     return next((m for m in members if m.process.alive() and port in _local_ports(m.process.pid)),
                 None)
+
+
+# -- judging what downstream received --------------------------------------------------
+@dataclass
+class Downstream:
+    """What a downstream service makes of the updates it received."""
+
+    updates: dict[str, dict[str, Any]] = field(default_factory=dict)  # update_id -> body
+    duplicates: int = 0
+    conflicting: list[str] = field(default_factory=list)  # one update_id, two bodies
+    reused_seq: list[str] = field(default_factory=list)  # one seq, two update_ids
+    gaps: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, received: list[Received], partitions: int) -> Downstream:
+        seen = cls()
+        first: dict[str, bytes] = {}
+        for message in received:
+            update = json.loads(message.body)
+            uid = update["update_id"]
+            if uid in first:
+                seen.duplicates += 1
+                if first[uid] != message.body:
+                    seen.conflicting.append(f"{uid}: {first[uid]!r} then {message.body!r}")
+                continue
+            first[uid] = message.body
+            seen.updates[uid] = update
+        by_agent: dict[tuple[str, str], dict[int, str]] = {}
+        for uid, update in seen.updates.items():
+            seqs = by_agent.setdefault((update["account_id"], update["agent_id"]), {})
+            other = seqs.setdefault(update["seq"], uid)
+            if other != uid:
+                seen.reused_seq.append(f"{update['account_id']}/{update['agent_id']} seq "
+                                       f"{update['seq']}: {other} and {uid}")
+        for (account, agent), seqs in sorted(by_agent.items()):
+            if sorted(seqs) != list(range(1, len(seqs) + 1)):
+                missing = sorted(set(range(1, max(seqs) + 1)) - set(seqs))
+                partition = partition_of(account, partitions)
+                seen.gaps.append(f"{account}/{agent} (partition {partition}): seq "
+                                 f"{min(seqs)}..{max(seqs)} misses {missing[:10]}")
+        return seen
+
+    def final(self) -> tuple[dict[tuple[str, str, str], list[str]],
+                             dict[tuple[str, str], dict[str, int]]]:
+        """The last categories per (account, agent, conversation) and the last counts
+        per (account, agent), by ``seq``."""
+        ordered = sorted(self.updates.values(),
+                         key=lambda u: (u["account_id"], u["agent_id"], u["seq"]))
+        return final_view(ordered)
