@@ -230,6 +230,46 @@ def test_an_unroutable_dead_letter_is_not_acked() -> None:
     assert len(link.dead_letters()) == 2
 
 
+def _router(batch_size: int = 50, partitions: int = 4,
+            ) -> tuple[Driver, RecordingLink, MemoryStore]:
+    """A driver of the several-workers mode (it routes what the intake queues bring)."""
+    settings = Settings(batch_size=batch_size, prefetch=batch_size, max_batch_delay=0.0,
+                        store_url="postgresql://unused", partitions=partitions)
+    store = MemoryStore()
+    driver = Driver(settings, RULES, store)
+    link = RecordingLink()
+    driver.attach(_checked(link))
+    driver.on_ready()
+    return driver, link, store
+
+
+def _routed(link: RecordingLink, start: int = 0) -> list[Outgoing]:
+    return [m for m in link.published[start:] if m.exchange == "inbox-rules.events.partitions"]
+
+
+def test_an_unroutable_routed_event_is_not_acked() -> None:
+    """An operator deleted a partition queue: the router's copy came back (basic.return)
+    and acking the event would lose it; it is routed again after a backoff."""
+    driver, link, store = _router(batch_size=5)
+    bodies = encode(event_stream(seed=15, count=5))
+    for tag, body in enumerate(bodies, start=1):
+        driver.on_delivery(Delivery(tag, "event", body, queue="inbox-rules.events"))
+    link.run_timers()  # the partial batch behind the first one
+    first = _routed(link)
+    assert len(first) == 5
+    driver.on_returned(Returned("inbox-rules.events.partitions", first[2].routing_key, None,
+                                "NO_ROUTE"))
+    driver.on_confirm(len(link.published), multiple=True, ok=True)
+    assert link.acks == [], "a routed event reached no queue: it is not handled"
+    assert driver.problem is not None and "inbox-rules.events.partition." in driver.problem
+    published = len(link.published)
+    _confirm_all(driver, link)  # retried; this time it routes
+    assert link.acks == [(5, True)]
+    assert [(m.routing_key, m.body) for m in _routed(link, published)] == [
+        (m.routing_key, m.body) for m in first]
+    assert store.commits == 1 and driver.stats.failed_batches == 1
+
+
 def test_a_lost_link_drops_the_batches_and_the_memory_they_touched() -> None:
     events = event_stream(seed=16, count=30)
     bodies = encode(events)
