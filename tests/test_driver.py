@@ -13,6 +13,7 @@ import pytest
 
 from contracts import parse_event
 from tests.support.streams import encode, event_stream
+from worker.amqp_properties import encoded_properties
 from worker.domain.inbox import Inbox
 from worker.driver import Driver, Phase
 from worker.link import Delivery, Link, Outgoing, Returned
@@ -386,6 +387,75 @@ def test_a_bad_message_with_huge_headers_is_dead_lettered_without_them() -> None
     assert dead.headers["x-error"].startswith("invalid JSON")
     assert "trace" not in dead.headers
     assert dead.headers["x-original-headers-dropped"] == "1 header(s), too large"
+
+
+# The content header of a publish must fit pika's and RabbitMQ's default frame_max:
+# frame overhead 8 bytes, class/weight/body size/flags 14, then the properties.
+FRAME_MAX = 131_072
+# Headers that fill an incoming frame yet count far fewer repr characters than the
+# 64 Ki the guard allowed: 43,671 euro signs are 131,013 bytes of UTF-8; 20,000 small
+# integers (1-byte fields as received) are encoded again as 5-byte ones.
+FULL_FRAME_HEADERS = [{"trace": "\u20ac" * 43_671}, {"hops": [0] * 20_000}]
+
+
+def _fits_a_frame(message: Outgoing) -> bool:
+    return 8 + 14 + len(encoded_properties(message)) <= FRAME_MAX
+
+
+@pytest.mark.parametrize("headers", FULL_FRAME_HEADERS, ids=["euro", "small-ints"])
+def test_a_bad_message_whose_headers_fill_a_frame_is_dead_lettered_without_them(
+        headers: dict[str, Any]) -> None:
+    """Measured in repr characters, such headers were copied: the dead letter with
+    x-error added did not fit a frame, the broker closed the connection (FRAME_ERROR),
+    and the worker met the same message again on every reconnect."""
+    driver, link, _ = _driver()
+    driver.on_delivery(Delivery(1, "event", b"{not json", headers=headers))
+    _confirm_all(driver, link)
+    assert link.acks == [(1, True)]
+    [dead] = link.published
+    assert dead.headers is not None and dead.headers["x-error"].startswith("invalid JSON")
+    assert dead.headers["x-original-headers-dropped"] == "1 header(s), too large"
+    assert set(dead.headers) == {"x-error", "x-original-headers-dropped"}
+    assert _fits_a_frame(dead)
+
+
+@pytest.mark.parametrize("headers", FULL_FRAME_HEADERS, ids=["euro", "small-ints"])
+def test_a_good_event_whose_headers_fill_a_frame_is_routed_without_them(
+        headers: dict[str, Any]) -> None:
+    """The router's copy adds its own headers: it goes without the original's, and the
+    event is still routed (never dead-lettered for its headers alone)."""
+    driver, link, _ = _router()
+    [body] = encode(event_stream(seed=31, count=1))
+    driver.on_delivery(Delivery(1, "account.updated", body, headers=headers,
+                                queue="inbox-rules.events"))
+    driver.on_delivery(_request(2, {"account_id": "acc-1", "agent_id": "ag-1"})._replace(
+        headers=headers))
+    _confirm_all(driver, link)
+    assert link.acks[-1] == (2, True) and not link.dead_letters()
+    event, request = _routed(link)
+    assert event.body == body and event.headers == {
+        "x-original-headers-dropped": "1 header(s), too large",
+        "x-inbox-routing-key": "account.updated"}
+    assert request.headers == {"x-original-headers-dropped": "1 header(s), too large",
+                               "x-inbox-request": "snapshot", "x-inbox-routing-key": "snapshot"}
+    assert _fits_a_frame(event) and _fits_a_frame(request)
+
+
+def test_headers_that_fit_are_copied_and_ones_pika_cannot_encode_are_dropped() -> None:
+    driver, link, _ = _router()
+    [body] = encode(event_stream(seed=32, count=1))
+    driver.on_delivery(Delivery(1, "account.updated", body, queue="inbox-rules.events",
+                                headers={"trace": "\u20ac" * 10_000, "hop": 3}))
+    driver.on_delivery(Delivery(2, "account.updated", body, queue="inbox-rules.events",
+                                headers={"huge": 2 ** 64}))
+    _confirm_all(driver, link)
+    kept, unencodable = _routed(link)
+    assert kept.headers == {"trace": "\u20ac" * 10_000, "hop": 3,
+                            "x-inbox-routing-key": "account.updated"}
+    assert unencodable.headers is not None
+    assert unencodable.headers["x-original-headers-dropped"].startswith(
+        "1 header(s), not encodable")
+    assert link.acks[-1] == (2, True)
 
 
 @pytest.mark.parametrize("header", ["k" * 256, b"raw", 7])

@@ -16,13 +16,16 @@ The driver (:mod:`worker.driver`) only carries a plan out.
 from __future__ import annotations
 
 import logging
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
+import pika.data
+import pika.exceptions
 
 from contracts import BadEvent, parse_event
 from contracts.ids import MAX_ROUTING_KEY
@@ -40,12 +43,21 @@ from worker.rulebook.explain import explain_pair
 
 log = logging.getLogger(__name__)
 
-# Original headers larger than this (as repr, a generous over-estimate of their AMQP
-# size) are not copied to a dead letter: half of RabbitMQ's default 128 KiB frame.
-MAX_COPIED_HEADERS_CHARS = 64 * 1024
+# Original headers whose AMQP encoding (pika's, the one that publishes the copy) is
+# larger than this are not copied to a dead letter or to the router's copy: half of
+# the 128 KiB frame_max RabbitMQ and pika agree on by default, so the copy's content
+# header (those headers, the few the worker adds, the other properties: short strings
+# of 255 bytes at most) always fits one frame. An original may fill its frame: a
+# bigger copy gets the connection closed (FRAME_ERROR), again on every redelivery.
+MAX_COPIED_HEADERS_BYTES = 64 * 1024
 # An x-error header must fit a frame with room to spare (frame_max is 128 KiB): a
 # reason naming 20,000 wrong fields would get the connection closed, again and again.
+# 1,000 characters are 4,000 bytes of UTF-8 at most.
 MAX_REASON_CHARS = 1000
+# Says that (and why) a copy goes without the original's headers.
+HEADERS_DROPPED_HEADER = "x-original-headers-dropped"
+# What pika's table encoder raises for a value it cannot encode again.
+_UNENCODABLE = (pika.exceptions.AMQPError, struct.error, TypeError, ValueError)
 
 
 # Headers the router adds for the partition owner.
@@ -224,9 +236,17 @@ class Step:
 
     def _route(self, delivery: Delivery, router: Router) -> Outcome:
         """Validate, find the account's partition, pass it on with what the owner needs
-        (the request kind, the reply address, the event's own routing key)."""
+        (the request kind, the reply address, the event's own routing key).
+
+        A good message whose headers are too large to copy (see
+        :func:`copyable_headers`) is routed without them, noted in
+        ``x-original-headers-dropped``, never dead-lettered for that alone: the owner
+        reads only the body and the router's own headers, so the event is applied
+        exactly as with its headers; dead-lettering it would skip a valid event and
+        leave its account's later events applied on a state that misses it (wrong
+        categories downstream), and copying them would not fit a frame."""
         properties = delivery.properties
-        headers: dict[str, Any] = dict(delivery.headers)
+        headers = copyable_headers(delivery.headers)
         if delivery.queue == self.requests_queue:
             kind = delivery.routing_key
             try:
@@ -322,11 +342,9 @@ class Step:
                         update.update_id, None, True, "application/json", "category.update")
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
-        headers: dict[str, Any] = dict(delivery.headers)
-        if len(repr(headers)) > MAX_COPIED_HEADERS_CHARS:
-            # The original fitted in a frame; with x-error added it might not, and a
-            # frame error would loop the connection. Keep the body, drop the headers.
-            headers = {"x-original-headers-dropped": f"{len(headers)} header(s), too large"}
+        # The original fitted in a frame; with x-error added it might not, and a frame
+        # error would loop the connection: too large, the headers are dropped.
+        headers = copyable_headers(delivery.headers)
         reason = bounded(reason)
         headers["x-error"] = reason
         original = delivery.properties
@@ -347,6 +365,28 @@ class Step:
             timestamp=getattr(original, "timestamp", None),
             type=getattr(original, "type", None),
             app_id=getattr(original, "app_id", None) or "inbox-rules"))
+
+
+def copyable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a message's headers to publish again with a few added, or a note in
+    their place when their encoding is over MAX_COPIED_HEADERS_BYTES. Measured in
+    encoded bytes, by pika's own encoder: strings go as UTF-8 ('€' takes 3 bytes for
+    1 character of repr) and small integers grow on the way back (a 1-byte 'b' field is
+    encoded again as a 5-byte 'I'). Headers pika cannot encode again are dropped too:
+    the publish of the copy would fail."""
+    copied = dict(headers)
+    if not copied:
+        return copied
+    try:
+        size = pika.data.encode_table([], copied)
+    except _UNENCODABLE as exc:
+        note = f"{len(copied)} header(s), not encodable: {type(exc).__name__}"
+    else:
+        if size <= MAX_COPIED_HEADERS_BYTES:
+            return copied
+        note = f"{len(copied)} header(s), too large"
+    log.warning("a message's headers are not copied (%s): its copy goes without them", note)
+    return {HEADERS_DROPPED_HEADER: note}
 
 
 def bounded(reason: str) -> str:
