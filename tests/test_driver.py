@@ -627,6 +627,45 @@ def test_bad_requests_are_dead_lettered_with_the_reason() -> None:
     assert link.acks[-1] == (3, True)
 
 
+OWN_QUEUES = ["inbox-rules.events", "inbox-rules.requests", "chat.events.dlq"]
+
+
+def test_a_request_whose_reply_to_names_a_queue_of_the_worker_is_dead_lettered() -> None:
+    """A reply sent there would be read back as an event, a request or a dead letter."""
+    driver, link, _ = _driver()
+    asked = {"account_id": "acc-1", "agent_id": "ag-1"}
+    for tag, queue in enumerate(OWN_QUEUES, start=1):
+        driver.on_delivery(_request(tag, asked, reply_to=queue))
+    driver.on_delivery(_request(4, asked, reply_to="replies"))
+    _confirm_all(driver, link)
+    reasons = [m.headers["x-error"] for m in link.dead_letters() if m.headers]
+    assert reasons == [f"bad snapshot request: reply_to names one of the worker's own "
+                       f"queues ({queue})" for queue in OWN_QUEUES]
+    assert [m.routing_key for m in link.published if m.exchange == ""] == ["replies"]
+    assert link.acks[-1] == (4, True)
+
+
+def test_the_router_and_the_owner_refuse_a_reply_to_naming_a_queue_of_the_worker() -> None:
+    driver, link, _ = _router(partitions=4)
+    asked = {"account_id": "acc-1", "agent_id": "ag-1"}
+    refused = [*OWN_QUEUES, "inbox-rules.events.partition.3"]
+    for tag, queue in enumerate(refused, start=1):
+        driver.on_delivery(_request(tag, asked, reply_to=queue))
+    driver.on_delivery(_request(5, asked, reply_to="replies"))
+    # What reached a partition queue without the router's check (the owner's path).
+    owned = _request(6, asked, reply_to="inbox-rules.events.partition.0")._replace(
+        queue="inbox-rules.events.partition.1", routing_key="snapshot",
+        headers={"x-inbox-request": "snapshot", "x-inbox-routing-key": "snapshot"})
+    driver.on_delivery(owned)
+    _confirm_all(driver, link)
+    reasons = [m.headers["x-error"] for m in link.dead_letters() if m.headers]
+    assert reasons == [f"bad snapshot request: reply_to names one of the worker's own "
+                       f"queues ({queue})"
+                       for queue in [*refused, "inbox-rules.events.partition.0"]]
+    assert [m.reply_to for m in _routed(link)] == ["replies"]
+    assert link.acks[-1] == (6, True)
+
+
 def test_a_batch_retried_after_a_rules_change_keeps_the_rules_it_was_published_under(
         tmp_path: Any) -> None:
     import shutil

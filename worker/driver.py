@@ -125,7 +125,8 @@ class Driver:
                         topology.partitions) if topology.partitions else None
         self.step = Step(topology.updates_exchange, topology.dead_letter_exchange,
                          settings.max_message_bytes, EVALUATE_BUDGET,
-                         requests_queue=topology.requests_queue, router=router)
+                         requests_queue=topology.requests_queue, router=router,
+                         own_queues=topology.own_queues())
         # Several workers: the partitions this worker owns (the coordinator says), and
         # what to release before the next connection consumes the new set.
         self.partitions: frozenset[int] = frozenset()

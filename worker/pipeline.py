@@ -162,8 +162,10 @@ class Step:
     def __init__(self, updates_exchange: str, dead_letter_exchange: str,
                  max_message_bytes: int, budget: float,
                  clock: Callable[[], float] = time.monotonic,
-                 requests_queue: str | None = None, router: Router | None = None) -> None:
+                 requests_queue: str | None = None, router: Router | None = None,
+                 own_queues: frozenset[str] = frozenset()) -> None:
         self.updates_exchange = updates_exchange
+        self.own_queues = own_queues  # no reply goes to these (Topology.own_queues)
         self.requests_queue = requests_queue
         self.router = router
         self.dead_letter_exchange = dead_letter_exchange
@@ -254,9 +256,9 @@ class Step:
                                            max_bytes=self.max_message_bytes).account_id
             except BadRequest as exc:
                 return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
-            if not getattr(properties, "reply_to", None):
-                return self.dead_letter(delivery, f"bad {kind} request: no reply_to "
-                                                  "property: nowhere to send the reply")
+            unanswerable = self._unanswerable(delivery, kind)
+            if unanswerable is not None:
+                return unanswerable
             headers[REQUEST_HEADER] = kind
         else:
             try:
@@ -283,11 +285,11 @@ class Step:
             request = parse_request(delivery.body, kind, max_bytes=self.max_message_bytes)
         except BadRequest as exc:
             return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
+        unanswerable = self._unanswerable(delivery, kind)
+        if unanswerable is not None:
+            return unanswerable
         properties = delivery.properties
-        reply_to = getattr(properties, "reply_to", None)
-        if not reply_to:
-            return self.dead_letter(delivery, f"bad {kind} request: no reply_to property: "
-                                              "nowhere to send the reply")
+        reply_to: str = properties.reply_to
         state = cache.get(request.account_id, categoriser.rules.version)
         rules = categoriser.rules
         if isinstance(request, SnapshotRequest):
@@ -304,6 +306,19 @@ class Step:
         return Reply(Outgoing(
             "", reply_to, body, message_id=None, persistent=False,
             type=f"{kind}.reply", correlation_id=getattr(properties, "correlation_id", None)))
+
+    def _unanswerable(self, delivery: Delivery, kind: str) -> DeadLetter | None:
+        """A request whose reply has nowhere sensible to go is bad: no reply_to, or one
+        naming a queue of the worker's own (the reply would come back as an event, a
+        request or a dead letter: anyone allowed to send requests could write there)."""
+        reply_to = getattr(delivery.properties, "reply_to", None)
+        if not reply_to:
+            return self.dead_letter(delivery, f"bad {kind} request: no reply_to property: "
+                                              "nowhere to send the reply")
+        if reply_to in self.own_queues:
+            return self.dead_letter(delivery, f"bad {kind} request: reply_to names one of "
+                                              f"the worker's own queues ({reply_to})")
+        return None
 
     def _sweep(self, plan: Plan, sweep: Sweep, cache: AccountCache,
                categoriser: Categoriser, deadline: float) -> None:
