@@ -627,6 +627,31 @@ def test_bad_requests_are_dead_lettered_with_the_reason() -> None:
     assert link.acks[-1] == (3, True)
 
 
+@pytest.mark.parametrize(("kind", "target"), [("snapshot", "worker.pipeline.snapshot"),
+                                              ("explain", "worker.pipeline.explain_pair")])
+def test_a_request_the_worker_fails_on_is_dead_lettered_and_the_stream_goes_on(
+        kind: str, target: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug answering a request must not escape the batch: out of the ioloop it would
+    stall the connection, and the request would do it again on every redelivery."""
+    def broken(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(target, broken)
+    driver, link, _ = _driver()
+    asked = {"account_id": "acc-1", "agent_id": "ag-1", "conversation_id": "c-1"}
+    driver.on_delivery(_request(1, asked, kind=kind))
+    [body] = encode(event_stream(seed=33, count=1))
+    driver.on_delivery(Delivery(2, "account.updated", body))
+    _confirm_all(driver, link)
+    [dead] = link.dead_letters()
+    assert dead.headers is not None
+    assert dead.headers["x-error"] == "worker error: RuntimeError: boom"
+    assert link.acks[-1] == (2, True) and driver.stats.commits >= 1
+    failed = [r for r in caplog.records if "request for account acc-1 failed" in r.message]
+    assert failed and failed[0].exc_info is not None, "logged with its traceback"
+
+
 OWN_QUEUES = ["inbox-rules.events", "inbox-rules.requests", "chat.events.dlq"]
 
 

@@ -292,17 +292,26 @@ class Step:
         reply_to: str = properties.reply_to
         state = cache.get(request.account_id, categoriser.rules.version)
         rules = categoriser.rules
-        if isinstance(request, SnapshotRequest):
-            body = orjson.dumps(snapshot(
-                state, request.agent_id, rules.categories, rules.version,
-                categories=request.categories, after=request.after, limit=request.limit))
-        elif isinstance(rules, CompiledRules):
-            # Read only: the facts and categories of the state as the events before this
-            # request left it, explained under the live rules.
-            body = explain_pair(rules, state, request.account_id, request.agent_id,
-                                request.conversation_id).model_dump_json().encode()
-        else:  # rules that are not rule files (tests' doubles) have no conditions to show
-            return self.dead_letter(delivery, f"{kind} requests need rule files to explain")
+        try:
+            if isinstance(request, SnapshotRequest):
+                body = orjson.dumps(snapshot(
+                    state, request.agent_id, rules.categories, rules.version,
+                    categories=request.categories, after=request.after, limit=request.limit))
+            elif isinstance(rules, CompiledRules):
+                # Read only: the facts and categories of the state as the events before
+                # this request left it, explained under the live rules.
+                body = explain_pair(rules, state, request.account_id, request.agent_id,
+                                    request.conversation_id).model_dump_json().encode()
+            else:  # rules that are not rule files (tests' doubles) have no conditions
+                return self.dead_letter(delivery, f"{kind} requests need rule files to explain")
+        except StoreError:
+            raise  # the store, not the request: the batch stalls and is retried
+        except Exception as exc:  # a worker bug must not stop the stream, as for an event
+            log.exception("%s request for account %s failed; dead-lettering it", kind,
+                          request.account_id,
+                          extra={"context": {"account_id": request.account_id,
+                                             "agent_id": request.agent_id}})
+            return self.dead_letter(delivery, f"worker error: {type(exc).__name__}: {exc}")
         return Reply(Outgoing(
             "", reply_to, body, message_id=None, persistent=False,
             type=f"{kind}.reply", correlation_id=getattr(properties, "correlation_id", None)))
