@@ -14,7 +14,14 @@ import pika
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.reliability.bad_input import MAX_BYTES, BadMessage, bad_message, is_bad, template
+from tests.reliability.bad_input import (
+    FRAME_FILLING_HEADERS,
+    MAX_BYTES,
+    BadMessage,
+    bad_message,
+    is_bad,
+    template,
+)
 from tests.reliability.scenarios import HELD_BACK, Size, fuzz_run
 from tests.support.harness import rig, wait_for
 from tests.support.oracle import Oracle, judge
@@ -83,11 +90,6 @@ def test_a_bad_event_with_thousands_of_wrong_fields_does_not_take_good_ones_down
     assert isinstance(reason, str) and reason.startswith("data.agents.0")
     judge(oracle, received, len(good)).assert_clean()
     assert frame_errors == 0
-
-
-# As much header as a frame carries: 43,671 euro signs are 131,013 bytes of UTF-8
-# (1 repr character each, so the old guard, 64 Ki repr characters, copied them).
-FRAME_FILLING_HEADERS = {"trace": "\u20ac" * 43_671}
 
 
 @pytest.mark.broker
