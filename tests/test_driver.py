@@ -13,6 +13,7 @@ import pytest
 
 from contracts import parse_event
 from tests.support.streams import encode, event_stream
+from worker.amqp_properties import encoded_properties
 from worker.control import CONTROL_HEADER
 from worker.domain.inbox import Inbox
 from worker.driver import Driver, Phase
@@ -231,6 +232,46 @@ def test_an_unroutable_dead_letter_is_not_acked() -> None:
     assert len(link.dead_letters()) == 2
 
 
+def _router(batch_size: int = 50, partitions: int = 4,
+            ) -> tuple[Driver, RecordingLink, MemoryStore]:
+    """A driver of the several-workers mode (it routes what the intake queues bring)."""
+    settings = Settings(batch_size=batch_size, prefetch=batch_size, max_batch_delay=0.0,
+                        store_url="postgresql://unused", partitions=partitions)
+    store = MemoryStore()
+    driver = Driver(settings, RULES, store)
+    link = RecordingLink()
+    driver.attach(_checked(link))
+    driver.on_ready()
+    return driver, link, store
+
+
+def _routed(link: RecordingLink, start: int = 0) -> list[Outgoing]:
+    return [m for m in link.published[start:] if m.exchange == "inbox-rules.events.partitions"]
+
+
+def test_an_unroutable_routed_event_is_not_acked() -> None:
+    """An operator deleted a partition queue: the router's copy came back (basic.return)
+    and acking the event would lose it; it is routed again after a backoff."""
+    driver, link, store = _router(batch_size=5)
+    bodies = encode(event_stream(seed=15, count=5))
+    for tag, body in enumerate(bodies, start=1):
+        driver.on_delivery(Delivery(tag, "event", body, queue="inbox-rules.events"))
+    link.run_timers()  # the partial batch behind the first one
+    first = _routed(link)
+    assert len(first) == 5
+    driver.on_returned(Returned("inbox-rules.events.partitions", first[2].routing_key, None,
+                                "NO_ROUTE"))
+    driver.on_confirm(len(link.published), multiple=True, ok=True)
+    assert link.acks == [], "a routed event reached no queue: it is not handled"
+    assert driver.problem is not None and "inbox-rules.events.partition." in driver.problem
+    published = len(link.published)
+    _confirm_all(driver, link)  # retried; this time it routes
+    assert link.acks == [(5, True)]
+    assert [(m.routing_key, m.body) for m in _routed(link, published)] == [
+        (m.routing_key, m.body) for m in first]
+    assert store.commits == 1 and driver.stats.failed_batches == 1
+
+
 def test_a_lost_link_drops_the_batches_and_the_memory_they_touched() -> None:
     events = event_stream(seed=16, count=30)
     bodies = encode(events)
@@ -347,6 +388,77 @@ def test_a_bad_message_with_huge_headers_is_dead_lettered_without_them() -> None
     assert dead.headers["x-error"].startswith("invalid JSON")
     assert "trace" not in dead.headers
     assert dead.headers["x-original-headers-dropped"] == "1 header(s), too large"
+
+
+# The content header of a publish must fit pika's and RabbitMQ's default frame_max:
+# frame overhead 8 bytes, class/weight/body size/flags 14, then the properties.
+FRAME_MAX = 131_072
+# Headers that fill an incoming frame yet count far fewer repr characters than the
+# 64 Ki the guard allowed: 43,671 euro signs are 131,013 bytes of UTF-8; 20,000 small
+# integers (1-byte fields as received) are encoded again as 5-byte ones.
+FULL_FRAME_HEADERS = [{"trace": "\u20ac" * 43_671}, {"hops": [0] * 20_000}]
+
+
+def _fits_a_frame(message: Outgoing) -> bool:
+    return 8 + 14 + len(encoded_properties(message)) <= FRAME_MAX
+
+
+@pytest.mark.parametrize("headers", FULL_FRAME_HEADERS, ids=["euro", "small-ints"])
+def test_a_bad_message_whose_headers_fill_a_frame_is_dead_lettered_without_them(
+        headers: dict[str, Any]) -> None:
+    """Measured in repr characters, such headers were copied: the dead letter with
+    x-error added did not fit a frame, the broker closed the connection (FRAME_ERROR),
+    and the worker met the same message again on every reconnect."""
+    driver, link, _ = _driver()
+    driver.on_delivery(Delivery(1, "event", b"{not json", headers=headers))
+    _confirm_all(driver, link)
+    assert link.acks == [(1, True)]
+    [dead] = link.published
+    assert dead.headers is not None and dead.headers["x-error"].startswith("invalid JSON")
+    assert dead.headers["x-original-headers-dropped"] == "1 header(s), too large"
+    assert set(dead.headers) == {"x-error", "x-original-headers-dropped"}
+    assert _fits_a_frame(dead)
+
+
+@pytest.mark.parametrize("headers", FULL_FRAME_HEADERS, ids=["euro", "small-ints"])
+def test_a_good_event_whose_headers_fill_a_frame_is_routed_without_them(
+        headers: dict[str, Any]) -> None:
+    """The router's copy adds its own headers: it goes without the original's, and the
+    event is still routed (never dead-lettered for its headers alone)."""
+    driver, link, _ = _router()
+    [body] = encode(event_stream(seed=31, count=1))
+    driver.on_delivery(Delivery(1, "account.updated", body, headers=headers,
+                                queue="inbox-rules.events"))
+    driver.on_delivery(_request(2, {"account_id": "acc-1", "agent_id": "ag-1"})._replace(
+        headers=headers))
+    _confirm_all(driver, link)
+    assert link.acks[-1] == (2, True) and not link.dead_letters()
+    event, request = _routed(link)
+    assert event.body == body and event.headers == {
+        "x-original-headers-dropped": "1 header(s), too large",
+        "x-inbox-routing-key": "account.updated", CONTROL_HEADER: driver.step.token}
+    assert request.headers == {"x-original-headers-dropped": "1 header(s), too large",
+                               "x-inbox-request": "snapshot", "x-inbox-routing-key": "snapshot",
+                               CONTROL_HEADER: driver.step.token}
+    assert _fits_a_frame(event) and _fits_a_frame(request)
+
+
+def test_headers_that_fit_are_copied_and_ones_pika_cannot_encode_are_dropped() -> None:
+    driver, link, _ = _router()
+    [body] = encode(event_stream(seed=32, count=1))
+    driver.on_delivery(Delivery(1, "account.updated", body, queue="inbox-rules.events",
+                                headers={"trace": "\u20ac" * 10_000, "hop": 3}))
+    driver.on_delivery(Delivery(2, "account.updated", body, queue="inbox-rules.events",
+                                headers={"huge": 2 ** 64}))
+    _confirm_all(driver, link)
+    kept, unencodable = _routed(link)
+    assert kept.headers == {"trace": "\u20ac" * 10_000, "hop": 3,
+                            "x-inbox-routing-key": "account.updated",
+                            CONTROL_HEADER: driver.step.token}
+    assert unencodable.headers is not None
+    assert unencodable.headers["x-original-headers-dropped"].startswith(
+        "1 header(s), not encodable")
+    assert link.acks[-1] == (2, True)
 
 
 @pytest.mark.parametrize("header", ["k" * 256, b"raw", 7])
@@ -525,6 +637,71 @@ def test_bad_requests_are_dead_lettered_with_the_reason() -> None:
     assert "no reply_to" in reasons[2]
     assert not [m for m in link.published if m.exchange == ""]
     assert link.acks[-1] == (3, True)
+
+
+@pytest.mark.parametrize(("kind", "target"), [("snapshot", "worker.pipeline.snapshot"),
+                                              ("explain", "worker.pipeline.explain_pair")])
+def test_a_request_the_worker_fails_on_is_dead_lettered_and_the_stream_goes_on(
+        kind: str, target: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug answering a request must not escape the batch: out of the ioloop it would
+    stall the connection, and the request would do it again on every redelivery."""
+    def broken(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(target, broken)
+    driver, link, _ = _driver()
+    asked = {"account_id": "acc-1", "agent_id": "ag-1", "conversation_id": "c-1"}
+    driver.on_delivery(_request(1, asked, kind=kind))
+    [body] = encode(event_stream(seed=33, count=1))
+    driver.on_delivery(Delivery(2, "account.updated", body))
+    _confirm_all(driver, link)
+    [dead] = link.dead_letters()
+    assert dead.headers is not None
+    assert dead.headers["x-error"] == "worker error: RuntimeError: boom"
+    assert link.acks[-1] == (2, True) and driver.stats.commits >= 1
+    failed = [r for r in caplog.records if "request for account acc-1 failed" in r.message]
+    assert failed and failed[0].exc_info is not None, "logged with its traceback"
+
+
+OWN_QUEUES = ["inbox-rules.events", "inbox-rules.requests", "chat.events.dlq"]
+
+
+def test_a_request_whose_reply_to_names_a_queue_of_the_worker_is_dead_lettered() -> None:
+    """A reply sent there would be read back as an event, a request or a dead letter."""
+    driver, link, _ = _driver()
+    asked = {"account_id": "acc-1", "agent_id": "ag-1"}
+    for tag, queue in enumerate(OWN_QUEUES, start=1):
+        driver.on_delivery(_request(tag, asked, reply_to=queue))
+    driver.on_delivery(_request(4, asked, reply_to="replies"))
+    _confirm_all(driver, link)
+    reasons = [m.headers["x-error"] for m in link.dead_letters() if m.headers]
+    assert reasons == [f"bad snapshot request: reply_to names one of the worker's own "
+                       f"queues ({queue})" for queue in OWN_QUEUES]
+    assert [m.routing_key for m in link.published if m.exchange == ""] == ["replies"]
+    assert link.acks[-1] == (4, True)
+
+
+def test_the_router_and_the_owner_refuse_a_reply_to_naming_a_queue_of_the_worker() -> None:
+    driver, link, _ = _router(partitions=4)
+    asked = {"account_id": "acc-1", "agent_id": "ag-1"}
+    refused = [*OWN_QUEUES, "inbox-rules.events.partition.3"]
+    for tag, queue in enumerate(refused, start=1):
+        driver.on_delivery(_request(tag, asked, reply_to=queue))
+    driver.on_delivery(_request(5, asked, reply_to="replies"))
+    # What reached a partition queue without the router's check (the owner's path).
+    owned = _request(6, asked, reply_to="inbox-rules.events.partition.0")._replace(
+        queue="inbox-rules.events.partition.1", routing_key="snapshot",
+        headers={"x-inbox-request": "snapshot", "x-inbox-routing-key": "snapshot",
+                 CONTROL_HEADER: driver.step.token})
+    driver.on_delivery(owned)
+    _confirm_all(driver, link)
+    reasons = [m.headers["x-error"] for m in link.dead_letters() if m.headers]
+    assert reasons == [f"bad snapshot request: reply_to names one of the worker's own "
+                       f"queues ({queue})"
+                       for queue in [*refused, "inbox-rules.events.partition.0"]]
+    assert [m.reply_to for m in _routed(link)] == ["replies"]
+    assert link.acks[-1] == (6, True)
 
 
 def test_a_batch_retried_after_a_rules_change_keeps_the_rules_it_was_published_under(

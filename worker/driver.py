@@ -133,7 +133,7 @@ class Driver:
         self.step = Step(topology.updates_exchange, topology.dead_letter_exchange,
                          settings.max_message_bytes, EVALUATE_BUDGET,
                          requests_queue=topology.requests_queue, router=router,
-                         token=store.control_token)
+                         own_queues=topology.own_queues(), token=store.control_token)
         # Several workers: the partitions this worker owns (the coordinator says), and
         # what to release before the next connection consumes the new set.
         self.partitions: frozenset[int] = frozenset()
@@ -354,12 +354,22 @@ class Driver:
         self._advance()
 
     def on_returned(self, returned: Returned) -> None:
-        # An update nobody downstream bound a queue for is not an error; a dead letter
-        # that reached no queue would be lost: its batch must not be acked.
-        if returned.exchange == self.topology.dead_letter_exchange:
+        """An update nobody downstream bound a queue for is not an error. A dead letter,
+        or an event or request the router passed on to a partition queue (one an
+        operator deleted), that reached no queue would be lost: its batch must not be
+        acked, and is evaluated again after a backoff (the partition's owner declares
+        its queue again when it reconnects)."""
+        topology = self.topology
+        if returned.exchange == topology.dead_letter_exchange:
             self._unroutable = (f"a dead letter was unroutable ({returned.reply_text}): is "
-                                f"{self.topology.dead_letter_queue} bound to "
-                                f"{self.topology.dead_letter_exchange}?")
+                                f"{topology.dead_letter_queue} bound to "
+                                f"{topology.dead_letter_exchange}?")
+        elif topology.partitions and returned.exchange == topology.partitions_exchange:
+            key = returned.routing_key
+            queue = topology.partition_queue(int(key)) if key.isdecimal() else repr(key)
+            self._unroutable = (f"a message routed to partition {key} was unroutable "
+                                f"({returned.reply_text}): is {queue} bound to "
+                                f"{topology.partitions_exchange}?")
 
     def on_cancelled(self) -> None:
         self._consumer_on = False

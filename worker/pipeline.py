@@ -16,11 +16,15 @@ The driver (:mod:`worker.driver`) only carries a plan out.
 from __future__ import annotations
 
 import logging
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
+import pika.data
+import pika.exceptions
 
 from contracts import BadEvent, parse_event
 from contracts.ids import MAX_ROUTING_KEY
@@ -47,12 +51,21 @@ from worker.rulebook.explain import explain_pair
 
 log = logging.getLogger(__name__)
 
-# Original headers larger than this (as repr, a generous over-estimate of their AMQP
-# size) are not copied to a dead letter: half of RabbitMQ's default 128 KiB frame.
-MAX_COPIED_HEADERS_CHARS = 64 * 1024
+# Original headers whose AMQP encoding (pika's, the one that publishes the copy) is
+# larger than this are not copied to a dead letter or to the router's copy: half of
+# the 128 KiB frame_max RabbitMQ and pika agree on by default, so the copy's content
+# header (those headers, the few the worker adds, the other properties: short strings
+# of 255 bytes at most) always fits one frame. An original may fill its frame: a
+# bigger copy gets the connection closed (FRAME_ERROR), again on every redelivery.
+MAX_COPIED_HEADERS_BYTES = 64 * 1024
 # An x-error header must fit a frame with room to spare (frame_max is 128 KiB): a
 # reason naming 20,000 wrong fields would get the connection closed, again and again.
+# 1,000 characters are 4,000 bytes of UTF-8 at most.
 MAX_REASON_CHARS = 1000
+# Says that (and why) a copy goes without the original's headers.
+HEADERS_DROPPED_HEADER = "x-original-headers-dropped"
+# What pika's table encoder raises for a value it cannot encode again.
+_UNENCODABLE = (pika.exceptions.AMQPError, struct.error, TypeError, ValueError)
 
 
 # Headers the router adds for the partition owner (honoured only with the fleet's
@@ -158,8 +171,9 @@ class Step:
                  max_message_bytes: int, budget: float,
                  clock: Callable[[], float] = time.monotonic,
                  requests_queue: str | None = None, router: Router | None = None,
-                 token: str = "") -> None:
+                 own_queues: frozenset[str] = frozenset(), token: str = "") -> None:
         self.updates_exchange = updates_exchange
+        self.own_queues = own_queues  # no reply goes to these (Topology.own_queues)
         # The fleet's token: internal headers count only on messages that carry it.
         self.token = token
         self.requests_queue = requests_queue
@@ -235,9 +249,17 @@ class Step:
 
     def _route(self, delivery: Delivery, router: Router) -> Outcome:
         """Validate, find the account's partition, pass it on with what the owner needs
-        (the request kind, the reply address, the event's own routing key)."""
+        (the request kind, the reply address, the event's own routing key).
+
+        A good message whose headers are too large to copy (see
+        :func:`copyable_headers`) is routed without them, noted in
+        ``x-original-headers-dropped``, never dead-lettered for that alone: the owner
+        reads only the body and the router's own headers, so the event is applied
+        exactly as with its headers; dead-lettering it would skip a valid event and
+        leave its account's later events applied on a state that misses it (wrong
+        categories downstream), and copying them would not fit a frame."""
         properties = delivery.properties
-        headers = without_internal(delivery.headers)
+        headers = copyable_headers(without_internal(delivery.headers))
         if delivery.queue == self.requests_queue:
             kind = delivery.routing_key
             try:
@@ -245,9 +267,9 @@ class Step:
                                            max_bytes=self.max_message_bytes).account_id
             except BadRequest as exc:
                 return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
-            if not getattr(properties, "reply_to", None):
-                return self.dead_letter(delivery, f"bad {kind} request: no reply_to "
-                                                  "property: nowhere to send the reply")
+            unanswerable = self._unanswerable(delivery, kind)
+            if unanswerable is not None:
+                return unanswerable
             headers[REQUEST_HEADER] = kind
         else:
             try:
@@ -275,24 +297,33 @@ class Step:
             request = parse_request(delivery.body, kind, max_bytes=self.max_message_bytes)
         except BadRequest as exc:
             return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
+        unanswerable = self._unanswerable(delivery, kind)
+        if unanswerable is not None:
+            return unanswerable
         properties = delivery.properties
-        reply_to = getattr(properties, "reply_to", None)
-        if not reply_to:
-            return self.dead_letter(delivery, f"bad {kind} request: no reply_to property: "
-                                              "nowhere to send the reply")
+        reply_to: str = properties.reply_to
         state = cache.get(request.account_id, categoriser.rules.version)
         rules = categoriser.rules
-        if isinstance(request, SnapshotRequest):
-            body = orjson.dumps(snapshot(
-                state, request.agent_id, rules.categories, rules.version,
-                categories=request.categories, after=request.after, limit=request.limit))
-        elif isinstance(rules, CompiledRules):
-            # Read only: the facts and categories of the state as the events before this
-            # request left it, explained under the live rules.
-            body = explain_pair(rules, state, request.account_id, request.agent_id,
-                                request.conversation_id).model_dump_json().encode()
-        else:  # rules that are not rule files (tests' doubles) have no conditions to show
-            return self.dead_letter(delivery, f"{kind} requests need rule files to explain")
+        try:
+            if isinstance(request, SnapshotRequest):
+                body = orjson.dumps(snapshot(
+                    state, request.agent_id, rules.categories, rules.version,
+                    categories=request.categories, after=request.after, limit=request.limit))
+            elif isinstance(rules, CompiledRules):
+                # Read only: the facts and categories of the state as the events before
+                # this request left it, explained under the live rules.
+                body = explain_pair(rules, state, request.account_id, request.agent_id,
+                                    request.conversation_id).model_dump_json().encode()
+            else:  # rules that are not rule files (tests' doubles) have no conditions
+                return self.dead_letter(delivery, f"{kind} requests need rule files to explain")
+        except StoreError:
+            raise  # the store, not the request: the batch stalls and is retried
+        except Exception as exc:  # a worker bug must not stop the stream, as for an event
+            log.exception("%s request for account %s failed; dead-lettering it", kind,
+                          request.account_id,
+                          extra={"context": {"account_id": request.account_id,
+                                             "agent_id": request.agent_id}})
+            return self.dead_letter(delivery, f"worker error: {type(exc).__name__}: {exc}")
         return Reply(Outgoing(
             "", reply_to, body, message_id=None, persistent=False,
             type=f"{kind}.reply", correlation_id=getattr(properties, "correlation_id", None)))
@@ -327,6 +358,19 @@ class Step:
             state.release()
             messages.extend(self.update_message(u) for u in updates)
         return messages
+
+    def _unanswerable(self, delivery: Delivery, kind: str) -> DeadLetter | None:
+        """A request whose reply has nowhere sensible to go is bad: no reply_to, or one
+        naming a queue of the worker's own (the reply would come back as an event, a
+        request or a dead letter: anyone allowed to send requests could write there)."""
+        reply_to = getattr(delivery.properties, "reply_to", None)
+        if not reply_to:
+            return self.dead_letter(delivery, f"bad {kind} request: no reply_to property: "
+                                              "nowhere to send the reply")
+        if reply_to in self.own_queues:
+            return self.dead_letter(delivery, f"bad {kind} request: reply_to names one of "
+                                              f"the worker's own queues ({reply_to})")
+        return None
 
     def _sweep(self, plan: Plan, sweep: Sweep, cache: AccountCache,
                categoriser: Categoriser, deadline: float) -> None:
@@ -365,12 +409,10 @@ class Step:
 
     def dead_letter(self, delivery: Delivery, reason: str) -> DeadLetter:
         # Never the fleet's token (or the router's notes): the dead-letter queue is read
-        # by people and tools outside the fleet.
-        headers = without_internal(delivery.headers)
-        if len(repr(headers)) > MAX_COPIED_HEADERS_CHARS:
-            # The original fitted in a frame; with x-error added it might not, and a
-            # frame error would loop the connection. Keep the body, drop the headers.
-            headers = {"x-original-headers-dropped": f"{len(headers)} header(s), too large"}
+        # by people and tools outside the fleet. The original fitted in a frame; with
+        # x-error added it might not, and a frame error would loop the connection: too
+        # large, the headers are dropped.
+        headers = copyable_headers(without_internal(delivery.headers))
         reason = bounded(reason)
         headers["x-error"] = reason
         original = delivery.properties
@@ -392,6 +434,28 @@ class Step:
             timestamp=getattr(original, "timestamp", None),
             type=getattr(original, "type", None),
             app_id=getattr(original, "app_id", None) or "inbox-rules"))
+
+
+def copyable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a message's headers to publish again with a few added, or a note in
+    their place when their encoding is over MAX_COPIED_HEADERS_BYTES. Measured in
+    encoded bytes, by pika's own encoder: strings go as UTF-8 ('€' takes 3 bytes for
+    1 character of repr) and small integers grow on the way back (a 1-byte 'b' field is
+    encoded again as a 5-byte 'I'). Headers pika cannot encode again are dropped too:
+    the publish of the copy would fail."""
+    copied = dict(headers)
+    if not copied:
+        return copied
+    try:
+        size = pika.data.encode_table([], copied)
+    except _UNENCODABLE as exc:
+        note = f"{len(copied)} header(s), not encodable: {type(exc).__name__}"
+    else:
+        if size <= MAX_COPIED_HEADERS_BYTES:
+            return copied
+        note = f"{len(copied)} header(s), too large"
+    log.warning("a message's headers are not copied (%s): its copy goes without them", note)
+    return {HEADERS_DROPPED_HEADER: note}
 
 
 def bounded(reason: str) -> str:

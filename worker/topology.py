@@ -118,6 +118,13 @@ class Topology:
         are routed on to the partitions (one router active at a time)."""
         return (self.events_queue, self.requests_queue)
 
+    def own_queues(self) -> frozenset[str]:
+        """Every queue of the worker's own (it consumes them, or dead-letters to one):
+        a request's reply must not go to any of them, where it would be read as an
+        event, a request or a dead letter."""
+        return frozenset((self.events_queue, self.requests_queue, self.dead_letter_queue,
+                          *(self.partition_queue(p) for p in range(self.partitions))))
+
     # -- partitions (several workers) ------------------------------------------
     @property
     def partitions_exchange(self) -> str:

@@ -21,6 +21,9 @@ from contracts.events import EVENT_TYPES
 from tests.support.streams import envelope
 
 MAX_BYTES = 64 * 1024
+# As much header as a frame carries: 43,671 euro signs are 131,013 bytes of UTF-8, yet
+# 43,671 repr characters (a guard counting those, up to 64 Ki, copied them).
+FRAME_FILLING_HEADERS = {"trace": "\u20ac" * 43_671}
 RAW = "\u0000RAW\u0000"  # placeholder replaced by raw bytes after json.dumps
 
 TEMPLATES: dict[str, dict[str, Any]] = {

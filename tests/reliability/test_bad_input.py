@@ -10,10 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pika
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.reliability.bad_input import MAX_BYTES, BadMessage, bad_message, is_bad, template
+from tests.reliability.bad_input import (
+    FRAME_FILLING_HEADERS,
+    MAX_BYTES,
+    BadMessage,
+    bad_message,
+    is_bad,
+    template,
+)
 from tests.reliability.scenarios import HELD_BACK, Size, fuzz_run
 from tests.support.harness import rig, wait_for
 from tests.support.oracle import Oracle, judge
@@ -82,3 +90,33 @@ def test_a_bad_event_with_thousands_of_wrong_fields_does_not_take_good_ones_down
     assert isinstance(reason, str) and reason.startswith("data.agents.0")
     judge(oracle, received, len(good)).assert_clean()
     assert frame_errors == 0
+
+
+@pytest.mark.broker
+def test_a_bad_event_whose_headers_fill_a_frame_is_dead_lettered_without_a_reconnect_loop(
+        vhost: str, tmp_path: Path) -> None:
+    """Found on the issue tracker: the dead letter copied those headers and added
+    x-error, its content header no longer fitted the broker's frame_max, the broker
+    closed the connection (FRAME_ERROR frame_too_large) and the worker met the same
+    message again: 210 reconnects in 20 s, the stream stalled behind it."""
+    body = b'{"event_id": "bad-headers", not json'
+    good = event_stream(seed=78, count=40, accounts=2)
+    oracle = Oracle.replay(good)
+    with rig(vhost, tmp_path) as r:
+        r.publish(good[:20])
+        r.broker.channel.basic_publish("chat.events", "conversation.created", body,
+                                       pika.BasicProperties(headers=FRAME_FILLING_HEADERS,
+                                                            delivery_mode=2))
+        r.publish(good[20:])
+        wait_for(lambda: len(r.dead) >= 1 and len(r.updates) >= len(oracle.updates), HELD_BACK,
+                 "the bad event dead-lettered and the good ones through; log: "
+                 + r.worker.log_tail(3)[-600:])
+        r.settle()
+    log = r.worker.log()
+    assert r.worker.reconnects() == 0 and "FRAME_ERROR" not in log, r.worker.log_tail()
+    [dead] = r.dead.received
+    headers = dead.properties.headers or {}
+    assert dead.body == body and "trace" not in headers
+    assert headers.get("x-original-headers-dropped") == "1 header(s), too large"
+    assert str(headers.get("x-error")).startswith("invalid JSON")
+    judge(oracle, r.updates.received, len(good)).assert_clean()
