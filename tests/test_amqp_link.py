@@ -16,6 +16,7 @@ import pika.exceptions
 import pytest
 from pika.adapters.select_connection import IOLoop
 
+from contracts.ids import TruncatedBody
 from tests.amqp_doubles import FakeBroker, FakeChannel, RecordingHandler
 from worker.amqp import TAG_BITS, AmqpLink
 from worker.amqp_properties import outgoing_properties
@@ -165,6 +166,27 @@ def test_deliveries_carry_headers_properties_and_redelivered(
 
     link.ack(second.tag, multiple=True)
     assert channel.acks == [(8, True)]
+
+
+def test_a_body_over_the_limit_is_kept_only_to_the_limit_on_pikas_road(
+        link: AmqpLink, broker: FakeBroker, handler: RecordingHandler) -> None:
+    """With the intake off pika hands the body over whole; the link keeps only what
+    the intake would have, so the driver's buffers stay bounded either way."""
+    channel = ready_channel(link, broker)
+    link.consume(QUEUES)
+    limit = link.settings.max_message_bytes
+    assert channel.deliver is not None
+    method = SimpleNamespace(delivery_tag=1, routing_key="conversation.created",
+                             redelivered=False, consumer_tag="ctag-1")
+    whole = bytes(range(256)) * (limit // 256 * 3)
+    channel.deliver(channel, method, pika.BasicProperties(), whole)
+    deliver(channel, 2)
+
+    big, small = (payload for kind, payload in handler.events if kind == "delivery")
+    assert isinstance(big.body, TruncatedBody)
+    assert (big.body, big.body.size) == (whole[:limit], len(whole))
+    assert small.body == b"{}" and not isinstance(small.body, TruncatedBody)
+    assert link.max_body_bytes == limit, "the intake keeps the same"
 
 
 def test_an_ack_from_a_lost_channel_never_acks_a_message_of_the_next(

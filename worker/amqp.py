@@ -18,6 +18,7 @@ import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
+from contracts.ids import TruncatedBody
 from worker.amqp_frames import FRAME_OVERHEAD, PublishFrames
 from worker.amqp_io import IOServices
 from worker.amqp_properties import encoded_properties
@@ -380,11 +381,22 @@ class AmqpLink:
 
     def _on_message(self, _channel: object, method: Any, properties: pika.BasicProperties,
                     body: bytes) -> None:
-        # pika's road (the intake leaves it only deliveries for consumers not ours).
+        # pika's road (with the intake off, or for consumers the intake left to pika).
+        # pika assembled the body whole; what the worker holds from here on is bounded
+        # as on the intake's road.
+        limit = self.settings.max_message_bytes
+        if len(body) > limit:
+            body = TruncatedBody(body[:limit], len(body))
         self.delivered(method.consumer_tag, method.delivery_tag, bool(method.redelivered),
                        method.routing_key, properties, body)
 
     # -- the intake's sink (worker.amqp_intake.DeliverySink) -----------------
+    @property
+    def max_body_bytes(self) -> int:
+        """A body longer than the worker takes is only kept this far: it is
+        dead-lettered as too large all the same (see contracts.ids.TruncatedBody)."""
+        return self.settings.max_message_bytes
+
     def takes(self, channel_number: int, consumer_tag: str) -> bool:
         channel = self._channel
         return (channel is not None and channel.channel_number == channel_number
