@@ -304,3 +304,43 @@ def test_close_while_up_closes_the_connection_then_stops(
     assert handler.kinds() == ["ready", "lost"]
     run_due_timers(link.ioloop)
     assert len(broker.connections) == 1, "no reconnect after close()"
+
+
+def test_a_broker_alarm_is_reported_while_it_lasts_and_nothing_is_torn_down(
+        link: AmqpLink, broker: FakeBroker, handler: RecordingHandler,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """connection.blocked: the link says why (readiness and the gauge read it), logs
+    each transition once, keeps the connection and keeps publishing (the broker holds
+    what comes, the driver's window bounds it); connection.unblocked clears it."""
+    caplog.set_level(logging.INFO, logger="worker.amqp")
+    channel = ready_channel(link, broker)
+    assert link.blocked is None
+    broker.connection.block("low on memory")
+    broker.connection.block("low on memory")  # told again: still one transition
+    assert link.blocked == "low on memory"
+    assert link.publish(update(1)) == 1 and len(channel.published) == 1
+    assert link.ready and not broker.connection.is_closing
+
+    broker.connection.unblock()
+    assert link.blocked is None
+    broker.connection.unblock()  # nothing to clear
+    transitions = [r.getMessage() for r in caplog.records if "blocks" in r.getMessage()
+                   or "unblocked" in r.getMessage()]
+    assert len(transitions) == 2, transitions
+    assert "low on memory" in transitions[0] and "alarm" in transitions[0]
+    assert "unblocked" in transitions[1]
+    assert handler.kinds() == ["ready"], "nothing lost, nothing to reconnect"
+
+
+def test_a_blocked_connection_that_closes_takes_its_block_along(
+        link: AmqpLink, broker: FakeBroker) -> None:
+    ready_channel(link, broker)
+    old = broker.connection
+    old.block("low on disk")
+    old.closed(pika.exceptions.StreamLostError("cut"))
+    assert link.blocked is None, "a new connection is blocked only when the broker says so"
+    ready_channel(link, broker)
+    old.block("low on disk")  # a late word about the old one changes nothing
+    assert link.blocked is None
+    broker.connection.block("low on disk")
+    assert link.blocked == "low on disk"
