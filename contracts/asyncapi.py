@@ -281,10 +281,12 @@ def _messages() -> dict[str, Any]:
         "deadLetter": {
             "name": "deadLetter",
             "title": "Dead letter (chat.events.dlq)",
-            "summary": "A message the worker could not take, body untouched.",
+            "summary": "A message the worker could not take, body untouched up to the size limit.",
             "description": (
                 "The original body byte for byte (it may be invalid JSON or not UTF-8), "
-                "with the original's content type, message id, type and headers (dropped "
+                "except a body over the size limit: the worker keeps no more of it, so its "
+                "dead letter carries only its first limit bytes and `x-error` says so. "
+                "With the original's content type, message id, type and headers (dropped "
                 "when too large to copy, noted in `x-original-headers-dropped`). Bad events "
                 "and bad requests carry `x-error`; an event that reached the input queue's "
                 "delivery limit is dead-lettered by the broker with `x-death` instead."),

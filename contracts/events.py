@@ -9,7 +9,15 @@ import orjson
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
-from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES, MAX_ROUTING_KEY, MAX_SEQUENCE, EventId, Id
+from contracts.ids import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_ROUTING_KEY,
+    MAX_SEQUENCE,
+    EventId,
+    Id,
+    too_large,
+    too_large_reason,
+)
 
 
 class BadEvent(ValueError):  # noqa: N818 - named for what it is, not how it is used
@@ -230,8 +238,8 @@ def parse_event(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
 
     The size limit is checked before any parsing so an oversized body costs nothing.
     """
-    if len(body) > max_bytes:
-        raise BadEvent(f"message too large: {len(body)} bytes exceeds the limit of {max_bytes}")
+    if too_large(body, max_bytes):
+        raise BadEvent(too_large_reason(body, max_bytes))
     try:
         event: Event = _validate_event_json(body)
     except ValidationError as exc:

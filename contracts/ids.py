@@ -1,5 +1,7 @@
 """Identifier and limit types shared by both contracts."""
 
+from __future__ import annotations
+
 from typing import Annotated
 
 from pydantic import StringConstraints
@@ -16,3 +18,37 @@ EventId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 # Sequences are stored as SQLite integers: keep them inside a signed 64-bit range.
 MAX_SEQUENCE = 2**63 - 1
+
+
+class TruncatedBody(bytes):
+    """The first bytes of a body over the size limit, with the whole body's size.
+
+    A receiver stops keeping a body at the limit: a body may be as large as the broker
+    allows (128 MiB by default) and a worker holds hundreds unacknowledged, so keeping
+    them whole would bound its memory by the broker's limit, not its own. What is kept
+    tells which message it was; :func:`parse_event` and :func:`parse_request` refuse it
+    as too large, and their reason says the body is cut, so it is never taken for the
+    message itself (a dead letter carries these bytes, not the original).
+    """
+
+    size: int  # the whole body's, as the message's content header declared it
+
+    def __new__(cls, kept: bytes, size: int) -> TruncatedBody:
+        body = super().__new__(cls, kept)
+        body.size = size
+        return body
+
+
+def too_large(body: bytes, max_bytes: int) -> bool:
+    """Whether ``body`` is refused for its size (a truncated one always is)."""
+    return len(body) > max_bytes or isinstance(body, TruncatedBody)
+
+
+def too_large_reason(body: bytes, max_bytes: int) -> str:
+    """Why a body :func:`too_large` was refused; the same words for events and requests
+    (the metrics' dead-letter family is read from its start)."""
+    if isinstance(body, TruncatedBody):
+        return (f"message too large: {body.size} bytes exceeds the limit of {max_bytes}; "
+                f"the body was not kept: this message carries only its first {len(body)} "
+                f"bytes")
+    return f"message too large: {len(body)} bytes exceeds the limit of {max_bytes}"

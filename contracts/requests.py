@@ -18,7 +18,13 @@ from typing import Annotated, Literal, overload
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from contracts.events import BadEvent
-from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES, MAX_SEQUENCE, Id
+from contracts.ids import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_SEQUENCE,
+    Id,
+    too_large,
+    too_large_reason,
+)
 
 RequestKind = Literal["snapshot", "explain"]
 # The routing keys of ``inbox.requests``, one per kind of request.
@@ -212,14 +218,15 @@ def parse_request(body: bytes, kind: str, *,
 
     ``kind`` is a plain ``str`` as well as the literal because it comes straight from a
     routing key: an unknown one is a bad request, not a crash. The size limit is checked
-    before any parsing so an oversized body costs nothing.
+    first, so an oversized body costs nothing and a truncated one is refused as too
+    large whatever its kind.
     """
+    if too_large(body, max_bytes):
+        raise BadRequest(too_large_reason(body, max_bytes))
     model = _MODELS.get(kind)
     if model is None:
         raise BadRequest(f"unknown request {kind[:64]!r}; expected one of "
                          f"{', '.join(REQUEST_KINDS)}")
-    if len(body) > max_bytes:
-        raise BadRequest(f"message too large: {len(body)} bytes exceeds the limit of {max_bytes}")
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:

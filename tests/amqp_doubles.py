@@ -11,6 +11,8 @@ from typing import Any
 
 import pika
 import pika.exceptions
+import pika.frame
+import pika.spec
 
 from worker.link import Delivery, Returned
 
@@ -166,6 +168,8 @@ class FakeConnection:
         self.is_closing = False
         self.dropped = False
         self.channels: list[FakeChannel] = []
+        self.on_blocked: list[Callable[[Any, Any], None]] = []
+        self.on_unblocked: list[Callable[[Any, Any], None]] = []
         self._on_open = on_open_callback
         self._on_open_error = on_open_error_callback
         self._on_close = on_close_callback
@@ -183,6 +187,26 @@ class FakeConnection:
         self.channels.append(channel)
         on_open_callback(channel)
         return channel
+
+    def add_on_connection_blocked_callback(self, callback: Callable[[Any, Any], None],
+                                           ) -> None:
+        self.on_blocked.append(callback)
+
+    def add_on_connection_unblocked_callback(self, callback: Callable[[Any, Any], None],
+                                             ) -> None:
+        self.on_unblocked.append(callback)
+
+    def block(self, reason: str) -> None:
+        """The broker's ``connection.blocked`` (a resource alarm), as pika reports it."""
+        frame = pika.frame.Method(0, pika.spec.Connection.Blocked(reason=reason))
+        for callback in self.on_blocked:
+            callback(self, frame)
+
+    def unblock(self) -> None:
+        """The broker's ``connection.unblocked``: the alarm cleared."""
+        frame = pika.frame.Method(0, pika.spec.Connection.Unblocked())
+        for callback in self.on_unblocked:
+            callback(self, frame)
 
     def publish(self, channel: FakeChannel, exchange: str, routing_key: str, body: bytes,
                 properties: bytes) -> None:

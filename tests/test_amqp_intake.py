@@ -6,6 +6,7 @@ covered by every broker test (every delivery the worker consumes goes through it
 from __future__ import annotations
 
 import random
+import tracemalloc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,8 @@ import pika.spec
 import pytest
 from pika.spec import BasicProperties
 
+from contracts import BadEvent, parse_event
+from contracts.ids import TruncatedBody
 from worker.amqp_intake import DeliveryIntake
 
 OURS = "ctag1.ours"
@@ -27,6 +30,7 @@ class Sink:
     deliveries: list[tuple[Any, ...]] = field(default_factory=list)
     bytes_taken: int = 0
     frames_taken: int = 0
+    max_body_bytes: int = 64 * 1024
 
     def takes(self, channel_number: int, consumer_tag: str) -> bool:
         return channel_number == self.channel and consumer_tag in self.consumers
@@ -191,3 +195,59 @@ def test_it_passes_the_connection_events_and_attributes_through() -> None:
     assert intake.eof_received == shim.eof_received
     assert intake.connection_lost == shim.connection_lost
     assert intake.is_open is True  # pika's workflow treats it as the connection
+
+
+def test_a_body_over_the_limit_is_kept_only_to_the_limit_and_the_stream_stays_in_step(
+        ) -> None:
+    """A 5 MB body declared in its content header, in 1,281 body frames: the intake
+    holds no more than the sink's limit of it at any point (traced allocations stay
+    flat while it arrives), hands over its first bytes as a TruncatedBody that knows
+    the declared size, and the delivery after it arrives whole."""
+    limit, declared, room = 1000, 5 * 1024 * 1024, 4096 - 8
+    sink, pika_side = Sink(max_body_bytes=limit), PikaSide()
+    intake = DeliveryIntake(pika_side, sink)
+    method = pika.spec.Basic.Deliver(consumer_tag=OURS, delivery_tag=1, exchange="chat.events",
+                                     routing_key="acc-1.ag-1")
+    intake.data_received(pika.frame.Method(1, method).marshal())
+    intake.data_received(pika.frame.Header(1, declared, BasicProperties()).marshal())
+
+    block = random.Random(5).randbytes(room)
+
+    def pattern(offset: int, size: int) -> bytes:
+        # Each frame starts with its offset; made frame by frame, so the test does not
+        # hold 5 MB either.
+        return (offset.to_bytes(8, "big") + block[8:])[:size]
+
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        held = []
+        for offset in range(0, declared, room):
+            intake.data_received(pika.frame.Body(1, pattern(offset, min(room, declared - offset)))
+                                 .marshal())
+            held.append(tracemalloc.get_traced_memory()[0] - baseline)
+    finally:
+        tracemalloc.stop()
+    assert len(held) > 1000, "many frames"
+    assert max(held) < 64 * 1024, f"the intake kept {max(held)} bytes of a body over {limit}"
+
+    after = b"".join(delivery_frames(1, OURS, 2, b'{"next": true}'))
+    intake.data_received(after)
+    (_c1, tag1, *_rest1, body), (_c2, tag2, *_rest2, next_body) = sink.deliveries
+    assert (tag1, tag2) == (1, 2)
+    assert isinstance(body, TruncatedBody)
+    assert body == pattern(0, limit) and body.size == declared
+    assert next_body == b'{"next": true}' and not isinstance(next_body, TruncatedBody)
+    assert pika_side.chunks == [], "every frame was the intake's"
+    with pytest.raises(BadEvent, match=f"message too large: {declared} bytes exceeds the "
+                                       f"limit of {limit}; the body was not kept"):
+        parse_event(body, max_bytes=limit)
+
+
+def test_a_body_exactly_at_the_limit_is_kept_whole() -> None:
+    sink = Sink(max_body_bytes=700)
+    body = bytes(range(256)) * 2 + b"x" * 188
+    DeliveryIntake(PikaSide(), sink).data_received(
+        b"".join(delivery_frames(1, OURS, 1, body, frame_max=300)))
+    delivered = sink.deliveries[0][-1]
+    assert delivered == body and not isinstance(delivered, TruncatedBody)

@@ -16,6 +16,7 @@ import pika.exceptions
 import pytest
 from pika.adapters.select_connection import IOLoop
 
+from contracts.ids import TruncatedBody
 from tests.amqp_doubles import FakeBroker, FakeChannel, RecordingHandler
 from worker.amqp import TAG_BITS, AmqpLink
 from worker.amqp_properties import outgoing_properties
@@ -167,6 +168,27 @@ def test_deliveries_carry_headers_properties_and_redelivered(
     assert channel.acks == [(8, True)]
 
 
+def test_a_body_over_the_limit_is_kept_only_to_the_limit_on_pikas_road(
+        link: AmqpLink, broker: FakeBroker, handler: RecordingHandler) -> None:
+    """With the intake off pika hands the body over whole; the link keeps only what
+    the intake would have, so the driver's buffers stay bounded either way."""
+    channel = ready_channel(link, broker)
+    link.consume(QUEUES)
+    limit = link.settings.max_message_bytes
+    assert channel.deliver is not None
+    method = SimpleNamespace(delivery_tag=1, routing_key="conversation.created",
+                             redelivered=False, consumer_tag="ctag-1")
+    whole = bytes(range(256)) * (limit // 256 * 3)
+    channel.deliver(channel, method, pika.BasicProperties(), whole)
+    deliver(channel, 2)
+
+    big, small = (payload for kind, payload in handler.events if kind == "delivery")
+    assert isinstance(big.body, TruncatedBody)
+    assert (big.body, big.body.size) == (whole[:limit], len(whole))
+    assert small.body == b"{}" and not isinstance(small.body, TruncatedBody)
+    assert link.max_body_bytes == limit, "the intake keeps the same"
+
+
 def test_an_ack_from_a_lost_channel_never_acks_a_message_of_the_next(
         link: AmqpLink, broker: FakeBroker, handler: RecordingHandler) -> None:
     """Broker tags restart at 1 on every channel: a tag kept across a reconnect would
@@ -282,3 +304,43 @@ def test_close_while_up_closes_the_connection_then_stops(
     assert handler.kinds() == ["ready", "lost"]
     run_due_timers(link.ioloop)
     assert len(broker.connections) == 1, "no reconnect after close()"
+
+
+def test_a_broker_alarm_is_reported_while_it_lasts_and_nothing_is_torn_down(
+        link: AmqpLink, broker: FakeBroker, handler: RecordingHandler,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """connection.blocked: the link says why (readiness and the gauge read it), logs
+    each transition once, keeps the connection and keeps publishing (the broker holds
+    what comes, the driver's window bounds it); connection.unblocked clears it."""
+    caplog.set_level(logging.INFO, logger="worker.amqp")
+    channel = ready_channel(link, broker)
+    assert link.blocked is None
+    broker.connection.block("low on memory")
+    broker.connection.block("low on memory")  # told again: still one transition
+    assert link.blocked == "low on memory"
+    assert link.publish(update(1)) == 1 and len(channel.published) == 1
+    assert link.ready and not broker.connection.is_closing
+
+    broker.connection.unblock()
+    assert link.blocked is None
+    broker.connection.unblock()  # nothing to clear
+    transitions = [r.getMessage() for r in caplog.records if "blocks" in r.getMessage()
+                   or "unblocked" in r.getMessage()]
+    assert len(transitions) == 2, transitions
+    assert "low on memory" in transitions[0] and "alarm" in transitions[0]
+    assert "unblocked" in transitions[1]
+    assert handler.kinds() == ["ready"], "nothing lost, nothing to reconnect"
+
+
+def test_a_blocked_connection_that_closes_takes_its_block_along(
+        link: AmqpLink, broker: FakeBroker) -> None:
+    ready_channel(link, broker)
+    old = broker.connection
+    old.block("low on disk")
+    old.closed(pika.exceptions.StreamLostError("cut"))
+    assert link.blocked is None, "a new connection is blocked only when the broker says so"
+    ready_channel(link, broker)
+    old.block("low on disk")  # a late word about the old one changes nothing
+    assert link.blocked is None
+    broker.connection.block("low on disk")
+    assert link.blocked == "low on disk"

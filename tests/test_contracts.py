@@ -7,11 +7,15 @@ import pytest
 from contracts import (
     AgentAssigned,
     BadEvent,
+    BadRequest,
     ConversationTransferred,
     MessageCreated,
     parse_event,
+    parse_request,
 )
+from contracts.ids import TruncatedBody
 from contracts.schema import SCHEMA_DIR, render, schemas
+from worker.observability import reason_family
 
 ASSIGNED = {"event_id": "e-123", "type": "conversation.assigned", "account_id": "acc-1",
             "occurred_at": "2026-11-24T10:00:00Z", "conversation_id": "c-9", "sequence": 4,
@@ -62,6 +66,21 @@ def test_size_limit_is_checked_before_parsing() -> None:
     with pytest.raises(BadEvent, match=expected):
         parse_event(oversized)
     assert parse_event(body(), max_bytes=len(body())).event_id == "e-123"
+
+
+def test_a_truncated_body_is_refused_as_too_large_whatever_it_holds() -> None:
+    """What a receiver kept of a body over the limit: never parsed (a valid event cut
+    short could even parse), refused naming the declared size and the cut, with the
+    same words for events and requests."""
+    kept = TruncatedBody(body(), 5_000_000)
+    expected = (f"message too large: 5000000 bytes exceeds the limit of 65536; the body "
+                f"was not kept: this message carries only its first {len(body())} bytes")
+    with pytest.raises(BadEvent) as event:
+        parse_event(kept)
+    with pytest.raises(BadRequest) as request:
+        parse_request(kept, "no-such-kind")
+    assert event.value.reason == request.value.reason == expected
+    assert reason_family(expected) == "too_large"
 
 
 def test_message_author_agent_needs_agent_id() -> None:

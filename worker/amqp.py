@@ -18,6 +18,7 @@ import pika
 import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
+from contracts.ids import TruncatedBody
 from worker.amqp_frames import FRAME_OVERHEAD, PublishFrames
 from worker.amqp_io import IOServices
 from worker.amqp_properties import encoded_properties
@@ -149,6 +150,14 @@ class ConnectionLike(Protocol):
 
     def channel(self, *, on_open_callback: Callable[[Any], None]) -> Any: ...
 
+    def add_on_connection_blocked_callback(
+            self, callback: Callable[[Any, Any], None]) -> None:
+        """``callback(connection, frame)`` on the broker's ``connection.blocked``."""
+
+    def add_on_connection_unblocked_callback(
+            self, callback: Callable[[Any, Any], None]) -> None:
+        """``callback(connection, frame)`` on the broker's ``connection.unblocked``."""
+
     def publish(self, channel: Any, exchange: str, routing_key: str, body: bytes,
                 properties: bytes) -> None:
         """``basic.publish`` (mandatory) on ``channel`` (see CoalescingConnection)."""
@@ -164,6 +173,12 @@ class AmqpLink:
     no-ops (``publish`` returns None), and a lost channel is reported once, through
     ``handler.on_lost``, when its connection has closed -- never by an exception
     out of the ioloop.
+
+    A broker that runs out of memory or disk blocks its publishers (``connection.blocked``):
+    the connection stays up and confirms simply stop coming until the alarm clears.
+    :attr:`blocked` says so, for readiness and metrics; nothing is torn down (pika's
+    ``blocked_connection_timeout`` is left unset: reconnecting to a broker that is
+    still in alarm only gets blocked again, and gives back every unacked event).
     """
 
     def __init__(self, settings: Settings, topology: Topology, handler: LinkHandler,
@@ -189,6 +204,9 @@ class AmqpLink:
         self._channel_error: BaseException | None = None
         self._refusal: str | None = None  # the set-up refusal last logged
         self._refused = False  # this connection ended in a set-up refusal
+        # The broker's reason while it blocks our publishes (its memory or disk alarm).
+        self.blocked: str | None = None
+        self._blocked_since = 0.0
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -248,6 +266,10 @@ class AmqpLink:
         self._channel = None
         self._consumers = {}
         self.ready = False
+        if self.blocked is not None:
+            # The next connection is blocked only if the broker says so again.
+            log.info("the connection the broker blocked (%s) is closed", self.blocked)
+            self.blocked = None
         if self._reported_ready:
             self._reported_ready = False
             self.handler.on_lost()
@@ -261,7 +283,26 @@ class AmqpLink:
             self._reconnect_later("lost the connection to", reason)
 
     def _on_connection_open(self, connection: ConnectionLike) -> None:
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_blocked(self, connection: object, frame: Any) -> None:
+        if connection is not self._connection:
+            return
+        reason = str(frame.method.reason or "a resource alarm")
+        if self.blocked is None:
+            self._blocked_since = time.monotonic()
+            log.warning("the broker blocks publishing on this connection (%s): its memory "
+                        "or disk alarm; updates and acks wait until it clears", reason)
+        self.blocked = reason
+
+    def _on_unblocked(self, connection: object, _frame: object) -> None:
+        if connection is not self._connection or self.blocked is None:
+            return
+        log.info("the broker unblocked this connection after %.1f s (%s cleared); "
+                 "publishing resumes", time.monotonic() - self._blocked_since, self.blocked)
+        self.blocked = None
 
     def _on_channel_open(self, channel: Any) -> None:
         self._channel = channel
@@ -380,11 +421,22 @@ class AmqpLink:
 
     def _on_message(self, _channel: object, method: Any, properties: pika.BasicProperties,
                     body: bytes) -> None:
-        # pika's road (the intake leaves it only deliveries for consumers not ours).
+        # pika's road (with the intake off, or for consumers the intake left to pika).
+        # pika assembled the body whole; what the worker holds from here on is bounded
+        # as on the intake's road.
+        limit = self.settings.max_message_bytes
+        if len(body) > limit:
+            body = TruncatedBody(body[:limit], len(body))
         self.delivered(method.consumer_tag, method.delivery_tag, bool(method.redelivered),
                        method.routing_key, properties, body)
 
     # -- the intake's sink (worker.amqp_intake.DeliverySink) -----------------
+    @property
+    def max_body_bytes(self) -> int:
+        """A body longer than the worker takes is only kept this far: it is
+        dead-lettered as too large all the same (see contracts.ids.TruncatedBody)."""
+        return self.settings.max_message_bytes
+
     def takes(self, channel_number: int, consumer_tag: str) -> bool:
         channel = self._channel
         return (channel is not None and channel.channel_number == channel_number

@@ -16,7 +16,13 @@ hands data to (see :mod:`worker.amqp_io`). It splits the stream into frames by t
   methods, confirms, returns, heartbeats, deliveries for anyone else), only ever whole
   frames, so pika never sees a delivery's frames without its method;
 - keeps pika's received-bytes count, which its heartbeat checker reads, as if pika had
-  read the delivery itself.
+  read the delivery itself;
+- keeps no more of a body than the sink's ``max_body_bytes``: a body the content header
+  declares larger is counted to its end but only its first ``max_body_bytes`` bytes are
+  kept, and the sink gets them as a :class:`contracts.ids.TruncatedBody` (which the
+  parsers refuse as too large, naming the declared size). With a broker limit of 128 MiB
+  and hundreds of deliveries prefetched, whole bodies would bound memory by the broker's
+  limit instead of the worker's.
 
 Anything it does not recognise as a well-formed frame (the protocol header a broker
 sends to refuse the version, a bad frame end) goes to pika as it came, and the intake
@@ -30,6 +36,7 @@ from typing import Any, Protocol
 
 from pika.spec import BasicProperties
 
+from contracts.ids import TruncatedBody
 from worker.amqp_frames import (
     FRAME_BODY,
     FRAME_END,
@@ -50,6 +57,11 @@ _longlong = struct.Struct(">Q")  # a delivery tag, a body size
 
 class DeliverySink(Protocol):
     """Who gets the deliveries the intake takes: the broker link."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Body bytes kept at most; a longer body reaches :meth:`delivered` as a
+        :class:`TruncatedBody` of this length (read once, when the intake is made)."""
 
     def takes(self, channel_number: int, consumer_tag: str) -> bool:
         """Whether a delivery for this consumer on this channel is the sink's
@@ -77,8 +89,8 @@ def _short_string(data: bytes, offset: int) -> tuple[str, int]:
 class _Pending:
     """A delivery whose method frame is in and whose content is still arriving."""
 
-    __slots__ = ("body_size", "chunks", "consumer_tag", "delivery_tag", "properties",
-                 "received", "redelivered", "routing_key")
+    __slots__ = ("body_size", "chunks", "consumer_tag", "delivery_tag", "kept",
+                 "oversized", "properties", "received", "redelivered", "routing_key")
 
     def __init__(self, consumer_tag: str, delivery_tag: int, redelivered: bool,
                  routing_key: str) -> None:
@@ -89,7 +101,9 @@ class _Pending:
         self.properties: BasicProperties | None = None
         self.body_size = 0
         self.chunks: list[bytes] = []
-        self.received = 0
+        self.received = 0  # body bytes that arrived
+        self.oversized = False  # declared larger than the sink keeps
+        self.kept = 0  # body bytes in chunks (counted only when oversized)
 
 
 class DeliveryIntake:
@@ -98,6 +112,7 @@ class DeliveryIntake:
     def __init__(self, protocol: Any, sink: DeliverySink) -> None:
         self._protocol = protocol
         self._sink = sink
+        self._max_body_bytes = sink.max_body_bytes
         self._buffer = b""
         self._transparent = False
         self._pending: dict[int, _Pending] = {}  # channel -> delivery being assembled
@@ -149,9 +164,16 @@ class DeliveryIntake:
                                             routing_key)
             elif kind == FRAME_HEADER:
                 delivery.body_size = _longlong.unpack_from(buffer, payload + 4)[0]
+                delivery.oversized = delivery.body_size > self._max_body_bytes
                 delivery.properties = BasicProperties().decode(buffer[payload + 12:end - 1])
             elif kind == FRAME_BODY:
-                delivery.chunks.append(buffer[payload:end - 1])
+                if not delivery.oversized:
+                    delivery.chunks.append(buffer[payload:end - 1])
+                elif delivery.kept < self._max_body_bytes:
+                    chunk = buffer[payload:min(end - 1,
+                                               payload + self._max_body_bytes - delivery.kept)]
+                    delivery.chunks.append(chunk)
+                    delivery.kept += len(chunk)
                 delivery.received += length
             else:
                 # A content frame was due on this channel: the stream is not AMQP as
@@ -181,6 +203,8 @@ class DeliveryIntake:
             return
         chunks = delivery.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if delivery.oversized:
+            body = TruncatedBody(body, delivery.body_size)
         assert delivery.properties is not None
         self._sink.delivered(delivery.consumer_tag, delivery.delivery_tag,
                              delivery.redelivered, delivery.routing_key,

@@ -18,10 +18,15 @@ TICK_SECONDS = 1.0
 
 
 class Monitor:
+    """``connected`` and ``broker_blocked`` read the link: whether it is up, and the
+    broker's reason while it blocks the connection (None otherwise)."""
+
     def __init__(self, driver: Driver, connected: Callable[[], bool], metrics: Metrics,
-                 health: HealthState, status: StatusLine) -> None:
+                 health: HealthState, status: StatusLine,
+                 broker_blocked: Callable[[], str | None]) -> None:
         self.driver = driver
         self.connected = connected
+        self.broker_blocked = broker_blocked
         self.metrics = metrics
         self.health = health
         self.status = status
@@ -64,9 +69,12 @@ class Monitor:
         connected = self.connected()
         consuming = connected and driver.phase is Phase.CONSUMING and driver.consuming
         problem = driver.problem
+        blocked = self.broker_blocked()
+        metrics.set_broker_blocked(blocked is not None)
         self.health.update(connected=connected, consuming=consuming,
                            can_commit=problem is None,
-                           reason="" if problem is None else problem)
+                           reason="" if problem is None else problem,
+                           broker_blocked=blocked or "")
         self.status.tick(consumed=stats.consumed, published=stats.updates,
                          dead_lettered=stats.dead_lettered, unacked=driver.unacked)
 

@@ -61,7 +61,8 @@ class Worker:
         self.metrics = Metrics()
         self.health = HealthState()
         self.monitor = Monitor(self.driver, lambda: self.link.ready, self.metrics,
-                               self.health, StatusLine(settings.status_interval))
+                               self.health, StatusLine(settings.status_interval),
+                               lambda: self.link.blocked)
 
     @property
     def stats(self) -> Stats:

@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     pipeline_depth: int = Field(3, ge=1, description=(
         "Batches in flight at once: the next is evaluated while earlier ones wait for "
         "confirms and their commit."))
-    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1,
-                                   description="Larger events are dead-lettered.")
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1, description=(
+        "Larger events are dead-lettered; the worker keeps no more of a body than this, "
+        "so their dead letter carries only its first this many bytes (x-error says so)."))
     rules_dir: Path | None = Field(None, description="Rule directory (default: shipped rules).")
     time_lag: float = Field(1.0, ge=0, description=(
         "Seconds the worker's clock must be past a time threshold crossing before it is "
@@ -83,7 +84,10 @@ class Settings(BaseSettings):
     amqp_intake: bool = Field(True, description=(
         "Take deliveries off the byte stream past pika's frame objects (about a sixth "
         "less CPU per event); false: every frame through pika (an escape hatch, and "
-        "the baseline of benchmarks.intake)."))
+        "the baseline of benchmarks.intake). With false, pika assembles each body whole "
+        "before the worker sees it: one message up to the broker's max_message_size "
+        "(128 MiB by default) is held in memory while it arrives, though only its first "
+        "INBOX_RULES_MAX_MESSAGE_BYTES are kept after."))
     reconnect_max_delay: float = Field(30.0, gt=0, description=(
         "Longest wait between reconnects or store retries, seconds."))
     tls_ca_file: Path | None = Field(None, description="CA bundle for amqps:// (default: system).")

@@ -11,8 +11,11 @@ import pytest
 from tests.support.harness import Bus, ThreadWorker, settings_for, wait_drained, wait_for
 from tests.support.oracle import replay
 from tests.support.streams import encode, event_stream
+from worker.settings import Settings
 
 pytestmark = pytest.mark.broker
+
+LIMIT = Settings.model_fields["max_message_bytes"].default
 
 
 def test_events_in_give_the_replayed_updates_out(vhost: str, bus: Bus, tmp_path: Path) -> None:
@@ -55,10 +58,34 @@ def test_bad_messages_go_to_the_dlq_with_the_reason_and_good_ones_flow(
         wait_drained(bus, bus.topology.events_queue)
         dead = bus.drain(bus.topology.dead_letter_queue)
         assert worker.link.ready, "the worker kept running"
-    assert [body for _m, _p, body in dead] == list(bad)
+    # A body over the limit is not kept whole: its dead letter carries its first bytes.
+    assert [body for _m, _p, body in dead] == [body[:LIMIT] for body in bad]
     for (_method, properties, body), fragment in zip(dead, bad.values(), strict=True):
         reason = properties.headers["x-error"]
         assert fragment in reason, (body[:40], reason)
+    assert bus.updates() == replay(good)
+
+
+@pytest.mark.parametrize("intake", [True, False], ids=["intake", "pika"])
+def test_a_5_mb_message_is_dead_lettered_cut_to_the_limit_and_good_events_flow(
+        vhost: str, bus: Bus, tmp_path: Path, intake: bool) -> None:
+    """The worker keeps no more of a body than INBOX_RULES_MAX_MESSAGE_BYTES (on pika's
+    own road too, INBOX_RULES_AMQP_INTAKE=false): the dead letter says how large the
+    message was and that it carries only its first bytes; the events behind it go on."""
+    good = event_stream(seed=3, count=80)
+    huge = json.dumps({**good[0], "event_id": "huge", "pad": "x" * 5_000_000}).encode()
+    bodies = [*encode(good[:40]), huge, *encode(good[40:])]
+    bus.publish(bodies)
+    settings = settings_for(vhost, tmp_path / "state.sqlite3", amqp_intake=intake)
+    with ThreadWorker(settings) as worker:
+        wait_for(lambda: worker.stats.acked >= len(bodies), 60, "all messages acked")
+        wait_drained(bus, bus.topology.events_queue)
+        assert worker.link.ready and worker.link.reconnects == 0, "the worker kept running"
+    [(_method, properties, body)] = bus.drain(bus.topology.dead_letter_queue)
+    assert body == huge[:LIMIT]
+    assert properties.headers["x-error"] == (
+        f"message too large: {len(huge)} bytes exceeds the limit of {LIMIT}; the body was "
+        f"not kept: this message carries only its first {LIMIT} bytes")
     assert bus.updates() == replay(good)
 
 

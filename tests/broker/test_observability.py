@@ -22,7 +22,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from tests.support.harness import (
     cut_worker_connections,
     free_port,
     http_get,
+    memory_alarm,
     rig,
     running,
     vhost_user,
@@ -254,6 +255,56 @@ def test_readiness_follows_the_broker_link_and_liveness_does_not(
     since_ready = readiness[readiness.index(200):]
     flips = [b for a, b in itertools.pairwise(since_ready) if a != b]
     assert flips == [503, 200], f"/readyz went 200 then {flips}"
+
+
+def test_a_broker_memory_alarm_makes_readyz_503_and_then_everything_goes_out(
+        vhost: str, bus: Bus, tmp_path: Path) -> None:
+    """The broker blocks the worker's connection (connection.blocked) while its memory
+    alarm lasts: nothing gets published, and /readyz, the gauge and the log say why.
+    Once the alarm clears the worker resumes by itself on the same connection: every
+    update goes out and /readyz is 200 again."""
+    events = event_stream(seed=73, count=300, accounts=3)
+    oracle = Oracle.replay(events)
+    assert oracle.updates, "a stream that publishes nothing proves nothing"
+    bus.publish_events(events)  # before the alarm: it would block the test's publishes too
+    wait_for(lambda: bus.ready(bus.topology.events_queue) == len(events), 30,
+             "the events in the queue", interval=0.2)
+    port = free_port()
+    blocked: list[tuple[int, str]] = []
+    # The worker starts under the alarm; the alarm ends first (ExitStack.close) while the
+    # worker goes on, and is cleared on any failure too.
+    with ExitStack() as alarm:
+        alarm.enter_context(memory_alarm())
+        with worker_on(amqp_url(vhost), tmp_path, port) as worker:
+            def readyz_blocked() -> bool:
+                status, body = http_get(port, "/readyz")
+                if "blocks publishing" not in body:
+                    return False
+                blocked.append((status, body.strip()))
+                return scrape(port).value("inbox_rules_broker_blocked") == 1
+
+            wait_for(readyz_blocked, 30, "/readyz to name the broker alarm", interval=0.2,
+                     alive=worker)
+            assert bus.ready(bus.updates_queue) == 0, "nothing goes out while blocked"
+            assert scrape(port).value("inbox_rules_healthy", check="live") == 1
+
+            alarm.close()  # the watermark as it was: the alarm clears
+            wait_for(lambda: http_get(port, "/readyz")[0] == 200, 30,
+                     "/readyz to say 200 again", interval=0.2, alive=worker)
+            wait_for(bus.drained, 60, "every event acked", interval=0.3, alive=worker)
+            wait_for(lambda: scrape(port).value("inbox_rules_broker_blocked") == 0,
+                     10 * METRICS_TICK, "the gauge to clear", alive=worker)
+            assert worker.stop() == 0, worker.log_tail()
+
+    status, reason = blocked[-1]
+    assert status == 503
+    assert reason == ("the broker blocks publishing (low on memory): a broker memory or "
+                      "disk alarm; updates wait until it clears")
+    assert bus.updates() == oracle.updates, "every update out once the alarm cleared"
+    log = worker.log()
+    assert "the broker blocks publishing on this connection (low on memory" in log
+    assert "the broker unblocked this connection" in log
+    assert worker.reconnects() == 0, "the connection was never torn down"
 
 
 def test_json_logs_at_debug_through_a_reconnect_carry_no_password(

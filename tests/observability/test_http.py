@@ -120,6 +120,22 @@ def test_readyz_is_200_only_while_connected_consuming_and_able_to_commit(
     assert status == 503 and "loop has not turned" in body
 
 
+def test_readyz_is_503_while_the_broker_blocks_the_connection(
+        server: HttpServer, health: HealthState) -> None:
+    health.update(connected=True, consuming=True)
+    health.update(broker_blocked="low on disk")
+    status, _, body = get(server, "/readyz")
+    assert status == 503
+    assert body == ("the broker blocks publishing (low on disk): a broker memory or disk "
+                    "alarm; updates wait until it clears\n")
+    assert health.broker_blocked == "low on disk"
+    assert get(server, "/healthz")[0] == 200
+    health.update(consuming=False, reason="")  # the alarm stays the news
+    assert "low on disk" in get(server, "/readyz")[2]
+    health.update(consuming=True, broker_blocked="")
+    assert get(server, "/readyz")[::2] == (200, "ok\n")
+
+
 def test_only_get_on_the_three_paths(server: HttpServer) -> None:
     assert get(server, "/")[0] == 404
     assert get(server, "/metrics/extra")[0] == 404

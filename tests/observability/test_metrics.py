@@ -121,6 +121,10 @@ def test_histograms_gauges_and_info() -> None:
     assert value(metrics, "inbox_rules_cached_accounts") == 42
     assert value(metrics, "inbox_rules_rules_info", version="e768bf72fbeb") == 1
 
+    assert value(metrics, "inbox_rules_broker_blocked") == 0, "a series from the start"
+    metrics.set_broker_blocked(True)
+    assert value(metrics, "inbox_rules_broker_blocked") == 1
+
     metrics.rules_version("0123456789ab")  # a reload: one version at a time
     versions = [dict(labels)["version"] for (name, labels) in samples(metrics)
                 if name == "inbox_rules_rules_info"]

@@ -1,8 +1,9 @@
 """Bad input never stops the worker: fuzzed bad messages between good events.
 
 Every bad message lands in the dead-letter queue with an ``x-error`` reason and its
-body byte for byte; every good event is processed (checked against the offline
-replay); the worker process stays up; good events behind bad ones are not held back.
+body byte for byte (up to the size limit: the worker keeps no more); every good event
+is processed (checked against the offline replay); the worker process stays up; good
+events behind bad ones are not held back.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The broker and process harness of every test and benchmark.
 
 - the broker: ``rabbitmqctl``, a vhost per test or run (:func:`fresh_vhost`), users,
-  the worker's connections as the broker sees them, and :class:`Bus`, a blocking client
+  a resource alarm (:func:`memory_alarm`), the worker's connections as the broker sees
+  them, and :class:`Bus`, a blocking client
   that declares the worker's topology and a queue collecting every update;
 - waiting: :func:`wait_for`, :func:`wait_drained`;
 - the worker: :class:`WorkerProcess` (``inbox-rules run``, or another program such as
@@ -144,6 +145,37 @@ def broker_restart() -> Iterator[None]:
     finally:
         rabbitmqctl("start_app")
         rabbitmqctl("await_startup")
+
+
+def _broker_status() -> dict[str, Any]:
+    status: dict[str, Any] = json.loads(rabbitmqctl("status", "--formatter", "json"))
+    return status
+
+
+def _memory_watermark_args() -> list[str]:
+    """The broker's memory high watermark as ``set_vm_memory_high_watermark`` takes it
+    back (``0.4``, or ``absolute <bytes>``)."""
+    setting = _broker_status()["vm_memory_high_watermark_setting"]
+    if "absolute" in setting:
+        return ["absolute", str(setting["absolute"])]
+    return [str(setting["relative"])]
+
+
+@contextmanager
+def memory_alarm(timeout: float = 15.0) -> Iterator[None]:
+    """A memory alarm on the broker (a watermark far below what it uses) until leaving,
+    then the watermark exactly as it was, always. The broker then blocks every
+    publishing connection of every vhost: keep what runs inside short."""
+    before, alarms = _memory_watermark_args(), _broker_status()["alarms"]
+    rabbitmqctl("set_vm_memory_high_watermark", "0.0000001")
+    try:
+        wait_for(lambda: _broker_status()["alarms"] != alarms, timeout, "the memory alarm",
+                 interval=0.2)
+        yield
+    finally:
+        rabbitmqctl("set_vm_memory_high_watermark", *before)
+        wait_for(lambda: _broker_status()["alarms"] == alarms, timeout,
+                 "the memory alarm to clear", interval=0.2)
 
 
 def _connections(vhost: str, named: str | None = None) -> dict[str, str]:

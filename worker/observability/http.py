@@ -10,9 +10,10 @@ another thread; it never touches the broker link or the store.
   :meth:`HealthState.loop_turned`; 503 once the last stamp is older than
   ``stale_after`` (a loop blocked in a callback also stops answering heartbeats, so
   restarting the process is the cure).
-- ``/readyz`` is readiness: 200 only while connected, consuming and able to commit
-  (and live); 503 with a one-line plain-text reason otherwise. A worker that is
-  reconnecting or waiting out a store outage is alive but not ready.
+- ``/readyz`` is readiness: 200 only while connected, not blocked by a broker alarm,
+  consuming and able to commit (and live); 503 with a one-line plain-text reason
+  otherwise. A worker that is reconnecting, waiting out a store outage or held by the
+  broker's memory or disk alarm is alive but not ready.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class HealthState:
         self._consuming = False
         self._can_commit = True
         self._reason: str | None = None
+        self._broker_blocked: str | None = None
 
     def loop_turned(self) -> None:
         """Stamp "the loop turned" with the monotonic clock."""
@@ -72,10 +74,15 @@ class HealthState:
             self._loop_turned_at = now
 
     def update(self, *, connected: bool | None = None, consuming: bool | None = None,
-               can_commit: bool | None = None, reason: str | None = None) -> None:
+               can_commit: bool | None = None, reason: str | None = None,
+               broker_blocked: str | None = None) -> None:
         """Change the given fields only. ``reason`` explains the latest trouble (e.g.
-        the store error); it is reported while not ready and cleared by ``reason=""``."""
+        the store error); it is reported while not ready and cleared by ``reason=""``.
+        ``broker_blocked`` is the broker's reason while it blocks the connection (its
+        memory or disk alarm: nothing gets published), cleared by ``""``."""
         with self._lock:
+            if broker_blocked is not None:
+                self._broker_blocked = broker_blocked or None
             if connected is not None:
                 self._connected = connected
             if consuming is not None:
@@ -106,6 +113,11 @@ class HealthState:
             return self._can_commit
 
     @property
+    def broker_blocked(self) -> str | None:
+        with self._lock:
+            return self._broker_blocked
+
+    @property
     def reason(self) -> str | None:
         with self._lock:
             return self._reason
@@ -120,15 +132,20 @@ class HealthState:
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, why): connected, consuming, able to commit, and alive."""
+        """(ready, why): connected and not blocked, consuming, able to commit, and
+        alive."""
         alive, why = self.liveness()
         if not alive:
             return False, why
         with self._lock:
             connected, consuming = self._connected, self._consuming
             can_commit, reason = self._can_commit, self._reason
+            blocked = self._broker_blocked
         if not connected:
             return False, reason or "not connected to the broker"
+        if blocked is not None:
+            return False, (f"the broker blocks publishing ({blocked}): a broker memory or "
+                           "disk alarm; updates wait until it clears")
         if not can_commit:
             return False, reason or "cannot commit to the state store"
         if not consuming:

@@ -159,6 +159,10 @@ class Metrics:
                            namespace=NAMESPACE, registry=reg)
         self._owned = Gauge("owned_partitions", "How many account partitions this worker owns.",
                             namespace=NAMESPACE, registry=reg)
+        self._blocked = Gauge("broker_blocked",
+                              "1 while the broker blocks this worker's connection (its "
+                              "memory or disk alarm): nothing is published until it clears.",
+                              namespace=NAMESPACE, registry=reg)
         self._partition = Gauge("partition_owned",
                                 "1 for each account partition this worker owns.",
                                 ["partition"], namespace=NAMESPACE, registry=reg)
@@ -205,6 +209,9 @@ class Metrics:
 
     def set_cached_accounts(self, n: int) -> None:
         self._accounts.set(n)
+
+    def set_broker_blocked(self, blocked: bool) -> None:
+        self._blocked.set(1 if blocked else 0)
 
     def rules_version(self, version: str) -> None:
         """The rules in force; a reload replaces the label (one series at a time)."""
