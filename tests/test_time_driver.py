@@ -43,7 +43,7 @@ class ClockLink(RecordingLink):
         self._order = itertools.count()
         self.tags = itertools.count(1)
         self.looped = 0  # published messages looked at for the input queue
-        self.loop_back = True
+        self.echo = True
         self.confirming = True  # False: the broker never confirms (nothing commits)
 
     def deliver(self, body: bytes, routing_key: str = "", headers: dict[str, Any] | None = None,
@@ -87,7 +87,7 @@ class ClockLink(RecordingLink):
             confirmed = len(self.published)
             if self.confirming:
                 self.driver.on_confirm(confirmed, multiple=True, ok=True)
-            while self.loop_back and self.looped < len(self.published):
+            while self.echo and self.looped < len(self.published):
                 message = self.published[self.looped]
                 self.looped += 1
                 if (message.exchange, message.routing_key) == ("", "inbox-rules.events"):
@@ -219,7 +219,7 @@ def test_a_crossing_batch_whose_commit_fails_is_made_again_identically() -> None
 
 def test_a_worker_that_received_nothing_ticks_until_it_learns_it_is_the_active_one() -> None:
     _, link, store = _driver()
-    link.loop_back = False  # a hot standby: its ticks go to the active consumer
+    link.echo = False  # a hot standby: its ticks go to the active consumer
     link.advance(2 * TICK_INTERVAL + 0.5)
     ticks = link.ticks()
     assert len(ticks) == 3 and {(m.exchange, m.routing_key) for m in ticks} == {
@@ -287,7 +287,7 @@ def test_a_new_owner_continues_the_order_the_previous_one_published() -> None:
                if (m.exchange, m.routing_key) == ("", "inbox-rules.events")]
 
     _second, link2, _ = _driver(lag=0.0, store=store, now=500.0)
-    link2.loop_back = True
+    link2.echo = True
     # The broker gives back what the first owner held, ahead of the new owner's ticks.
     link2.looped = len(link2.published)
     for message in unacked:

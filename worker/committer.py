@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from worker.domain.account import AccountWrite
@@ -24,8 +24,10 @@ Done = Callable[[StoreError | None], None]
 
 
 class Committer(Protocol):
-    def submit(self, writes: Sequence[AccountWrite], on_done: Done) -> None:
-        """Commit ``writes``; ``on_done(None)`` after, or ``on_done(error)``."""
+    def submit(self, writes: Sequence[AccountWrite], on_done: Done,
+               rules_in_force: Mapping[int, str] | None = None) -> None:
+        """Commit ``writes`` (and the partitions' rules in force: StateStore.commit);
+        ``on_done(None)`` after, or ``on_done(error)``."""
 
     def close(self) -> None: ...
 
@@ -36,9 +38,10 @@ class InlineCommitter:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def submit(self, writes: Sequence[AccountWrite], on_done: Done) -> None:
+    def submit(self, writes: Sequence[AccountWrite], on_done: Done,
+               rules_in_force: Mapping[int, str] | None = None) -> None:
         try:
-            self.store.commit(writes)
+            self.store.commit(writes, rules_in_force)
         except StoreError as exc:
             on_done(exc)
             return
@@ -55,14 +58,16 @@ class ThreadedCommitter:
     def __init__(self, store: StateStore, post: Callable[[Callable[[], None]], None]) -> None:
         self.store = store
         self.post = post
-        self._jobs: queue.SimpleQueue[tuple[Sequence[AccountWrite], Done] | None] = (
+        self._jobs: queue.SimpleQueue[
+            tuple[Sequence[AccountWrite], Done, Mapping[int, str] | None] | None] = (
             queue.SimpleQueue())
         self._thread = threading.Thread(target=self._run, name="inbox-rules-commit",
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, writes: Sequence[AccountWrite], on_done: Done) -> None:
-        self._jobs.put((writes, on_done))
+    def submit(self, writes: Sequence[AccountWrite], on_done: Done,
+               rules_in_force: Mapping[int, str] | None = None) -> None:
+        self._jobs.put((writes, on_done, rules_in_force))
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -73,10 +78,10 @@ class ThreadedCommitter:
             job = self._jobs.get()
             if job is None:
                 return
-            writes, on_done = job
+            writes, on_done, rules_in_force = job
             error: StoreError | None = None
             try:
-                self.store.commit(writes)
+                self.store.commit(writes, rules_in_force)
             except StoreError as exc:
                 error = exc
             self.post(lambda on_done=on_done, error=error: on_done(error))  # type: ignore[misc]

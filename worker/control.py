@@ -13,6 +13,10 @@ the previous owner published, with the same ``seq``, and continues from there.
 * :class:`Tick` - cross the time thresholds of the named accounts due by ``until``.
   The worker whose clock says something is due sends one; the state, not the sender,
   decides what crosses (a tick that finds nothing due changes nothing).
+* :class:`Adopt` - from here on, the partition's messages are evaluated under this
+  rules version. Whatever came before it in the queue stays under the version in
+  force then, also when it is evaluated again after a crash; an account adopts the
+  new version before anything else touches it (worker.rules_in_force).
 
 A control message is honoured only when it carries the fleet's token
 (``x-inbox-rules-control``): a random value kept in the state store and shared by the
@@ -40,6 +44,7 @@ CONTROL_KIND_HEADER = "x-inbox-control"
 # drops those that upstream sent.
 INTERNAL_PREFIX = "x-inbox-"
 TICK_TYPE = "inbox-rules.tick"
+ADOPT_TYPE = "inbox-rules.adopt"
 # Accounts one tick names, at most: its body stays far below any message size limit
 # (128-character ids), and one tick is a bounded piece of work for a batch.
 TICK_ACCOUNTS = 200
@@ -56,6 +61,14 @@ class Tick:
 
     until: datetime
     accounts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """The partition's queue takes ``rules_version`` from here on."""
+
+    partition: int
+    rules_version: str
 
 
 def is_trusted(headers: Mapping[str, Any] | None, token: str) -> bool:
@@ -85,9 +98,18 @@ def tick_message(exchange: str, routing_key: str, token: str, tick: Tick) -> Out
                     content_type="application/json", type=TICK_TYPE)
 
 
-def read_control(kind: str, body: bytes) -> Tick:
+def adopt_message(exchange: str, routing_key: str, token: str, adopt: Adopt) -> Outgoing:
+    body = orjson.dumps({"partition": adopt.partition, "rules_version": adopt.rules_version})
+    return Outgoing(exchange, routing_key, body, message_id=None,
+                    headers={CONTROL_HEADER: token, CONTROL_KIND_HEADER: ADOPT_TYPE},
+                    content_type="application/json", type=ADOPT_TYPE)
+
+
+def read_control(kind: str, body: bytes) -> Tick | Adopt:
     """The control message of a trusted delivery; :class:`BadControlError` if it is not one
     (a worker of another version, or a bug: dead-lettered, never guessed at)."""
+    if kind == ADOPT_TYPE:
+        return _read_adopt(body)
     if kind != TICK_TYPE:
         raise BadControlError(f"unknown control message type {kind!r}")
     try:
@@ -101,6 +123,17 @@ def read_control(kind: str, body: bytes) -> Tick:
         raise BadControlError("unreadable tick: needs an aware 'until' and at most "
                          f"{TICK_ACCOUNTS} account ids")
     return Tick(until, tuple(accounts))
+
+
+def _read_adopt(body: bytes) -> Adopt:
+    try:
+        data = orjson.loads(body)
+        partition, version = data["partition"], data["rules_version"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BadControlError(f"unreadable adoption: {exc}") from exc
+    if not isinstance(partition, int) or partition < 0 or not isinstance(version, str):
+        raise BadControlError("unreadable adoption: needs a partition number and a version")
+    return Adopt(partition, version)
 
 
 def chunks(ids: Sequence[str], size: int = TICK_ACCOUNTS) -> list[tuple[str, ...]]:

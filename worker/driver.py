@@ -18,7 +18,6 @@ A lost link drops the same way; the broker redelivers what was not acked.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections import deque
@@ -31,13 +30,14 @@ from functools import partial
 from worker.accounts import AccountCache
 from worker.backoff import backoff_delay
 from worker.committer import Committer, InlineCommitter
-from worker.control import Tick, chunks, tick_message
+from worker.control import Adopt, Tick, adopt_message, chunks, tick_message
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
-from worker.errors import StoreConflictError, StoreError, StoreFencedError
+from worker.errors import RuleFileError, StoreConflictError, StoreError, StoreFencedError
 from worker.link import Delivery, Link, Outgoing, Returned
 from worker.partitions import partition_of
 from worker.pipeline import DeadLetter, Plan, Router, Step, Sweep
+from worker.rules_in_force import RulesInForce
 from worker.settings import Settings
 from worker.store import StateStore
 from worker.topology import Topology
@@ -103,7 +103,7 @@ class Batch:
 
     plan: Plan
     messages: list[Outgoing]
-    sweep: bool = False
+    sweep: int | None = None  # the partition a rules sweep batch covers
     published: int = 0
     last_sequence: int | None = None  # publish number of its last message
     started: float = field(default_factory=time.monotonic)
@@ -124,7 +124,8 @@ class Driver:
         self.store = store
         self.committer: Committer = committer or InlineCommitter(store)
         self.topology = topology or Topology.from_settings(settings)
-        self.categoriser = Categoriser(rules)
+        # Which rules each partition's queue is in force under (worker.rules_in_force).
+        self.in_force = RulesInForce(rules, self.topology.partitions, self._load_rules)
         self.cache = AccountCache(store, settings.account_cache_size, settings.dedup_window,
                                   settings.tombstone_window)
         topology = self.topology
@@ -163,12 +164,15 @@ class Driver:
         self._published = 0
         self._stale_upto = 0  # confirms up to here belong to discarded batches
         self._unroutable: str | None = None
-        # The rules sweep: next account id to look at, None when no sweep is due.
-        self._sweep_after: str | None = ""
+        # The rules sweeps: per partition, the next account id to look at.
+        self._sweeps: dict[int, str] = {}
         self._last_was_sweep = False
+        # Partitions whose version in force is not read yet (the store failed), and the
+        # adoptions sent per partition that have not come back (worker.control).
+        self._unread: set[int] = set()
+        self._adopting: dict[int, str] = {}
         # Since the monitor last asked: dead-letter reasons and (batch, confirm) timings
         # of committed batches; the last failure, until a commit succeeds again.
-        self._pending_rules: Rules | None = None
         # Delivery tags evaluated so far, and acked so far, on this connection.
         self._evaluated_upto = 0
         self._acked_upto = 0
@@ -190,7 +194,19 @@ class Driver:
 
     @property
     def rules(self) -> Rules:
-        return self.categoriser.rules
+        """The live rules: what this worker wants every partition to adopt."""
+        return self.in_force.live.rules
+
+    @property
+    def categoriser(self) -> Categoriser:
+        return self.in_force.live
+
+    def _load_rules(self, version: str) -> Rules:
+        """A version in force somewhere but not live here: from the store, where every
+        adopted version's files are kept."""
+        from worker.rule_versions import load_version  # rule files: only when needed
+
+        return load_version(self.store, version)
 
     def attach(self, link: Link) -> None:
         self.link = link
@@ -219,32 +235,39 @@ class Driver:
 
     # -- control -----------------------------------------------------------
     def adopt(self, rules: Rules) -> None:
-        """New live rules: every account follows them (an account touched by an event
-        first; the rest by a paced sweep that shares the loop with the events)."""
-        if rules.version == self.rules.version and self._pending_rules is None:
+        """New live rules. Each partition owned adopts them when the adoption sent
+        through its queue comes up (worker.control): everything before it stays under
+        the rules in force then, whoever evaluates it again. Accounts follow before
+        their next event, the rest by a paced sweep that shares the loop with events."""
+        was_timed = self.in_force.timed
+        if not self.in_force.set_live(rules):
             return
-        self._pending_rules = rules
+        log.info("rules version %s wanted live: sent to the partitions owned",
+                 rules.version)
+        self._adopting.clear()
+        self._send_adoptions()
+        if self.in_force.timed != was_timed:
+            self._start_time()
         self._advance()
 
-    def _switch_rules(self) -> bool:
-        """Put pending rules live once nothing evaluated under the old ones can be
-        evaluated again (a discarded batch is retried under the rules that produced the
-        updates it already published: same ids, same seq, same bodies). False while
-        that moment has not come."""
-        rules = self._pending_rules
-        if rules is None:
-            return True
-        if self._in_flight or self._committing or self._retry_timer is not None or (
-                self._evaluated_upto > self._acked_upto):
-            return False
-        self._pending_rules = None
-        if rules.version != self.rules.version:
-            log.info("rules version %s -> %s: re-categorising every account",
-                     self.rules.version, rules.version)
-            self.categoriser = Categoriser(rules)
-            self._sweep_after = ""
-            self._start_time()
-        return True
+    def _send_adoptions(self) -> None:
+        """Every partition owned whose queue is not (about to be) under the live rules is
+        sent an adoption, once per version; only by the active consumer (a hot standby
+        would make the active worker adopt its rules)."""
+        if self.phase is not Phase.CONSUMING or not self._may_act():
+            return
+        live = self.rules.version
+        for partition in self.in_force.behind():
+            if self._adopting.get(partition) == live:
+                continue
+            exchange, routing_key = self._partition_route(partition)
+            sequence = self._link().publish(adopt_message(
+                exchange, routing_key, self.step.token, Adopt(partition, live)))
+            if sequence is None:
+                return  # the link is down: on_ready sends them again
+            self._published = sequence
+            self._ticks.add(sequence)  # its confirm concerns no batch
+            self._adopting[partition] = live
 
     def stop(self) -> None:
         """Finish the batches out (commit, ack), then leave: what was received but not
@@ -283,11 +306,33 @@ class Driver:
             self._link().consume([self.topology.partition_queue(p) for p in sorted(added)])
 
     def _take(self, added: frozenset[int]) -> None:
-        # Another worker may have changed these accounts since we last held them; and
-        # the rules sweep covers the partitions owned: look again.
+        # Another worker may have changed these accounts since we last held them, and
+        # their rules in force: read both again. The rules sweep covers them too.
         self.cache.forget_where(lambda a: partition_of(a, self.topology.partitions) in added)
-        self._sweep_after = ""
         self.partitions = self.partitions | added
+        if self.topology.partitions:
+            self._unread |= added
+            self._read_in_force()
+            self._send_adoptions()
+
+    def _read_in_force(self) -> bool:
+        """The committed version in force of each partition taken (and a sweep for
+        it: a previous owner may have left one unfinished). False if the store failed
+        (a back-off; evaluation waits until they are known)."""
+        for partition in sorted(self._unread):
+            try:
+                version = self.store.rules_in_force(partition, self.rules.version)
+                self.in_force.take(partition, version)
+            except (StoreError, RuleFileError) as exc:
+                self._back_off(f"cannot read the rules in force of partition {partition}: "
+                               f"{exc}")
+                return False
+            self._unread.discard(partition)
+            self._sweeps[partition] = ""
+            if version != self.rules.version:
+                log.info("partition %d is under rules version %s until its queue adopts "
+                         "%s", partition, version, self.rules.version)
+        return True
 
     # -- LinkHandler -------------------------------------------------------
     def on_ready(self) -> None:
@@ -299,25 +344,34 @@ class Driver:
             return
         self.phase = Phase.CONSUMING
         self._consumer_on = True
+        self._ticks.clear()
+        self._ticked.clear()  # unconfirmed ones may be lost: those still due go again
+        self._adopting.clear()  # the same for adoptions
         if self.topology.partitions:
             # Without a connection this worker was nobody's consumer: another worker may
             # have owned any of its partitions meanwhile and committed over what it
-            # cached (a hang, a cut). Computing from that would publish stale updates
-            # under true ids; only the commit would be fenced off, too late.
+            # cached, its rules in force included (a hang, a cut). Computing from that
+            # would publish stale updates under true ids; only the commit would be
+            # fenced off, too late. Every partition is taken afresh.
             self.cache.clear()
+            self.in_force.drop(self.partitions)
+            self.partitions = frozenset()
+        else:
+            self._unread.add(0)  # the one partition; another worker may have moved it
+            self._read_in_force()
         self.partitions &= self._assigned
         if self._assigned - self.partitions:
             self._take(self._assigned - self.partitions)
         self._link().consume([*self.topology.consumed_queues(),
                               *(self.topology.partition_queue(p) for p in sorted(self.partitions))])
-        self._ticks.clear()
-        self._ticked.clear()  # unconfirmed ones may be lost: those still due go again
         self._start_time()
         self._advance()
 
     def on_delivery(self, delivery: Delivery) -> None:
         self._buffer.append(delivery)
-        self._active = True
+        if not self._active:
+            self._active = True  # the active consumer: what a standby must not do, now
+            self._send_adoptions()
         self.stats.consumed += 1
         if delivery.redelivered:
             self.stats.redelivered += 1
@@ -429,6 +483,11 @@ class Driver:
         if released:
             self.cache.forget_where(lambda a: partition_of(a, self.topology.partitions)
                                     in released)
+            self.in_force.drop(released)
+            for partition in released:
+                self._sweeps.pop(partition, None)
+                self._adopting.pop(partition, None)
+                self._unread.discard(partition)
             if self.on_released is not None:
                 self.on_released(released)
         log.info("batches in hand committed and acknowledged; %s",
@@ -439,11 +498,10 @@ class Driver:
     def _start_batch(self) -> bool:
         if self._discarded_commit_running:
             return False  # the store is about to change under the cache: wait for it
-        retrying = bool(self._buffer) and self._buffer[0].tag <= self._evaluated_upto
-        if not retrying and not self._switch_rules():
-            return False  # new rules wait until what the old ones started is acked
-        sweep_due = (self._active and self._sweep_after is not None
-                     and not any(b.sweep for b in self._in_flight))
+        if self._unread and not self._read_in_force():
+            return False  # nothing is evaluated before its rules in force are known
+        sweep_due = (self._may_act() and bool(self._sweeps)
+                     and not any(b.sweep is not None for b in self._in_flight))
         if sweep_due and (not self._last_was_sweep or not self._buffer):
             return self._start_sweep()
         if not self._buffer:
@@ -460,20 +518,22 @@ class Driver:
             self._link().cancel_timer(self._batch_timer)
             self._batch_timer = None
         size = min(len(self._buffer), self.settings.batch_size)
-        if self._pending_rules is not None:
-            # Only deliveries evaluated before (a retry) go under the old rules.
-            size = sum(1 for d in itertools.islice(self._buffer, size)
-                       if d.tag <= self._evaluated_upto)
         deliveries = [self._buffer.popleft() for _ in range(size)]
         if not self._check_takeover():
             self._buffer.extendleft(reversed(deliveries))
             return False
         started = time.monotonic()
-        plan = self.step.run(deliveries, self.cache, self.categoriser)
+        timed = self.in_force.timed
+        plan = self.step.run(deliveries, self.cache, self.in_force)
         self._buffer.extendleft(reversed(plan.rest))
         self._last_was_sweep = False
         if plan.deliveries:
-            self._launch(plan, sweep=False, started=started)
+            self._launch(plan, sweep=None, started=started)
+        if plan.adopted:
+            for partition in plan.adopted:
+                self._sweeps[partition] = ""  # its accounts follow, paced
+            if self.in_force.timed != timed:
+                self._start_time()
         if plan.stalled is not None:
             self._back_off(f"cannot load state: {plan.stalled}")
             return False
@@ -484,26 +544,33 @@ class Driver:
         return True
 
     def _start_sweep(self) -> bool:
-        after = self._sweep_after
-        assert after is not None
+        """One page of a partition's accounts still under other rules than its queue's,
+        re-categorised. Where this falls among an account's events does not matter: an
+        account adopts its partition's rules before anything else touches it."""
         if not self._check_takeover():
             return False
+        partition, after = next(iter(self._sweeps.items()))
+        version = self.in_force.version_of(partition) or self.rules.version
         try:
-            ids = self.store.accounts_behind(self.rules.version, after, SWEEP_PAGE)
+            ids = self.store.accounts_behind(
+                version, after, SWEEP_PAGE,
+                partition=partition if self.topology.partitions else None)
         except StoreError as exc:
             self._back_off(f"cannot list accounts to re-categorise: {exc}")
             return False
         if not ids:
-            log.info("every stored account follows rules version %s", self.rules.version)
-            self._sweep_after = None
-            return bool(self._buffer)
+            if after:
+                log.info("every stored account of partition %d follows rules version %s",
+                         partition, version)
+            del self._sweeps[partition]
+            return bool(self._buffer) or bool(self._sweeps)
         started = time.monotonic()
-        plan = self.step.run([], self.cache, self.categoriser, sweep=Sweep(tuple(ids)))
+        plan = self.step.run([], self.cache, self.in_force, sweep=Sweep(tuple(ids)))
         self._last_was_sweep = True
         if not plan.swept_accounts and plan.stalled is not None:
             self._back_off(f"cannot load state: {plan.stalled}")
             return False
-        self._launch(plan, sweep=True, started=started)
+        self._launch(plan, sweep=partition, started=started)
         return True
 
     def _check_takeover(self) -> bool:
@@ -516,12 +583,15 @@ class Driver:
                 log.info("the state store was written by another worker: dropping the cache")
                 self.cache.clear()
                 self.store.resync()
+                self._unread.add(0)  # its queue may have adopted other rules meanwhile
+                if not self._read_in_force():
+                    return False
         except StoreError as exc:
             self._back_off(str(exc))
             return False
         return True
 
-    def _launch(self, plan: Plan, sweep: bool, started: float) -> None:
+    def _launch(self, plan: Plan, sweep: int | None, started: float) -> None:
         if plan.deliveries:
             self._evaluated_upto = max(self._evaluated_upto, plan.deliveries[-1].tag)
         self.cache.pin(plan.touched)
@@ -533,7 +603,7 @@ class Driver:
         worker that may be a standby first finds out whether it is the active consumer.
         Under rules without time facts: no timer, no query, nothing."""
         self._cancel_time()
-        if self.link is None or self.phase is not Phase.CONSUMING or not self.categoriser.timed:
+        if self.link is None or self.phase is not Phase.CONSUMING or not self.in_force.timed:
             return
         self._time_timer = self._link().call_later(0, self._on_time_timer)
         if not self.topology.partitions and not self._active:
@@ -545,18 +615,21 @@ class Driver:
                 self.link.cancel_timer(timer)
         self._time_timer = self._tick_timer = None
 
-    def _may_cross(self) -> bool:
-        """Only the active consumer sends ticks: with partitions, the owner of some (the
-        store lists only their accounts); else a worker that received a message on
-        this connection (a hot standby sends none)."""
+    def _may_act(self) -> bool:
+        """Only the active consumer sends ticks and adoptions and sweeps: with
+        partitions, the owner of some (the store lists only their accounts); else a
+        worker that received a message on this connection (a hot standby does none of
+        it)."""
         return bool(self.partitions) if self.topology.partitions else self._active
 
     def _tick_route(self, account_id: str) -> tuple[str, str]:
         """Where an account's tick goes: its partition's queue, or the one input queue."""
+        return self._partition_route(self.in_force.partition(account_id))
+
+    def _partition_route(self, partition: int) -> tuple[str, str]:
         topology = self.topology
         if topology.partitions:
-            return topology.partitions_exchange, str(partition_of(account_id,
-                                                                   topology.partitions))
+            return topology.partitions_exchange, str(partition)
         return "", topology.events_queue
 
     def _send_probe(self) -> None:
@@ -565,7 +638,7 @@ class Driver:
         Repeated while nothing came, so a standby finds out when it takes over on an
         idle queue."""
         self._tick_timer = None
-        if self.phase is not Phase.CONSUMING or self._active or not self.categoriser.timed:
+        if self.phase is not Phase.CONSUMING or self._active or not self.in_force.timed:
             return
         self._publish_tick(*self._tick_route(""), Tick(self.wall_clock(), ()))
         self._tick_timer = self._link().call_later(TICK_INTERVAL, self._send_probe)
@@ -612,7 +685,7 @@ class Driver:
     def _schedule_time(self, now: datetime) -> None:
         """The next look: when the store says the next crossing is due, TIME_POLL at
         most (another worker's accounts may become ours, a commit may bring one)."""
-        if not self.categoriser.timed or self.phase is not Phase.CONSUMING:
+        if not self.in_force.timed or self.phase is not Phase.CONSUMING:
             return
         if self._time_timer is not None:
             self._link().cancel_timer(self._time_timer)
@@ -630,9 +703,9 @@ class Driver:
         """Look now (the look schedules the next one); not the active consumer (yet):
         come back later."""
         self._time_timer = None
-        if not self.categoriser.timed or self.phase is not Phase.CONSUMING:
+        if not self.in_force.timed or self.phase is not Phase.CONSUMING:
             return
-        if self._may_cross():
+        if self._may_act():
             self._send_ticks()
         if self._time_timer is None and self.phase is Phase.CONSUMING:
             self._time_timer = self._link().call_later(TIME_POLL, self._on_time_timer)
@@ -695,8 +768,9 @@ class Driver:
             self._committing = group
             self._submitting = True
             try:
+                adopted = {p: v for b in group for p, v in b.plan.adopted.items()}
                 self.committer.submit([w for b in group for w in b.plan.writes],
-                                      partial(self._on_committed, group))
+                                      partial(self._on_committed, group), adopted or None)
             finally:
                 self._submitting = False
 
@@ -761,10 +835,16 @@ class Driver:
             stats.crossed_accounts += len(plan.ticked)
             for account_id in plan.ticked:
                 self._ticked.pop(account_id, None)
-        if batch.sweep and plan.swept_accounts:
+        if plan.adopted:
+            self.in_force.committed(plan.adopted)
+            for partition, version in plan.adopted.items():
+                if self._adopting.get(partition) == version:
+                    del self._adopting[partition]
+        if batch.sweep is not None and plan.swept_accounts:
             stats.swept_accounts += len(plan.swept_accounts)
-            if self._sweep_after is not None:
-                self._sweep_after = max(self._sweep_after, plan.swept_accounts[-1])
+            after = self._sweeps.get(batch.sweep)
+            if after is not None:
+                self._sweeps[batch.sweep] = max(after, plan.swept_accounts[-1])
         self.cache.trim()
 
     # -- failures ----------------------------------------------------------
@@ -795,6 +875,7 @@ class Driver:
         for batch in self._in_flight:
             self.cache.forget(batch.plan.touched)
         self._in_flight.clear()
+        self.in_force.rollback()  # their adoptions are evaluated again, in order
 
     def _back_off(self, why: str) -> None:
         self.problem = why

@@ -33,6 +33,7 @@ from worker.accounts import AccountCache
 from worker.control import (
     CONTROL_HEADER,
     CONTROL_KIND_HEADER,
+    Adopt,
     BadControlError,
     Tick,
     is_trusted,
@@ -40,14 +41,14 @@ from worker.control import (
     without_internal,
 )
 from worker.domain.account import AccountWrite
-from worker.domain.categoriser import Categoriser
 from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
-from worker.errors import StoreError
+from worker.errors import RuleFileError, StoreError
 from worker.link import Delivery, Outgoing
 from worker.partitions import partition_of
 from worker.rulebook.engine import CompiledRules
 from worker.rulebook.explain import explain_pair
+from worker.rules_in_force import RulesInForce
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ class Plan:
     touched: set[str] = field(default_factory=set)
     # Accounts whose time crossings a tick of this batch made (docs/time.md).
     ticked: list[str] = field(default_factory=list)
+    # Partitions whose queue adopted a rules version in this batch (committed with it).
+    adopted: dict[int, str] = field(default_factory=dict)
     rest: list[Delivery] = field(default_factory=list)
     stalled: StoreError | None = None
 
@@ -184,11 +187,11 @@ class Step:
         self.clock = clock
 
     def run(self, deliveries: Sequence[Delivery], cache: AccountCache,
-            categoriser: Categoriser, sweep: Sweep | None = None) -> Plan:
+            rules: RulesInForce, sweep: Sweep | None = None) -> Plan:
         plan = Plan()
         deadline = self.clock() + self.budget
         if sweep is not None:
-            self._sweep(plan, sweep, cache, categoriser, deadline)
+            self._sweep(plan, sweep, cache, rules, deadline)
         clock, one = self.clock, self._one
         taken, outcomes = plan.deliveries, plan.outcomes
         for index, delivery in enumerate(deliveries):
@@ -198,7 +201,7 @@ class Step:
                 plan.rest = list(deliveries[index:])
                 break
             try:
-                outcome = one(delivery, plan, cache, categoriser)
+                outcome = one(delivery, plan, cache, rules)
             except StoreError as exc:
                 plan.rest = list(deliveries[index:])
                 plan.stalled = exc
@@ -210,7 +213,7 @@ class Step:
         return plan
 
     def _one(self, delivery: Delivery, plan: Plan, cache: AccountCache,
-             categoriser: Categoriser) -> Outcome:
+             rules: RulesInForce) -> Outcome:
         router, headers, queue = self.router, delivery.headers, delivery.queue
         if router is not None and queue in router.intake:
             return self._route(delivery, router)
@@ -218,18 +221,19 @@ class Step:
         if headers and CONTROL_HEADER in headers and is_trusted(headers, self.token):
             control = headers.get(CONTROL_KIND_HEADER)
             if control is not None:
-                return self._control(delivery, control, plan, cache, categoriser)
+                return self._control(delivery, control, plan, cache, rules)
             kind = headers.get(REQUEST_HEADER)
         if queue and queue == self.requests_queue:
             kind = delivery.routing_key
         if kind is not None:
-            return self._request(delivery, str(kind), cache, categoriser)
+            return self._request(delivery, str(kind), cache, rules)
         try:
             event = parse_event(delivery.body, max_bytes=self.max_message_bytes)
         except BadEvent as exc:
             return self.dead_letter(delivery, exc.reason)
         except Exception as exc:  # noqa: BLE001 - e.g. JSON nested too deep: still bad input
             return self.dead_letter(delivery, f"unreadable: {type(exc).__name__}: {exc}")
+        categoriser = rules.for_account(event.account_id)
         state = cache.get(event.account_id, categoriser.rules.version)
         plan.touched.add(event.account_id)
         state.begin()
@@ -292,7 +296,7 @@ class Step:
             app_id=getattr(properties, "app_id", None) or "inbox-rules"))
 
     def _request(self, delivery: Delivery, kind: str, cache: AccountCache,
-                 categoriser: Categoriser) -> Outcome:
+                 in_force: RulesInForce) -> Outcome:
         try:
             request = parse_request(delivery.body, kind, max_bytes=self.max_message_bytes)
         except BadRequest as exc:
@@ -302,8 +306,8 @@ class Step:
             return unanswerable
         properties = delivery.properties
         reply_to: str = properties.reply_to
-        state = cache.get(request.account_id, categoriser.rules.version)
-        rules = categoriser.rules
+        rules = in_force.for_account(request.account_id).rules
+        state = cache.get(request.account_id, rules.version)
         try:
             if isinstance(request, SnapshotRequest):
                 body = orjson.dumps(snapshot(
@@ -329,20 +333,40 @@ class Step:
             type=f"{kind}.reply", correlation_id=getattr(properties, "correlation_id", None)))
 
     def _control(self, delivery: Delivery, kind: object, plan: Plan, cache: AccountCache,
-                 categoriser: Categoriser) -> Outcome:
-        """A tick: every named account crosses what is due by its ``until``, here in the
+                 rules: RulesInForce) -> Outcome:
+        """A tick: every named account crosses what is due by its ``until``; an
+        adoption: the partition takes the rules version from here on. Both here in the
         account's order (worker.control)."""
         try:
-            tick = read_control(str(kind), delivery.body)
+            control = read_control(str(kind), delivery.body)
         except BadControlError as exc:
             return self.dead_letter(delivery, f"bad control message: {exc}")
-        messages = self._cross(tick, plan, cache, categoriser)
+        if isinstance(control, Adopt):
+            return self._adopt(delivery, control, plan, rules)
+        messages = self._cross(control, plan, cache, rules)
         return Publish(tuple(messages)) if messages else NOTHING_TO_PUBLISH
 
+    def _adopt(self, delivery: Delivery, adopt: Adopt, plan: Plan,
+               rules: RulesInForce) -> Outcome:
+        if rules.version_of(adopt.partition) == adopt.rules_version:
+            return NOTHING_TO_PUBLISH
+        try:
+            rules.switch(adopt.partition, adopt.rules_version)
+        except RuleFileError as exc:
+            # Kept by a worker whose rules this one cannot load: every worker of this
+            # version would refuse it the same way.
+            return self.dead_letter(delivery, f"rules version {adopt.rules_version} does "
+                                              f"not load here: {exc}")
+        plan.adopted[adopt.partition] = adopt.rules_version
+        log.info("partition %d: rules version %s in force from here on", adopt.partition,
+                 adopt.rules_version)
+        return NOTHING_TO_PUBLISH
+
     def _cross(self, tick: Tick, plan: Plan, cache: AccountCache,
-               categoriser: Categoriser) -> list[Outgoing]:
+               rules: RulesInForce) -> list[Outgoing]:
         messages: list[Outgoing] = []
         for account_id in tick.accounts:
+            categoriser = rules.for_account(account_id)
             # A store that cannot load the account stops the batch here (StoreError):
             # the tick is retried whole, in order, like an event.
             state = cache.get(account_id, categoriser.rules.version)
@@ -373,10 +397,11 @@ class Step:
         return None
 
     def _sweep(self, plan: Plan, sweep: Sweep, cache: AccountCache,
-               categoriser: Categoriser, deadline: float) -> None:
+               rules: RulesInForce, deadline: float) -> None:
         for index, account_id in enumerate(sweep.account_ids):
             if index and self.clock() > deadline:
                 break
+            categoriser = rules.for_account(account_id)
             try:
                 state = cache.get(account_id, categoriser.rules.version)
             except StoreError as exc:

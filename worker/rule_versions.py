@@ -29,9 +29,14 @@ from typing import Protocol
 
 from worker.errors import InboxRulesError, RuleFileError, RuleProblem, StoreError
 from worker.rule_cases import CaseResult, run_cases
-from worker.rulebook.engine import CompiledRules, load_rules_from_files, read_rule_directory
+from worker.rulebook.engine import (
+    CompiledRules,
+    default_rules_dir,
+    load_rules_from_files,
+    read_rule_directory,
+)
 from worker.settings import Settings, mask_url
-from worker.store import RuleDeployment, RuleStore
+from worker.store import RuleDeployment, RuleStore, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,7 @@ def stored_source(version: str) -> str:
     return f"deployed:{version}"
 
 
-def load_version(store: RuleStore, version: str) -> CompiledRules:
+def load_version(store: RuleStore | StateStore, version: str) -> CompiledRules:
     """A kept version, compiled; :class:`RuleFileError` if it does not validate here
     (kept by a newer inbox-rules, say) or its files do not hash to its name."""
     files = store.rule_files(version)
@@ -119,6 +124,21 @@ def _checked(version: str, files: Mapping[str, bytes]) -> CompiledRules:
     if rules.version != version:
         raise RuleFileError([RuleProblem(source, None, f"the stored files hash to "
                                                        f"{rules.version}, not {version}")])
+    return rules
+
+
+def keep_directory(store: StateStore, directory: Path | None,
+                   expected: CompiledRules | None = None) -> CompiledRules:
+    """Read a rule directory once, compile it and keep its files in the store (no
+    deployment): a partition may come to be in force under this version, and any worker
+    must then be able to load it (worker.rules_in_force). ``expected``: the same
+    directory loaded before; if the files changed since, the files read now win."""
+    directory = directory or default_rules_dir()
+    files = read_rule_directory(directory)
+    rules = load_rules_from_files(files, str(directory))
+    if expected is not None and rules.version == expected.version:
+        rules = expected
+    store.keep_rules(rules.version, files, f"{who()}:{directory.resolve()}")
     return rules
 
 

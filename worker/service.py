@@ -25,8 +25,8 @@ from worker.driver import Driver, Phase, Stats
 from worker.errors import RuleFileError, StoreError
 from worker.monitor import Monitor
 from worker.observability import HealthState, HttpServer, Metrics, StatusLine, start_http
-from worker.rule_versions import LiveRulesFollower
-from worker.rulebook import CompiledRules, load_rules
+from worker.rule_versions import LiveRulesFollower, keep_directory
+from worker.rulebook import CompiledRules
 from worker.settings import Settings
 from worker.store import StateStore
 from worker.store.sqlite import SqliteStore
@@ -147,10 +147,14 @@ class Worker:
                 return False
         current = self.driver.rules.version
         try:
-            rules = load_rules(self.settings.rules_dir)
+            rules = keep_directory(self.store, self.settings.rules_dir)
         except RuleFileError as exc:
             log.error("rules not reloaded, keeping version %s; the new files do not "
                       "validate:\n%s", current, exc)
+            return False
+        except StoreError as exc:
+            log.error("rules not reloaded, keeping version %s; the state store cannot "
+                      "keep the new files: %s", current, exc)
             return False
         if rules.version == current:
             log.info("rules reloaded: unchanged (version %s)", rules.version)
@@ -177,6 +181,8 @@ def serve(settings: Settings, rules: CompiledRules) -> Stats:
                                           else SqliteStore(settings.state_path))
     coordinator: Coordinator | None = None
     try:
+        # Kept in the store: a partition may come to be in force under them.
+        rules = keep_directory(store, settings.rules_dir, expected=rules)
         # A deployed live version takes precedence over the rule directory (logged).
         follower = LiveRulesFollower(store, rules)
         rules = follower.start(rules)

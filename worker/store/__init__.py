@@ -38,14 +38,30 @@ class StateStore(Protocol):
         """The account as of the last commit, or None if it was never stored. Raises
         :class:`worker.errors.StoreError` if the store cannot be read."""
 
-    def commit(self, writes: Sequence[AccountWrite]) -> None:
+    def commit(self, writes: Sequence[AccountWrite],
+               rules_in_force: Mapping[int, str] | None = None) -> None:
         """Write every account change of one batch in one transaction, or raise
         :class:`worker.errors.StoreError` having written nothing
-        (:class:`worker.errors.StoreConflictError` when another worker wrote first)."""
+        (:class:`worker.errors.StoreConflictError` when another worker wrote first).
+        ``rules_in_force``: partitions whose queue adopted a rules version in the batch
+        (worker.control), recorded in the same transaction."""
 
-    def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
+    def rules_in_force(self, partition: int, default: str) -> str:
+        """The rules version a partition's messages are evaluated under, as committed;
+        a partition never recorded records ``default`` (and says so) first."""
+
+    def keep_rules(self, version: str, files: Mapping[str, bytes], source: str) -> None:
+        """Keep a rules version's files (once; no deployment): whichever worker meets a
+        partition in force under it can load it, in this process or another."""
+
+    def rule_files(self, version: str) -> dict[str, bytes] | None:
+        """A kept version's rule files, None if it was never kept."""
+
+    def accounts_behind(self, rules_version: str, after: str, limit: int,
+                        partition: int | None = None) -> list[str]:
         """Up to ``limit`` stored accounts, in id order after ``after``, whose categories
-        were computed under other rules than ``rules_version`` (the rules sweep)."""
+        were computed under other rules than ``rules_version`` (the rules sweep); with
+        ``partition``, of that partition only."""
 
     def due_accounts(self, now: datetime, limit: int) -> list[str]:
         """Up to ``limit`` stored accounts with a time crossing due at or before ``now``,

@@ -47,6 +47,7 @@ class MemoryStore:
         self.rule_versions: dict[str, dict[str, bytes]] = {}
         self.deployments: list[RuleDeployment] = []
         self.control_token = new_control_token()
+        self.in_force: dict[int, str] = {}
 
     def load_account(self, account_id: str, *, event_window: int,
                      tombstone_window: int) -> AccountState | None:
@@ -69,7 +70,8 @@ class MemoryStore:
             state.tombstones[conversation_id] = (number, sequence)
         return state
 
-    def commit(self, writes: Sequence[AccountWrite]) -> None:
+    def commit(self, writes: Sequence[AccountWrite],
+               rules_in_force: Mapping[int, str] | None = None) -> None:
         if self.fail_commits:
             self.fail_commits -= 1
             raise StoreError("state store: database is locked")
@@ -91,11 +93,19 @@ class MemoryStore:
             stored.events = (stored.events + list(write.events))[-write.event_window:]
             stored.tombstones = (stored.tombstones
                                  + list(write.tombstones))[-write.tombstone_window:]
+        self.in_force.update(rules_in_force or {})
         self.generation += 1
         self._base = self.generation
         self.commits += 1
 
-    def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
+    def rules_in_force(self, partition: int, default: str) -> str:
+        return self.in_force.setdefault(partition, default)
+
+    def keep_rules(self, version: str, files: Mapping[str, bytes], source: str) -> None:
+        self.rule_versions.setdefault(version, dict(files))
+
+    def accounts_behind(self, rules_version: str, after: str, limit: int,
+                        partition: int | None = None) -> list[str]:
         return sorted(a for a, s in self.accounts.items()
                       if a > after and s.rules_version != rules_version)[:limit]
 

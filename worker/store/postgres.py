@@ -180,6 +180,9 @@ _QUERIES = {
     "behind": "SELECT account_id FROM {s}.accounts WHERE account_id > %s"
               " AND rules_version IS DISTINCT FROM %s AND partition = ANY(%s)"
               " ORDER BY account_id LIMIT %s",
+    "behind_in": "SELECT account_id FROM {s}.accounts WHERE account_id > %s"
+                 " AND rules_version IS DISTINCT FROM %s AND partition = %s"
+                 " ORDER BY account_id LIMIT %s",
     # Due crossings of the partitions owned: the index by due time, then each account's
     # partition (few rows: only what is due).
     "due": "SELECT c.account_id FROM {s}.conversations c JOIN {s}.accounts a"
@@ -298,6 +301,11 @@ _QUERIES = {
                         " (SELECT version FROM {s}.rule_deployments"
                         "  ORDER BY number DESC LIMIT 1)",
     "rules_files": "SELECT files FROM {s}.rule_versions WHERE version = %s",
+    # The rules each partition's queue adopted last (worker.control), in meta.
+    "in_force": "SELECT value FROM {s}.meta WHERE key = %s",
+    "in_force_default": "INSERT INTO {s}.meta VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+    "in_force_set": "INSERT INTO {s}.meta SELECT * FROM unnest(%s::text[], %s::text[])"
+                    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
     "rules_history": "SELECT number, version, deployed_at, action, source, summary"
                      " FROM {s}.rule_deployments ORDER BY number",
 }
@@ -354,6 +362,9 @@ class PostgresStore:
         # partition -> the epoch we acquired. Replaced, never mutated: the commit and
         # reader threads read it while the coordinator's thread acquires.
         self._epochs: dict[int, int] = {}
+        # partition -> the rules version in force there, as read at acquire or written
+        # since (replaced, never mutated, like _epochs).
+        self._in_force: dict[int, str] = {}
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error as exc:
@@ -511,11 +522,50 @@ class PostgresStore:
                                           "a worker of this version migrates it when it "
                                           "starts, read-only tools cannot"))
 
-    def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
+    def accounts_behind(self, rules_version: str, after: str, limit: int,
+                        partition: int | None = None) -> list[str]:
         """Only accounts of the partitions this store owns: another worker's accounts
         are its to re-categorise (and our commit of them would be fenced)."""
-        return self._owned_accounts("behind", "cannot list accounts behind the rules",
-                                    after, rules_version, limit=limit)
+        if partition is None:
+            return self._owned_accounts("behind", "cannot list accounts behind the rules",
+                                        after, rules_version, limit=limit)
+        if partition not in self._epochs:
+            return []
+        try:
+            with self._reader.lock:
+                rows = self._reader.get().execute(
+                    self._q["behind_in"], (after, rules_version, partition, limit)).fetchall()
+        except psycopg.Error as exc:
+            raise self._error("cannot list accounts behind the rules", exc) from exc
+        return [account_id for (account_id,) in rows]
+
+    def rules_in_force(self, partition: int, default: str) -> str:
+        """Read when the partition was acquired (nobody else can change it after that:
+        the previous owner's commits are fenced off); recorded here only the first time
+        any worker owns it."""
+        known = self._in_force.get(partition)
+        if known is not None:
+            return known
+        key = _in_force_key(partition)
+        try:
+            with self._writer.lock:
+                conn = self._writer.get()
+                with conn.transaction():
+                    conn.execute(self._q["in_force_default"], (key, default))
+                    row = conn.execute(self._q["in_force"], (key,)).fetchone()
+        except psycopg.Error as exc:
+            raise self._error("cannot read the rules in force", exc) from exc
+        value = default if row is None else str(row[0])
+        self._in_force = {**self._in_force, partition: value}
+        return value
+
+    def keep_rules(self, version: str, files: Mapping[str, bytes], source: str) -> None:
+        try:
+            with self._writer.lock:
+                self._writer.get().execute(self._q["rules_keep"],
+                                           (version, source, encode_rule_files(files)))
+        except psycopg.Error as exc:
+            raise self._error(f"cannot keep rules version {version}", exc) from exc
 
     def due_accounts(self, now: datetime, limit: int) -> list[str]:
         """Only accounts of the partitions this store owns (see :meth:`accounts_behind`)."""
@@ -556,13 +606,15 @@ class PostgresStore:
         """Nothing to take: see :meth:`changed_elsewhere`."""
 
     # -- writes ------------------------------------------------------------
-    def commit(self, writes: Sequence[AccountWrite]) -> None:
+    def commit(self, writes: Sequence[AccountWrite],
+               rules_in_force: Mapping[int, str] | None = None) -> None:
         """Everything in one transaction, after the fence: the rows of the partitions
         the writes touch are locked and their epochs compared with ours first."""
-        if not writes:
+        adopted = dict(rules_in_force or {})
+        if not writes and not adopted:
             return
         batch = _Batch(writes, self.partitions)
-        touched = sorted(set(batch.partition.values()))
+        touched = sorted(set(batch.partition.values()) | set(adopted))
         try:
             with self._writer.lock:
                 conn = self._writer.get()
@@ -576,9 +628,16 @@ class PostgresStore:
                     # Our epochs as of now, under the lock: an acquire that went before it
                     # counts.
                     self._check_fence(touched, held, self._epochs)
-                    self._write(conn, batch)
+                    if writes:
+                        self._write(conn, batch)
+                    if adopted:
+                        conn.execute(self._q["in_force_set"],
+                                     ([_in_force_key(p) for p in adopted],
+                                      list(adopted.values())))
         except psycopg.Error as exc:
             raise self._error("commit failed", exc) from exc
+        if adopted:
+            self._in_force = {**self._in_force, **adopted}
 
     def _check_fence(self, touched: list[int], held: dict[int, int],
                      epochs: dict[int, int]) -> None:
@@ -711,7 +770,23 @@ class PostgresStore:
             raise StoreError(f"state store {self._where}: partition {partition} has no row")
         epoch = int(row[0])
         self._epochs = {**self._epochs, partition: epoch}
+        self._learn_in_force(partition)
         return epoch
+
+    def _learn_in_force(self, partition: int) -> None:
+        """What the partition's last owner committed as its rules in force (none yet:
+        learnt when first asked)."""
+        try:
+            with self._control.lock:
+                row = self._control.get().execute(
+                    self._q["in_force"], (_in_force_key(partition),)).fetchone()
+        except psycopg.Error as exc:
+            raise self._error(f"cannot read the rules in force of partition {partition}",
+                              exc) from exc
+        known = {p: v for p, v in self._in_force.items() if p != partition}
+        if row is not None:
+            known[partition] = str(row[0])
+        self._in_force = known
 
     def release(self, partition: int) -> None:
         """Give ``partition`` up: our commits to it are refused from now on, and it shows
@@ -933,6 +1008,10 @@ def _account_row(write: AccountWrite, partition: int) -> tuple[object, ...]:
     return (write.account_id, partition, account.plan, _json(sorted(account.agents)),
             _json(groups), account.last_sequence, write.rules_version,
             write.rules_generation, last, write.event_counter)
+
+
+def _in_force_key(partition: int) -> str:
+    return f"rules_in_force:{partition}"
 
 
 def _lock_key(schema: str) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -186,6 +187,11 @@ MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection, int], None]], ...] = 
     (3, _migrate_to_3),
     (4, _migrate_to_4),
 )
+
+
+def _in_force_key(partition: int) -> str:
+    """The meta row naming the rules a partition's queue adopted last (worker.control)."""
+    return f"rules_in_force:{partition}"
 
 
 class SqliteStore:
@@ -359,7 +365,9 @@ class SqliteStore:
         return state_from_rows(account_id, row, conversations, agents, events, tombstones,
                                event_window, tombstone_window)
 
-    def accounts_behind(self, rules_version: str, after: str, limit: int) -> list[str]:
+    def accounts_behind(self, rules_version: str, after: str, limit: int,
+                        partition: int | None = None) -> list[str]:
+        """One partition holds every account here: ``partition`` changes nothing."""
         try:
             rows = self._reader.execute(
                 "SELECT account_id FROM accounts WHERE account_id > ?"
@@ -488,13 +496,41 @@ class SqliteStore:
                 for number, version, at, action, source, summary in rows]
 
     # -- writes ------------------------------------------------------------
-    def commit(self, writes: Sequence[AccountWrite]) -> None:
+    def commit(self, writes: Sequence[AccountWrite],
+               rules_in_force: Mapping[int, str] | None = None) -> None:
         try:
             with self._transaction():
                 self._write(writes)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [(_in_force_key(p), v) for p, v in (rules_in_force or {}).items()])
         except sqlite3.Error as exc:
             raise self._error("commit failed", exc) from exc
         self._generation += 1
+
+    def rules_in_force(self, partition: int, default: str) -> str:
+        key = _in_force_key(partition)
+        try:
+            with closing(self._side_connection()) as db, self._transaction(db=db):
+                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, default))
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read the rules in force", exc) from exc
+        return str(row[0]) if row else default
+
+    def keep_rules(self, version: str, files: Mapping[str, bytes], source: str) -> None:
+        try:
+            with closing(self._side_connection()) as db, self._transaction(db=db):
+                db.execute("INSERT OR IGNORE INTO rule_versions VALUES (?, ?, ?, ?)",
+                           (version, datetime.now(UTC).isoformat(), source,
+                            encode_rule_files(files)))
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot keep rules version {version}", exc) from exc
+
+    def _side_connection(self) -> sqlite3.Connection:
+        """For the rare writes made outside a batch: the commit thread may be using the
+        writer's connection at that moment, and a connection is not for two threads."""
+        return sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
 
     def _write(self, writes: Sequence[AccountWrite]) -> None:
         db = self._db
