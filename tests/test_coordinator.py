@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+from pydantic import ValidationError
+
 from worker.coordinator import Coordinator, deal
+from worker.settings import Settings
 
 
 class FakeMembership:
@@ -19,7 +23,7 @@ class FakeMembership:
     def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
         self.beats += 1
 
-    def live_members(self, lease_seconds: float) -> list[str]:
+    def live_members(self) -> list[str]:
         return sorted(self.members)
 
     def leave(self, worker_id: str) -> None:
@@ -119,3 +123,12 @@ def test_after_a_fence_every_partition_is_taken_anew_even_one_the_driver_never_t
     coordinator.released(frozenset({0, 2, 4, 6}))  # a late report changes nothing now
     coordinator.tick()
     assert coordinator.held == {0, 3, 6}
+
+
+def test_a_member_lease_is_one_every_worker_can_judge_by() -> None:
+    """Every worker judges a member by that member's lease (the store checks the same
+    bound): an infinite, NaN or day-long-plus lease is refused at start."""
+    for lease in ("inf", "nan", "0", "86401"):
+        with pytest.raises(ValidationError, match="member_lease"):
+            Settings(AMQP_URL="amqp://unused", member_lease=lease)
+    assert Settings(AMQP_URL="amqp://unused", member_lease="2.5").member_lease == 2.5

@@ -1,12 +1,15 @@
 """Several workers: who is alive, and which account partitions each one owns.
 
 No coordinator process to install: every worker runs this on a thread of its own, over
-the PostgreSQL store. Each beats its heartbeat; the live members, sorted, deal the
-partitions round-robin (partition p goes to member p mod n: even within one, and every
-worker computes the same answer from the same table). A worker takes a partition by
-raising its epoch in the store - every commit checks the epochs under a row lock, so a
-worker that hung and woke up cannot commit over the new owner - and consumes its queue;
-RabbitMQ's single-active-consumer keeps one consumer at a time on each queue.
+the PostgreSQL store. Each beats its heartbeat with its own lease, and a member is alive
+while its last heartbeat is within that lease by the database clock, whatever lease the
+worker looking has. The live members, sorted, deal the partitions round-robin
+(partition p goes to member p mod n: even within one, and every worker computes the
+same answer from the same table, workers started with different leases included). A
+worker takes a partition by raising its epoch in the store - every commit checks the
+epochs under a row lock, so a worker that hung and woke up cannot commit over the new
+owner - and consumes its queue; RabbitMQ's single-active-consumer keeps one consumer at
+a time on each queue.
 
 A worker whose ioloop stopped turning stops beating: its lease lapses and the others
 take its partitions, as they do when it crashes or is SIGSTOPped.
@@ -30,7 +33,7 @@ class Membership(Protocol):
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> None: ...
 
-    def live_members(self, lease_seconds: float) -> list[str]: ...
+    def live_members(self) -> list[str]: ...
 
     def leave(self, worker_id: str) -> None: ...
 
@@ -119,7 +122,7 @@ class Coordinator:
                         "take its partitions")
             return
         self.store.heartbeat(self.worker_id, self.lease)
-        members = self.store.live_members(self.lease)
+        members = self.store.live_members()
         wanted = deal(members, self.worker_id, self.partitions)
         if self._refresh:
             # A commit was fenced off. Before telling us, the driver discarded every
