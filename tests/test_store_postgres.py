@@ -35,6 +35,7 @@ from tests.store_contract import (
 )
 from tests.store_contract import categoriser as categoriser
 from tests.support.harness import fresh_database
+from worker.coordinator import Coordinator, deal
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
 from worker.domain.state import Account
@@ -340,19 +341,67 @@ def test_a_worker_hung_mid_commit_stalls_a_takeover_only_briefly(
 # -- membership ----------------------------------------------------------------------
 
 @postgres
-def test_membership_by_heartbeats_within_the_lease(url: str, open_store: Open) -> None:
+def test_membership_by_heartbeats_within_each_members_lease(url: str,
+                                                            open_store: Open) -> None:
     coordinator = open_store()
-    assert coordinator.live_members(1.0) == []
+    assert coordinator.live_members() == []
     coordinator.heartbeat("w-2", 1.0)
     coordinator.heartbeat("w-1", 1.0)
-    assert coordinator.live_members(1.0) == ["w-1", "w-2"]
+    coordinator.heartbeat("w-3", 5.0)
+    assert coordinator.live_members() == ["w-1", "w-2", "w-3"]
     time.sleep(0.6)
     coordinator.heartbeat("w-2", 1.0)
     time.sleep(0.6)
-    assert coordinator.live_members(1.0) == ["w-2"], "w-1's lease lapsed"
-    assert coordinator.live_members(5.0) == ["w-1", "w-2"]
+    assert coordinator.live_members() == ["w-2", "w-3"], "w-1's lease lapsed, not w-3's"
     coordinator.heartbeat("w-1", 1.0)
-    assert coordinator.live_members(1.0) == ["w-1", "w-2"], "back"
+    assert coordinator.live_members() == ["w-1", "w-2", "w-3"], "back"
+
+
+@postgres
+def test_workers_with_different_leases_see_the_same_members_and_deal_alike(
+        open_store: Open) -> None:
+    """Each member lives by its own lease, not by the lease of the worker looking: a
+    worker with a short lease and one with a long one read the same live set from the
+    same table, so between them every partition has exactly one owner."""
+    told: dict[str, list[frozenset[int]]] = {}
+
+    def member(worker_id: str, lease: float) -> Coordinator:
+        told[worker_id] = []
+        return Coordinator(open_store(worker_id=worker_id), worker_id, PARTITIONS, lease,
+                           told[worker_id].append, lambda call: call(), lambda: True)
+
+    short, long_ = member("w-short", 0.8), member("w-long", 30.0)
+    long_.tick()  # both joined before either deals with the other in view
+    open_store().heartbeat("w-third", 2.0)  # then silent: alive for 2 s, for everyone
+    beat = time.monotonic()
+
+    def agree_at(moment: float, live: list[str]) -> None:
+        time.sleep(max(0.0, beat + moment - time.monotonic()))
+        short.tick()
+        long_.tick()
+        shares = (told["w-short"][-1], told["w-long"][-1])
+        assert shares == (deal(live, "w-short", PARTITIONS), deal(live, "w-long", PARTITIONS))
+        assert not shares[0] & shares[1]
+
+    agree_at(0.0, ["w-long", "w-short", "w-third"])
+    agree_at(1.2, ["w-long", "w-short", "w-third"])  # past w-short's lease, not w-third's
+    agree_at(2.6, ["w-long", "w-short"])  # past w-third's own lease, far from w-long's
+
+
+@postgres
+def test_a_lease_the_database_cannot_take_from_a_time_is_refused(url: str,
+                                                                 open_store: Open) -> None:
+    """Every worker's membership query reads each member's lease: one infinite lease
+    made it fail for all ("interval out of range")."""
+    store = open_store()
+    store.heartbeat("w-1", 5.0)
+    for lease in (float("inf"), float("nan"), 0.0, -1.0, 86_401.0):
+        with pytest.raises(ValueError, match="member lease"):
+            store.heartbeat("w-bad", lease)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        query(url, "INSERT INTO inbox_rules.members (worker_id, heartbeat_at, lease_seconds)"
+                   " VALUES ('w-bad', now(), 'Infinity')")
+    assert store.live_members() == ["w-1"]
 
 
 @postgres
@@ -365,7 +414,7 @@ def test_leaving_drops_the_member_and_its_partitions(url: str, open_store: Open)
     staying.acquire(2)
     leaving.leave("w-1")
     assert leaving.owned() == {}
-    assert staying.live_members(5.0) == ["w-2"]
+    assert staying.live_members() == ["w-2"]
     assert query(url, "SELECT partition, epoch, owner FROM inbox_rules.partitions"
                       " ORDER BY partition") == [(0, 1, None), (1, 1, None), (2, 1, "w-2"),
                                                  (3, 0, None)]
@@ -516,6 +565,35 @@ def test_time_columns_round_trip_and_due_accounts_are_those_of_owned_partitions(
     store.release(1)
     assert store.due_accounts(due, 10) == sorted(a for a in accounts if a != accounts[1])
     assert open_store().due_accounts(due, 10) == [] and open_store().next_due() is None
+
+
+@postgres
+def test_a_version_3_schema_gains_the_lease_check_and_keeps_its_members(
+        url: str, open_store: Open) -> None:
+    """Members stay, each judged by its own lease from then on; a row whose lease no
+    worker could use (written by an older worker) goes, its worker beats again."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        schema = sql.Identifier(DEFAULT_SCHEMA)
+        conn.execute(sql.SQL("CREATE SCHEMA {s}").format(s=schema))
+        conn.execute(sql.SQL("CREATE TABLE {s}.schema_migrations (version integer PRIMARY"
+                             " KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+                     .format(s=schema))
+        for target, migration in MIGRATIONS[:3]:
+            migration(conn, schema)
+            conn.execute(sql.SQL("INSERT INTO {s}.schema_migrations (version) VALUES (%s)")
+                         .format(s=schema), (target,))
+        conn.execute(sql.SQL("INSERT INTO {s}.members (worker_id, heartbeat_at, lease_seconds)"
+                             " VALUES ('w-long', now() - interval '3 seconds', 10),"
+                             " ('w-short', now() - interval '3 seconds', 1),"
+                             " ('w-forever', now(), 'Infinity')").format(s=schema))
+    store = open_store()
+    assert query(url, "SELECT version FROM inbox_rules.schema_migrations ORDER BY 1") == [
+        (target,) for target, _ in MIGRATIONS]
+    assert query(url, "SELECT worker_id, lease_seconds FROM inbox_rules.members"
+                      " ORDER BY 1") == [("w-long", 10.0), ("w-short", 1.0)]
+    assert store.live_members() == ["w-long"]
+    store.heartbeat("w-short", 1.0)
+    assert store.live_members() == ["w-long", "w-short"]
 
 
 @postgres

@@ -13,14 +13,13 @@ import secrets
 import signal
 import socket
 import sys
-import time
 from typing import TYPE_CHECKING
 
 from pika.adapters.select_connection import IOLoop
 
 from worker.amqp import AmqpLink
 from worker.committer import ThreadedCommitter
-from worker.coordinator import Coordinator
+from worker.coordinator import Coordinator, Liveness
 from worker.driver import Driver, Phase, Stats
 from worker.errors import RuleFileError, StoreError
 from worker.monitor import Monitor
@@ -39,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # Seconds a thread may hold the GIL while another waits (Python's default: 0.005).
 GIL_SWITCH_INTERVAL = 0.0005
+# RabbitMQ's heartbeat timeout, seconds: the one negotiated when INBOX_RULES_HEARTBEAT
+# is 0 (the broker's).
+BROKER_HEARTBEAT = 60
 
 
 class Worker:
@@ -189,13 +191,15 @@ def serve(settings: Settings, rules: CompiledRules) -> Stats:
         worker = Worker(settings, rules, store, follower=follower)
         if shared is not None:
             lease = settings.member_lease
-
-            def loop_alive() -> bool:
-                return time.monotonic() - worker.health.loop_turned_at < lease / 2
-
+            driver = worker.driver
+            # The categoriser in use (a new one comes with new rules: its counter
+            # starts again, which reads as progress once).
+            liveness = Liveness(lambda: worker.health.loop_turned_at,
+                                lambda: driver.categoriser.progress, lease / 2,
+                                settings.heartbeat or BROKER_HEARTBEAT)
             coordinator = Coordinator(shared, worker_id, settings.partitions,
-                                      lease, worker.driver.assign,
-                                      worker.ioloop.add_callback_threadsafe, loop_alive)
+                                      lease, driver.assign,
+                                      worker.ioloop.add_callback_threadsafe, liveness)
             worker.driver.on_released = coordinator.released
             worker.driver.on_fenced = coordinator.fenced
             coordinator.start()

@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "INBOX_RULES_"
+# Seconds: the longest member lease. Every worker judges a member by that member's own
+# lease, so the PostgreSQL store's members table checks the same bound.
+MAX_MEMBER_LEASE = 86_400.0
 
 
 class Settings(BaseSettings):
@@ -53,7 +56,8 @@ class Settings(BaseSettings):
         "account partition (unset: the SQLite file, one active worker)."))
     partitions: int = Field(16, ge=1, le=1024, description=(
         "Account partitions (PostgreSQL store only); fixed for the life of the store."))
-    member_lease: float = Field(6.0, gt=0, description=(
+    member_lease: float = Field(
+        6.0, gt=0, le=MAX_MEMBER_LEASE, allow_inf_nan=False, description=(
         "Seconds without a heartbeat after which a worker counts as gone and its "
         "partitions move (PostgreSQL store only)."))
     state_path: Path = Field(Path("./inbox-rules.sqlite3"),

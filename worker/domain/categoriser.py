@@ -66,6 +66,11 @@ class Categoriser:
         self._thresholds: tuple[int, ...] | None = tuple(rules.thresholds.get(WAITING, ())) or None
         # Who wrote last splits the cache three ways: only when some rule asks.
         self._by_last = LAST_MESSAGE_BY in rules.tested_facts
+        # Work done, only ever growing: one per conversation settled, per agent's
+        # change counted and per update built. An account-wide pass over a large
+        # account advances it all along, so a watcher on another thread can tell one
+        # long event from a stuck loop.
+        self.progress = 0
 
     @property
     def timed(self) -> bool:
@@ -207,6 +212,7 @@ class Categoriser:
     def _settle(self, state: AccountState, old_account: Account, account: Account,
                 old: Conversation, new: Conversation, now: datetime) -> list[Change]:
         """Evaluate ``new`` at ``now``, store it, and list every agent whose set changed."""
+        self.progress += 1
         if new.status == "deleted":
             # In no category: it leaves the state (a tombstone keeps late events out).
             new = new.with_categories(EMPTY_BY_RELATION)
@@ -275,6 +281,7 @@ class Categoriser:
                 pair = pairs[(before, after)] = Pair(before, after)
             add_counts(agent, pair.added, pair.removed)
             changed.append(pair)
+            self.progress += 1
         encode = self._counts.encode
         counts = state.counts
         next_seq = state.next_seq
@@ -286,6 +293,7 @@ class Categoriser:
                 counts_json = encoded[agent] = encode(counts[agent])
             updates.append(Update(cause, pair, agent, conversation_id, next_seq(agent),
                                   counts_json))
+            self.progress += 1
         return updates
 
 

@@ -54,7 +54,7 @@ from worker.domain.account import AccountState, AccountWrite
 from worker.domain.state import Conversation
 from worker.errors import StoreError, StoreFencedError
 from worker.partitions import partition_of
-from worker.settings import mask_url
+from worker.settings import MAX_MEMBER_LEASE, mask_url
 from worker.store import (
     UNSET,
     RuleDeployment,
@@ -69,7 +69,7 @@ from worker.store import (
     state_from_rows,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_SCHEMA = "inbox_rules"
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -158,11 +158,28 @@ def _migrate_to_3(conn: Connection, schema: sql.Identifier) -> None:
         conn.execute(sql.SQL(statement).format(s=schema))
 
 
+def _migrate_to_4(conn: Connection, schema: sql.Identifier) -> None:
+    """Each member's own lease (its row's ``lease_seconds``, written with every
+    heartbeat) now decides for every worker whether that member is alive, so workers
+    started with different leases read the same live set and deal alike. One row's
+    lease thus enters every worker's membership query: it must be positive and one
+    the database can take from a time (an infinite or NaN lease made that query fail
+    for the whole fleet, "interval out of range"), at most a day. Rows that break
+    this are dropped; their worker's next heartbeat is refused."""
+    for statement in (
+            "DELETE FROM {s}.members WHERE NOT (lease_seconds > 0"
+            " AND lease_seconds <= 86400)",
+            "ALTER TABLE {s}.members ADD CONSTRAINT members_lease_seconds"
+            " CHECK (lease_seconds > 0 AND lease_seconds <= 86400)"):
+        conn.execute(sql.SQL(statement).format(s=schema))
+
+
 # (version, migration from the version before it); all run in the open's transaction.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection, sql.Identifier], None]], ...] = (
     (1, _migrate_to_1),
     (2, _migrate_to_2),
     (3, _migrate_to_3),
+    (4, _migrate_to_4),
 )
 
 # The statements of the hot paths, formatted with the schema once per store.
@@ -282,8 +299,10 @@ _QUERIES = {
     "heartbeat": "INSERT INTO {s}.members (worker_id, heartbeat_at, lease_seconds)"
                  " VALUES (%s, now(), %s) ON CONFLICT (worker_id) DO UPDATE"
                  " SET heartbeat_at = now(), lease_seconds = EXCLUDED.lease_seconds",
+    # Each member by its own lease: every worker reads the same live set.
     "live": "SELECT worker_id FROM {s}.members"
-            " WHERE heartbeat_at > now() - make_interval(secs => %s) ORDER BY worker_id",
+            " WHERE heartbeat_at > now() - make_interval(secs => lease_seconds)"
+            " ORDER BY worker_id",
     "leave": "DELETE FROM {s}.members WHERE worker_id = %s",
     "disown": "UPDATE {s}.partitions SET owner = NULL WHERE owner = %s",
     # Rule versions (RuleStore). Deployments take a lock that conflicts with itself
@@ -813,19 +832,23 @@ class PostgresStore:
     # -- membership --------------------------------------------------------
     def heartbeat(self, worker_id: str, lease_seconds: float) -> None:
         """``worker_id`` is alive now, by the database clock (workers' clocks may
-        disagree; the database's is the one all of them read)."""
+        disagree; the database's is the one all of them read), and stays alive for
+        every worker until ``lease_seconds`` have passed without another heartbeat."""
+        if not 0 < lease_seconds <= MAX_MEMBER_LEASE:
+            raise ValueError(f"a member lease must be above 0 and at most "
+                             f"{MAX_MEMBER_LEASE:g} seconds, not {lease_seconds}")
         try:
             with self._control.lock:
                 self._control.get().execute(self._q["heartbeat"], (worker_id, lease_seconds))
         except psycopg.Error as exc:
             raise self._error(f"cannot record the heartbeat of {worker_id!r}", exc) from exc
 
-    def live_members(self, lease_seconds: float) -> list[str]:
-        """Workers whose last heartbeat is within ``lease_seconds``, sorted."""
+    def live_members(self) -> list[str]:
+        """Workers whose last heartbeat is within their own lease, sorted: the same
+        answer for every worker, whatever lease it was started with."""
         try:
             with self._control.lock:
-                rows = self._control.get().execute(self._q["live"],
-                                                   (lease_seconds,)).fetchall()
+                rows = self._control.get().execute(self._q["live"]).fetchall()
         except psycopg.Error as exc:
             raise self._error("cannot list live workers", exc) from exc
         return [worker_id for (worker_id,) in rows]
