@@ -65,6 +65,12 @@ class RulesInForce:
         return self._in_force.get(partition)
 
     @property
+    def progress(self) -> int:
+        """Work done by every categoriser kept (liveness: worker.coordinator.Liveness
+        reads any change as progress)."""
+        return sum(c.progress for c in list(self._compiled.values()))
+
+    @property
     def timed(self) -> bool:
         """Some rules in use test a time fact."""
         return self.live.timed or any(self._categoriser(v).timed

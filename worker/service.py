@@ -192,10 +192,10 @@ def serve(settings: Settings, rules: CompiledRules) -> Stats:
         if shared is not None:
             lease = settings.member_lease
             driver = worker.driver
-            # The categoriser in use (a new one comes with new rules: its counter
-            # starts again, which reads as progress once).
+            # The categorisers in use (one comes or goes with new rules: the sum
+            # changes, which reads as progress once).
             liveness = Liveness(lambda: worker.health.loop_turned_at,
-                                lambda: driver.categoriser.progress, lease / 2,
+                                lambda: driver.in_force.progress, lease / 2,
                                 settings.heartbeat or BROKER_HEARTBEAT)
             coordinator = Coordinator(shared, worker_id, settings.partitions,
                                       lease, driver.assign,
