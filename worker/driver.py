@@ -70,6 +70,13 @@ TICK_INTERVAL = 5.0
 MAX_TICKED = 10_000
 
 
+class UnknownRulesError(StoreError):
+    """A rules version in force that the store keeps no files of."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(f"rules version {version} is not kept in the state store")
+
+
 class Phase(Enum):
     OFFLINE = "offline"  # no link: connecting, or reconnecting after a loss
     CONSUMING = "consuming"  # link up, deliveries flowing
@@ -203,9 +210,11 @@ class Driver:
 
     def _load_rules(self, version: str) -> Rules:
         """A version in force somewhere but not live here: from the store, where every
-        adopted version's files are kept."""
+        adopted version's files are kept (:class:`UnknownRulesError` if they are not)."""
         from worker.rule_versions import load_version  # rule files: only when needed
 
+        if self.store.rule_files(version) is None:
+            raise UnknownRulesError(version)
         return load_version(self.store, version)
 
     def attach(self, link: Link) -> None:
@@ -322,7 +331,15 @@ class Driver:
         for partition in sorted(self._unread):
             try:
                 version = self.store.rules_in_force(partition, self.rules.version)
-                self.in_force.take(partition, version)
+                try:
+                    self.in_force.take(partition, version)
+                except UnknownRulesError:
+                    log.warning("partition %d is in force under rules version %s, whose "
+                                "files the store does not keep (an older inbox-rules "
+                                "adopted it): it follows version %s from here on",
+                                partition, version, self.rules.version)
+                    version = self.rules.version
+                    self.in_force.take(partition, version)
             except (StoreError, RuleFileError) as exc:
                 self._back_off(f"cannot read the rules in force of partition {partition}: "
                                f"{exc}")

@@ -88,8 +88,8 @@ class RulesInForce:
 
     def take(self, partition: int, version: str) -> None:
         """A partition as committed: the version its queue adopted last."""
+        self._categoriser(version)  # loaded first: a version that cannot load says so
         self._committed[partition] = self._in_force[partition] = version
-        self._categoriser(version)  # loaded now: a version that cannot load says so early
         self._refresh()
 
     def drop(self, partitions: frozenset[int]) -> None:

@@ -6,6 +6,10 @@ SIGSTOP longer than the membership lease. Crossings fall due all the time, so a 
 that takes a partition over finds crossings due at once, while the events the previous
 owner published but did not commit are still on their way back to it.
 
+With ``deploy``, a new rules version is deployed half-way (the threshold moves to 3 s):
+each partition adopts it in its queue's order, and what a crashed or hung owner
+published under the old version is redone under the old version.
+
 Judged from outside, as a downstream service sees it: no ``update_id`` with two
 bodies, no ``seq`` naming two update ids, ``seq`` 1..n for every agent, and a consumer
 that applies the updates by ``seq`` ends where each agent's snapshot says.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,10 +37,13 @@ from tests.support.harness import (
     sla_rules,
     wait_for,
 )
-from tests.support.several import Downstream, fleet, partitioned_topology, settled
+from tests.support.several import Downstream, Fleet, fleet, partitioned_topology, settled
 from tests.support.streams import event_stream
 from worker.request_client import ask
+from worker.rule_versions import open_rule_store
+from worker.rulebook.engine import load_rules_from_files, read_rule_directory
 from worker.settings import Settings
+from worker.topology import Topology
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 
@@ -108,48 +115,106 @@ def differences(downstream: Downstream,
     return wrong
 
 
+def deploy(where: str, rules: Path) -> str:
+    """Deploy ``rules`` to the fleet's store (a PostgreSQL URL or a SQLite file), as
+    ``inbox-rules rules deploy`` does once its cases pass (these rules have none: the
+    store is written directly)."""
+    files = read_rule_directory(rules)
+    version = load_rules_from_files(files, str(rules)).version
+    store, _ = open_rule_store(where, Settings(partitions=PARTITIONS))
+    try:
+        store.deploy_rules(version, files, "test", "threshold 3 s")
+    finally:
+        store.close()
+    return version
+
+
 @pytest.mark.parametrize("run", range(RUNS))
+@pytest.mark.parametrize("with_deploy", [False, True], ids=["steady-rules", "deploy"])
 def test_takeovers_and_time_crossings_never_rewrite_the_stream(
-        vhost: str, database: str, tmp_path: Path, run: int) -> None:
+        vhost: str, database: str, tmp_path: Path, run: int, with_deploy: bool) -> None:
+    """Three workers on PostgreSQL: two SIGKILLs (each worker back 4 s later) and a
+    SIGSTOP longer than the lease and the AMQP heartbeat."""
+    def faults(workers: Fleet, at: Callable[[float], None], done: list[str]) -> None:
+        at(4)
+        workers["w1"].process.kill()
+        done.append("4 s: SIGKILL w1")
+        at(8)
+        workers.start("w1")
+        workers["w2"].process.kill()
+        done.append("8 s: w1 back, SIGKILL w2")
+        at(12)
+        workers.start("w2")
+        victim = workers["w3"].process
+        victim.pause()
+        done.append("12 s: w2 back, SIGSTOP w3")
+        time.sleep(HANG)
+        victim.resume()
+        done.append("SIGCONT w3")
+
+    run_order(vhost, database, tmp_path, ["w1", "w2", "w3"], faults, seed=100 + run,
+              deploy_to=database if with_deploy else None)
+
+
+@pytest.mark.parametrize("with_deploy", [False, True], ids=["steady-rules", "deploy"])
+def test_one_sqlite_worker_keeps_the_order_through_kills(
+        vhost: str, tmp_path: Path, with_deploy: bool) -> None:
+    """One worker on its SQLite file, SIGKILLed four times and started again."""
+    def faults(workers: Fleet, at: Callable[[float], None], done: list[str]) -> None:
+        for moment in (4, 9, 14, 18):
+            at(moment)
+            workers["w1"].process.kill()
+            at(moment + 1)
+            workers.start("w1")
+            done.append(f"{moment} s: SIGKILL, back 1 s later")
+
+    run_order(vhost, None, tmp_path, ["w1"], faults, seed=200,
+              deploy_to=str(tmp_path / "w1.sqlite3") if with_deploy else None)
+
+
+Faults = Callable[[Fleet, Callable[[float], None], list[str]], None]
+
+
+def run_order(vhost: str, store_url: str | None, tmp_path: Path, names: list[str],
+              faults: Faults, *, seed: int, deploy_to: str | None) -> None:
+    """The stream through the fleet while ``faults`` happen, a new rules version
+    deployed to ``deploy_to`` at 10 s if given; then the judgement."""
     rules = sla_rules(tmp_path, THRESHOLD)
+    variant = sla_rules(tmp_path / "variant", THRESHOLD + 1)
+    deployed: list[str] = []
     start = datetime.now(UTC) + timedelta(seconds=20)  # after the fleet is up
-    stream = event_stream(100 + run, int(RATE * SECONDS), 12, agents=3, start=start,
+    stream = event_stream(seed, int(RATE * SECONDS), 12, agents=3, start=start,
                           step=1 / RATE, snapshots=0.0)
-    topology = partitioned_topology(PARTITIONS)
+    partitions = PARTITIONS if store_url else 0
+    topology = partitioned_topology(partitions) if store_url else Topology.from_settings(
+        Settings())
     settings: dict[str, object] = {
         "partitions": PARTITIONS, "member_lease": LEASE, "heartbeat": HEARTBEAT,
         "time_lag": 0.2, "rules_dir": rules, "max_batch_delay": 0.01,
-        "reconnect_max_delay": 1.0}
+        "reconnect_max_delay": 1.0, "rules_poll_interval": 0.5}
     done: list[str] = []
     bus = Bus(vhost, confirm=True)
     with closing(bus), collecting(vhost, bus.updates_queue) as updates, \
-            fleet(vhost, database, tmp_path, settings) as workers:
-        for name in ("w1", "w2", "w3"):
+            fleet(vhost, store_url, tmp_path, settings) as workers:
+        for name in names:
             workers.add(name)
-        workers.wait_dealt(PARTITIONS)
+        if store_url:
+            workers.wait_dealt(PARTITIONS)
         wait_for(lambda: datetime.now(UTC) >= start, 30, "the stream's start")
         producer = Producer(vhost, as_messages(stream), RATE)
         began = time.monotonic()
         producer.start()
-        try:
-            def at(moment: float) -> None:
-                time.sleep(max(0.0, began + moment - time.monotonic()))
 
-            at(4)
-            workers["w1"].process.kill()
-            done.append("4 s: SIGKILL w1")
-            at(8)
-            workers.start("w1")
-            workers["w2"].process.kill()
-            done.append("8 s: w1 back, SIGKILL w2")
-            at(12)
-            workers.start("w2")
-            victim = workers["w3"].process
-            victim.pause()
-            done.append("12 s: w2 back, SIGSTOP w3")
-            time.sleep(HANG)
-            victim.resume()
-            done.append(f"{time.monotonic() - began:.0f} s: SIGCONT w3")
+        def at(moment: float) -> None:
+            if deploy_to is not None and not deployed and moment > 10:
+                time.sleep(max(0.0, began + 10 - time.monotonic()))
+                deployed.append(deploy(deploy_to, variant))
+                done.append("10 s: new rules deployed")
+            time.sleep(max(0.0, began + moment - time.monotonic()))
+
+        try:
+            faults(workers, at, done)
+            at(SECONDS)
             producer.finish()
         finally:
             producer.abandon()
@@ -174,3 +239,5 @@ def test_takeovers_and_time_crossings_never_rewrite_the_stream(
     assert not downstream.reused_seq, downstream.reused_seq[:5]
     assert not downstream.gaps, downstream.gaps[:5]
     assert not wrong, wrong[:10]
+    if deployed:
+        assert {snapshot.rules_version for snapshot in taken.values()} == set(deployed)

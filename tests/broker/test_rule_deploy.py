@@ -100,13 +100,13 @@ def test_deploy_then_rollback_through_a_running_worker_ends_as_a_clean_run(
         wait_for(lambda: producer.published >= 300, 30, "events flowing", alive=worker)
         deployed = _cli(state, "rules", "deploy", str(b))
         assert f"live now: {version_b} (was {version_a})" in deployed.stdout
-        wait_for(lambda: f"rules version {version_a} -> {version_b}" in worker.log(), 30,
+        wait_for(lambda: f"partition 0: rules version {version_b} in force" in worker.log(), 30,
                  "the worker to adopt B", alive=worker)
         assert producer.published < len(events), "B went live while events flowed"
         wait_for(lambda: producer.published >= 800, 30, "more events under B", alive=worker)
         rolled = _cli(state, "rules", "rollback")
         assert f"live now {version_a} (was {version_b})" in rolled.stdout
-        wait_for(lambda: f"rules version {version_b} -> {version_a}" in worker.log(), 30,
+        wait_for(lambda: f"partition 0: rules version {version_a} in force" in worker.log(), 30,
                  "the worker to adopt A again", alive=worker)
         assert producer.published < len(events), "A went live again while events flowed"
         producer.finish()
@@ -193,7 +193,9 @@ def test_a_fleet_on_postgresql_follows_a_deploy_and_a_rollback(
 
 
 def _switched(worker: WorkerProcess, old: str, new: str) -> Callable[[], bool]:
-    return lambda: f"rules version {old} -> {new}" in worker.log()
+    """The worker wants ``new`` live (instead of ``old``): it sends its partitions the
+    adoption."""
+    return lambda: f"rules version {new} wanted live" in worker.log()
 
 
 def _behind(url: str, version: str) -> int:

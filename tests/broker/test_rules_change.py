@@ -75,10 +75,10 @@ def test_restarted_with_changed_rules_every_account_adopts_them(
         wait_for(lambda: worker.stats.acked >= len(events), 30, "all events acked")
     before = bus.updates()
     assert before == replay(events)
-    # No sweep before a delivery (a hot standby never sweeps): one event for a known
-    # account makes the worker the active consumer. That account adopts the new rules
-    # before the event's updates, by the sweep or by the event, whichever reaches it
-    # first: the same updates either way.
+    # No adoption before a delivery (a hot standby sends none): one event for a known
+    # account makes the worker the active consumer. The event was queued before the
+    # adoption the worker then sends, so it is evaluated under the rules in force, the
+    # old ones; then every account adopts the new ones, swept.
     after_change = _new_chat(events[-1]["account_id"])
     with ThreadWorker(settings, new_rules_dir) as worker:
         bus.publish_events([after_change])
@@ -88,8 +88,13 @@ def test_restarted_with_changed_rules_every_account_adopts_them(
         wait_drained(bus, bus.topology.events_queue)
     after = bus.updates()
     new_rules = load_rules(new_rules_dir)
-    expected = _replay_then_adopt(events, new_rules_dir, then=[after_change])
-    _assert_adopted(before, after, expected, new_rules.version, generation=1)
+    expected = _replay_then_adopt(events, new_rules_dir, queued=[after_change])
+    old_version = load_rules(None).version
+    queued_first = {u["rules_version"] for u in after
+                    if u["cause_event_id"] == after_change["event_id"]}
+    assert queued_first == {old_version}, "queued before the adoption: the rules in force"
+    _assert_adopted(before, after, expected, new_rules.version, generation=1,
+                    earlier=old_version)
     assert _nonempty(final_view(before + after)) == _nonempty(
         final_view(replay([*events, after_change], new_rules_dir)))
     _assert_every_account_follows(settings.state_path, new_rules.version)
@@ -118,7 +123,7 @@ def test_sighup_with_changed_rule_files_every_account_adopts_them(
         wait_for(lambda: bus.ready(bus.updates_queue) >= len(expected), 30,
                  "the adoption updates", alive=worker)
         assert worker.stop() == 0, worker.log_tail()
-    assert f"-> {new_rules.version}" in worker.log()
+    assert f"partition 0: rules version {new_rules.version} in force" in worker.log()
     after = bus.updates()
     _assert_adopted(before, after, expected, new_rules.version, generation=1)
     assert _nonempty(final_view(before + after)) == _nonempty(
@@ -127,24 +132,31 @@ def test_sighup_with_changed_rule_files_every_account_adopts_them(
 
 
 def _replay_then_adopt(events: list[dict[str, Any]], rules_dir: Path,
-                       then: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Offline: the stream under the default rules, then every account adopts the rules
-    of ``rules_dir``, then the ``then`` events; the updates after the stream."""
+                       then: list[dict[str, Any]] | None = None,
+                       queued: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Offline: the stream under the default rules, then the ``queued`` events (still
+    under them), then every account adopts the rules of ``rules_dir``, then the
+    ``then`` events; the updates after the stream."""
     inbox = Inbox(load_rules(None))
     for body in encode(events):
         inbox.handle(parse_event(body))
-    updates = inbox.adopt_rules(load_rules(rules_dir))
+    updates = [u for body in encode(queued or []) for u in inbox.handle(parse_event(body))]
+    updates += inbox.adopt_rules(load_rules(rules_dir))
     updates += [u for body in encode(then or []) for u in inbox.handle(parse_event(body))]
     parsed: list[dict[str, Any]] = [json.loads(u.body) for u in updates]
     return parsed
 
 
 def _assert_adopted(before: list[dict[str, Any]], after: list[dict[str, Any]],
-                    expected: list[dict[str, Any]], version: str, generation: int) -> None:
+                    expected: list[dict[str, Any]], version: str, generation: int,
+                    earlier: str | None = None) -> None:
+    """``earlier``: the version of the updates caused before the adoption, if any."""
     adoptions = [u for u in after if u["cause_event_id"].startswith("rules:")]
     assert adoptions, "the new rules changed nothing downstream"
     assert {u["cause_event_id"] for u in adoptions} == {f"rules:{version}:{generation}"}
-    assert all(u["rules_version"] == version for u in after)
+    first = after.index(adoptions[0])
+    assert all(u["rules_version"] == version for u in after[first:])
+    assert all(u["rules_version"] == earlier for u in after[:first])
     # Exactly the offline adoption's updates (ids, seqs, counts, times), published once;
     # accounts are swept in any order, so compare them in (account, agent, seq) order.
     def order(u: dict[str, Any]) -> tuple[str, str, int]:

@@ -670,12 +670,12 @@ def _build_worker(settings: Settings, rules_dir: Path | None,
                   ) -> tuple[Worker, Callable[[], None]]:
     """The in-process worker, and what to call once it has stopped: the one place that
     knows how the worker is put together."""
-    from worker.rulebook import load_rules
+    from worker.rule_versions import keep_directory
     from worker.service import Worker
     from worker.store.sqlite import SqliteStore
 
     store = SqliteStore(settings.state_path)
-    return Worker(settings, load_rules(rules_dir), store), store.close
+    return Worker(settings, keep_directory(store, rules_dir), store), store.close
 
 
 class ThreadWorker:
