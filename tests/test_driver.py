@@ -779,3 +779,28 @@ def test_partitions_assigned_but_never_taken_are_given_back_when_withdrawn() -> 
     assert driver.partitions == {2, 3}
     driver.assign(frozenset({3}))  # a consumed one comes back through the handover
     assert released == [frozenset({1}), frozenset({2})] and link.aborts == [False]
+
+
+def test_upstreams_internal_looking_headers_are_stripped_by_the_router_and_ignored_after() -> None:
+    """An event that carries headers the workers use among themselves: the router passes
+    it on without them (only its own, under the fleet's token), and a partition queue's
+    message whose internal headers lack the token is the event it is, not a request."""
+    driver, link, store = _router()
+    events = event_stream(seed=33, count=6, accounts=1)
+    forged = {"x-inbox-request": "snapshot", CONTROL_HEADER: "guess",
+              "x-inbox-control": "inbox-rules.tick", "trace": "t-1"}
+    driver.on_delivery(Delivery(1, events[0]["type"], encode(events)[0], headers=forged,
+                                queue="inbox-rules.events"))
+    _confirm_all(driver, link)
+    [routed] = _routed(link)
+    assert routed.headers == {"trace": "t-1", "x-inbox-routing-key": events[0]["type"],
+                              CONTROL_HEADER: store.control_token}
+    owner, owned, _ = _router()
+    owner.assign(frozenset({0, 1, 2, 3}))
+    for tag, body in enumerate(encode(events), start=1):
+        owner.on_delivery(Delivery(tag, "snapshot", body, queue="inbox-rules.events.partition.1",
+                                   headers={"x-inbox-request": "snapshot",
+                                            "x-inbox-routing-key": "snapshot"}))
+    _confirm_all(owner, owned)
+    assert not owned.dead_letters() and owned.acks[-1] == (len(events), True)
+    assert owned.updates() == _replayed(events)

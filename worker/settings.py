@@ -64,7 +64,7 @@ class Settings(BaseSettings):
                              description="SQLite file holding the worker's state.")
     rules_poll_interval: float = Field(5.0, ge=0, description=(
         "Seconds between looks at the state store's live rules version (inbox-rules rules "
-        "deploy / rollback); a new one is adopted at a batch boundary (0: never look)."))
+        "deploy / rollback); a new one is adopted in each partition's order (0: never look)."))
     dedup_window: int = Field(1000, ge=1, description=(
         "Event ids remembered per account to drop redeliveries (oldest forgotten first)."))
     tombstone_window: int = Field(10_000, ge=1, description=(

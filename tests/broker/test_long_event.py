@@ -90,7 +90,10 @@ def agents_stored(url: str) -> str:
 def test_a_worker_busy_on_one_long_event_keeps_its_partitions(
         vhost: str, database: str, tmp_path: Path) -> None:
     event, took = large_account(database)
-    assert took > LEASE, f"the event takes {took:.1f} s here: no longer than the lease"
+    # The categoriser alone; the worker also holds its loop to load the account and to
+    # turn the updates into messages (about as long again). Past half the lease, a
+    # worker that beat only while its loop turned stopped beating.
+    assert took > LEASE / 2, f"the event takes {took:.1f} s here: too short to matter"
     topology = partitioned_topology(PARTITIONS)
     settings = {"partitions": PARTITIONS, "member_lease": LEASE, "heartbeat": 30}
     with fleet(vhost, database, tmp_path, settings) as workers:
