@@ -804,3 +804,60 @@ def test_upstreams_internal_looking_headers_are_stripped_by_the_router_and_ignor
     _confirm_all(owner, owned)
     assert not owned.dead_letters() and owned.acks[-1] == (len(events), True)
     assert owned.updates() == _replayed(events)
+
+
+def test_events_published_before_new_rules_are_redone_under_the_old_rules_after_a_crash(
+        tmp_path: Any) -> None:
+    """A worker published events' updates and then wanted new rules (its adoption is
+    queued behind those events); it died before committing. Restarted with the new
+    rules, it gets the events back first: they are evaluated under the rules in force
+    (kept in the store), so their updates are the ones already published, seq for seq;
+    the adoption follows, in the queue's order."""
+    import shutil
+
+    from worker.rule_versions import keep_directory
+    from worker.rulebook.engine import default_rules_dir
+
+    edited = tmp_path / "rules"
+    shutil.copytree(default_rules_dir(), edited)
+    text = (edited / "inbox.yaml").read_text()
+    (edited / "inbox.yaml").write_text(text.replace(
+        "            - predicate: routed_to_agent\n", "            - predicate: open\n"))
+    store = MemoryStore()
+    old, variant = keep_directory(store, None), keep_directory(store, edited)
+    settings = Settings(batch_size=40, prefetch=40, max_batch_delay=0.0)
+    events = event_stream(seed=25, count=120)
+    first = Driver(settings, old, store)
+    link = RecordingLink()
+    first.attach(_checked(link))
+    first.on_ready()
+    bodies = encode(events)
+    _deliver(first, bodies[:40])
+    _confirm_all(first, link)  # committed and acked
+    committed = len(link.published)
+    _deliver(first, bodies[40:], first_tag=41)  # published, never confirmed: no commit
+    first.adopt(variant)
+    held = link.published[committed:]
+    published = [m for m in held if m.exchange == "inbox.categories"]
+    [adoption] = [m for m in held if (m.exchange, m.routing_key) == ("", "inbox-rules.events")]
+    assert published and {json.loads(m.body)["rules_version"] for m in published} == {
+        old.version}
+
+    second = Driver(settings, variant, store)  # restarted with the new rules
+    again = RecordingLink()
+    second.attach(_checked(again))
+    second.on_ready()
+    _deliver(second, bodies[40:], first_tag=1)  # the broker gives back what was held...
+    second.on_delivery(Delivery(81, "", adoption.body, headers=adoption.headers or {},
+                                queue="inbox-rules.events"))  # ...the adoption last
+    _confirm_all(second, again)
+    redone = [m for m in again.published if m.exchange == "inbox.categories"]
+    assert [(m.message_id, m.body) for m in redone[:len(published)]] == [
+        (m.message_id, m.body) for m in published], "the same updates, seq for seq"
+    after = [json.loads(m.body) for m in redone[len(published):]]
+    adopting = [u["cause_event_id"].startswith(f"rules:{variant.version}:") for u in after]
+    assert any(adopting) and adopting == sorted(adopting), "events first, then the adoption"
+    assert all(u["rules_version"] == (variant.version if adopted else old.version)
+               for u, adopted in zip(after, adopting, strict=True))
+    assert store.in_force == {0: variant.version}
+    assert store.accounts_behind(variant.version, "", 100) == []

@@ -33,7 +33,13 @@ from worker.committer import Committer, InlineCommitter
 from worker.control import Adopt, Tick, adopt_message, chunks, tick_message
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
-from worker.errors import RuleFileError, StoreConflictError, StoreError, StoreFencedError
+from worker.errors import (
+    RuleFileError,
+    StoreConflictError,
+    StoreError,
+    StoreFencedError,
+    UnknownRulesError,
+)
 from worker.link import Delivery, Link, Outgoing, Returned
 from worker.partitions import partition_of
 from worker.pipeline import DeadLetter, Plan, Router, Step, Sweep
@@ -68,13 +74,6 @@ TICK_PATIENCE = 30.0
 TICK_INTERVAL = 5.0
 # Accounts with a tick under way, at most (beyond: no new ticks until some come back).
 MAX_TICKED = 10_000
-
-
-class UnknownRulesError(StoreError):
-    """A rules version in force that the store keeps no files of."""
-
-    def __init__(self, version: str) -> None:
-        super().__init__(f"rules version {version} is not kept in the state store")
 
 
 class Phase(Enum):
@@ -540,7 +539,6 @@ class Driver:
             self._buffer.extendleft(reversed(deliveries))
             return False
         started = time.monotonic()
-        timed = self.in_force.timed
         plan = self.step.run(deliveries, self.cache, self.in_force)
         self._buffer.extendleft(reversed(plan.rest))
         self._last_was_sweep = False
@@ -549,8 +547,7 @@ class Driver:
         if plan.adopted:
             for partition in plan.adopted:
                 self._sweeps[partition] = ""  # its accounts follow, paced
-            if self.in_force.timed != timed:
-                self._start_time()
+            self._start_time()  # the new rules may test time, or no longer
         if plan.stalled is not None:
             self._back_off(f"cannot load state: {plan.stalled}")
             return False

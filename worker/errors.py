@@ -59,3 +59,10 @@ class PublishRejectedError(TransientError):
 
 class DemoError(InboxRulesError):
     """The demo could not show an inbox (no broker, or no worker answering)."""
+
+
+class UnknownRulesError(StoreError):
+    """A rules version in force (or asked to be) whose files the store does not keep."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(f"rules version {version} is not kept in the state store")

@@ -43,7 +43,7 @@ from worker.control import (
 from worker.domain.account import AccountWrite
 from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
-from worker.errors import RuleFileError, StoreError
+from worker.errors import RuleFileError, StoreError, UnknownRulesError
 from worker.link import Delivery, Outgoing
 from worker.partitions import partition_of
 from worker.rulebook.engine import CompiledRules
@@ -352,6 +352,8 @@ class Step:
             return NOTHING_TO_PUBLISH
         try:
             rules.switch(adopt.partition, adopt.rules_version)
+        except UnknownRulesError as exc:  # no worker could ever load it: not a retry
+            return self.dead_letter(delivery, f"bad control message: {exc}")
         except RuleFileError as exc:
             # Kept by a worker whose rules this one cannot load: every worker of this
             # version would refuse it the same way.
