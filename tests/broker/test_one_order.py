@@ -1,8 +1,9 @@
 """One order per account: takeovers and time crossings never rewrite the stream.
 
-Three workers on PostgreSQL, rules with a time category (overdue after 2 s of waiting),
-events flowing into twelve accounts of three agents, and meanwhile SIGKILLs and a
-SIGSTOP longer than the membership lease. Crossings fall due all the time, so a worker
+Three workers on PostgreSQL (or two on one SQLite file, active and hot standby), rules
+with a time category (overdue after 2 s of waiting), events flowing into twelve
+accounts of three agents, and meanwhile SIGKILLs and a SIGSTOP longer than the
+membership lease. Crossings fall due all the time, so a worker
 that takes a partition over finds crossings due at once, while the events the previous
 owner published but did not commit are still on their way back to it.
 
@@ -37,7 +38,14 @@ from tests.support.harness import (
     sla_rules,
     wait_for,
 )
-from tests.support.several import Downstream, Fleet, fleet, partitioned_topology, settled
+from tests.support.several import (
+    Downstream,
+    Fleet,
+    active_consumer,
+    fleet,
+    partitioned_topology,
+    settled,
+)
 from tests.support.streams import event_stream
 from worker.request_client import ask
 from worker.rule_versions import open_rule_store
@@ -157,26 +165,31 @@ def test_takeovers_and_time_crossings_never_rewrite_the_stream(
 
 
 @pytest.mark.parametrize("with_deploy", [False, True], ids=["steady-rules", "deploy"])
-def test_one_sqlite_worker_keeps_the_order_through_kills(
+def test_a_hot_standby_continues_the_order_on_the_shared_sqlite_file(
         vhost: str, tmp_path: Path, with_deploy: bool) -> None:
-    """One worker on its SQLite file, SIGKILLed four times and started again."""
+    """Two workers on one SQLite file: the active one is SIGKILLed three times and the
+    standby takes over each time, from the file as the dead one left it."""
     def faults(workers: Fleet, at: Callable[[float], None], done: list[str]) -> None:
-        for moment in (4, 9, 14, 18):
+        queue = Topology.from_settings(Settings()).events_queue
+        for moment in (4, 10, 16):
             at(moment)
-            workers["w1"].process.kill()
-            at(moment + 1)
-            workers.start("w1")
-            done.append(f"{moment} s: SIGKILL, back 1 s later")
+            active = active_consumer(workers.vhost, queue, workers.running())
+            assert active is not None, "one of the two is the active consumer"
+            active.process.kill()
+            at(moment + 3)
+            workers.start(active.name)  # the standby now
+            done.append(f"{moment} s: SIGKILL the active {active.name}, back as a standby")
 
-    run_order(vhost, None, tmp_path, ["w1"], faults, seed=200,
-              deploy_to=str(tmp_path / "w1.sqlite3") if with_deploy else None)
+    run_order(vhost, None, tmp_path, ["w1", "w2"], faults, seed=300, shared_state="shared",
+              deploy_to=str(tmp_path / "shared.sqlite3") if with_deploy else None)
 
 
 Faults = Callable[[Fleet, Callable[[float], None], list[str]], None]
 
 
 def run_order(vhost: str, store_url: str | None, tmp_path: Path, names: list[str],
-              faults: Faults, *, seed: int, deploy_to: str | None) -> None:
+              faults: Faults, *, seed: int, deploy_to: str | None,
+              shared_state: str | None = None) -> None:
     """The stream through the fleet while ``faults`` happen, a new rules version
     deployed to ``deploy_to`` at 10 s if given; then the judgement."""
     rules = sla_rules(tmp_path, THRESHOLD)
@@ -197,7 +210,9 @@ def run_order(vhost: str, store_url: str | None, tmp_path: Path, names: list[str
     with closing(bus), collecting(vhost, bus.updates_queue) as updates, \
             fleet(vhost, store_url, tmp_path, settings) as workers:
         for name in names:
-            workers.add(name)
+            workers.add(name, state=shared_state)
+            if shared_state:  # the first one is the active consumer, the rest wait
+                time.sleep(1.0)
         if store_url:
             workers.wait_dealt(PARTITIONS)
         wait_for(lambda: datetime.now(UTC) >= start, 30, "the stream's start")

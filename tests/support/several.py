@@ -96,13 +96,16 @@ class Fleet:
     # Settings under ``settings``: the tests' quick ones, or {} for the worker's own.
     defaults: Mapping[str, object] = field(default_factory=lambda: dict(TEST_SETTINGS))
 
-    def add(self, name: str, *, start: bool = True) -> Member:
+    def add(self, name: str, *, start: bool = True, state: str | None = None) -> Member:
+        """``state``: the SQLite file's name, when several workers share one (hot
+        standbys); by default each has its own."""
         port = free_port()
         settings: dict[str, object] = {**self.settings, "http_port": port,
                                        "http_host": "127.0.0.1"}
         if self.store_url is not None:
             settings["store_url"] = self.store_url
-        env = worker_env(amqp_url(self.vhost), self.directory / f"{name}.sqlite3", settings,
+        env = worker_env(amqp_url(self.vhost), self.directory / f"{state or name}.sqlite3",
+                         settings,
                          defaults=self.defaults)
         member = Member(name, WorkerProcess(env, self.directory / f"{name}.log", name=name),
                         port)
