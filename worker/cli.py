@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import sys
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from worker.replay import BadLine, parse_moment, replay_lines
 from worker.rule_cases import run_cases
 from worker.rule_coverage import Coverage, run_with_coverage
 from worker.rulebook.engine import CompiledRules, check_rules, default_rules_dir, load_rules
-from worker.settings import Settings, describe_settings
+from worker.settings import Settings, describe_settings, load_settings, unknown_variables
 from worker.store import RuleDeployment, RuleStore
 
 if TYPE_CHECKING:
@@ -30,6 +31,34 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 RULES_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+# Exit statuses, the same in every command (like diff's).
+EXIT_OK = 0
+EXIT_NO = 1  # the command's own answer is no: differences, a failing case, a refusal
+EXIT_TROUBLE = 2  # it could not do its work: bad input, settings, usage; no connection
+
+
+class Trouble(click.ClickException):
+    """A failure that is not the command's answer: exit status 2, each line of the
+    message on stderr as ``Error: ...``."""
+
+    exit_code = EXIT_TROUBLE
+
+    def show(self, file: object = None) -> None:
+        for line in self.format_message().splitlines():
+            click.echo(f"Error: {line}", err=True)
+
+
+def _settings(**overrides: object) -> Settings:
+    """The settings (``overrides`` first), read once per command: a warning for each
+    INBOX_RULES_* variable that sets nothing, one line per bad variable and exit
+    status 2 if any is invalid."""
+    for warning in unknown_variables(os.environ):
+        click.echo(warning, err=True)
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        raise Trouble(str(exc)) from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,11 +120,7 @@ def _settings_help() -> str:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def run(rules_dir: Path | None, log_level: str) -> None:
     """Run the worker: consume chat.events, publish inbox.categories, until SIGTERM."""
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        configure_logging(log_level.upper())
-        raise click.ClickException(f"invalid settings: {exc}") from exc
+    settings = _settings()
     # Text or one JSON object per line; the broker password is masked in either, at
     # every level (pika's own step-by-step connection errors only at DEBUG).
     configure_logging(log_level.upper(), settings.log_format,
@@ -105,14 +130,14 @@ def run(rules_dir: Path | None, log_level: str) -> None:
     try:
         settings.tls_context()  # a wrong CA or key path is said now, not at each reconnect
     except (OSError, ssl.SSLError) as exc:
-        raise click.ClickException(f"TLS settings: {exc}") from exc
+        raise Trouble(f"TLS settings: {exc}") from exc
     compiled = _load_or_exit(settings.rules_dir)
     from worker.service import serve  # the broker stack: only the worker needs it
 
     try:
         serve(settings, compiled)
     except (StoreError, SettingsError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Trouble(str(exc)) from exc
 
 
 @main.command()
@@ -121,7 +146,7 @@ def run(rules_dir: Path | None, log_level: str) -> None:
 def demo(timeout: float) -> None:
     """Publish a small scenario to a running worker and print each agent's inbox."""
     try:
-        click.echo(run_demo(Settings(), timeout))
+        click.echo(run_demo(_settings(), timeout))
     except DemoError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -144,7 +169,7 @@ def watch(account_id: str, agent_id: str, categories: str | None, tab: str | Non
 
     wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     try:
-        run_watch(Settings(), account_id, agent_id, categories=wanted, tab=tab,
+        run_watch(_settings(), account_id, agent_id, categories=wanted, tab=tab,
                   timeout=timeout, once=once)
     except WatchError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -186,7 +211,7 @@ def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversatio
         from worker.request_client import RequestError, ask  # pika: only here
 
         try:
-            reply = ask(Settings(), "explain", request, ExplainReply, timeout=timeout)
+            reply = ask(_settings(), "explain", request, ExplainReply, timeout=timeout)
         except RequestError as exc:
             raise click.ClickException(str(exc)) from exc
         undecided, source = None, None
@@ -250,7 +275,7 @@ def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
         source = current.source
     else:
         try:
-            store, where = open_state(state or "", Settings())
+            store, where = open_state(state or "", _settings())
             try:
                 with progress(None, "comparing accounts") as bar:
                     report = compare(store.iter_accounts(), candidate, current,
@@ -427,8 +452,8 @@ def _with_rule_store(where: str, work: Callable[[RuleStore], _T], *,
     from worker.rule_versions import DeployRefusedError, open_rule_store
 
     try:
-        store, store_name = open_rule_store(where, Settings(), read_only=read_only)
-    except (StoreError, ValidationError) as exc:
+        store, store_name = open_rule_store(where, _settings(), read_only=read_only)
+    except StoreError as exc:
         click.echo(f"state store: {exc}", err=True)
         sys.exit(1)
     try:
