@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,9 @@ def test_an_http_port_in_use_stops_run_at_start_with_one_line(
                              "(choose another, or 0 to turn HTTP off)\n")
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_version_prints_the_installed_distributions_version() -> None:
+    result = CliRunner().invoke(main, ["--version"], prog_name="inbox-rules")
+    assert result.exit_code == 0
+    assert result.stdout == f"inbox-rules {version('inbox-rules')}\n"

@@ -62,6 +62,8 @@ def _settings(**overrides: object) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="inbox-rules", message="%(prog)s %(version)s",
+                      help="Print the installed version and exit.")
 def main() -> None:
     """Sort live-chat conversations into per-agent inbox categories with rule files."""
 
