@@ -373,17 +373,18 @@ def test_the_command_line_deploys_lists_and_rolls_back(tmp_path: Path) -> None:
            "INBOX_RULES_STORE_URL": ""}
     a, b = copy_rules(tmp_path, "a"), variant(tmp_path)
     result = _cli("rules", "history", env=env)
-    assert result.exit_code == 1 and "nothing deployed" in result.stderr
-    for directory in (invalid(tmp_path), failing(tmp_path)):
+    assert result.exit_code == 2 and "nothing deployed" in result.stderr  # no store
+    for directory, status in ((invalid(tmp_path), 2), (failing(tmp_path), 1)):
         result = _cli("rules", "deploy", str(directory), env=env)
-        assert result.exit_code == 1 and "nothing deployed" in result.stderr, result.output
+        assert result.exit_code == status and "nothing deployed" in result.stderr, \
+            result.output
     assert "FAIL " in result.stderr
     result = _cli("rules", "deploy", str(a), env=env)
     assert result.exit_code == 0, result.output
     version_a = load_rules(a).version
     assert f"live now: {version_a} (was none), deployment #1" in result.stdout
     result = _cli("rules", "deploy", str(invalid(tmp_path / "again")), env=env)
-    assert result.exit_code == 1 and "unknown fact" in result.stderr
+    assert result.exit_code == 2 and "unknown fact" in result.stderr
     result = _cli("rules", "deploy", str(b), env=env)
     version_b = load_rules(b).version
     assert result.exit_code == 0

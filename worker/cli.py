@@ -6,6 +6,8 @@ import json
 import os
 import ssl
 import sys
+import textwrap
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
@@ -49,6 +51,34 @@ class Trouble(click.ClickException):
             click.echo(f"Error: {line}", err=True)
 
 
+def _exit_status(ok: str, trouble: str, no: str | None = None) -> str:
+    """A command's --help epilog: what each exit status means for it (the same three
+    codes in every command)."""
+    rows = [(EXIT_OK, ok), *([(EXIT_NO, no)] if no else []),
+            (EXIT_TROUBLE, f"trouble: {trouble}; bad usage")]
+    lines = []
+    for code, text in rows:
+        lines += textwrap.wrap(text, 76, initial_indent=f"  {code}  ",
+                               subsequent_indent="     ")
+    # '\b' keeps click from re-wrapping the table.
+    return "Exit status:\n\n\b\n" + "\n".join(lines)
+
+
+class _Commands(click.Group):
+    """An unexpected error exits 2 (trouble), with its traceback, not Python's 1: a 1
+    is a command's answer (differences, a failing case), never a crash."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, EOFError,
+                BrokenPipeError):
+            raise  # click's own, handled as click does
+        except Exception:  # noqa: BLE001 - any other is a bug: say it, exit 2
+            traceback.print_exc()
+            ctx.exit(EXIT_TROUBLE)
+
+
 def _settings(**overrides: object) -> Settings:
     """The settings (``overrides`` first), read once per command: a warning for each
     INBOX_RULES_* variable that sets nothing, one line per bad variable and exit
@@ -61,14 +91,23 @@ def _settings(**overrides: object) -> Settings:
         raise Trouble(str(exc)) from exc
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit status of every command: 0 done (no difference, every case "
+                    "passes); 1 the command's answer is no (differences found, a test "
+                    "case failed, a deploy or rollback refused); 2 trouble (invalid rule "
+                    "files, bad input lines, bad settings, no connection to the broker "
+                    "or the state store, bad usage). Each command's --help says which "
+                    "it uses.")
 @click.version_option(package_name="inbox-rules", message="%(prog)s %(version)s",
                       help="Print the installed version and exit.")
 def main() -> None:
     """Sort live-chat conversations into per-agent inbox categories with rule files."""
 
 
-@main.command()
+@main.command(epilog=_exit_status(
+    "every line replayed",
+    "invalid rule files, a bad --until, bad lines in EVENTS (each said on stderr and "
+    "skipped: the updates are those of the rest), EVENTS unreadable"))
 @click.argument("events", type=click.File("rb"))
 @click.option("--rules", "rules_dir", type=RULES_DIR, default=None,
               help="Rule directory (default: the shipped rule set).")
@@ -103,7 +142,7 @@ def replay(events: BinaryIO, rules_dir: Path | None, until: str | None) -> None:
     out.flush()
     if bad:
         click.echo(f"{bad} bad line(s) skipped", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_TROUBLE)
 
 
 def _settings_help() -> str:
@@ -115,7 +154,11 @@ def _settings_help() -> str:
     return "Settings (environment variables):\n\n\b\n" + "\n".join(lines)
 
 
-@main.command(epilog=_settings_help())
+@main.command(epilog=_exit_status(
+    "stopped by SIGTERM or SIGINT (the batch in hand committed)",
+    "bad settings (one line per variable), invalid rule files, a TLS file that cannot "
+    "be read, the HTTP port taken, a state store that cannot be used")
+    + "\n\n" + _settings_help())
 @click.option("--rules", "rules_dir", type=RULES_DIR, default=None,
               help="Rule directory (overrides INBOX_RULES_RULES_DIR).")
 @click.option("--log-level", default="INFO", show_default=True,
@@ -142,7 +185,9 @@ def run(rules_dir: Path | None, log_level: str) -> None:
         raise Trouble(str(exc)) from exc
 
 
-@main.command()
+@main.command(epilog=_exit_status(
+    "the inboxes printed",
+    "bad settings, no broker at AMQP_URL, no worker answering within --timeout"))
 @click.option("--timeout", default=10.0, show_default=True,
               help="Seconds to wait for the worker's updates.")
 def demo(timeout: float) -> None:
@@ -150,10 +195,13 @@ def demo(timeout: float) -> None:
     try:
         click.echo(run_demo(_settings(), timeout))
     except DemoError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Trouble(str(exc)) from exc
 
 
-@main.command()
+@main.command(epilog=_exit_status(
+    "the inbox printed (--once), or the watch ended with Ctrl-C",
+    "ids or categories that cannot be routing keys, bad settings, no broker at "
+    "AMQP_URL, no worker answering within --timeout, a broken reply"))
 @click.option("--account", "account_id", required=True, help="The agent's account id.")
 @click.option("--agent", "agent_id", required=True, help="The agent whose inbox to show.")
 @click.option("--categories", default=None, metavar="A,B",
@@ -174,10 +222,14 @@ def watch(account_id: str, agent_id: str, categories: str | None, tab: str | Non
         run_watch(_settings(), account_id, agent_id, categories=wanted, tab=tab,
                   timeout=timeout, once=once)
     except WatchError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Trouble(str(exc)) from exc
 
 
-@main.command()
+@main.command(epilog=_exit_status(
+    "explained",
+    "invalid rule files, bad lines in EVENTS (each said on stderr and skipped: the "
+    "explanation is of the rest), bad ids; with --live: bad settings, no broker at "
+    "AMQP_URL, no worker answering within --timeout"))
 @click.argument("events", type=click.File("rb"), required=False)
 @click.option("--account", "account_id", required=True, help="The account.")
 @click.option("--agent", "agent_id", required=True, help="The agent whose view to explain.")
@@ -215,7 +267,7 @@ def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversatio
         try:
             reply = ask(_settings(), "explain", request, ExplainReply, timeout=timeout)
         except RequestError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise Trouble(str(exc)) from exc
         undecided, source = None, None
     else:
         rules = _load_or_exit(rules_dir)
@@ -232,10 +284,14 @@ def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversatio
         click.echo(render(reply, undecided, source), nl=False)
     if bad:
         click.echo(f"{bad} bad line(s) skipped", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_TROUBLE)
 
 
-@main.command()
+@main.command(epilog=_exit_status(
+    "no difference",
+    "invalid rule files, bad lines in EVENTS (each said on stderr and skipped: the "
+    "comparison is of the rest), a state store that cannot be read, bad settings",
+    no="differences (the report says which)"))
 @click.argument("events", type=click.File("rb"), required=False)
 @click.option("--candidate", "candidate_dir", type=RULES_DIR, required=True,
               help="The rule directory that would go live.")
@@ -252,8 +308,7 @@ def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
            state: str | None, as_json: bool) -> None:
     """What would change if the rules of --candidate went live: per category the
     (agent, conversation) pairs entering and leaving it, badge count changes per agent,
-    and examples with their explanations. Exit status as diff: 0 no difference, 1
-    differences, 2 trouble."""
+    and examples with their explanations. Exit status as diff's."""
     from worker.shadow import ShadowReport, open_state, render
     from worker.shadow import shadow as compare
 
@@ -286,7 +341,7 @@ def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
                 store.close()
         except StoreError as exc:
             click.echo(f"shadow: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_TROUBLE)
         source = f"state {where}"
     if as_json:
         click.echo(json.dumps(report.to_json()))
@@ -295,16 +350,19 @@ def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
                    nl=False)
     if bad:
         click.echo(f"{bad} bad line(s) skipped: the comparison is of the rest", err=True)
-        sys.exit(2)
-    sys.exit(1 if report.differences else 0)
+        sys.exit(EXIT_TROUBLE)
+    sys.exit(EXIT_NO if report.differences else EXIT_OK)
 
 
-@main.group()
+@main.group(epilog="Exit status as every command's: 0 done, 1 the answer is no, 2 "
+                    "trouble (each command's --help says when).")
 def rules() -> None:
     """Tools for rule authors."""
 
 
-@rules.command("check")
+@rules.command("check", epilog=_exit_status(
+    "the rule files validate",
+    "a rule file does not validate (every problem on stderr as file:line: reason)"))
 @click.argument("directory", type=RULES_DIR, required=False)
 def rules_check(directory: Path | None) -> None:
     """Validate the rule files of DIRECTORY (default: the shipped rule set)."""
@@ -314,12 +372,14 @@ def rules_check(directory: Path | None) -> None:
     except RuleFileError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
-        sys.exit(1)
+        sys.exit(EXIT_TROUBLE)
     names = ", ".join(definitions.categories)
     click.echo(f"{directory}: ok, rules version {version}, categories: {names}")
 
 
-@rules.command("test")
+@rules.command("test", epilog=_exit_status(
+    "every case passes", "a rule file or case file does not validate",
+    no="a case fails, or there are none"))
 @click.argument("directory", type=RULES_DIR, required=False)
 @click.option("--coverage", "with_coverage", is_flag=True,
               help="Also list the conditions (file:line) no case made true, and false.")
@@ -339,7 +399,7 @@ def rules_test(directory: Path | None, with_coverage: bool, as_json: bool) -> No
     except RuleFileError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
-        sys.exit(1)
+        sys.exit(EXIT_TROUBLE)
     failed = [r for r in results if not r.passed]
     if as_json:
         report: dict[str, object] = {
@@ -361,7 +421,7 @@ def rules_test(directory: Path | None, with_coverage: bool, as_json: bool) -> No
     if not results:
         click.echo(f"no test cases found in {directory / 'cases'}", err=True)
     if failed or not results:
-        sys.exit(1)
+        sys.exit(EXIT_NO)
 
 
 _STORE_OPTION = click.option(
@@ -370,14 +430,18 @@ _STORE_OPTION = click.option(
          "INBOX_RULES_STORE_URL, else INBOX_RULES_STATE_PATH).")
 
 
-@rules.command("deploy")
+@rules.command("deploy", epilog=_exit_status(
+    "deployed, or live already",
+    "a rule file or case file does not validate, a state store that cannot be used, "
+    "bad settings",
+    no="refused, nothing deployed: a case fails, or there are none"))
 @click.argument("directory", type=RULES_DIR)
 @_STORE_OPTION
 def rules_deploy(directory: Path, where: str) -> None:
     """Check DIRECTORY's rule files and run its test cases; if all pass, keep them in
     the workers' state store as a new rules version and make it live: every worker
     adopts it at a batch boundary within INBOX_RULES_RULES_POLL_INTERVAL seconds.
-    Exit 1, nothing deployed, if a file does not validate or a case fails."""
+    Nothing is deployed if a file does not validate or a case fails."""
     from worker.rule_versions import deploy_directory
 
     def deploy(store: RuleStore) -> Deployed:
@@ -396,13 +460,18 @@ def rules_deploy(directory: Path, where: str) -> None:
     click.echo(f"what changed: {done.summary}")
 
 
-@rules.command("rollback")
+@rules.command("rollback", epilog=_exit_status(
+    "rolled back, or live already",
+    "VERSION's rule files do not load here, a state store that cannot be used, bad "
+    "settings",
+    no="refused, nothing changed: VERSION was never deployed, or there is nothing to go "
+       "back to"))
 @click.argument("version", required=False)
 @_STORE_OPTION
 def rules_rollback(version: str | None, where: str) -> None:
     """Make VERSION (default: the version live before the current one) the live rules
-    again, the same way as a deploy. Exit 1, nothing changed, if it was never deployed
-    or does not load."""
+    again, the same way as a deploy. Nothing changes if it was never deployed or does
+    not load."""
     from worker.rule_versions import rollback
 
     def roll_back(store: RuleStore) -> Deployed:
@@ -418,7 +487,9 @@ def rules_rollback(version: str | None, where: str) -> None:
     click.echo(f"what changed: {done.summary}")
 
 
-@rules.command("history")
+@rules.command("history", epilog=_exit_status(
+    "listed (perhaps empty)",
+    "no such state store, or one that cannot be read; bad settings"))
 @_STORE_OPTION
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object: 'live' and 'deployments' (oldest first).")
@@ -449,25 +520,27 @@ def rules_history(where: str, as_json: bool) -> None:
 
 def _with_rule_store(where: str, work: Callable[[RuleStore], _T], *,
                      read_only: bool = False) -> tuple[_T, str]:
-    """Run ``work`` on the workers' store, closed after; a refusal (nothing changed) or
-    a store that cannot be used is said on stderr with exit status 1."""
+    """Run ``work`` on the workers' store, closed after; said on stderr: a refusal
+    (nothing changed) with exit status 1, 2 if its rule files do not validate, a store
+    that cannot be used with 2."""
     from worker.rule_versions import DeployRefusedError, open_rule_store
 
     try:
         store, store_name = open_rule_store(where, _settings(), read_only=read_only)
     except StoreError as exc:
         click.echo(f"state store: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_TROUBLE)
     try:
         return work(store), store_name
     except DeployRefusedError as exc:
         click.echo(str(exc), err=True)
         for problem in exc.problems:
             click.echo(problem, err=True)
-        sys.exit(1)
+        # Invalid rule files are trouble in every command; the rest is a refusal.
+        sys.exit(EXIT_TROUBLE if isinstance(exc.__cause__, RuleFileError) else EXIT_NO)
     except StoreError as exc:
         click.echo(f"{exc}; nothing changed", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_TROUBLE)
     finally:
         store.close()
 
@@ -488,7 +561,7 @@ def _load_or_exit(directory: Path | None) -> CompiledRules:
     except RuleFileError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
-        sys.exit(2)
+        sys.exit(EXIT_TROUBLE)
 
 
 if __name__ == "__main__":
