@@ -79,6 +79,18 @@ class _Commands(click.Group):
             ctx.exit(EXIT_TROUBLE)
 
 
+AMQP_URL_OPTION = click.option(
+    "--amqp-url", metavar="URL", default=None,
+    help="The broker, amqp:// or amqps:// (overrides AMQP_URL; default: AMQP_URL, else "
+         f"{Settings.model_fields['amqp_url'].default}). A password here shows in the "
+         "process list: prefer AMQP_URL for one.")
+
+
+def _broker_settings(amqp_url: str | None) -> Settings:
+    """The settings of a command that connects, ``--amqp-url`` over AMQP_URL."""
+    return _settings() if amqp_url is None else _settings(AMQP_URL=amqp_url)
+
+
 def _settings(**overrides: object) -> Settings:
     """The settings (``overrides`` first), read once per command: a warning for each
     INBOX_RULES_* variable that sets nothing, one line per bad variable and exit
@@ -163,9 +175,11 @@ def _settings_help() -> str:
               help="Rule directory (overrides INBOX_RULES_RULES_DIR).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def run(rules_dir: Path | None, log_level: str) -> None:
-    """Run the worker: consume chat.events, publish inbox.categories, until SIGTERM."""
-    settings = _settings()
+@AMQP_URL_OPTION
+def run(rules_dir: Path | None, log_level: str, amqp_url: str | None) -> None:
+    """Run the worker: consume chat.events, publish inbox.categories, until SIGTERM.
+    The broker is AMQP_URL (or --amqp-url); every setting is below."""
+    settings = _broker_settings(amqp_url)
     # Text or one JSON object per line; the broker password is masked in either, at
     # every level (pika's own step-by-step connection errors only at DEBUG).
     configure_logging(log_level.upper(), settings.log_format,
@@ -190,10 +204,12 @@ def run(rules_dir: Path | None, log_level: str) -> None:
     "bad settings, no broker at AMQP_URL, no worker answering within --timeout"))
 @click.option("--timeout", default=10.0, show_default=True,
               help="Seconds to wait for the worker's updates.")
-def demo(timeout: float) -> None:
-    """Publish a small scenario to a running worker and print each agent's inbox."""
+@AMQP_URL_OPTION
+def demo(timeout: float, amqp_url: str | None) -> None:
+    """Publish a small scenario to a running worker (through the broker at AMQP_URL, or
+    --amqp-url) and print each agent's inbox."""
     try:
-        click.echo(run_demo(_settings(), timeout))
+        click.echo(run_demo(_broker_settings(amqp_url), timeout))
     except DemoError as exc:
         raise Trouble(str(exc)) from exc
 
@@ -211,15 +227,17 @@ def demo(timeout: float) -> None:
 @click.option("--timeout", default=10.0, show_default=True,
               help="Seconds to wait for the worker's snapshot reply.")
 @click.option("--once", is_flag=True, help="Print the inbox once and exit.")
+@AMQP_URL_OPTION
 def watch(account_id: str, agent_id: str, categories: str | None, tab: str | None,
-          timeout: float, once: bool) -> None:
+          timeout: float, once: bool, amqp_url: str | None) -> None:
     """Show one agent's tabs and badge counts live: snapshot, updates by seq, resync on
-    a gap (the reference downstream consumer)."""
+    a gap (the reference downstream consumer), from the broker at AMQP_URL (or
+    --amqp-url)."""
     from worker.watch import WatchError, run_watch  # pika and rich: only here
 
     wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     try:
-        run_watch(_settings(), account_id, agent_id, categories=wanted, tab=tab,
+        run_watch(_broker_settings(amqp_url), account_id, agent_id, categories=wanted, tab=tab,
                   timeout=timeout, once=once)
     except WatchError as exc:
         raise Trouble(str(exc)) from exc
@@ -243,11 +261,14 @@ def watch(account_id: str, agent_id: str, categories: str | None, tab: str | Non
               help="With --live: seconds to wait for the worker's reply.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object (an ExplainReply; key 'categories': those that hold).")
+@AMQP_URL_OPTION
 def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversation_id: str,
-            rules_dir: Path | None, live: bool, timeout: float, as_json: bool) -> None:
-    """After replaying EVENTS.jsonl ('-' reads stdin), or live from the running worker:
-    the facts of one agent and conversation, and for every category whether it holds
-    and the conditions (file:line) that decided it."""
+            rules_dir: Path | None, live: bool, timeout: float, as_json: bool,
+            amqp_url: str | None) -> None:
+    """After replaying EVENTS.jsonl ('-' reads stdin), or live from the running worker
+    (through the broker at AMQP_URL, or --amqp-url): the facts of one agent and
+    conversation, and for every category whether it holds and the conditions
+    (file:line) that decided it."""
     from contracts.requests import ExplainReply, ExplainRequest
     from worker.explain_tool import explain_events, render
 
@@ -255,6 +276,8 @@ def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversatio
         raise click.UsageError("give EVENTS.jsonl to replay, or --live to ask the worker")
     if live and rules_dir is not None:
         raise click.UsageError("--rules does not apply to --live: the worker's rules answer")
+    if amqp_url is not None and not live:
+        raise click.UsageError("--amqp-url applies to --live only: a replay needs no broker")
     try:
         request = ExplainRequest(account_id=account_id, agent_id=agent_id,
                                  conversation_id=conversation_id)
@@ -265,7 +288,8 @@ def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversatio
         from worker.request_client import RequestError, ask  # pika: only here
 
         try:
-            reply = ask(_settings(), "explain", request, ExplainReply, timeout=timeout)
+            reply = ask(_broker_settings(amqp_url), "explain", request, ExplainReply,
+                        timeout=timeout)
         except RequestError as exc:
             raise Trouble(str(exc)) from exc
         undecided, source = None, None
