@@ -321,24 +321,32 @@ def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversatio
               help="The rule directory that would go live.")
 @click.option("--rules", "rules_dir", type=RULES_DIR, default=None,
               help="The rules live now (default: the shipped rule set).")
-@click.option("--state", "state", is_flag=False, flag_value="", default=None,
+@click.option("--store", "store", is_flag=False, flag_value="", default=None,
               metavar="[PATH|URL]",
-              help="Compare against the worker's stored state instead of EVENTS, read-only: "
+              help="Compare against the workers' state store instead of EVENTS, read-only: "
                    "a SQLite file, a postgresql:// URL, or (no value) INBOX_RULES_STORE_URL, "
                    "else INBOX_RULES_STATE_PATH.")
+@click.option("--state", "old_store", is_flag=False, flag_value="", default=None,
+              hidden=True, help="Deprecated name of --store.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object (key 'differences': the pairs whose categories differ).")
 def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
-           state: str | None, as_json: bool) -> None:
+           store: str | None, old_store: str | None, as_json: bool) -> None:
     """What would change if the rules of --candidate went live: per category the
     (agent, conversation) pairs entering and leaving it, badge count changes per agent,
     and examples with their explanations. Exit status as diff's."""
     from worker.shadow import ShadowReport, open_state, render
     from worker.shadow import shadow as compare
 
-    if (events is None) == (state is None):
-        raise click.UsageError("give EVENTS.jsonl to replay, or --state to read the "
-                               "worker's state")
+    if old_store is not None:
+        if store is not None:
+            raise click.UsageError("--state is the old name of --store: give --store only")
+        click.echo("warning: shadow --state is deprecated: use --store (the option's name "
+                   "in rules deploy, history and rollback too)", err=True)
+        store = old_store
+    if (events is None) == (store is None):
+        raise click.UsageError("give EVENTS.jsonl to replay, or --store to read the "
+                               "workers' state")
     current = _load_or_exit(rules_dir)
     candidate = _load_or_exit(candidate_dir)
     bad = 0
@@ -356,13 +364,13 @@ def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
         source = current.source
     else:
         try:
-            store, where = open_state(state or "", _settings())
+            state, where = open_state(store or "", _settings())
             try:
                 with progress(None, "comparing accounts") as bar:
-                    report = compare(store.iter_accounts(), candidate, current,
+                    report = compare(state.iter_accounts(), candidate, current,
                                      progress=bar.advance)
             finally:
-                store.close()
+                state.close()
         except StoreError as exc:
             click.echo(f"shadow: {exc}", err=True)
             sys.exit(EXIT_TROUBLE)
