@@ -417,7 +417,11 @@ def rules_check(directory: Path | None) -> None:
               help="Also list the conditions (file:line) no case made true, and false.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object: the cases' results (and the coverage), for CI.")
-def rules_test(directory: Path | None, with_coverage: bool, as_json: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only the failing cases and the summary line (and --coverage's "
+                   "gaps), not a PASS line per case.")
+def rules_test(directory: Path | None, with_coverage: bool, as_json: bool,
+               quiet: bool) -> None:
     """Run the rule test cases in DIRECTORY/cases against DIRECTORY's rules. The exit
     status says whether they pass; coverage gaps are reported, not failed."""
     directory = directory or default_rules_dir()
@@ -443,6 +447,8 @@ def rules_test(directory: Path | None, with_coverage: bool, as_json: bool) -> No
         click.echo(json.dumps(report))
     else:
         for result in results:
+            if quiet and result.passed:
+                continue
             mark = "PASS" if result.passed else "FAIL"
             click.echo(f"{mark} {result.file}:{result.line} {result.name}")
             for failure in result.failures:
