@@ -21,7 +21,7 @@ from worker.rulebook import load_rules
 from worker.store.sqlite import SqliteStore
 
 CLOSED = "amqp://guest:guest@127.0.0.1:1/%2F"  # nothing listens on port 1
-ENV = {"AMQP_URL": CLOSED, "INBOX_RULES_STATE_PATH": "", "INBOX_RULES_STORE_URL": ""}
+ENV = {"AMQP_URL": CLOSED, "INBOX_RULES_STATE_PATH": None, "INBOX_RULES_STORE_URL": None}
 IDS = ["--account", "acc-0", "--agent", "ag-0", "--conversation", "c-0"]
 UNKNOWN_FACT = "unknown fact"  # what invalid() breaks
 NO_BROKER = "127.0.0.1:1"

@@ -475,7 +475,10 @@ _STORE_OPTION = click.option(
     no="refused, nothing deployed: a case fails, or there are none"))
 @click.argument("directory", type=RULES_DIR)
 @_STORE_OPTION
-def rules_deploy(directory: Path, where: str) -> None:
+@click.option("--create", is_flag=True,
+              help="Start a new SQLite store if the file does not exist (else refused: a "
+                   "store no worker reads would take the deploy).")
+def rules_deploy(directory: Path, where: str, create: bool) -> None:
     """Check DIRECTORY's rule files and run its test cases; if all pass, keep them in
     the workers' state store as a new rules version and make it live: every worker
     adopts it at a batch boundary within INBOX_RULES_RULES_POLL_INTERVAL seconds.
@@ -485,7 +488,7 @@ def rules_deploy(directory: Path, where: str) -> None:
     def deploy(store: RuleStore) -> Deployed:
         return deploy_directory(store, directory)
 
-    done, store_name = _with_rule_store(where, deploy)
+    done, store_name = _with_rule_store(where, deploy, create=create)
     if done.deployment is None:
         click.echo(f"rules version {done.version} ({directory}) is live already in "
                    f"{store_name}: nothing to do")
@@ -557,14 +560,20 @@ def rules_history(where: str, as_json: bool) -> None:
 
 
 def _with_rule_store(where: str, work: Callable[[RuleStore], _T], *,
-                     read_only: bool = False) -> tuple[_T, str]:
+                     read_only: bool = False, create: bool = False) -> tuple[_T, str]:
     """Run ``work`` on the workers' store, closed after; said on stderr: a refusal
     (nothing changed) with exit status 1, 2 if its rule files do not validate, a store
-    that cannot be used with 2."""
-    from worker.rule_versions import DeployRefusedError, open_rule_store
+    that cannot be used with 2. A SQLite file is created only with ``create``."""
+    from worker.rule_versions import DeployRefusedError, NoStoreError, open_rule_store
 
     try:
-        store, store_name = open_rule_store(where, _settings(), read_only=read_only)
+        store, store_name = open_rule_store(where, _settings(), read_only=read_only,
+                                            create=create)
+    except NoStoreError as exc:
+        click.echo(f"{exc}: name the workers' store with --store FILE|URL (or "
+                   "INBOX_RULES_STORE_URL / INBOX_RULES_STATE_PATH); rules deploy --create "
+                   "starts a new one", err=True)
+        sys.exit(EXIT_TROUBLE)
     except StoreError as exc:
         click.echo(f"state store: {exc}", err=True)
         sys.exit(EXIT_TROUBLE)
