@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import socket
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from worker.cli import main
+from worker.cli import EXIT_TROUBLE, main
 from worker.rulebook.engine import default_rules_dir
 from worker.settings import Settings, describe_settings, mask_url
 
@@ -53,7 +54,7 @@ def test_a_missing_tls_file_stops_run_with_a_clear_message(
     monkeypatch.setenv("AMQP_URL", "amqps://svc:s3cret@broker:5671/prod")
     monkeypatch.setenv("INBOX_RULES_TLS_CA_FILE", str(tmp_path / "missing-ca.pem"))
     result = CliRunner().invoke(main, ["run"])
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_TROUBLE  # bad settings
     assert "TLS settings" in result.stderr and "s3cret" not in result.output
 
 
@@ -69,8 +70,14 @@ def test_an_http_port_in_use_stops_run_at_start_with_one_line(
         monkeypatch.setenv("INBOX_RULES_STATE_PATH", str(tmp_path / "state.db"))
         monkeypatch.setenv("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2F")
         result = CliRunner().invoke(main, ["run", "--log-level", "ERROR"])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == EXIT_TROUBLE, result.output  # bad settings
     assert result.stderr == (f"Error: INBOX_RULES_HTTP_PORT={port}: port already in use "
                              "(choose another, or 0 to turn HTTP off)\n")
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_version_prints_the_installed_distributions_version() -> None:
+    result = CliRunner().invoke(main, ["--version"], prog_name="inbox-rules")
+    assert result.exit_code == 0
+    assert result.stdout == f"inbox-rules {version('inbox-rules')}\n"

@@ -379,7 +379,7 @@ def test_the_command_says_why_nothing_is_decided_and_reports_bad_lines(
     path = _events_file(tmp_path, README_EVENTS, extra=b"{not json\n")
     result = _explain(str(path), "--account", "acc-1", "--agent", "ag-9",
                       "--conversation", "c-1")
-    assert result.exit_code == 1  # like replay: a bad line makes it non-zero
+    assert result.exit_code == 2  # like replay: bad lines are trouble
     assert "ag-9 is not an agent of the account (its agents: ag-1, ag-2)" in result.stdout
     assert "categories: none" in result.stdout
     assert "line 4:" in result.stderr

@@ -122,3 +122,25 @@ def test_failing_cases_still_fail_with_coverage(tmp_path: Path) -> None:
     # No agent was ever shown anything (the case names no agent): nothing exercised.
     assert report["coverage"]["fact_vectors"] == 0
     assert len(report["coverage"]["never_true"]) == report["coverage"]["conditions"]
+
+
+def test_quiet_prints_only_the_failing_cases_and_the_summary(tmp_path: Path) -> None:
+    directory = _copy(tmp_path)
+    (directory / "cases" / "wrong.yaml").write_text(
+        "cases:\n"
+        "  - name: wrong on purpose\n"
+        "    events:\n"
+        "      - {type: conversation.created, conversation_id: c-1, data: {}}\n"
+        "    expect:\n"
+        "      - {agent: ag-1, conversation: c-1, categories: [resolved]}\n",
+        encoding="utf-8")
+    loud = _rules_test(str(directory))
+    quiet = _rules_test(str(directory), "-q")
+    assert quiet.exit_code == loud.exit_code == 1
+    kept = [line for line in loud.stdout.splitlines() if not line.startswith("PASS ")]
+    assert len(kept) < len(loud.stdout.splitlines()) - 10  # the shipped cases pass
+    assert quiet.stdout.splitlines() == kept
+    assert quiet.stdout.splitlines()[0].startswith("FAIL ")
+    assert quiet.stdout.splitlines()[-1].endswith(" passed, 1 failed")
+    shipped = loud.stdout.count("\nPASS ") + loud.stdout.startswith("PASS ")
+    assert _rules_test("--quiet").stdout == f"{shipped} passed, 0 failed\n"  # all pass

@@ -373,17 +373,18 @@ def test_the_command_line_deploys_lists_and_rolls_back(tmp_path: Path) -> None:
            "INBOX_RULES_STORE_URL": ""}
     a, b = copy_rules(tmp_path, "a"), variant(tmp_path)
     result = _cli("rules", "history", env=env)
-    assert result.exit_code == 1 and "nothing deployed" in result.stderr
-    for directory in (invalid(tmp_path), failing(tmp_path)):
-        result = _cli("rules", "deploy", str(directory), env=env)
-        assert result.exit_code == 1 and "nothing deployed" in result.stderr, result.output
+    assert result.exit_code == 2 and "nothing deployed" in result.stderr  # no store
+    for directory, status in ((invalid(tmp_path), 2), (failing(tmp_path), 1)):
+        result = _cli("rules", "deploy", str(directory), "--create", env=env)
+        assert result.exit_code == status and "nothing deployed" in result.stderr, \
+            result.output
     assert "FAIL " in result.stderr
-    result = _cli("rules", "deploy", str(a), env=env)
+    result = _cli("rules", "deploy", str(a), "--create", env=env)
     assert result.exit_code == 0, result.output
     version_a = load_rules(a).version
     assert f"live now: {version_a} (was none), deployment #1" in result.stdout
     result = _cli("rules", "deploy", str(invalid(tmp_path / "again")), env=env)
-    assert result.exit_code == 1 and "unknown fact" in result.stderr
+    assert result.exit_code == 2 and "unknown fact" in result.stderr
     result = _cli("rules", "deploy", str(b), env=env)
     version_b = load_rules(b).version
     assert result.exit_code == 0
@@ -404,7 +405,34 @@ def test_the_command_line_deploys_lists_and_rolls_back(tmp_path: Path) -> None:
     assert [d["version"] for d in report["deployments"]] == [version_a, version_b, version_a]
     # --store names another store: nothing deployed there.
     other = tmp_path / "other.sqlite3"
-    result = _cli("rules", "deploy", str(a), "--store", str(other), env=env)
+    result = _cli("rules", "deploy", str(a), "--store", str(other), "--create", env=env)
     assert result.exit_code == 0 and str(other) in result.stdout
     assert len(json.loads(_cli("rules", "history", "--json", env=env).stdout)[
         "deployments"]) == 3
+
+
+def test_deploy_creates_no_store_unless_asked(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no store named, a deploy used to start ./inbox-rules.sqlite3 (which no worker
+    reads) and report success."""
+    monkeypatch.chdir(tmp_path)
+    unset: dict[str, str | None] = {"INBOX_RULES_STATE_PATH": None,
+                                     "INBOX_RULES_STORE_URL": None}
+    env = {"INBOX_RULES_STORE_URL": ""}
+    a = copy_rules(tmp_path, "a")
+    for command in (["rules", "deploy", str(a)], ["rules", "rollback"]):
+        result = CliRunner().invoke(main, command, env=unset)
+        assert result.exit_code == 2, result.output
+        assert result.stderr == (
+            "no state store at inbox-rules.sqlite3: name the workers' store with --store "
+            "FILE|URL (or INBOX_RULES_STORE_URL / INBOX_RULES_STATE_PATH); rules deploy "
+            "--create starts a new one\n")
+        assert list(tmp_path.glob("*.sqlite3")) == []
+    named = tmp_path / "named.sqlite3"
+    result = _cli("rules", "deploy", str(a), "--store", str(named), env=env)
+    assert result.exit_code == 2 and f"no state store at {named}:" in result.stderr
+    assert not named.exists()
+    result = _cli("rules", "deploy", str(a), "--store", str(named), "--create", env=env)
+    assert result.exit_code == 0 and named.exists(), result.output
+    result = _cli("rules", "deploy", str(variant(tmp_path)), "--store", str(named), env=env)
+    assert result.exit_code == 0, result.output  # the file exists: no --create needed

@@ -255,7 +255,7 @@ def test_yaml_aliases_in_a_rule_file_are_refused_before_any_expansion(tmp_path: 
     started = time.monotonic()
     result = CliRunner().invoke(main, ["rules", "check", str(tmp_path)])
     assert time.monotonic() - started < 1.0
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # invalid rule files: trouble, in every command
     assert result.stderr == (f"{tmp_path / 'rules.yaml'}:2: YAML aliases/anchors are not "
                              "allowed in rule files\n")
 
@@ -321,7 +321,7 @@ def test_yaml_aliases_in_a_case_file_are_refused_before_any_expansion(tmp_path: 
     started = time.monotonic()
     result = _rules_test(directory)
     assert time.monotonic() - started < 1.0
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a case file that cannot be read: trouble
     assert result.stderr == (f"{directory / 'cases' / 'cases.yaml'}:1: YAML aliases/anchors "
                              "are not allowed in rule files\n")
 
@@ -335,6 +335,6 @@ def test_yaml_aliases_in_a_case_file_are_refused_before_any_expansion(tmp_path: 
 def test_a_case_file_that_cannot_be_read_is_one_line_naming_it(
         tmp_path: Path, data: bytes, problem: str) -> None:
     result = _rules_test(_case_dir(tmp_path, data))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr == f"{tmp_path / 'cases' / 'cases.yaml'}{problem}\n"
     assert result.exception is None or isinstance(result.exception, SystemExit)

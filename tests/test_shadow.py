@@ -149,7 +149,7 @@ def test_trouble_exits_2(tmp_path: Path, events_file: Path, variant: Path) -> No
     result = _shadow(str(with_bad_line), "--candidate", str(variant), "--json")
     assert result.exit_code == 2 and "line 601:" in result.stderr
     assert json.loads(result.stdout)["differences"] > 0  # the report of the rest
-    result = _shadow("--state", str(tmp_path / "missing.sqlite3"), "--candidate",
+    result = _shadow("--store", str(tmp_path / "missing.sqlite3"), "--candidate",
                      str(variant))
     assert result.exit_code == 2 and "cannot open read-only" in result.stderr
     assert not (tmp_path / "missing.sqlite3").exists()
@@ -192,26 +192,48 @@ def test_state_a_worker_wrote_gives_the_same_report_and_stays_untouched(
     _write_state(path)
     before = _digest(path)
     expected = _independent(variant)
-    result = _shadow("--state", str(path), "--candidate", str(variant), "--json")
+    result = _shadow("--store", str(path), "--candidate", str(variant), "--json")
     assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
     _check(report, expected)
     assert report["categorised_under"] == {load_rules().version: 3}
-    # `--state` alone: the worker's settings name the file.
+    # `--store` alone: the worker's settings name the file.
     env = {"INBOX_RULES_STATE_PATH": str(path)}
-    result = _shadow("--candidate", str(variant), "--state", "--json", env=env)
+    result = _shadow("--candidate", str(variant), "--store", "--json", env=env)
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["differences"] == expected["differences"]
     same = _copy_rules(tmp_path, "same")
-    assert _shadow("--state", str(path), "--candidate", str(same)).exit_code == 0
+    assert _shadow("--store", str(path), "--candidate", str(same)).exit_code == 0
     assert _digest(path) == before
+
+
+def test_state_is_a_hidden_deprecated_name_of_store_that_still_works(
+        tmp_path: Path, variant: Path) -> None:
+    """--store names the state store in every command; shadow's old --state still reads
+    it, with one warning, and is no longer in its help."""
+    path = tmp_path / "state.sqlite3"
+    _write_state(path)
+    new = _shadow("--store", str(path), "--candidate", str(variant), "--json")
+    old = _shadow("--state", str(path), "--candidate", str(variant), "--json")
+    assert (old.exit_code, old.stdout) == (new.exit_code, new.stdout) == (1, new.stdout)
+    assert old.stderr.count("deprecated") == 1 and "use --store" in old.stderr
+    assert "deprecated" not in new.stderr
+    alone = _shadow("--candidate", str(variant), "--state", "--json",
+                    env={"INBOX_RULES_STATE_PATH": str(path)})
+    assert alone.stdout == new.stdout
+    both = _shadow("--store", str(path), "--state", str(path), "--candidate", str(variant))
+    assert both.exit_code == 2 and "--store only" in both.stderr
+    for command in (["shadow"], ["rules", "deploy"], ["rules", "history"],
+                    ["rules", "rollback"]):
+        text = CliRunner().invoke(main, [*command, "--help"]).stdout
+        assert "--store" in text and "--state" not in text
 
 
 def test_state_under_the_candidate_already_has_nothing_to_change(
         tmp_path: Path, variant: Path) -> None:
     path = tmp_path / "state.sqlite3"
     _write_state(path, variant)
-    result = _shadow("--state", str(path), "--candidate", str(variant), "--json")
+    result = _shadow("--store", str(path), "--candidate", str(variant), "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["differences"] == 0
 
 
@@ -260,11 +282,11 @@ def test_state_in_postgresql_read_with_selects_only(database: str, variant: Path
         store.acquire(partition)
     states = _commit_events(store)
     expected = _independent(variant)
-    result = _shadow("--state", database, "--candidate", str(variant), "--json")
+    result = _shadow("--store", database, "--candidate", str(variant), "--json")
     assert result.exit_code == 1, result.output
     _check(json.loads(result.stdout), expected)
-    # --state alone: INBOX_RULES_STORE_URL names the database.
-    result = _shadow("--candidate", str(variant), "--state", "--json",
+    # --store alone: INBOX_RULES_STORE_URL names the database.
+    result = _shadow("--candidate", str(variant), "--store", "--json",
                      env={"INBOX_RULES_STORE_URL": database})
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["differences"] == expected["differences"]

@@ -548,7 +548,7 @@ def test_watcher_refuses_ids_that_cannot_be_routing_keys() -> None:
 
 def test_cli_watch_reports_bad_input_without_a_broker() -> None:
     result = CliRunner().invoke(main, ["watch", "--account", "a#b", "--agent", "ag-1", "--once"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "bad watch request: account_id" in result.output
 
 

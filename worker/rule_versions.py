@@ -55,6 +55,15 @@ class DeployRefusedError(InboxRulesError):
         self.problems = problems or []
 
 
+class NoStoreError(StoreError):
+    """The SQLite file named as the state store does not exist, and creating it was not
+    asked for (a typo in a path would otherwise start a store no worker reads)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no state store at {path}")
+        self.path = path
+
+
 @dataclass(frozen=True)
 class Deployed:
     """What a deploy or rollback did (``deployment`` None: the version was live already)."""
@@ -73,12 +82,13 @@ class OwnedRuleStore(RuleStore, Protocol):
 
 
 def open_rule_store(where: str, settings: Settings, *, read_only: bool = False,
-                    ) -> tuple[OwnedRuleStore, str]:
+                    create: bool = True) -> tuple[OwnedRuleStore, str]:
     """The store the workers share, and how to name it (password masked): ``where`` is
     a SQLite file or a ``postgresql://`` URL; empty: the workers' own settings say
     (``INBOX_RULES_STORE_URL`` if set, else ``INBOX_RULES_STATE_PATH``). Opened for
     writing, it is migrated like a worker would (a deploy may come before the first
-    worker); ``read_only`` only looks."""
+    worker); ``read_only`` only looks. A SQLite file that does not exist is created
+    only with ``create`` (else :class:`NoStoreError`)."""
     url = where if where.startswith(("postgresql://", "postgres://")) else (
         None if where else settings.store_url)
     if url:
@@ -92,6 +102,8 @@ def open_rule_store(where: str, settings: Settings, *, read_only: bool = False,
     if read_only and not path.exists():
         raise StoreError(f"state store {path}: no such file (no worker and no deploy has "
                          "written it: nothing deployed)")
+    if not create and not path.exists():
+        raise NoStoreError(path)
     return SqliteStore(path, read_only=read_only), str(path)
 
 

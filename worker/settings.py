@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import difflib
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.ids import DEFAULT_MAX_MESSAGE_BYTES
+from worker.errors import SettingsError
 
 ENV_PREFIX = "INBOX_RULES_"
 # Seconds: the longest member lease. Every worker judges a member by that member's own
 # lease, so the PostgreSQL store's members table checks the same bound.
 MAX_MEMBER_LEASE = 86_400.0
+# Settings whose value may carry a password: an error shows them masked (mask_url).
+SECRET_SETTINGS = frozenset({"amqp_url", "store_url"})
+# Variables with the prefix that the project's own tests and benchmarks read: not
+# settings, and not typos either.
+NOT_SETTINGS = frozenset({"INBOX_RULES_TEST_POSTGRES", "INBOX_RULES_ORDER_RUNS"})
 
 
 class Settings(BaseSettings):
@@ -130,6 +138,47 @@ def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
     alias = Settings.model_fields[field].validation_alias
     return alias if isinstance(alias, str) else (ENV_PREFIX + field).upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings from the environment, ``overrides`` (by field name, or
+    ``AMQP_URL=...``) first. Raises :class:`SettingsError` with one line per bad
+    variable, ``NAME=value: reason`` (a URL's password masked), for a person to fix."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError("\n".join(_problem(error) for error in exc.errors())) from exc
+
+
+def _problem(error: Any) -> str:
+    loc = error["loc"]
+    head = str(loc[0]) if loc else ""
+    field = next((name for name in Settings.model_fields
+                  if head in (name, env_name(name))), None)
+    if field is None:  # not one field's: said as pydantic says it
+        return f"settings: {error['msg']}"
+    value = error.get("input", "")
+    if field in SECRET_SETTINGS:  # a password never shows, however the value came
+        value = mask_url(value) if isinstance(value, str) else "***"
+    return f"{env_name(field)}={value}: {error['msg']}"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``INBOX_RULES_*`` variable in ``environ`` that sets nothing
+    (most likely a typo: the setting keeps its default), naming the setting it probably
+    meant if one is close."""
+    known = {env_name(name).upper() for name in Settings.model_fields}
+    # Compared without the prefix they all share, or every name looks close.
+    suffixes = sorted(name[len(ENV_PREFIX):] for name in known if name.startswith(ENV_PREFIX))
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings reads names in any case
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX):], suffixes, n=1)
+        meant = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        warnings.append(f"warning: {name} is not a setting and is ignored{meant}")
+    return warnings
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

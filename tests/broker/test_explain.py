@@ -67,4 +67,4 @@ def test_no_worker_is_said_plainly(vhost: str) -> None:
     result = CliRunner().invoke(main, ["explain", "--live", "--account", "acc-1", "--agent",
                                        "ag-1", "--conversation", "c-1", "--timeout", "5"],
                                 env={"AMQP_URL": amqp_url(vhost)})
-    assert result.exit_code == 1 and "inbox.requests" in result.output
+    assert result.exit_code == 2 and "inbox.requests" in result.output  # trouble

@@ -87,7 +87,7 @@ def test_deploy_then_rollback_through_a_running_worker_ends_as_a_clean_run(
     state = tmp_path / "state.sqlite3"
     a, b = copy_rules(tmp_path, "a"), variant(tmp_path)
     version_a, version_b = load_rules(a).version, load_rules(b).version
-    _cli(state, "rules", "deploy", str(a))
+    _cli(state, "rules", "deploy", str(a), "--create")  # the first: no worker wrote it
     # Its own directory is the variant: the deployed version must win.
     worker = WorkerProcess.in_vhost(vhost, tmp_path, rules_poll_interval=0.2, rules_dir=b)
     worker.start()

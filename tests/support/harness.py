@@ -287,7 +287,7 @@ def fresh_database(prefix: str = "inbox_rules_test") -> Iterator[str]:
     with _admin() as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        # A URL (not key=value): the worker, psycopg and `shadow --state` all take it.
+        # A URL (not key=value): the worker, psycopg and `shadow --store` all take it.
         yield urlsplit(ADMIN_URL)._replace(path=f"/{name}").geturl()
     finally:
         with _admin() as admin:
