@@ -1,4 +1,4 @@
-"""A hand-written plain-Python categoriser of SPEC.md: the yardstick for ``replay``.
+"""A hand-written plain-Python categoriser of the contract: the yardstick for ``replay``.
 
     python -m benchmarks.baseline EVENTS.jsonl    # ('-' reads stdin)
 
@@ -6,8 +6,8 @@
 write by hand without a rules engine. This is that program: ``json.loads`` per line,
 the validation a real service needs (known type, required fields, types), dedup by
 (account_id, event_id), stale sequences dropped, state in dicts and sets, the category
-tables of SPEC.md written out in Python (with the choices README.md "Semantics where
-SPEC.md leaves a choice" made), badge counts per agent, and the updates of SPEC.md
+tables of the contract written out in Python (with the choices docs/categories.md "How
+the events are read" makes), badge counts per agent, and the updates of the contract
 "Output" serialised with ``json.dumps`` in the product's publish order. It is
 incremental: an event re-categorises only the conversation it names, or every
 conversation of the account when the account's plan, agents or groups change.
@@ -15,7 +15,7 @@ conversation of the account when the account's plan, agents or groups change.
 Deliberately standard library only (no ``worker.*``): it must stay an independent
 implementation, so ``tests/test_baseline.py`` can show both do the same work.
 
-Ids are checked as SPEC.md "Input" requires (1-128 letters, digits, ``-``, ``_``, ``:``;
+Ids are checked as the contract's events require (1-128 letters, digits, ``-``, ``_``, ``:``;
 they become routing keys): a service that skipped it would publish to broken routing
 keys. Not done, as the brief for a yardstick allows: parsing of ``occurred_at`` (it
 must be a string and is passed through), a bounded dedup window.
@@ -72,7 +72,7 @@ class Account:
 
     def __post_init__(self) -> None:
         self.sorted_agents = sorted(self.agents)
-        # README: groups are in effect on PRO only, and only if there is at least one.
+        # docs/categories.md: groups are in effect on PRO only, and only if there is at least one.
         self.groups_in_effect = self.plan == "pro" and bool(self.groups)
         self.multi_agent = len(self.agents) > 1 or self.groups_in_effect
 
@@ -89,7 +89,7 @@ class Conversation:
 
 def categorise(account: Account, conversation: Conversation | None,
                agent: str) -> frozenset[str]:
-    """SPEC.md "The categories" for one agent and one conversation."""
+    """The contract's categories for one agent and one conversation."""
     if conversation is None or agent not in account.agents:
         return NONE
     status = conversation.status
@@ -117,7 +117,7 @@ def update_id(rules_version: str, account_id: str, cause: str, agent_id: str,
                            person=b"inbox-rules-upd").hexdigest()
 
 
-# SPEC.md "Input": ids are 1-128 letters, digits, '-', '_' and ':'.
+# The contract's events: ids are 1-128 letters, digits, '-', '_' and ':'.
 _ID = re.compile(r"[A-Za-z0-9_:\-]{1,128}")
 
 
@@ -215,7 +215,7 @@ def _mentioned_agent(kind: str, data: dict[str, Any]) -> str | None:
 
 
 def _is_stale(last: int | None, sequence: int | None) -> bool:
-    """Older than one already applied; equal is not stale (README)."""
+    """Older than one already applied; equal is not stale (docs/categories.md)."""
     return sequence is not None and last is not None and sequence < last
 
 
@@ -271,7 +271,7 @@ class Categoriser:
         self.accounts: dict[str, Account] = {}
         self.conversations: dict[str, dict[str, Conversation]] = {}
         self.counts: dict[tuple[str, str], dict[str, int]] = {}
-        # Last ``seq`` per (account, agent): SPEC.md numbers each agent's updates 1, 2, ...
+        # Last ``seq`` per (account, agent): the contract numbers each agent's updates 1, 2, ...
         self.seqs: dict[tuple[str, str], int] = {}
 
     def handle(self, event: dict[str, Any]) -> list[bytes]:

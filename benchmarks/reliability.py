@@ -1,4 +1,4 @@
-"""The long reliability run behind the README's "Reliability" figures.
+"""The long reliability run behind the figures of docs/reliability.md.
 
 Runs the reliability suite's scenarios at soak size against the local RabbitMQ, each in
 a vhost of its own, with the worker as a subprocess: SIGKILLs mid-stream, connections
@@ -6,7 +6,7 @@ cut by the broker, broker application restarts (these stop every vhost of the br
 for a moment), fuzzed bad input, and a long steady stream for memory. Everything is
 judged against the offline replay, exactly as the CI-sized tests judge it.
 
-    .venv/bin/python -m benchmarks.reliability            # the README figures, ~12 min
+    .venv/bin/python -m benchmarks.reliability            # the docs/reliability.md figures, ~12 min
     .venv/bin/python -m benchmarks.reliability --quick    # a smoke run, ~2 min
 """
 

@@ -60,7 +60,7 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 PERSISTENT = 2
 
-# Examples are the SPEC.md examples validated by the models, so they are valid by
+# Examples are the contract's examples validated by the models, so they are valid by
 # construction; fields a model does not (yet) have are dropped, and one it gains
 # without a value here makes generation fail loudly rather than publish a bad example.
 _EXAMPLE_RULES_VERSION = "5f1d0c9a7b2e"

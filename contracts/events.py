@@ -1,4 +1,4 @@
-"""Conversation events published upstream to ``chat.events`` (see SPEC.md)."""
+"""Conversation events published upstream to ``chat.events`` (docs/contract.md)."""
 
 from __future__ import annotations
 
@@ -277,7 +277,7 @@ def agent_ids(event: AccountEvent | ConversationEvent) -> list[str]:
 def _check_routing_keys(event: Event) -> None:
     """Each agent's updates go out with routing key ``<account_id>.<agent_id>``: one
     that AMQP cannot carry would stop the worker at publish time, so the event is bad
-    input instead (SPEC.md allows two ids of 128 characters; their key would be 257)."""
+    input instead (the contract allows two ids of 128 characters; their key would be 257)."""
     for agent_id in agent_ids(event):
         if len(event.account_id) + 1 + len(agent_id) > MAX_ROUTING_KEY:
             raise BadEvent(

@@ -1,6 +1,6 @@
 """Requests downstream services send to ``inbox.requests``, and the worker's replies.
 
-AMQP request/reply (see SPEC.md, "Requests"): a request is published to the direct
+AMQP request/reply (docs/contract.md, "Requests"): a request is published to the direct
 exchange ``inbox.requests`` with routing key ``snapshot`` or ``explain``, a ``reply_to``
 (the requester's queue, or RabbitMQ's direct reply-to ``amq.rabbitmq.reply-to``) and a
 ``correlation_id``; the reply goes to ``reply_to`` with the same ``correlation_id``.
@@ -156,7 +156,7 @@ class ExplainReply(_Reply):
     """The facts of one (agent, conversation) and how every category was decided.
 
     ``categories`` lists the categories that hold, sorted: the same key and meaning as
-    ``inbox-rules explain --json`` (SPEC.md), so one model serves the CLI and the
+    ``inbox-rules explain --json`` (docs/contract.md), so one model serves the CLI and the
     request. ``explanations`` covers every category of the rule set, held or not, with
     file:line for each condition. ``facts`` maps fact names (``conversation.status``,
     ``agent.joined`` ...) to their values. A pair the worker decides nothing for (an

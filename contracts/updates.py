@@ -1,4 +1,4 @@
-"""Category updates published downstream to ``inbox.categories`` (see SPEC.md)."""
+"""Category updates published downstream to ``inbox.categories`` (docs/contract.md)."""
 
 from datetime import datetime
 

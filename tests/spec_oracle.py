@@ -1,7 +1,7 @@
-"""A deliberately naive second implementation of SPEC.md, used only as a test oracle.
+"""A deliberately naive second implementation of the contract, used only as a test oracle.
 
 It recomputes every category of every agent from scratch after each event, with the
-category table of SPEC.md written out in Python (the product keeps it in rule files).
+category table of the contract written out in Python (the product keeps it in rule files).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_bad_lines_are_skipped_by_both(tmp_path: Path) -> None:
                              "account_id": "acc-8-0", "occurred_at": "2026-11-24T10:00:00Z",
                              "conversation_id": "c-0", "data": {}}).encode(),
                  b"\xff\xfe",
-                 # SPEC.md: a '.' in an id would break topic routing.
+                 # The contract: a '.' in an id would break topic routing.
                  json.dumps({"event_id": "y", "type": "conversation.created",
                              "account_id": "acc-8-0", "occurred_at": "2026-11-24T10:00:00Z",
                              "conversation_id": "c.0"}).encode()]

@@ -1,8 +1,8 @@
-"""The domain core against SPEC.md "The categories" and "Output: category updates".
+"""The domain core against the contract's categories and category updates.
 
 No broker: events go through the contract parser into :class:`worker.domain.Inbox`, and
 the tests look at the :class:`Update` objects it returns. Expectations come from
-SPEC.md, not from the code; a test that fails here is a disagreement to report.
+the contract, not from the code; a test that fails here is a disagreement to report.
 """
 
 from __future__ import annotations
@@ -534,7 +534,7 @@ def test_counts_equal_a_recount_after_a_mixed_stream(rules: CompiledRules) -> No
 
 # -- the shipped rule test cases ---------------------------------------------------------
 
-# Every row of SPEC.md's category tables and every rule sentence of "The categories" has
+# Every row of the contract's category tables and every rule sentence of "The categories" has
 # at least one case, tagged "[tag]" in its name.
 SPEC_TAGS = {
     "single:all", "single:new",

@@ -114,7 +114,7 @@ def test_account_updated_needs_a_valid_plan() -> None:
         parse_event(json.dumps(raw).encode())
 
 
-# SPEC.md allows ids of 128 characters, but an update's routing key is
+# The contract allows ids of 128 characters, but an update's routing key is
 # "<account_id>.<agent_id>" and AMQP carries at most 255 bytes of it.
 LONG_ACCOUNT, LONG_AGENT = "a" * 128, "g" * 128
 

@@ -50,7 +50,7 @@ def _variant(name: str, edit: dict[str, str], extra: str = "") -> Path:
     return directory
 
 
-# `new` ignores groups on every plan, plus an `unassigned` category (README's examples).
+# `new` ignores groups on every plan, plus an `unassigned` category (docs/rules.md's examples).
 IGNORES_GROUPS = _variant(
     "ignores-groups", {"            - predicate: routed_to_agent\n":
                        "            - predicate: open\n"},

@@ -1,4 +1,4 @@
-"""Random event streams: the categoriser agrees with a naive reading of SPEC.md."""
+"""Random event streams: the categoriser agrees with a naive reading of the contract."""
 
 from typing import Any
 

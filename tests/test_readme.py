@@ -1,20 +1,13 @@
-"""The README stays true of the build: every setting documented with its default, and
-CI runs exactly the test command the README's first screen gives."""
+"""The README stays a first screen, and CI runs exactly the test command it gives.
+(Every setting with its default: tests/test_docs.py, on the settings reference page.)"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from worker.settings import describe_settings
-
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
-
-
-def test_every_setting_is_in_the_readme_with_its_default() -> None:
-    for name, default, _ in describe_settings():
-        assert f"| `{name}` | `{default}` |" in README, f"{name} missing or its default stale"
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -24,3 +17,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = commands[1]
     assert re.search(r"\bpytest\b", test_command)
     assert test_command in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_readme_stays_short() -> None:
+    lines = len(README.splitlines())
+    assert lines <= 250, f"README.md has {lines} lines: move the detail to a page of docs/"

@@ -44,7 +44,7 @@ def _copy_rules(tmp_path: Path, name: str) -> Path:
 
 @pytest.fixture
 def variant(tmp_path: Path) -> Path:
-    """`new` ignores groups (on every plan): SPEC.md's own example of a rule edit."""
+    """`new` ignores groups (on every plan): the contract's own example of a rule edit."""
     directory = _copy_rules(tmp_path, "variant")
     rules = directory / "inbox.yaml"
     text = rules.read_text(encoding="utf-8")

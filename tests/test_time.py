@@ -1,4 +1,4 @@
-"""Categories that change as time passes (SPEC.md "Time", docs/time.md), without a broker.
+"""Categories that change as time passes (docs/time.md), without a broker.
 
 The time facts (``conversation.waiting_seconds``, ``conversation.last_message_by``) from
 the events' ``occurred_at``; the thresholds the compiler collects; crossings made at

@@ -62,7 +62,7 @@ class Stream:
 
     def inbox_at(self, seq: int) -> Inbox:
         """The oracle's inbox after the updates up to ``seq``: the last categories per
-        conversation, the empty ones left out (what SPEC.md's snapshot lists)."""
+        conversation, the empty ones left out (what the contract's snapshot lists)."""
         last: dict[str, list[str]] = {}
         for update in self.upto(seq):
             last[update.conversation_id] = update.categories

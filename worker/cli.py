@@ -1,4 +1,4 @@
-"""The ``inbox-rules`` command line (a contract too: see SPEC.md)."""
+"""The ``inbox-rules`` command line (a contract too: docs/reference/cli.md)."""
 
 from __future__ import annotations
 

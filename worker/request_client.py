@@ -1,9 +1,10 @@
 """Ask the running worker one question over ``inbox.requests`` and wait for its answer.
 
-SPEC.md "Requests": publish to the direct exchange with the kind as routing key, a
-``correlation_id`` and RabbitMQ's direct reply-to as ``reply_to``; the reply comes back
-on the same channel. The publish is ``mandatory``: with no worker's queue bound, the
-broker returns the request at once instead of leaving us to time out.
+The contract's requests (docs/contract.md): publish to the direct exchange with the
+kind as routing key, a ``correlation_id`` and RabbitMQ's direct reply-to as
+``reply_to``; the reply comes back on the same channel. The publish is
+``mandatory``: with no worker's queue bound, the broker returns the request at once
+instead of leaving us to time out.
 
 ``inbox-rules explain --live`` uses it; ``watch`` has a transport of its own because it
 also keeps a queue of updates and pages through snapshots.

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
                                       populate_by_name=True)
 
-    # AMQP_URL is the one name the SPEC fixes; the others carry the prefix.
+    # AMQP_URL is the one name the contract fixes; the others carry the prefix.
     amqp_url: str = Field("amqp://guest:guest@localhost:5672/%2F", validation_alias="AMQP_URL",
                           description="Broker URL (amqp:// or amqps://).")
     events_exchange: str = Field("chat.events",

@@ -1,6 +1,6 @@
 """``inbox-rules watch``: one agent's inbox, kept exactly as a downstream service should.
 
-This is the reference downstream consumer (SPEC.md "Output" and "Requests"), written to
+This is the reference downstream consumer (docs/downstream.md, docs/contract.md), written to
 be copied. Three parts, each usable alone:
 
 - :class:`InboxView`: the bookkeeping, pure and without I/O. A snapshot is the
@@ -45,7 +45,8 @@ from worker.topology import Topology
 
 log = logging.getLogger(__name__)
 
-# SPEC.md "Requests" (the exchange's name is a setting: Topology.requests_exchange).
+# The contract's requests (docs/contract.md; the exchange's name is a setting:
+# Topology.requests_exchange).
 SNAPSHOT_ROUTING_KEY = "snapshot"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 

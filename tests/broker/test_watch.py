@@ -1,7 +1,7 @@
 """``inbox-rules watch`` against a running worker: the snapshot the worker answers, plus
 the updates it publishes, must give the same inbox as the offline replay.
 
-Needs the worker's side of SPEC.md "Requests": ``inbox.requests`` declared, snapshot
+Needs the worker's side of the contract's requests: ``inbox.requests`` declared, snapshot
 requests answered on ``reply_to`` (direct reply-to) with the request's
 ``correlation_id``, the ``categories`` filter and ``after``/``limit`` paging.
 """

@@ -53,7 +53,7 @@ class Size:
 # CI: the whole suite in a few minutes on two cores shared with the broker.
 CI = Size(False, crash_events=5000, kills=4, cut_events=4000, cuts=3, restart_events=3000,
           restarts=1, fuzz_rounds=160, memory_events=12_000)
-# pytest --soak and benchmarks/reliability.py: the README's figures.
+# pytest --soak and benchmarks/reliability.py: the figures of docs/reliability.md.
 SOAK = Size(True, crash_events=30_000, kills=60, cut_events=15_000, cuts=12,
             restart_events=9000, restarts=3, fuzz_rounds=500, memory_events=100_000)
 

@@ -15,7 +15,7 @@
   cuts and restores without touching the shared broker; :func:`free_port` and
   :func:`http_get` for the worker's HTTP endpoints.
 
-A figure in the README and an assertion in CI go through the same code here.
+A figure in docs/ and an assertion in CI go through the same code here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What a clean run publishes for a stream, and verdicts on what downstream received.
 
 The expected updates come from the product's own offline replay, called through its
-command-line contract (SPEC.md "Command line": ``inbox-rules replay -``, events on stdin,
+command-line contract (docs/reference/cli.md: ``inbox-rules replay -``, events on stdin,
 updates on stdout, one JSON object a line) in process with click's CliRunner, so the
 oracle does not depend on how the worker is built inside.
 """

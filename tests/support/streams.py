@@ -45,7 +45,7 @@ Sequencing = Literal["next", "none", "stale"]
 def envelope(kind: str, account_id: str, data: dict[str, Any], *, event_id: str,
              occurred_at: str = TIME, conversation_id: str | None = None,
              sequence: int | None = None) -> dict[str, Any]:
-    """An upstream event as its JSON carries it (SPEC.md "Input")."""
+    """An upstream event as its JSON carries it (docs/contract.md, "Events")."""
     event: dict[str, Any] = {"event_id": event_id, "type": kind, "account_id": account_id,
                              "occurred_at": occurred_at, "data": data}
     if conversation_id is not None:

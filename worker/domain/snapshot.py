@@ -1,4 +1,4 @@
-"""An agent's inbox as a snapshot reply (SPEC.md "Requests"): what a downstream
+"""An agent's inbox as a snapshot reply (docs/contract.md, "Requests"): what a downstream
 service takes as its baseline before applying updates with a greater ``seq``."""
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class Pair:
 
 
 class Update:
-    """One published category update; ``body`` is its JSON (SPEC.md "Output")."""
+    """One published category update; ``body`` is its JSON (docs/contract.md)."""
 
     __slots__ = ("_cause", "_counts_json", "_pair", "agent_id", "body", "conversation_id",
                  "seq", "update_id")
