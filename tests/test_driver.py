@@ -13,7 +13,7 @@ import pytest
 
 from contracts import parse_event
 from tests.support.streams import encode, event_stream
-from worker.amqp_properties import encoded_properties
+from worker.amqp.properties import encoded_properties
 from worker.control import CONTROL_HEADER
 from worker.domain.inbox import Inbox
 from worker.driver import Driver, Phase

@@ -28,7 +28,9 @@ from enum import Enum
 from functools import partial
 
 from worker.accounts import AccountCache
+from worker.amqp.topology import Topology
 from worker.backoff import backoff_delay
+from worker.cluster.partitions import partition_of
 from worker.committer import Committer, InlineCommitter
 from worker.control import Adopt, Tick, adopt_message, chunks, tick_message
 from worker.domain.categoriser import Categoriser
@@ -41,12 +43,10 @@ from worker.errors import (
     UnknownRulesError,
 )
 from worker.link import Delivery, Link, Outgoing, Returned
-from worker.partitions import partition_of
 from worker.pipeline import DeadLetter, Plan, Router, Step, Sweep
 from worker.rules_in_force import RulesInForce
 from worker.settings import Settings
 from worker.store import StateStore
-from worker.topology import Topology
 
 log = logging.getLogger(__name__)
 
