@@ -200,7 +200,7 @@ def serve(settings: Settings, rules: CompiledRules) -> Stats:
             coordinator = Coordinator(shared, worker_id, settings.partitions,
                                       lease, driver.assign,
                                       worker.ioloop.add_callback_threadsafe, liveness)
-            worker.driver.on_released = coordinator.released
+            worker.driver.ownership.on_released = coordinator.released
             worker.driver.on_fenced = coordinator.fenced
             coordinator.start()
             log.info("worker %s: state in PostgreSQL, %d partitions shared with the other "
