@@ -339,13 +339,13 @@ PHASES = [
     ("Categoriser.", "rules + state + diff (domain)"),
     ("AccountCache.", "account cache (load from the store, evict)"),
     ("Step.", "batch step (outcomes, update messages)"),
-    ("AmqpLink.publish", "publish (encoded properties + frames, worker.amqp_frames)"),
+    ("AmqpLink.publish", "publish (encoded properties + frames, worker.amqp.frames)"),
     ("CoalescingConnection._flush", "socket send (one write per ioloop pass)"),
     ("Driver.on_confirm", "confirm bookkeeping"),
     ("Driver.", "driver (batches, commits, acks)"),
     ("AmqpLink.delivered", "delivery hand-over"),
     ("AmqpLink._on_message", "delivery hand-over"),
-    ("DeliveryIntake.", "receive: deliveries off the stream (worker.amqp_intake)"),
+    ("DeliveryIntake.", "receive: deliveries off the stream (worker.amqp.intake)"),
     ("Connection._on_data_available", "pika receive + frame decoding"),
 ]
 

@@ -4,7 +4,7 @@
 
 On the default stream (light/2, as ``benchmarks.compare``), each round runs the bare
 relay, the worker with ``INBOX_RULES_AMQP_INTAKE=true`` (deliveries taken off the
-byte stream, worker/amqp_intake.py) and the worker with it false (every frame
+byte stream, worker/amqp/intake.py) and the worker with it false (every frame
 through pika), one after the other on the same pre-published events, so that all
 three see the same stretch of this noisy machine. It prints each round and the
 medians: worker/relay events/s with and without the intake, and the intake's CPU per

@@ -5,8 +5,8 @@
 pika's way is what ``Channel.basic_publish`` has ``Connection._send_message`` do: a
 ``spec.Basic.Publish``, then ``frame.Method``, ``frame.Header`` (with pika's
 ``BasicProperties``) and ``frame.Body`` objects, each marshalled. The worker's is
-:class:`worker.amqp_frames.PublishFrames` with the spliced property encoding of
-:mod:`worker.amqp_properties`. Both get the same updates (50 accounts, 2 agents: the
+:class:`worker.amqp.frames.PublishFrames` with the spliced property encoding of
+:mod:`worker.amqp.properties`. Both get the same updates (50 accounts, 2 agents: the
 routing keys repeat as they do in the default stream) and must give the same bytes;
 rounds are interleaved and the best of each kept (noise only slows a round down).
 """
@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from pika import frame, spec
 
-from worker.amqp_frames import FRAME_OVERHEAD, PublishFrames
-from worker.amqp_properties import encoded_properties, outgoing_properties
+from worker.amqp.frames import FRAME_OVERHEAD, PublishFrames
+from worker.amqp.properties import encoded_properties, outgoing_properties
 from worker.link import Outgoing
 
 BODY_MAX = 131_072 - FRAME_OVERHEAD
@@ -75,7 +75,7 @@ def main() -> None:
     per = {name: seconds / len(messages) * 1e6 for name, seconds in timings.items()}
     print(f"{len(messages)} updates, best of {args.rounds} interleaved rounds")
     print(f"pika's frame objects   {per['pika']:6.2f} us per publish")
-    print(f"worker.amqp_frames     {per['worker']:6.2f} us per publish")
+    print(f"worker.amqp.frames     {per['worker']:6.2f} us per publish")
     print(f"pika/worker            {per['pika'] / per['worker']:6.2f}x")
 
 

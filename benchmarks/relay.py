@@ -2,7 +2,7 @@
 
 A minimal pika program with the worker's guarantees and none of its work: it consumes
 the worker's input queue (the same quorum queue, declared by the harness from
-:mod:`worker.topology`), and for each event publishes ONE persistent message, the body
+:mod:`worker.amqp.topology`), and for each event publishes ONE persistent message, the body
 unchanged, with the delivery's routing key, to the worker's output exchange. It acks
 input only after the broker confirmed the outputs (asynchronous publisher confirms),
 with ``multiple=True``, and holds at most ``INBOX_RULES_PREFETCH`` unacked events, like

@@ -42,13 +42,13 @@ import pika
 
 from contracts import parse_event_object
 from tests.support.harness import amqp_url, fresh_vhost
+from worker.amqp.topology import Topology
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
 from worker.domain.state import Account
 from worker.rulebook import load_rules
 from worker.settings import Settings
 from worker.store.sqlite import SqliteStore
-from worker.topology import Topology
 
 ACCOUNTS = 5_000
 SMALL, LARGE = 1_000, 100_000

@@ -1,4 +1,4 @@
-"""Doubles for testing :class:`worker.amqp.AmqpLink`: a handler that records what the
+"""Doubles for testing :class:`worker.amqp.link.AmqpLink`: a handler that records what the
 link reports, and a pika connection/channel pair the test drives by hand (so the
 link's state machine runs without a broker)."""
 

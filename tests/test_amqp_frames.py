@@ -11,8 +11,8 @@ import pika
 import pytest
 from pika import frame, spec
 
-from worker.amqp_frames import FRAME_OVERHEAD, PublishFrames, short_string
-from worker.amqp_properties import encoded_properties, outgoing_properties
+from worker.amqp.frames import FRAME_OVERHEAD, PublishFrames, short_string
+from worker.amqp.properties import encoded_properties, outgoing_properties
 from worker.link import Outgoing
 
 FRAME_MAX = 131_072  # RabbitMQ's default

@@ -17,7 +17,7 @@ from pika.spec import BasicProperties
 
 from contracts import BadEvent, parse_event
 from contracts.ids import TruncatedBody
-from worker.amqp_intake import DeliveryIntake
+from worker.amqp.intake import DeliveryIntake
 
 OURS = "ctag1.ours"
 THEIRS = "ctag1.theirs"

@@ -1,5 +1,5 @@
 """A peer that resets the socket as the connection is made fails that attempt; it
-must not raise out of the ioloop (it stopped the worker: worker/amqp_io.py).
+must not raise out of the ioloop (it stopped the worker: worker/amqp/io.py).
 
 No broker: a local listener holds every connection it accepts until the test's
 services, called by pika once its TCP step has succeeded, tell it to reset one, and
@@ -26,12 +26,12 @@ from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapte
 
 from contracts.requests import ExplainReply, ExplainRequest
 from tests.amqp_doubles import RecordingHandler
-from worker.amqp import AmqpLink, CoalescingConnection, connection_parameters
-from worker.amqp_io import IOServices, blocking_connection
-from worker.request_client import RequestError, ask
+from worker.amqp.io import IOServices, blocking_connection
+from worker.amqp.link import AmqpLink, CoalescingConnection, connection_parameters
+from worker.amqp.topology import Topology
 from worker.settings import Settings
-from worker.topology import Topology
-from worker.watch import Watcher, WatchError
+from worker.tools.request_client import RequestError, ask
+from worker.tools.watch import Watcher, WatchError
 
 
 class ResetOnCue:
@@ -133,7 +133,7 @@ def connect_once(services: SelectorIOServicesAdapter, settings: Settings,
 def test_pika_alone_raises_out_of_the_ioloop_when_the_peer_resets_as_it_connects(
         listener: ResetOnCue, tmp_path: Path) -> None:
     # What the worker's services exist for (pika 1.4): if a pika release stops
-    # raising here, worker/amqp_io.py may go.
+    # raising here, worker/amqp/io.py may go.
     ioloop = IOLoop()
     try:
         stock = reset_first(SelectorIOServicesAdapter, listener)(ioloop)
@@ -216,7 +216,7 @@ def test_the_link_keeps_retrying_through_resets_as_it_connects(
         link.start()
         ioloop.call_later(0.01, enough)
         ioloop.call_later(10, ioloop.stop)
-        ioloop.start()  # raised ValueError on the first attempt before worker/amqp_io.py
+        ioloop.start()  # raised ValueError on the first attempt before worker/amqp/io.py
     finally:
         ioloop.close()
     assert listener.resets >= 3, "three attempts, each reset, each retried"

@@ -18,11 +18,11 @@ from pika.adapters.select_connection import IOLoop
 
 from contracts.ids import TruncatedBody
 from tests.amqp_doubles import FakeBroker, FakeChannel, RecordingHandler
-from worker.amqp import TAG_BITS, AmqpLink
-from worker.amqp_properties import outgoing_properties
+from worker.amqp.link import TAG_BITS, AmqpLink
+from worker.amqp.properties import outgoing_properties
+from worker.amqp.topology import Topology
 from worker.link import Delivery, Link, LinkHandler, Outgoing, Returned
 from worker.settings import Settings
-from worker.topology import Topology
 
 OLD_LIMIT_REFUSAL = (
     406, "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue "

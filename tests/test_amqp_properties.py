@@ -6,7 +6,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from worker.amqp_properties import _shape, encoded_properties, outgoing_properties
+from worker.amqp.properties import _shape, encoded_properties, outgoing_properties
 from worker.link import Outgoing
 
 

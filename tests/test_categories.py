@@ -18,8 +18,8 @@ from tests.support.streams import Events, by_agent, categories
 from worker.cli import main
 from worker.domain import Inbox
 from worker.domain.updates import Update
-from worker.rule_cases import case_files, load_cases
 from worker.rulebook.engine import CompiledRules, default_rules_dir, load_rules
+from worker.tools.rule_cases import case_files, load_cases
 
 CATEGORY_NAMES = ("all", "mine", "new", "primary", "resolved")
 NEW = ["all", "new", "primary"]  # multi-agent, waiting, routed to the agent

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.support.streams import Events
-from worker.coordinator import Coordinator, Liveness, deal
+from worker.cluster.membership import Coordinator, Liveness, deal
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
 from worker.domain.state import Account

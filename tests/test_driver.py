@@ -13,7 +13,7 @@ import pytest
 
 from contracts import parse_event
 from tests.support.streams import encode, event_stream
-from worker.amqp_properties import encoded_properties
+from worker.amqp.properties import encoded_properties
 from worker.control import CONTROL_HEADER
 from worker.domain.inbox import Inbox
 from worker.driver import Driver, Phase
@@ -163,7 +163,7 @@ def _replayed(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.fixture(autouse=True)
 def generous_evaluation_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests count acks per batch: a loaded machine must not cut batches short."""
-    monkeypatch.setattr("worker.driver.EVALUATE_BUDGET", 60.0)
+    monkeypatch.setattr("worker.driver.core.EVALUATE_BUDGET", 60.0)
 
 
 def test_ack_only_after_confirms_and_commit() -> None:
@@ -771,7 +771,7 @@ def test_partitions_assigned_but_never_taken_are_given_back_when_withdrawn() -> 
     link = RecordingLink()
     driver.attach(_checked(link))
     released: list[frozenset[int]] = []
-    driver.on_released = released.append
+    driver.ownership.on_released = released.append
     driver.assign(frozenset({1, 2}))  # offline: taken once the link is up
     driver.assign(frozenset({2, 3}))
     assert released == [frozenset({1})]

@@ -31,11 +31,11 @@ from worker.cli import main
 from worker.domain.categoriser import categories_of, facts_of
 from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError
-from worker.replay import replay_lines
 from worker.rulebook import FACT_NAMES, FACTS, CompiledRules, load_rules
 from worker.rulebook.engine import default_rules_dir
 from worker.rulebook.explain import all_verdicts, explain, explain_pair
 from worker.rulebook.syntax import OPERATORS, ORDERING
+from worker.tools.replay import replay_lines
 
 SHIPPED = load_rules()
 

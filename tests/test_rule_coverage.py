@@ -11,9 +11,9 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from worker.cli import main
-from worker.rule_coverage import run_with_coverage
 from worker.rulebook import load_rules
 from worker.rulebook.engine import default_rules_dir
+from worker.tools.rule_coverage import run_with_coverage
 
 
 def _rules_test(*args: str) -> Result:

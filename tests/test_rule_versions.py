@@ -30,15 +30,7 @@ from tests.test_store_postgres import open_store as open_store
 from tests.test_store_postgres import url as url
 from worker.cli import main
 from worker.errors import RuleFileError, StoreConflictError, StoreError
-from worker.rule_versions import (
-    KEPT_VERSIONS,
-    DeployRefusedError,
-    LiveRulesFollower,
-    deploy_directory,
-    describe_change,
-    load_version,
-    rollback,
-)
+from worker.rule_versions import KEPT_VERSIONS, LiveRulesFollower, load_version
 from worker.rulebook import load_rules
 from worker.rulebook.engine import (
     CompiledRules,
@@ -49,6 +41,7 @@ from worker.rulebook.engine import (
 from worker.store import RuleStore
 from worker.store.memory import MemoryStore
 from worker.store.sqlite import SqliteStore
+from worker.tools.rule_deploy import DeployRefusedError, deploy_directory, describe_change, rollback
 
 GROUPS_ON_PRO = "{fact: account.plan, equals: pro}"
 GROUPS_ON_STANDARD_TOO = "{fact: account.plan, in: [pro, standard]}"

@@ -35,12 +35,12 @@ from tests.store_contract import (
 )
 from tests.store_contract import categoriser as categoriser
 from tests.support.harness import fresh_database
-from worker.coordinator import Coordinator, deal
+from worker.cluster.membership import Coordinator, deal
+from worker.cluster.partitions import partition_of
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
 from worker.domain.state import Account
 from worker.errors import StoreConflictError, StoreError, StoreFencedError
-from worker.partitions import partition_of
 from worker.rulebook import load_rules
 from worker.rulebook.engine import default_rules_dir
 from worker.store import StateStore

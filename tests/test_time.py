@@ -30,11 +30,11 @@ from worker.domain import Inbox
 from worker.domain.categoriser import Categoriser, facts_of, waited_and_due
 from worker.domain.updates import Update, update_id_for
 from worker.errors import RuleFileError
-from worker.rule_cases import run_cases
 from worker.rulebook.engine import CompiledRules, default_rules_dir, load_rules
 from worker.store import StateStore
 from worker.store.memory import MemoryStore
 from worker.store.sqlite import SqliteStore
+from worker.tools.rule_cases import run_cases
 
 SLA = default_rules_dir() / "examples" / "sla"
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)

@@ -19,7 +19,8 @@ from contracts import parse_event
 from tests.test_driver import RecordingLink
 from worker.control import CONTROL_HEADER, CONTROL_KIND_HEADER, TICK_TYPE
 from worker.domain.inbox import Inbox
-from worker.driver import TICK_INTERVAL, Driver
+from worker.driver import Driver
+from worker.driver.time import TICK_INTERVAL
 from worker.link import Delivery, Link
 from worker.rulebook import CompiledRules, load_rules
 from worker.rulebook.engine import default_rules_dir
@@ -154,7 +155,7 @@ def _replayed(events: list[dict[str, Any]], until: float | None = None) -> list[
 
 @pytest.fixture(autouse=True)
 def generous_evaluation_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("worker.driver.EVALUATE_BUDGET", 60.0)
+    monkeypatch.setattr("worker.driver.core.EVALUATE_BUDGET", 60.0)
 
 
 def test_rules_without_time_facts_never_look_for_crossings() -> None:
@@ -237,7 +238,7 @@ def test_a_worker_that_received_nothing_ticks_until_it_learns_it_is_the_active_o
 
 def test_a_refused_tick_fails_no_batch() -> None:
     driver, link, _ = _driver()
-    [send] = [h for h in link.pending if h[2] == driver._send_probe]  # the first tick
+    [send] = [h for h in link.pending if h[2] == driver.time.send_probe]  # the first tick
     link.pending.remove(send)
     send[2]()
     [tick] = link.published

@@ -23,10 +23,10 @@ from contracts.requests import SnapshotReply, SnapshotRequest
 from contracts.updates import CategoryUpdate
 from tests.support.oracle import replay
 from tests.support.streams import event_stream
+from worker.amqp.topology import Topology
 from worker.cli import main
 from worker.settings import Settings
-from worker.topology import Topology
-from worker.watch import (
+from worker.tools.watch import (
     DIRECT_REPLY_TO,
     SNAPSHOT_ROUTING_KEY,
     Applied,

@@ -16,20 +16,20 @@ import click
 from pydantic import ValidationError
 
 from contracts.requests import describe_request_error
-from worker.demo import run_demo
 from worker.domain.inbox import Inbox
 from worker.errors import DemoError, RuleFileError, SettingsError, StoreError
 from worker.observability import configure_logging, progress
 from worker.observability.logs import url_secrets
-from worker.replay import BadLine, parse_moment, replay_lines
-from worker.rule_cases import run_cases
-from worker.rule_coverage import Coverage, run_with_coverage
 from worker.rulebook.engine import CompiledRules, check_rules, default_rules_dir, load_rules
 from worker.settings import Settings, describe_settings, load_settings, unknown_variables
 from worker.store import RuleDeployment, RuleStore
+from worker.tools.demo import run_demo
+from worker.tools.replay import BadLine, parse_moment, replay_lines
+from worker.tools.rule_cases import run_cases
+from worker.tools.rule_coverage import Coverage, run_with_coverage
 
 if TYPE_CHECKING:
-    from worker.rule_versions import Deployed
+    from worker.tools.rule_deploy import Deployed
 
 _T = TypeVar("_T")
 RULES_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -233,7 +233,7 @@ def watch(account_id: str, agent_id: str, categories: str | None, tab: str | Non
     """Show one agent's tabs and badge counts live: snapshot, updates by seq, resync on
     a gap (the reference downstream consumer), from the broker at AMQP_URL (or
     --amqp-url)."""
-    from worker.watch import WatchError, run_watch  # pika and rich: only here
+    from worker.tools.watch import WatchError, run_watch  # pika and rich: only here
 
     wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     try:
@@ -270,7 +270,7 @@ def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversatio
     conversation, and for every category whether it holds and the conditions
     (file:line) that decided it."""
     from contracts.requests import ExplainReply, ExplainRequest
-    from worker.explain_tool import explain_events, render
+    from worker.tools.explain import explain_events, render
 
     if live == (events is not None):
         raise click.UsageError("give EVENTS.jsonl to replay, or --live to ask the worker")
@@ -285,7 +285,7 @@ def explain(events: BinaryIO | None, account_id: str, agent_id: str, conversatio
         raise click.UsageError(f"bad ids: {describe_request_error(exc)}") from exc
     bad = 0
     if events is None:
-        from worker.request_client import RequestError, ask  # pika: only here
+        from worker.tools.request_client import RequestError, ask  # pika: only here
 
         try:
             reply = ask(_broker_settings(amqp_url), "explain", request, ExplainReply,
@@ -335,8 +335,8 @@ def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
     """What would change if the rules of --candidate went live: per category the
     (agent, conversation) pairs entering and leaving it, badge count changes per agent,
     and examples with their explanations. Exit status as diff's."""
-    from worker.shadow import ShadowReport, open_state, render
-    from worker.shadow import shadow as compare
+    from worker.tools.shadow import ShadowReport, open_state, render
+    from worker.tools.shadow import shadow as compare
 
     if old_store is not None:
         if store is not None:
@@ -483,7 +483,7 @@ def rules_deploy(directory: Path, where: str, create: bool) -> None:
     the workers' state store as a new rules version and make it live: every worker
     adopts it at a batch boundary within INBOX_RULES_RULES_POLL_INTERVAL seconds.
     Nothing is deployed if a file does not validate or a case fails."""
-    from worker.rule_versions import deploy_directory
+    from worker.tools.rule_deploy import deploy_directory
 
     def deploy(store: RuleStore) -> Deployed:
         return deploy_directory(store, directory)
@@ -513,7 +513,7 @@ def rules_rollback(version: str | None, where: str) -> None:
     """Make VERSION (default: the version live before the current one) the live rules
     again, the same way as a deploy. Nothing changes if it was never deployed or does
     not load."""
-    from worker.rule_versions import rollback
+    from worker.tools.rule_deploy import rollback
 
     def roll_back(store: RuleStore) -> Deployed:
         return rollback(store, version)
@@ -564,7 +564,7 @@ def _with_rule_store(where: str, work: Callable[[RuleStore], _T], *,
     """Run ``work`` on the workers' store, closed after; said on stderr: a refusal
     (nothing changed) with exit status 1, 2 if its rule files do not validate, a store
     that cannot be used with 2. A SQLite file is created only with ``create``."""
-    from worker.rule_versions import DeployRefusedError, NoStoreError, open_rule_store
+    from worker.tools.rule_deploy import DeployRefusedError, NoStoreError, open_rule_store
 
     try:
         store, store_name = open_rule_store(where, _settings(), read_only=read_only,

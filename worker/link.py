@@ -1,5 +1,5 @@
 """The seam between the worker and the broker: what the driver may ask of a link, and
-what a link reports back. :class:`worker.amqp.AmqpLink` is the real one; tests use a
+what a link reports back. :class:`worker.amqp.link.AmqpLink` is the real one; tests use a
 recording double that mypy checks against the same protocol."""
 
 from __future__ import annotations

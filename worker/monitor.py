@@ -46,7 +46,7 @@ class Monitor:
             metrics.committed()
         for _ in range(stats.failed_batches - last.failed_batches):
             metrics.batch_failed()
-        reasons = driver.take_dead_letter_reasons()
+        reasons = driver.report.take_dead_letter_reasons()
         for reason in reasons:
             metrics.dead_lettered(reason)
         # The driver keeps a bounded number of reasons between two ticks; a burst
@@ -54,7 +54,7 @@ class Monitor:
         unnamed = stats.dead_lettered - last.dead_lettered - len(reasons)
         if unnamed > 0:
             metrics.dead_lettered("other", unnamed)
-        for batch_seconds, confirm_seconds in driver.take_batch_timings():
+        for batch_seconds, confirm_seconds in driver.report.take_batch_timings():
             metrics.observe_batch(batch_seconds)
             metrics.observe_confirm_latency(confirm_seconds)
         self._last = Stats(**vars(stats))

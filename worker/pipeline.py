@@ -30,6 +30,7 @@ from contracts import BadEvent, parse_event
 from contracts.ids import MAX_ROUTING_KEY
 from contracts.requests import BadRequest, SnapshotRequest, parse_request
 from worker.accounts import AccountCache
+from worker.cluster.partitions import partition_of
 from worker.control import (
     CONTROL_HEADER,
     CONTROL_KIND_HEADER,
@@ -45,7 +46,6 @@ from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
 from worker.errors import RuleFileError, StoreError, UnknownRulesError
 from worker.link import Delivery, Outgoing
-from worker.partitions import partition_of
 from worker.rulebook.engine import CompiledRules
 from worker.rulebook.explain import explain_pair
 from worker.rules_in_force import RulesInForce

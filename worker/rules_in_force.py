@@ -20,9 +20,9 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
+from worker.cluster.partitions import partition_of
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
-from worker.partitions import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class RulesInForce:
 
     @property
     def progress(self) -> int:
-        """Work done by every categoriser kept (liveness: worker.coordinator.Liveness
+        """Work done by every categoriser kept (liveness: worker.cluster.membership.Liveness
         reads any change as progress)."""
         return sum(c.progress for c in list(self._compiled.values()))
 

@@ -1,6 +1,6 @@
 """The worker process: a driver, its broker link, one ioloop thread, signals.
 
-Where things live: events enter in :mod:`worker.amqp` (the link), become plans in
+Where things live: events enter in :mod:`worker.amqp.link` (the link), become plans in
 :mod:`worker.pipeline` (the pure batch step over :mod:`worker.domain`), and are
 carried out, committed and acked by :mod:`worker.driver`.
 """
@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 from pika.adapters.select_connection import IOLoop
 
-from worker.amqp import AmqpLink
+from worker.amqp.link import AmqpLink
+from worker.amqp.topology import Topology
+from worker.cluster.membership import Coordinator, Liveness
 from worker.committer import ThreadedCommitter
-from worker.coordinator import Coordinator, Liveness
 from worker.driver import Driver, Phase, Stats
 from worker.errors import RuleFileError, StoreError
 from worker.monitor import Monitor
@@ -29,7 +30,6 @@ from worker.rulebook import CompiledRules
 from worker.settings import Settings
 from worker.store import StateStore
 from worker.store.sqlite import SqliteStore
-from worker.topology import Topology
 
 if TYPE_CHECKING:
     from worker.store.postgres import PostgresStore
@@ -200,7 +200,7 @@ def serve(settings: Settings, rules: CompiledRules) -> Stats:
             coordinator = Coordinator(shared, worker_id, settings.partitions,
                                       lease, driver.assign,
                                       worker.ioloop.add_callback_threadsafe, liveness)
-            worker.driver.on_released = coordinator.released
+            worker.driver.ownership.on_released = coordinator.released
             worker.driver.on_fenced = coordinator.fenced
             coordinator.start()
             log.info("worker %s: state in PostgreSQL, %d partitions shared with the other "

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     updates_exchange: str = Field("inbox.categories",
                                   description="Topic exchange category updates go to.")
     # High on purpose: RabbitMQ 3.x counts returns on a lost connection too (see
-    # worker/topology.py); the worker dead-letters bad events itself.
+    # worker/amqp/topology.py); the worker dead-letters bad events itself.
     requests_exchange: str = Field("inbox.requests", description=(
         "Direct exchange for snapshot and explain requests (routing key = kind)."))
     requests_queue: str = Field("inbox-rules.requests",

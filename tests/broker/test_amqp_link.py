@@ -19,10 +19,10 @@ from pika.adapters.select_connection import IOLoop
 
 from tests.amqp_doubles import RecordingHandler
 from tests.support.harness import amqp_url, blocking, close_connections, wait_for
-from worker.amqp import TAG_BITS, AmqpLink, CoalescingConnection
+from worker.amqp.link import TAG_BITS, AmqpLink, CoalescingConnection
+from worker.amqp.topology import Topology
 from worker.link import Outgoing, Returned
 from worker.settings import Settings
-from worker.topology import Topology
 
 pytestmark = pytest.mark.broker
 
@@ -309,7 +309,7 @@ def test_frames_sent_as_the_link_closes_are_not_lost(vhost: str, tmp_path: Path)
 def test_deliveries_reach_the_handler_whole_and_in_order(vhost: str, tmp_path: Path,
                                                          intake: bool) -> None:
     """Every delivery on a live connection comes past pika's frame objects
-    (worker/amqp_intake.py), with its body (one over three body frames), headers and
+    (worker/amqp/intake.py), with its body (one over three body frames), headers and
     routing key, in queue order, while confirms and heartbeats still reach pika; with
     the intake turned off, pika delivers the same."""
     bodies = [b"event %d" % n for n in range(200)]

@@ -14,8 +14,8 @@ import pika
 import pytest
 
 from tests.support.harness import amqp_url, blocking, close_connections
+from worker.amqp.topology import Topology
 from worker.settings import Settings
-from worker.topology import Topology
 
 RECONNECTS = 25  # well past the old default limit of 20
 DELIVERY_WAIT = 2.0  # seconds a consumer waits for the message before calling it gone

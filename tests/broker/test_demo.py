@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.harness import ThreadWorker, settings_for
-from worker.demo import run_demo
 from worker.errors import DemoError
+from worker.tools.demo import run_demo
 
 pytestmark = pytest.mark.broker
 

@@ -14,9 +14,9 @@ from tests.support.harness import Bus, ThreadWorker, amqp_url, settings_for, wai
 from tests.support.oracle import final_view
 from tests.support.streams import event_stream
 from worker.cli import main
-from worker.request_client import RequestError, ask
 from worker.rulebook import load_rules
 from worker.settings import Settings
+from worker.tools.request_client import RequestError, ask
 
 pytestmark = pytest.mark.broker
 

@@ -47,11 +47,11 @@ from tests.support.several import (
     settled,
 )
 from tests.support.streams import event_stream
-from worker.request_client import ask
-from worker.rule_versions import open_rule_store
+from worker.amqp.topology import Topology
 from worker.rulebook.engine import load_rules_from_files, read_rule_directory
 from worker.settings import Settings
-from worker.topology import Topology
+from worker.tools.request_client import ask
+from worker.tools.rule_deploy import open_rule_store
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 

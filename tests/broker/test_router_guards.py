@@ -27,7 +27,7 @@ from tests.support.several import (
     settled,
 )
 from tests.support.streams import encode, event_stream
-from worker.partitions import partition_of
+from worker.cluster.partitions import partition_of
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 

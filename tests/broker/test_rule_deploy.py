@@ -38,11 +38,11 @@ from tests.test_rule_versions import copy_rules, variant
 
 # The PostgreSQL store's fixture (a database of its own), for the fleet.
 from tests.test_store_postgres import url as url
+from worker.amqp.topology import Topology
 from worker.cli import main
 from worker.rulebook import load_rules
 from worker.settings import Settings
 from worker.store.sqlite import SqliteStore
-from worker.topology import Topology
 
 pytestmark = pytest.mark.broker
 

@@ -53,8 +53,8 @@ from tests.support.several import (
     settled,
 )
 from tests.support.streams import event_stream
-from worker.partitions import partition_of
-from worker.topology import Topology
+from worker.amqp.topology import Topology
+from worker.cluster.partitions import partition_of
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 

@@ -30,7 +30,7 @@ from tests.support.oracle import final_view, replay
 from tests.support.streams import event_stream
 from worker.cli import main
 from worker.settings import Settings
-from worker.watch import InboxView, Watcher
+from worker.tools.watch import InboxView, Watcher
 
 pytestmark = pytest.mark.broker
 

@@ -11,14 +11,14 @@ import pytest
 from pika.adapters.select_connection import IOLoop
 
 from tests.amqp_doubles import FakeBroker
-from worker.amqp import AmqpLink
+from worker.amqp.link import AmqpLink
+from worker.amqp.topology import Topology
 from worker.driver import Driver
 from worker.monitor import Monitor
 from worker.observability import HealthState, Metrics, StatusLine
 from worker.rulebook import load_rules
 from worker.settings import Settings
 from worker.store.memory import MemoryStore
-from worker.topology import Topology
 
 
 @pytest.fixture

@@ -45,9 +45,9 @@ import psycopg
 from pika.adapters.select_connection import IOLoop
 from psycopg import sql
 
+from worker.amqp.topology import Topology
 from worker.rulebook.engine import default_rules_dir
 from worker.settings import Settings
-from worker.topology import Topology
 
 if TYPE_CHECKING:
     from worker.service import Worker

@@ -34,9 +34,9 @@ from tests.support.harness import (
     worker_unacked,
 )
 from tests.support.oracle import final_view
-from worker.partitions import partition_of
+from worker.amqp.topology import Topology
+from worker.cluster.partitions import partition_of
 from worker.settings import Settings
-from worker.topology import Topology
 
 
 def partitioned_topology(partitions: int) -> Topology:

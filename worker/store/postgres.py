@@ -2,7 +2,7 @@
 
 The same contract as the SQLite store (:class:`worker.store.StateStore`, the same rows
 and the same window pruning), plus ownership. Accounts fall in ``partitions``
-partitions (:func:`worker.partitions.partition_of`); a worker takes one with
+partitions (:func:`worker.cluster.partitions.partition_of`); a worker takes one with
 :meth:`PostgresStore.acquire`, which raises the partition's epoch and remembers it.
 Every commit locks the rows of the partitions it touches (``SELECT ... FOR UPDATE``)
 and writes only if each epoch is still the one this store acquired: a worker that hung
@@ -50,10 +50,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from worker.cluster.partitions import partition_of
 from worker.domain.account import AccountState, AccountWrite
 from worker.domain.state import Conversation
 from worker.errors import StoreError, StoreFencedError
-from worker.partitions import partition_of
 from worker.settings import MAX_MEMBER_LEASE, mask_url
 from worker.store import (
     UNSET,

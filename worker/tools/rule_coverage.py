@@ -28,9 +28,9 @@ from worker.domain.categoriser import facts_of
 from worker.domain.facts import FACT_NAMES, FACTS
 from worker.domain.inbox import Inbox
 from worker.domain.updates import Update
-from worker.rule_cases import CaseResult, run_cases
 from worker.rulebook.engine import CompiledRules
 from worker.rulebook.explain import all_verdicts, describe
+from worker.tools.rule_cases import CaseResult, run_cases
 
 FactValue = str | bool | int
 Vector = tuple[FactValue, ...]
@@ -45,7 +45,7 @@ class Recorder:
 
     def inbox(self, rules: CompiledRules) -> Inbox:
         """An inbox for one case that shows itself to this recorder (for
-        :func:`worker.rule_cases.run_cases`)."""
+        :func:`worker.tools.rule_cases.run_cases`)."""
         return _ObservedInbox(rules, self)
 
     def record(self, inbox: Inbox) -> None:

@@ -15,11 +15,11 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from worker.amqp import connection_parameters
-from worker.amqp_io import blocking_connection
+from worker.amqp.io import blocking_connection
+from worker.amqp.link import connection_parameters
+from worker.amqp.topology import Topology
 from worker.errors import DemoError
 from worker.settings import Settings
-from worker.topology import Topology
 
 AGENTS = ("ag-alice", "ag-bob")
 QUIET_SECONDS = 1.0

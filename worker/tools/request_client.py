@@ -23,11 +23,11 @@ import pika.exceptions
 from pydantic import BaseModel, ValidationError
 
 from contracts.requests import describe_request_error
-from worker.amqp import connection_parameters
-from worker.amqp_io import blocking_connection
+from worker.amqp.io import blocking_connection
+from worker.amqp.link import connection_parameters
+from worker.amqp.topology import Topology
 from worker.errors import InboxRulesError
 from worker.settings import Settings
-from worker.topology import Topology
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from contracts.requests import CategoryExplanation, ExplainReply
 from worker.domain.account import AccountState
 from worker.domain.inbox import Inbox
-from worker.replay import BadLine, replay_lines
 from worker.rulebook.engine import CompiledRules
 from worker.rulebook.explain import explain_pair
+from worker.tools.replay import BadLine, replay_lines
 
 
 @dataclass

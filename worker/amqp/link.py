@@ -19,15 +19,15 @@ import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 
 from contracts.ids import TruncatedBody
-from worker.amqp_frames import FRAME_OVERHEAD, PublishFrames
-from worker.amqp_io import IOServices
-from worker.amqp_properties import encoded_properties
+from worker.amqp.frames import FRAME_OVERHEAD, PublishFrames
+from worker.amqp.io import IOServices
+from worker.amqp.properties import encoded_properties
+from worker.amqp.topology import Topology, describe_refusal
 from worker.backoff import backoff_delay
 from worker.link import Delivery, LinkHandler, Outgoing, Returned
 from worker.settings import Settings
-from worker.topology import Topology, describe_refusal
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("worker.amqp")  # the name log filters know
 
 # A delivery tag the link hands out is (channel number << TAG_BITS) | the broker's tag.
 # Broker tags restart at 1 on every channel, so a tag kept across a reconnect would
@@ -63,7 +63,7 @@ class CoalescingConnection(pika.SelectConnection):  # type: ignore[misc]
     pass joins the queue and passes it on through pika's own ``_adapter_emit_data``.
 
     Publishes take a shorter road into the same queue (:meth:`publish`): their frames
-    are marshalled in one piece by :mod:`worker.amqp_frames` instead of pika's frame
+    are marshalled in one piece by :mod:`worker.amqp.frames` instead of pika's frame
     objects, and queued in call order with everything else.
 
     This is the worker's only override of a private pika method (``drop`` also calls
@@ -83,7 +83,7 @@ class CoalescingConnection(pika.SelectConnection):  # type: ignore[misc]
     def publish(self, channel: Any, exchange: str, routing_key: str, body: bytes,
                 properties: bytes) -> None:
         """``basic.publish`` with ``mandatory`` on an open channel; ``properties`` is
-        the encoded property list (:func:`worker.amqp_properties.encoded_properties`).
+        the encoded property list (:func:`worker.amqp.properties.encoded_properties`).
         Raises pika's wrong-state errors, as ``Channel.basic_publish`` does."""
         if not self.is_open:
             raise pika.exceptions.ConnectionWrongStateError("Connection is not open.")
@@ -430,7 +430,7 @@ class AmqpLink:
         self.delivered(method.consumer_tag, method.delivery_tag, bool(method.redelivered),
                        method.routing_key, properties, body)
 
-    # -- the intake's sink (worker.amqp_intake.DeliverySink) -----------------
+    # -- the intake's sink (worker.amqp.intake.DeliverySink) -----------------
     @property
     def max_body_bytes(self) -> int:
         """A body longer than the worker takes is only kept this far: it is

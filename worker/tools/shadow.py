@@ -26,10 +26,10 @@ from typing import Any, Protocol
 from contracts.requests import CategoryExplanation, ExplainReply
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
-from worker.explain_tool import render_category
 from worker.rulebook.engine import CompiledRules
 from worker.rulebook.explain import explain_pair
 from worker.settings import Settings, mask_url
+from worker.tools.explain import render_category
 
 EXAMPLES_PER_CHANGE = 3  # per category and direction (enter, leave)
 AGENTS_SHOWN = 10  # badge count changes listed in the text report (all in JSON, to a cap)

@@ -6,7 +6,7 @@ registry, frame assembler and channel dispatch: about a quarter of the worker's 
 thread on the default stream, per delivery three frames (``Basic.Deliver``, content
 header, body). :class:`DeliveryIntake` sits between pika's transport and its
 connection, as the ``AbstractStreamProtocol`` pika's public I/O services interface
-hands data to (see :mod:`worker.amqp_io`). It splits the stream into frames by their
+hands data to (see :mod:`worker.amqp.io`). It splits the stream into frames by their
 7-byte headers and
 
 - hands a delivery for a consumer the :class:`DeliverySink` takes (the link's own
@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from pika.spec import BasicProperties
 
 from contracts.ids import TruncatedBody
-from worker.amqp_frames import (
+from worker.amqp.frames import (
     FRAME_BODY,
     FRAME_END,
     FRAME_HEADER,

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from worker.errors import StoreError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("worker.coordinator")  # the name log filters know
 
 
 class Membership(Protocol):

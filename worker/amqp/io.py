@@ -17,7 +17,7 @@ method of pika's public ``AbstractIOServices`` interface, which ``SelectConnecti
 takes as ``custom_ioloop``; no private pika code is touched.
 
 The same method is where the transport meets its protocol: with a sink, the protocol
-pika's factory makes is wrapped in :class:`worker.amqp_intake.DeliveryIntake`.
+pika's factory makes is wrapped in :class:`worker.amqp.intake.DeliveryIntake`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pika
 from pika.adapters.utils.nbio_interface import AbstractIOReference
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
-from worker.amqp_intake import DeliveryIntake, DeliverySink
+from worker.amqp.intake import DeliveryIntake, DeliverySink
 
 
 def reset_on_connect(error: ValueError) -> ConnectionResetError | None:
@@ -75,7 +75,7 @@ class IOServices(SelectorIOServicesAdapter):  # type: ignore[misc]
     through ``on_done``. Every other error still raises, as in pika.
 
     With a ``sink``, the stream's deliveries for the sink's consumers reach it past
-    pika's frame objects (:class:`worker.amqp_intake.DeliveryIntake`)."""
+    pika's frame objects (:class:`worker.amqp.intake.DeliveryIntake`)."""
 
     def __init__(self, loop: Any, sink: DeliverySink | None = None) -> None:
         super().__init__(loop)

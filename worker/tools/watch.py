@@ -36,14 +36,14 @@ from rich.text import Text
 
 from contracts.requests import SnapshotReply, SnapshotRequest, describe_request_error
 from contracts.updates import CategoryUpdate
-from worker.amqp import connection_parameters
-from worker.amqp_io import blocking_connection
+from worker.amqp.io import blocking_connection
+from worker.amqp.link import connection_parameters
+from worker.amqp.topology import Topology
 from worker.backoff import backoff_delay
 from worker.errors import InboxRulesError
 from worker.settings import Settings
-from worker.topology import Topology
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("worker.watch")  # the name log filters know
 
 # The contract's requests (docs/contract.md; the exchange's name is a setting:
 # Topology.requests_exchange).

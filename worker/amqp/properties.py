@@ -7,7 +7,7 @@ publish, which cost the worker more per update than the rest of the publish toge
 ``message_id``) are encoded once, and each message splices its id into that encoding.
 
 Only public pika API is used: a shape is what ``BasicProperties.encode()`` gives for
-it, and the bytes go into a content header frame (:mod:`worker.amqp_frames`);
+it, and the bytes go into a content header frame (:mod:`worker.amqp.frames`);
 tests/test_amqp_properties.py compares them with pika's encoding on every shape the
 worker sends.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import pika
 
-from worker.amqp_frames import MAX_SHORT_STRING
+from worker.amqp.frames import MAX_SHORT_STRING
 from worker.link import Outgoing
 
 APP_ID = "inbox-rules"

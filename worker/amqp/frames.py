@@ -20,7 +20,7 @@ FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
 FRAME_END = b"\xce"
 # Type (1 byte), channel (2) and payload size (4) before a payload; FRAME_END after it.
 FRAME_OVERHEAD = 8
-FRAME_START = Struct(">BHI")  # what starts every frame (worker.amqp_intake reads it)
+FRAME_START = Struct(">BHI")  # what starts every frame (worker.amqp.intake reads it)
 # class id (basic), weight, body size: the content header's fields before the properties.
 _HEADER_START = Struct(">BHIHHQ")
 _BASIC_CLASS = 60
