@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from worker.cli import EXIT_TROUBLE, main
+from worker.cli import main
+from worker.cli_support import EXIT_TROUBLE
 
 # AMQP_URL names a port nothing listens on; --amqp-url another, whose error names it.
 ENV = {"AMQP_URL": "amqp://env:envsecret@127.0.0.1:1/%2F"}

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from tests.support.streams import encode, event_stream
 from tests.test_rule_versions import copy_rules, failing, invalid, variant
-from worker.cli import EXIT_NO, EXIT_OK, EXIT_TROUBLE, main
+from worker.cli import main
+from worker.cli_support import EXIT_NO, EXIT_OK, EXIT_TROUBLE
 from worker.rulebook import load_rules
 from worker.store.sqlite import SqliteStore
 
@@ -126,7 +127,7 @@ def test_an_unexpected_error_is_trouble_with_its_traceback(
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("worker.cli.check_rules", broken)
+    monkeypatch.setattr("worker.cli_rules.check_rules", broken)
     result = CliRunner().invoke(main, ["rules", "check", str(copy_rules(tmp_path, "a"))])
     assert result.exit_code == EXIT_TROUBLE  # never 1: that is an answer
     assert "Traceback" in result.stderr and "RuntimeError: a bug" in result.stderr

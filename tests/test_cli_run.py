@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from worker.cli import EXIT_TROUBLE, main
+from worker.cli import main
+from worker.cli_support import EXIT_TROUBLE
 from worker.rulebook.engine import default_rules_dir
 from worker.settings import Settings, describe_settings, mask_url
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from worker.cli import EXIT_OK, EXIT_TROUBLE, main
+from worker.cli import main
+from worker.cli_support import EXIT_OK, EXIT_TROUBLE
 from worker.errors import SettingsError
 from worker.settings import load_settings, unknown_variables
 from worker.store.sqlite import SqliteStore

@@ -152,7 +152,7 @@ def test_rules_check_refuses_a_wait_beyond_100_years_at_its_line(tmp_path: Path)
     path = tmp_path / "sla" / "sla.yaml"
     path.write_text(path.read_text().replace("at_least: 300}", "at_least: 300000000000}"))
     result = CliRunner().invoke(main, ["rules", "check", str(tmp_path / "sla")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr == (f"{path}:26: conversation.waiting_seconds: 300000000000 is "
                              "beyond the limit of 3155760000 seconds (100 years)\n")
     path.write_text(path.read_text().replace("300000000000", "3155760000"))

@@ -67,7 +67,9 @@ def _parameters(ctx: click.Context) -> list[str]:
 
 def render_cli(group: click.Group = cli_main, name: str = PROGRAM) -> str:
     """The command-line reference page: an index of the commands, then each in full."""
-    root = click.Context(group, info_name=name)
+    # The group's own context settings (-h as well as --help), as a terminal gets them:
+    # click keeps the help option it makes first, whichever context made it.
+    root = click.Context(group, info_name=name, **group.context_settings)
     contexts = list(_walk(group, root))
     lines = ["# Command line", "", _NOTICE, "",
              f"`{name} COMMAND --help` prints the same text in a terminal.", "",

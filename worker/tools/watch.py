@@ -45,8 +45,7 @@ from worker.settings import Settings
 
 log = logging.getLogger("worker.watch")  # the name log filters know
 
-# The contract's requests (docs/contract.md; the exchange's name is a setting:
-# Topology.requests_exchange).
+# The contract's requests (docs/contract.md); the exchange is Topology.requests_exchange.
 SNAPSHOT_ROUTING_KEY = "snapshot"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
