@@ -598,7 +598,7 @@ def test_a_version_3_schema_gains_the_lease_check_and_keeps_its_members(
 
 @postgres
 def test_a_version_1_schema_gains_the_time_columns(url: str, open_store: Open) -> None:
-    from worker.store import postgres as module
+    from worker.store.postgres import schema as module
 
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
         schema = sql.Identifier(module.DEFAULT_SCHEMA)
