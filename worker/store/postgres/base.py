@@ -113,4 +113,3 @@ class PostgresBase:
                 link.close()
         except psycopg.Error as exc:
             raise self._error("cannot close", exc) from exc
-

@@ -96,7 +96,6 @@ class Batch:
         return dict(zip(names, _columns(rows, len(names)), strict=True))
 
 
-
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows to the column arrays unnest() takes."""
     columns: list[list[Any]] = [[] for _ in range(width)]
@@ -128,5 +127,3 @@ def _account_row(write: AccountWrite, partition: int) -> tuple[object, ...]:
     return (write.account_id, partition, account.plan, _json(sorted(account.agents)),
             _json(groups), account.last_sequence, write.rules_version,
             write.rules_generation, last, write.event_counter)
-
-

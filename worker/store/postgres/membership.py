@@ -124,4 +124,3 @@ class Membership(PostgresBase):
             raise self._error(f"cannot remove worker {worker_id!r}", exc) from exc
         if worker_id == self.worker_id:
             self._epochs = {}
-

@@ -103,4 +103,3 @@ class RuleVersions(PostgresBase):
         return [RuleDeployment(int(number), str(version), at, str(action), str(source),
                                str(summary))
                 for number, version, at, action, source, summary in rows]
-

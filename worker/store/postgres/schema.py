@@ -212,4 +212,3 @@ def _lock_key(schema: str) -> int:
     """The advisory lock of one schema's migrations (a signed 64-bit key)."""
     digest = hashlib.blake2b(f"inbox-rules migrate {schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-

@@ -205,4 +205,3 @@ class PostgresStore(Membership, RuleVersions):
             tombstones_kept[account_id] = (tombstones_kept.get(account_id, 0) + tombstones
                                            - superseded)
         conn.execute(self._q["finish"], batch.accounts(events_kept, tombstones_kept))
-
