@@ -22,7 +22,6 @@ MAX_FUNCTION_LINES = 60
 
 # Over a limit today: path -> lines; "path:function" -> lines. To be split next.
 LONG_MODULES: dict[str, int] = {
-    "worker/store/sqlite.py": 713,
     "worker/tools/watch.py": 638,
     "contracts/asyncapi.py": 556,
     "worker/amqp/link.py": 521,

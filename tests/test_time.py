@@ -629,7 +629,7 @@ def test_the_sqlite_store_keeps_the_time_columns_and_finds_due_accounts_by_index
 def test_a_version_2_file_gains_the_time_columns(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     with sqlite3.connect(path) as db:
-        from worker.store.sqlite import _V2_TABLES
+        from worker.store.sqlite.schema import _V2_TABLES
 
         for statement in _V2_TABLES:
             db.execute(statement)

@@ -30,7 +30,6 @@ class RuleVersions(PostgresBase):
         except psycopg.Error as exc:
             raise self._error(f"cannot keep rules version {version}", exc) from exc
 
-    # -- rule versions (worker.store.RuleStore) ------------------------------
     def deploy_rules(self, version: str, files: Mapping[str, bytes], source: str,
                      summary: str, *, expect_live: str | Unset | None = UNSET,
                      ) -> RuleDeployment:
