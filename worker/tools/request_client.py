@@ -23,8 +23,8 @@ import pika.exceptions
 from pydantic import BaseModel, ValidationError
 
 from contracts.requests import describe_request_error
+from worker.amqp.connection import connection_parameters
 from worker.amqp.io import blocking_connection
-from worker.amqp.link import connection_parameters
 from worker.amqp.topology import Topology
 from worker.errors import InboxRulesError
 from worker.settings import Settings

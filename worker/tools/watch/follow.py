@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from contracts.requests import SnapshotReply, SnapshotRequest, describe_request_error
 from contracts.updates import CategoryUpdate
+from worker.amqp.connection import connection_parameters
 from worker.amqp.io import blocking_connection
-from worker.amqp.link import connection_parameters
 from worker.amqp.topology import Topology
 from worker.backoff import backoff_delay
 from worker.errors import InboxRulesError
