@@ -26,7 +26,6 @@ LONG_MODULES: dict[str, int] = {
     "worker/store/sqlite.py": 713,
 }
 LONG_FUNCTIONS: dict[str, int] = {
-    "worker/amqp/intake.py:data_received": 71,
     "worker/tools/request_client.py:ask": 68,
 }
 
