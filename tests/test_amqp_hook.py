@@ -14,7 +14,7 @@ import pika
 import pika.connection
 from pika.adapters.base_connection import BaseConnection
 
-from worker.amqp.link import CoalescingConnection
+from worker.amqp.connection import CoalescingConnection
 
 REPO = Path(__file__).resolve().parents[1]
 PIKA_SOURCE = Path(pika.__file__).parent

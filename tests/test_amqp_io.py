@@ -26,8 +26,9 @@ from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapte
 
 from contracts.requests import ExplainReply, ExplainRequest
 from tests.amqp_doubles import RecordingHandler
+from worker.amqp.connection import CoalescingConnection, connection_parameters
 from worker.amqp.io import IOServices, blocking_connection
-from worker.amqp.link import AmqpLink, CoalescingConnection, connection_parameters
+from worker.amqp.link import AmqpLink
 from worker.amqp.topology import Topology
 from worker.settings import Settings
 from worker.tools.request_client import RequestError, ask

@@ -19,7 +19,8 @@ from pika.adapters.select_connection import IOLoop
 
 from tests.amqp_doubles import RecordingHandler
 from tests.support.harness import amqp_url, blocking, close_connections, wait_for
-from worker.amqp.link import TAG_BITS, AmqpLink, CoalescingConnection
+from worker.amqp.connection import CoalescingConnection
+from worker.amqp.link import TAG_BITS, AmqpLink
 from worker.amqp.topology import Topology
 from worker.link import Outgoing, Returned
 from worker.settings import Settings

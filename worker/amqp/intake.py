@@ -87,17 +87,21 @@ def _short_string(data: bytes, offset: int) -> tuple[str, int]:
 
 
 class _Pending:
-    """A delivery whose method frame is in and whose content is still arriving."""
+    """A delivery whose method frame is in and whose content is still arriving.
+
+    Made from the ``Basic.Deliver`` fields after the consumer tag, which begin at
+    ``cursor`` in ``buffer``: read here, in the call the intake makes per delivery anyway.
+    """
 
     __slots__ = ("body_size", "chunks", "consumer_tag", "delivery_tag", "kept",
                  "oversized", "properties", "received", "redelivered", "routing_key")
 
-    def __init__(self, consumer_tag: str, delivery_tag: int, redelivered: bool,
-                 routing_key: str) -> None:
+    def __init__(self, consumer_tag: str, buffer: bytes, cursor: int) -> None:
         self.consumer_tag = consumer_tag
-        self.delivery_tag = delivery_tag
-        self.redelivered = redelivered
-        self.routing_key = routing_key
+        self.delivery_tag: int = _longlong.unpack_from(buffer, cursor)[0]
+        self.redelivered = bool(buffer[cursor + 8] & 1)
+        _exchange, cursor = _short_string(buffer, cursor + 9)
+        self.routing_key, _end = _short_string(buffer, cursor)
         self.properties: BasicProperties | None = None
         self.body_size = 0
         self.chunks: list[bytes] = []
@@ -156,12 +160,7 @@ class DeliveryIntake:
                 if not self._sink.takes(channel, consumer_tag):
                     offset = end
                     continue
-                delivery_tag = _longlong.unpack_from(buffer, cursor)[0]
-                redelivered = bool(buffer[cursor + 8] & 1)
-                _exchange, cursor = _short_string(buffer, cursor + 9)
-                routing_key, _end = _short_string(buffer, cursor)
-                pending[channel] = _Pending(consumer_tag, delivery_tag, redelivered,
-                                            routing_key)
+                pending[channel] = _Pending(consumer_tag, buffer, cursor)
             elif kind == FRAME_HEADER:
                 delivery.body_size = _longlong.unpack_from(buffer, payload + 4)[0]
                 delivery.oversized = delivery.body_size > self._max_body_bytes
@@ -169,11 +168,8 @@ class DeliveryIntake:
             elif kind == FRAME_BODY:
                 if not delivery.oversized:
                     delivery.chunks.append(buffer[payload:end - 1])
-                elif delivery.kept < self._max_body_bytes:
-                    chunk = buffer[payload:min(end - 1,
-                                               payload + self._max_body_bytes - delivery.kept)]
-                    delivery.chunks.append(chunk)
-                    delivery.kept += len(chunk)
+                else:
+                    self._keep_head(delivery, buffer, payload, end - 1)
                 delivery.received += length
             else:
                 # A content frame was due on this channel: the stream is not AMQP as
@@ -190,6 +186,21 @@ class DeliveryIntake:
                     and delivery.received >= delivery.body_size):
                 del pending[channel]
                 self._hand_over(channel, delivery)
+        self._finish(buffer, passed, offset, taken_bytes, taken_frames)
+
+    def _keep_head(self, delivery: _Pending, buffer: bytes, start: int, stop: int) -> None:
+        """A body frame (``buffer[start:stop]``) of a body declared larger than the sink
+        keeps: only what still fits under ``max_body_bytes`` is kept."""
+        if delivery.kept < self._max_body_bytes:
+            chunk = buffer[start:min(stop, start + self._max_body_bytes - delivery.kept)]
+            delivery.chunks.append(chunk)
+            delivery.kept += len(chunk)
+
+    def _finish(self, buffer: bytes, passed: int, offset: int, taken_bytes: int,
+                taken_frames: int) -> None:
+        """After the last whole frame: pika gets the frames not yet handed over, the
+        start of a frame still arriving is kept for the next data, and the sink hears
+        how much was taken past pika."""
         if passed < offset:
             self._protocol.data_received(buffer[passed:offset])
         self._buffer = buffer[offset:]

@@ -15,8 +15,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from worker.amqp.connection import connection_parameters
 from worker.amqp.io import blocking_connection
-from worker.amqp.link import connection_parameters
 from worker.amqp.topology import Topology
 from worker.errors import DemoError
 from worker.settings import Settings

@@ -23,8 +23,8 @@ import pika.exceptions
 from pydantic import BaseModel, ValidationError
 
 from contracts.requests import describe_request_error
+from worker.amqp.connection import connection_parameters
 from worker.amqp.io import blocking_connection
-from worker.amqp.link import connection_parameters
 from worker.amqp.topology import Topology
 from worker.errors import InboxRulesError
 from worker.settings import Settings
@@ -38,6 +38,24 @@ class RequestError(InboxRulesError):
     """No answer: no broker, no worker bound, no reply in time, or a reply we cannot read."""
 
 
+class _Call:
+    """One request on its way: where it goes, and its answer as it comes (the reply
+    body, or why the broker returned the request)."""
+
+    def __init__(self, kind: str, exchange: str, where: str) -> None:
+        self.kind, self.exchange, self.where = kind, exchange, where
+        self.correlation_id = uuid.uuid4().hex
+        self.answer: list[bytes] = []
+        self.returned: list[str] = []
+
+    def on_reply(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
+        if properties.correlation_id == self.correlation_id:  # not a late one to someone else
+            self.answer.append(body)
+
+    def on_return(self, _channel: Any, method: Any, _properties: Any, _body: bytes) -> None:
+        self.returned.append(str(method.reply_text))
+
+
 def ask(settings: Settings, kind: str, request: BaseModel, reply_model: type[ReplyModel], *,
         timeout: float = 10.0,
         connect: Callable[[pika.URLParameters], Any] = blocking_connection,
@@ -49,47 +67,14 @@ def ask(settings: Settings, kind: str, request: BaseModel, reply_model: type[Rep
     """
     exchange = Topology.from_settings(settings).requests_exchange
     where = settings.safe_amqp_url
-    correlation_id = uuid.uuid4().hex
-    answer: list[bytes] = []
-    returned: list[str] = []
-
-    def on_reply(_channel: Any, _method: Any, properties: Any, body: bytes) -> None:
-        if properties.correlation_id == correlation_id:  # not a late one to someone else
-            answer.append(body)
-
-    def on_return(_channel: Any, method: Any, _properties: Any, _body: bytes) -> None:
-        returned.append(str(method.reply_text))
-
+    call = _Call(kind, exchange, where)
     try:
         connection = connect(connection_parameters(settings, f"inbox-rules {kind}"))
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise RequestError(f"cannot connect to {where}: {exc!r}") from exc
     try:
-        channel = connection.channel()
-        # The worker declares the requests exchange: without it nobody could answer.
-        channel.exchange_declare(exchange, passive=True)
-        # RabbitMQ: consume the direct reply-to, no-ack, before publishing with it.
-        channel.basic_consume(DIRECT_REPLY_TO, on_reply, auto_ack=True)
-        channel.add_on_return_callback(on_return)
-        channel.basic_publish(
-            exchange, kind, request.model_dump_json(exclude_none=True).encode(),
-            pika.BasicProperties(reply_to=DIRECT_REPLY_TO, correlation_id=correlation_id,
-                                 content_type="application/json"),
-            mandatory=True)
-        deadline = time.monotonic() + timeout
-        while not answer:
-            if returned:
-                raise RequestError(
-                    f"no worker is bound to {exchange!r} with routing key {kind!r} "
-                    f"({returned[0]}): is a worker (inbox-rules run) running on {where}?")
-            if time.monotonic() > deadline:
-                raise RequestError(
-                    f"no {kind} reply within {timeout:g} s: is a worker (inbox-rules run) "
-                    f"answering {exchange!r} on {where}? A request it cannot read goes to "
-                    "its dead-letter queue with the reason")
-            connection.process_data_events(time_limit=0.05)
-            if channel.is_closed:  # a blocking channel the broker closed says so only here
-                raise RequestError("the broker closed the request channel (its log says why)")
+        channel = _publish(connection, call, request)
+        _wait(connection, channel, call, timeout)
     except pika.exceptions.ChannelClosedByBroker as exc:
         hint = (f": the worker declares {exchange!r}; is one running?"
                 if exc.reply_code == 404 else "")
@@ -102,7 +87,43 @@ def ask(settings: Settings, kind: str, request: BaseModel, reply_model: type[Rep
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 connection.close()
     try:
-        return reply_model.model_validate_json(answer[0])
+        return reply_model.model_validate_json(call.answer[0])
     except ValidationError as exc:
         raise RequestError(f"the worker's {kind} reply is not a {reply_model.__name__}: "
                            f"{describe_request_error(exc)}") from exc
+
+
+def _publish(connection: Any, call: _Call, request: BaseModel) -> Any:
+    """A channel that hears the reply and returns, with the request published on it."""
+    channel = connection.channel()
+    # The worker declares the requests exchange: without it nobody could answer.
+    channel.exchange_declare(call.exchange, passive=True)
+    # RabbitMQ: consume the direct reply-to, no-ack, before publishing with it.
+    channel.basic_consume(DIRECT_REPLY_TO, call.on_reply, auto_ack=True)
+    channel.add_on_return_callback(call.on_return)
+    channel.basic_publish(
+        call.exchange, call.kind, request.model_dump_json(exclude_none=True).encode(),
+        pika.BasicProperties(reply_to=DIRECT_REPLY_TO, correlation_id=call.correlation_id,
+                             content_type="application/json"),
+        mandatory=True)
+    return channel
+
+
+def _wait(connection: Any, channel: Any, call: _Call, timeout: float) -> None:
+    """Until the answer is in; :class:`RequestError` when the broker returned the
+    request, closed the channel, or nothing came within ``timeout`` seconds."""
+    exchange, kind, where = call.exchange, call.kind, call.where
+    deadline = time.monotonic() + timeout
+    while not call.answer:
+        if call.returned:
+            raise RequestError(
+                f"no worker is bound to {exchange!r} with routing key {kind!r} "
+                f"({call.returned[0]}): is a worker (inbox-rules run) running on {where}?")
+        if time.monotonic() > deadline:
+            raise RequestError(
+                f"no {kind} reply within {timeout:g} s: is a worker (inbox-rules run) "
+                f"answering {exchange!r} on {where}? A request it cannot read goes to "
+                "its dead-letter queue with the reason")
+        connection.process_data_events(time_limit=0.05)
+        if channel.is_closed:  # a blocking channel the broker closed says so only here
+            raise RequestError("the broker closed the request channel (its log says why)")
