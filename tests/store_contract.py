@@ -347,6 +347,21 @@ class StoreContract:
         assert store.accounts_behind("old", "", 100) == [
             f"acc-{i:02d}" for i in range(25) if not i % 2 or i % 5 == 0]
 
+    def test_the_rules_in_force_are_recorded_once_and_read_as_committed(
+            self, stores: Stores) -> None:
+        """A partition's rules in force (worker.rules_in_force): the first worker to ask
+        records its default; from then on a commit changes it, and every read sees
+        the last commit, whichever store made it."""
+        store = stores.open()
+        assert store.rules_in_force(0, "v1") == "v1"
+        assert store.rules_in_force(0, "v2") == "v1", "recorded the first time only"
+        store.commit([], {0: "v3"})
+        assert store.rules_in_force(0, "v4") == "v3"
+        other = stores.open()
+        assert other.rules_in_force(0, "v5") == "v3"
+        other.commit([], {0: "v6"})
+        assert store.rules_in_force(0, "v7") == "v6", "read again, not remembered"
+
     def test_a_newer_schema_is_refused(self, stores: Stores) -> None:
         stores.open()
         stores.query("INSERT INTO schema_migrations (version) VALUES (99)")

@@ -62,7 +62,9 @@ class DemoError(InboxRulesError):
 
 
 class UnknownRulesError(StoreError):
-    """A rules version in force (or asked to be) whose files the store does not keep."""
+    """A rules version in force (or asked to be) whose files the store does not keep:
+    no worker could ever load it, so it is not a failure to retry."""
 
     def __init__(self, version: str) -> None:
-        super().__init__(f"rules version {version} is not kept in the state store")
+        super().__init__(f"no deployed rules version {version!r}")
+        self.version = version

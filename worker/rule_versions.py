@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
-from worker.errors import RuleFileError, RuleProblem, StoreError
+from worker.errors import RuleFileError, RuleProblem, StoreError, UnknownRulesError
 from worker.rulebook.engine import (
     CompiledRules,
     default_rules_dir,
@@ -55,11 +55,12 @@ def stored_source(version: str) -> str:
 
 
 def load_version(store: RuleStore | StateStore, version: str) -> CompiledRules:
-    """A kept version, compiled; :class:`RuleFileError` if it does not validate here
-    (kept by a newer inbox-rules, say) or its files do not hash to its name."""
+    """A kept version, compiled; :class:`UnknownRulesError` if the store keeps no files of
+    it, :class:`RuleFileError` if they do not validate here (kept by a newer
+    inbox-rules, say) or do not hash to its name."""
     files = store.rule_files(version)
     if files is None:
-        raise StoreError(f"no deployed rules version {version!r}")
+        raise UnknownRulesError(version)
     return _checked(version, files)
 
 

@@ -13,23 +13,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 from worker.amqp.topology import Topology
 from worker.control import Adopt, adopt_message
-from worker.domain.rules import Rules
 from worker.driver.host import DriverHost
 from worker.driver.state import Phase
 from worker.errors import RuleFileError, StoreError, UnknownRulesError
-from worker.store import StateStore
 
 log = logging.getLogger("worker.driver")
-
-
-def load_kept(store: StateStore, version: str) -> Rules:
-    """A version in force somewhere but not live here: from the store, where every
-    adopted version's files are kept (:class:`UnknownRulesError` if they are not)."""
-    from worker.rule_versions import load_version  # rule files: only when needed
-
-    if store.rule_files(version) is None:
-        raise UnknownRulesError(version)
-    return load_version(store, version)
 
 
 def partition_route(topology: Topology, partition: int) -> tuple[str, str]:

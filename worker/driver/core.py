@@ -31,7 +31,7 @@ from worker.backoff import backoff_delay
 from worker.committer import Committer, InlineCommitter
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
-from worker.driver.adoption import Adoptions, load_kept
+from worker.driver.adoption import Adoptions
 from worker.driver.batches import InFlight, unroutable
 from worker.driver.confirms import Confirm, ConfirmWindow
 from worker.driver.ownership import Ownership
@@ -41,6 +41,7 @@ from worker.driver.time import TimeCrossings
 from worker.errors import StoreConflictError, StoreError, StoreFencedError
 from worker.link import Delivery, Link, Outgoing, Returned
 from worker.pipeline import Plan, Router, Step
+from worker.rule_versions import load_version
 from worker.rules_in_force import RulesInForce
 from worker.settings import Settings
 from worker.store import StateStore
@@ -63,7 +64,7 @@ class Driver:
         self.committer: Committer = committer or InlineCommitter(store)
         self.topology = topology = topology or Topology.from_settings(settings)
         # Which rules each partition's queue is in force under (worker.rules_in_force).
-        self.in_force = RulesInForce(rules, topology.partitions, partial(load_kept, store))
+        self.in_force = RulesInForce(rules, topology.partitions, partial(load_version, store))
         self.cache = AccountCache(store, settings.account_cache_size, settings.dedup_window,
                                   settings.tombstone_window)
         router = Router(frozenset(topology.consumed_queues()), topology.partitions_exchange,

@@ -85,6 +85,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
+def rules_in_force_key(partition: int) -> str:
+    """The ``meta`` row (both stores) naming the rules a partition's queue adopted last."""
+    return f"rules_in_force:{partition}"
+
+
 def new_control_token() -> str:
     return secrets.token_hex(16)
 

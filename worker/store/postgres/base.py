@@ -40,9 +40,6 @@ class PostgresBase:
         # partition -> the epoch we acquired. Replaced, never mutated: the commit and
         # reader threads read it while the coordinator's thread acquires.
         self._epochs: dict[int, int] = {}
-        # partition -> the rules version in force there, as read at acquire or written
-        # since (replaced, never mutated, like _epochs).
-        self._in_force: dict[int, str] = {}
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error as exc:

@@ -8,7 +8,6 @@ import psycopg
 from worker.errors import StoreError, StoreFencedError
 from worker.settings import MAX_MEMBER_LEASE
 from worker.store.postgres.base import PostgresBase
-from worker.store.postgres.queries import in_force_key
 
 
 class Membership(PostgresBase):
@@ -47,23 +46,7 @@ class Membership(PostgresBase):
             raise StoreError(f"state store {self._where}: partition {partition} has no row")
         epoch = int(row[0])
         self._epochs = {**self._epochs, partition: epoch}
-        self._learn_in_force(partition)
         return epoch
-
-    def _learn_in_force(self, partition: int) -> None:
-        """What the partition's last owner committed as its rules in force (none yet:
-        learnt when first asked)."""
-        try:
-            with self._control.lock:
-                row = self._control.get().execute(
-                    self._q["in_force"], (in_force_key(partition),)).fetchone()
-        except psycopg.Error as exc:
-            raise self._error(f"cannot read the rules in force of partition {partition}",
-                              exc) from exc
-        known = {p: v for p, v in self._in_force.items() if p != partition}
-        if row is not None:
-            known[partition] = str(row[0])
-        self._in_force = known
 
     def release(self, partition: int) -> None:
         """Give ``partition`` up: our commits to it are refused from now on, and it shows

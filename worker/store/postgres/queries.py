@@ -150,6 +150,4 @@ QUERIES = {
 }
 
 
-def in_force_key(partition: int) -> str:
-    """The meta row naming the rules a partition's queue adopted last."""
-    return f"rules_in_force:{partition}"
+

@@ -11,11 +11,10 @@ from psycopg import sql
 
 from worker.domain.account import AccountState, AccountWrite
 from worker.errors import StoreFencedError
-from worker.store import from_micros, micros, state_from_rows
+from worker.store import from_micros, micros, rules_in_force_key, state_from_rows
 from worker.store.postgres.batch import Batch
 from worker.store.postgres.connection import Connection, pipeline
 from worker.store.postgres.membership import Membership
-from worker.store.postgres.queries import in_force_key
 from worker.store.postgres.rules import RuleVersions
 
 
@@ -90,13 +89,10 @@ class PostgresStore(Membership, RuleVersions):
         return [account_id for (account_id,) in rows]
 
     def rules_in_force(self, partition: int, default: str) -> str:
-        """Read when the partition was acquired (nobody else can change it after that:
-        the previous owner's commits are fenced off); recorded here only the first time
-        any worker owns it."""
-        known = self._in_force.get(partition)
-        if known is not None:
-            return known
-        key = in_force_key(partition)
+        """Read afresh each time (a worker asks when it takes a partition or reconnects:
+        another may have owned it meanwhile); recorded here only the first time any
+        worker owns it."""
+        key = rules_in_force_key(partition)
         try:
             with self._writer.lock:
                 conn = self._writer.get()
@@ -105,9 +101,7 @@ class PostgresStore(Membership, RuleVersions):
                     row = conn.execute(self._q["in_force"], (key,)).fetchone()
         except psycopg.Error as exc:
             raise self._error("cannot read the rules in force", exc) from exc
-        value = default if row is None else str(row[0])
-        self._in_force = {**self._in_force, partition: value}
-        return value
+        return default if row is None else str(row[0])
 
     def due_accounts(self, now: datetime, limit: int) -> list[str]:
         """Only accounts of the partitions this store owns (see :meth:`accounts_behind`)."""
@@ -174,12 +168,10 @@ class PostgresStore(Membership, RuleVersions):
                         self._write(conn, batch)
                     if adopted:
                         conn.execute(self._q["in_force_set"],
-                                     ([in_force_key(p) for p in adopted],
+                                     ([rules_in_force_key(p) for p in adopted],
                                       list(adopted.values())))
         except psycopg.Error as exc:
             raise self._error("commit failed", exc) from exc
-        if adopted:
-            self._in_force = {**self._in_force, **adopted}
 
     def _check_fence(self, touched: list[int], held: dict[int, int],
                      epochs: dict[int, int]) -> None:

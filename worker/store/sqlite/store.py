@@ -13,17 +13,12 @@ import orjson
 from worker.domain.account import AccountState, AccountWrite
 from worker.domain.state import Conversation
 from worker.errors import StoreConflictError
-from worker.store import from_micros, micros, state_from_rows
+from worker.store import from_micros, micros, rules_in_force_key, state_from_rows
 from worker.store.sqlite.rows import account_row, conversation_row, json_text
 from worker.store.sqlite.rules import SqliteRules
 
 # Host parameters per statement: SQLite's limit before 3.32 (32766 after).
 MAX_QUERY_VARIABLES = 999
-
-
-def _in_force_key(partition: int) -> str:
-    """The meta row naming the rules a partition's queue adopted last (worker.control)."""
-    return f"rules_in_force:{partition}"
 
 
 class SqliteStore(SqliteRules):
@@ -143,13 +138,13 @@ class SqliteStore(SqliteRules):
                 self._write(writes)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    [(_in_force_key(p), v) for p, v in (rules_in_force or {}).items()])
+                    [(rules_in_force_key(p), v) for p, v in (rules_in_force or {}).items()])
         except sqlite3.Error as exc:
             raise self._error("commit failed", exc) from exc
         self._generation += 1
 
     def rules_in_force(self, partition: int, default: str) -> str:
-        key = _in_force_key(partition)
+        key = rules_in_force_key(partition)
         try:
             with closing(self._side_connection()) as db, self._transaction(db=db):
                 db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, default))
