@@ -84,7 +84,8 @@ class TimeCrossings:
         self.probe_timer = None
         if host.phase is not Phase.CONSUMING or host.active or not host.in_force.timed:
             return
-        self._publish_tick(*self.route(""), Tick(host.wall_clock(), ()))
+        # Only with the SQLite store: its one queue, partition 0.
+        self._publish_tick(*partition_route(host.topology, 0), Tick(host.wall_clock(), ()))
         self.probe_timer = host.linked().call_later(TICK_INTERVAL, self.send_probe)
 
     def _publish_tick(self, exchange: str, routing_key: str, tick: Tick) -> bool:

@@ -192,7 +192,7 @@ def render(report: ShadowReport, *, current_source: str, candidate_source: str) 
 
 
 class AccountSource(Protocol):
-    """A store opened read-only, as ``shadow --state`` reads it."""
+    """A store opened read-only, as ``shadow --store`` reads it."""
 
     def iter_accounts(self) -> Iterator[AccountState]: ...
 

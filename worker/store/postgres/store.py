@@ -49,7 +49,7 @@ class PostgresStore(Membership, RuleVersions):
                       page: int = 500) -> Iterator[AccountState]:
         """Every stored account of every partition, in id order, each read in one
         repeatable-read transaction of its own. For tools that look at the whole state
-        (``inbox-rules shadow --state``) on a store opened ``read_only``: its sessions
+        (``inbox-rules shadow --store``) on a store opened ``read_only``: its sessions
         are read-only, so nothing but SELECTs can run. The windows default to 0 (recent
         event ids and tombstones are left unread)."""
         query = sql.SQL("SELECT account_id FROM {s}.accounts WHERE account_id > %s"

@@ -43,7 +43,7 @@ class SqliteStore(SqliteRules):
                       page: int = 500) -> Iterator[AccountState]:
         """Every stored account, in id order, each read in a transaction of its own (a
         worker committing meanwhile cannot tear one). Tools that look at the whole state
-        (``inbox-rules shadow --state``) use it on a store opened ``read_only``; the
+        (``inbox-rules shadow --store``) use it on a store opened ``read_only``; the
         windows default to 0: recent event ids and tombstones are left unread."""
         after = ""
         while True:
