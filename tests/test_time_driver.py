@@ -18,9 +18,11 @@ import pytest
 from contracts import parse_event
 from tests.test_driver import RecordingLink
 from worker.control import CONTROL_HEADER, CONTROL_KIND_HEADER, TICK_TYPE
+from worker.domain.account import AccountState
 from worker.domain.inbox import Inbox
 from worker.driver import Driver
 from worker.driver.time import TICK_INTERVAL
+from worker.errors import StoreError
 from worker.link import Delivery, Link
 from worker.rulebook import CompiledRules, load_rules
 from worker.rulebook.engine import default_rules_dir
@@ -101,6 +103,7 @@ class CountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.looks = 0
+        self.unreadable: set[str] = set()  # fail the next load of these, once
 
     def due_accounts(self, now: datetime, limit: int) -> list[str]:
         self.looks += 1
@@ -109,6 +112,14 @@ class CountingStore(MemoryStore):
     def next_due(self) -> datetime | None:
         self.looks += 1
         return super().next_due()
+
+    def load_account(self, account_id: str, *, event_window: int,
+                     tombstone_window: int) -> AccountState | None:
+        if account_id in self.unreadable:
+            self.unreadable.discard(account_id)
+            raise StoreError(f"state store: cannot load {account_id} just now")
+        return super().load_account(account_id, event_window=event_window,
+                                    tombstone_window=tombstone_window)
 
 
 def _driver(rules: CompiledRules = SLA, lag: float = 1.0, store: CountingStore | None = None,
@@ -319,3 +330,23 @@ def test_new_rules_with_time_facts_start_the_looks_and_without_them_stop_them() 
     looks = store.looks
     link.advance(600)
     assert store.looks == looks
+
+
+def test_a_tick_whose_account_cannot_be_loaded_is_retried_whole() -> None:
+    """A tick names two accounts; the second cannot be loaded at first. Nothing of the
+    tick may be applied before that: retried, it crosses both, and both crossings are
+    published (applying the first and failing on the second would leave the first
+    crossed in memory, its updates never sent)."""
+    driver, link, store = _driver(lag=0.0)
+    both = [*EVENTS[:2], *[{**e, "event_id": f"{e['event_id']}-2", "account_id": "acc-2"}
+                           for e in EVENTS[:2]]]
+    _deliver(link, both)
+    link.advance(0)
+    driver.cache.forget({"acc-2"})  # only the store has it now
+    store.unreadable.add("acc-2")
+    link.advance(310)
+    crossed = {(u["account_id"], u["cause_event_id"]) for u in link.updates()
+               if u["cause_event_id"].startswith("time:")}
+    assert crossed == {("acc-1", "time:2026-11-24T10:05:00Z"),
+                       ("acc-2", "time:2026-11-24T10:05:00Z")}
+    assert store.due_accounts(T0 + timedelta(seconds=301), 10) == []

@@ -366,12 +366,17 @@ class Step:
 
     def _cross(self, tick: Tick, plan: Plan, cache: AccountCache,
                rules: RulesInForce) -> list[Outgoing]:
-        messages: list[Outgoing] = []
+        # Every account loaded before any is changed: a store that cannot load one stops
+        # the batch here (StoreError) and the tick is retried whole, in order, like an
+        # event. Loading as it went would leave the accounts crossed before the failure
+        # changed in memory with their updates never published.
+        loaded = []
         for account_id in tick.accounts:
             categoriser = rules.for_account(account_id)
-            # A store that cannot load the account stops the batch here (StoreError):
-            # the tick is retried whole, in order, like an event.
-            state = cache.get(account_id, categoriser.rules.version)
+            loaded.append((account_id, categoriser,
+                           cache.get(account_id, categoriser.rules.version)))
+        messages: list[Outgoing] = []
+        for account_id, categoriser, state in loaded:
             plan.touched.add(account_id)
             plan.ticked.append(account_id)
             state.begin()
