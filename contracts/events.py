@@ -6,7 +6,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 
 from contracts.ids import (
@@ -50,9 +59,50 @@ class AccountSnapshot:
     groups: dict[Id, list[Id]] = Field(default_factory=dict)
 
 
+# The facts inboxes sort by (docs/contract.md, "Conversation details"). Priorities in
+# their order: rules compare them (``at_least: high``).
+PRIORITIES: tuple[str, ...] = ("none", "low", "medium", "high", "urgent")
+Priority = Literal["none", "low", "medium", "high", "urgent"]
+MAX_LABELS = 50
+MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_TEXT = 256
+MAX_MENTIONS = 50
+# An attribute value: text (bounded), an integer, a (finite) number or a boolean. The
+# union is tried in this order in strict mode, so true stays a boolean and 3 an integer.
+AttributeValue = (bool | int | Annotated[float, Field(allow_inf_nan=False)]
+                  | Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_TEXT)])
+Labels = Annotated[list[Id], Field(max_length=MAX_LABELS)]
+Attributes = Annotated[dict[Id, AttributeValue], Field(max_length=MAX_ATTRIBUTES)]
+# ``conversation.updated``: a null removes the key.
+AttributeChanges = Annotated[dict[Id, AttributeValue | None], Field(max_length=MAX_ATTRIBUTES)]
+
+
 @contract
 class ConversationCreatedData:
     group_id: Id | None = None
+    channel: Id | None = None
+    priority: Priority = "none"
+    labels: Labels = Field(default_factory=list)
+    attributes: Attributes = Field(default_factory=dict)
+
+
+class ConversationChanges(BaseModel):
+    """``conversation.updated``: only the fields given change (``model_fields_set``):
+    ``channel`` null clears it, ``labels`` replaces the set, ``attributes`` merges key by
+    key. A model, not a dataclass, because "not given" and "null" differ here."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    channel: Id | None = None
+    priority: Priority = "none"
+    labels: Labels = Field(default_factory=list)
+    attributes: AttributeChanges = Field(default_factory=dict)
+
+
+@contract
+class SnoozeData:
+    # Until when (with its offset); none: until an agent or the visitor wakes it.
+    until: Annotated[AwareDatetime, Field(strict=False)] | None = None
 
 
 @contract
@@ -65,6 +115,8 @@ class VisitorMessageData:
 class AgentMessageData:
     author: Literal["agent"]
     agent_id: Id
+    # Agents the message mentions (an internal note): unread for them until they read.
+    mentions: Annotated[list[Id], Field(max_length=MAX_MENTIONS)] = Field(default_factory=list)
 
 
 # Told apart by ``author``: "agent_id is required from an agent" is then part of the
@@ -166,6 +218,30 @@ class ConversationDeleted(ConversationEvent):
     data: EmptyData = Field(default_factory=EmptyData)
 
 
+@contract
+class ConversationUpdated(ConversationEvent):
+    type: Literal["conversation.updated"]
+    data: ConversationChanges
+
+
+@contract
+class ConversationSnoozed(ConversationEvent):
+    type: Literal["conversation.snoozed"]
+    data: SnoozeData = Field(default_factory=SnoozeData)
+
+
+@contract
+class ConversationUnsnoozed(ConversationEvent):
+    type: Literal["conversation.unsnoozed"]
+    data: EmptyData = Field(default_factory=EmptyData)
+
+
+@contract
+class ConversationRead(ConversationEvent):
+    type: Literal["conversation.read"]
+    data: AgentData
+
+
 Event = Annotated[
     AccountUpdated
     | ConversationCreated
@@ -175,7 +251,11 @@ Event = Annotated[
     | ConversationTransferred
     | ConversationResolved
     | ConversationReopened
-    | ConversationDeleted,
+    | ConversationDeleted
+    | ConversationUpdated
+    | ConversationSnoozed
+    | ConversationUnsnoozed
+    | ConversationRead,
     Field(discriminator="type"),
 ]
 
@@ -189,6 +269,10 @@ EVENT_TYPES: tuple[str, ...] = (
     "conversation.resolved",
     "conversation.reopened",
     "conversation.deleted",
+    "conversation.updated",
+    "conversation.snoozed",
+    "conversation.unsnoozed",
+    "conversation.read",
 )
 
 AUTHORS = ("visitor", "agent")
@@ -263,10 +347,12 @@ _ONE_AGENT = (AgentData, AgentMessageData)
 
 def agent_ids(event: AccountEvent | ConversationEvent) -> list[str]:
     """Every agent id an event names (snapshot agents and group members, an assignee, a
-    transfer target, an agent author)."""
+    transfer target, an agent author and whom they mention, a reader)."""
     data: object = getattr(event, "data", None)  # every concrete event type has data
     if isinstance(data, AccountSnapshot):
         return [*data.agents, *(agent for members in data.groups.values() for agent in members)]
+    if isinstance(data, AgentMessageData) and data.mentions:
+        return [data.agent_id, *data.mentions]
     if isinstance(data, _ONE_AGENT):
         return [data.agent_id]
     if isinstance(data, TransferData) and data.to_agent_id is not None:

@@ -100,6 +100,10 @@ class SnapshotReply(_Reply):
     whatever the filter or page. An unknown account or agent gets an empty inbox with
     ``seq`` 0.
 
+    ``unread_counts`` count, per category, the conversations in it that are unread for
+    the agent (over the whole inbox, like ``counts``); ``unread`` lists the conversations
+    of this page that are.
+
     ``next_after`` is null when this page ends the inbox; otherwise it is the greatest
     conversation id in this page, to send as ``after`` for the next one.
 
@@ -115,7 +119,9 @@ class SnapshotReply(_Reply):
     seq: Seq
     rules_version: str
     counts: dict[str, int]
+    unread_counts: dict[str, int] = Field(default_factory=dict)
     conversations: dict[Id, list[str]]
+    unread: list[Id] = Field(default_factory=list)
     next_after: Id | None = None
 
 

@@ -22,6 +22,11 @@ class CategoryUpdate(BaseModel):
     added: list[str]
     removed: list[str]
     counts: dict[str, int]
+    # Unread for this agent: a visitor message, or a mention of them, came after they
+    # last read it. Only a conversation in some category is (a deleted one never is).
+    unread: bool
+    # Per category, how many of the agent's conversations in it are unread.
+    unread_counts: dict[str, int]
     cause_event_id: str
     rules_version: str
     occurred_at: datetime

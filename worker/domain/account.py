@@ -37,8 +37,9 @@ class AccountWrite:
     event_counter: int
     conversations: tuple[Conversation, ...]
     deleted: tuple[str, ...]
-    # Agents whose badge counts and update numbering changed: agent -> (counts, seq).
-    agents: dict[str, tuple[dict[str, int], int]]
+    # Agents whose badge counts and update numbering changed:
+    # agent -> (counts, unread counts, seq).
+    agents: dict[str, tuple[dict[str, int], dict[str, int], int]]
     # (number, event id): numbers grow per account; the store keeps the newest window.
     events: tuple[tuple[int, str], ...]
     # (number, conversation id, its last applied sequence)
@@ -53,7 +54,7 @@ class AccountState:
 
     __slots__ = ("_account_dirty", "_agents_touched", "_changed_conversations", "_due",
                  "_journal", "_new_events", "_new_tombstones", "_tracked", "account",
-                 "conversations", "counts",
+                 "conversations", "counts", "unread_counts",
                  "event_counter", "event_window", "last_occurred_at", "recent",
                  "rules_generation", "rules_version", "seqs", "tombstone_window",
                  "tombstones")
@@ -68,6 +69,8 @@ class AccountState:
         self._tracked = tracked
         self.conversations: dict[str, Conversation] = {}
         self.counts: dict[str, dict[str, int]] = {}
+        # Per agent and category: how many of its conversations in it are unread.
+        self.unread_counts: dict[str, dict[str, int]] = {}
         # Last update number published per agent (SPEC "seq"): 1, 2, 3 ... per agent.
         self.seqs: dict[str, int] = {}
         self.recent: OrderedDict[str, int] = OrderedDict()  # event id -> number
@@ -107,6 +110,9 @@ class AccountState:
 
     def counts_of(self, agent_id: str) -> dict[str, int]:
         return self.counts.get(agent_id, {})
+
+    def unread_counts_of(self, agent_id: str) -> dict[str, int]:
+        return self.unread_counts.get(agent_id, {})
 
     def next_due(self) -> datetime | None:
         """The earliest instant at which one of the account's conversations crosses a
@@ -178,12 +184,20 @@ class AccountState:
             self.tombstones.popitem(last=False)
 
     def add_counts(self, agent_id: str, added: Iterable[str], removed: Iterable[str]) -> None:
-        counts = self.counts.get(agent_id)
+        self._add(self.counts, agent_id, added, removed)
+
+    def add_unread_counts(self, agent_id: str, added: Iterable[str],
+                          removed: Iterable[str]) -> None:
+        self._add(self.unread_counts, agent_id, added, removed)
+
+    def _add(self, table: dict[str, dict[str, int]], agent_id: str, added: Iterable[str],
+             removed: Iterable[str]) -> None:
+        counts = table.get(agent_id)
         if self._journal is not None:
             saved = None if counts is None else dict(counts)
-            self._journal.append((self._restore_counts, agent_id, saved))
+            self._journal.append((self._restore_counts, table, agent_id, saved))
         if counts is None:
-            counts = self.counts[agent_id] = {}
+            counts = table[agent_id] = {}
         for category in removed:
             counts[category] = counts.get(category, 0) - 1
         for category in added:
@@ -256,11 +270,13 @@ class AccountState:
         else:
             self.conversations[conversation_id] = old
 
-    def _restore_counts(self, agent_id: str, saved: dict[str, int] | None) -> None:
+    @staticmethod
+    def _restore_counts(table: dict[str, dict[str, int]], agent_id: str,
+                        saved: dict[str, int] | None) -> None:
         if saved is None:
-            self.counts.pop(agent_id, None)
+            table.pop(agent_id, None)
         else:
-            self.counts[agent_id] = saved
+            table[agent_id] = saved
 
     def _restore_seq(self, agent_id: str, old: int) -> None:
         if old:
@@ -306,7 +322,8 @@ class AccountState:
             rules_version=self.rules_version, rules_generation=self.rules_generation,
             last_occurred_at=self.last_occurred_at, event_counter=self.event_counter,
             conversations=conversations, deleted=deleted,
-            agents={a: (dict(self.counts.get(a, {})), self.seqs.get(a, 0))
+            agents={a: (dict(self.counts.get(a, {})), dict(self.unread_counts.get(a, {})),
+                        self.seqs.get(a, 0))
                     for a in sorted(self._agents_touched)},
             events=tuple(self._new_events), tombstones=tuple(self._new_tombstones),
             event_window=self.event_window, tombstone_window=self.tombstone_window)

@@ -6,34 +6,47 @@ categories that puts it in lives only in the rule files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from types import MappingProxyType
 from typing import NamedTuple
 
 from contracts import (
     AccountUpdated,
     AgentAssigned,
     AgentUnassigned,
+    BadEvent,
     ConversationCreated,
     ConversationDeleted,
     ConversationEvent,
+    ConversationRead,
     ConversationReopened,
     ConversationResolved,
+    ConversationSnoozed,
     ConversationTransferred,
+    ConversationUnsnoozed,
+    ConversationUpdated,
     MessageCreated,
 )
+from contracts.events import MAX_ATTRIBUTES
 
-# An agent's relation to a conversation: (joined it, member of its group). Agents in
-# the same relation share one evaluation, so categories are stored per relation.
-Relation = tuple[bool, bool]
-RELATIONS: tuple[Relation, ...] = ((False, False), (False, True), (True, False), (True, True))
+# An agent's relation to a conversation: (joined it, member of its group, unread by a
+# visitor message, mentioned). Agents in the same relation share one evaluation, so
+# categories are stored per relation: four of them (the first two bits) under rules
+# that test neither agent.unread nor agent.mentioned, sixteen under rules that do.
+Relation = tuple[bool, bool, bool, bool]
+RELATIONS: tuple[Relation, ...] = tuple(
+    (bool(i & 2), bool(i & 1), bool(i & 4), bool(i & 8)) for i in range(16))
 NO_CATEGORIES: frozenset[str] = frozenset()
 EMPTY_BY_RELATION: tuple[frozenset[str], ...] = (NO_CATEGORIES,) * 4
+AttributeValue = str | int | float | bool
+NO_ATTRIBUTES: Mapping[str, AttributeValue] = MappingProxyType({})
 
 
-def relation_index(joined: bool, in_group: bool) -> int:
-    return 2 * joined + in_group
+def relation_index(joined: bool, in_group: bool, unread: bool = False,
+                   mentioned: bool = False) -> int:
+    return 2 * joined + in_group + 4 * unread + 8 * mentioned
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +69,7 @@ class Conversation(NamedTuple):
 
     account_id: str
     conversation_id: str
-    status: str = "open"  # open | resolved | deleted
+    status: str = "open"  # open | snoozed | resolved | deleted
     group_id: str | None = None
     joined: frozenset[str] = frozenset()
     last_sequence: int | None = None
@@ -71,6 +84,19 @@ class Conversation(NamedTuple):
     # The next instant at which a time threshold of the rules is crossed (None: none
     # is ahead): set with the categories, from the same evaluation.
     due_at: datetime | None = None
+    # The details inboxes sort by (docs/contract.md): all optional, all bounded by the
+    # event contract's limits.
+    channel: str | None = None
+    priority: str = "none"
+    labels: frozenset[str] = frozenset()
+    attributes: Mapping[str, AttributeValue] = NO_ATTRIBUTES
+    # While snoozed: when it wakes by itself (None: only an event wakes it).
+    snoozed_until: datetime | None = None
+    # Unread: a visitor has written (ever), and who read everything since the last
+    # visitor message; the agents mentioned since they last read it.
+    visitor_wrote: bool = False
+    readers: frozenset[str] = frozenset()
+    mentioned: frozenset[str] = frozenset()
 
     def with_categories(self, categories: tuple[frozenset[str], ...],
                         due_at: datetime | None = None) -> Conversation:
@@ -78,11 +104,25 @@ class Conversation(NamedTuple):
         # __new__ a function call more, and this runs for every event.
         return _new(Conversation, (self.account_id, self.conversation_id, self.status,
                                    self.group_id, self.joined, self.last_sequence, categories,
-                                   self.waiting_since, self.last_message_by, due_at))
+                                   self.waiting_since, self.last_message_by, due_at,
+                                   *self[10:]))
+
+    def unread_by(self, agent_id: str) -> bool:
+        """``agent.unread``: a visitor message came after the agent last read it."""
+        return self.visitor_wrote and agent_id not in self.readers
 
     def relation_of(self, agent_id: str, account: Account) -> int:
-        return relation_index(agent_id in self.joined,
-                              agent_id in account.members(self.group_id))
+        """The index of the agent's relation in :attr:`categories` (its length says
+        whether the rules tell unread and mentioned agents apart)."""
+        index = 2 * (agent_id in self.joined) + (agent_id in account.members(self.group_id))
+        if len(self.categories) > 4:
+            index += 4 * self.unread_by(agent_id) + 8 * (agent_id in self.mentioned)
+        return index
+
+    def is_unread_for(self, agent_id: str) -> bool:
+        """What an update's ``unread`` says (before the agent's categories are known):
+        unread by a visitor message or mentioned since the agent last read it."""
+        return (self.visitor_wrote and agent_id not in self.readers) or agent_id in self.mentioned
 
 
 # Conversations are built with the tuple's own constructor: every field given, in order
@@ -114,9 +154,11 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
     """The conversation after one event. A deleted conversation stays deleted.
 
     Waiting (for an agent) starts when the conversation is first seen (created),
-    reopened, or written to by the visitor after an agent's message; an agent's message
-    ends it, and so do resolving and deleting. It is stamped with the event's
-    ``occurred_at``: the platform's clock, never the worker's."""
+    reopened, woken from a snooze, or written to by the visitor after an agent's
+    message; an agent's message ends it, and so do snoozing, resolving and deleting. It
+    is stamped with the event's ``occurred_at``: the platform's clock, never the
+    worker's. Raises :class:`BadEvent` for a change the conversation cannot hold (more
+    attributes than the contract allows)."""
     sequence = event.sequence  # the highest applied (inlined _next_sequence: hot path)
     last = conversation.last_sequence
     if sequence is None or (last is not None and last > sequence):
@@ -124,22 +166,36 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
     status, group_id, joined = conversation.status, conversation.group_id, conversation.joined
     waiting, last_by = conversation.waiting_since, conversation.last_message_by
     if status == "deleted":
-        return Conversation(conversation.account_id, conversation.conversation_id, status,
-                            group_id, joined, sequence, conversation.categories)
-    if isinstance(event, ConversationCreated):
-        group_id = event.data.group_id
-    elif isinstance(event, MessageCreated):
-        if event.data.author == "visitor":
-            if status == "resolved":
-                status = "open"  # a visitor writing into a resolved chat reopens it
+        return _new(Conversation, (conversation.account_id, conversation.conversation_id,
+                                   status, group_id, joined, sequence, conversation.categories,
+                                   None, last_by, None, *conversation[10:]))
+    (channel, priority, labels, attributes, until, visitor_wrote, readers,
+     mentioned) = conversation[10:]
+    if isinstance(event, MessageCreated):
+        data = event.data
+        if data.author == "visitor":
+            if status != "open":
+                status, until = "open", None  # reopens a resolved chat, wakes a snoozed one
                 waiting = event.occurred_at
             elif waiting is None:
                 waiting = event.occurred_at  # the first visitor message after an agent's
-            last_by = "visitor"
+            last_by, visitor_wrote, readers = "visitor", True, _NOBODY
         else:
-            if event.data.agent_id is not None and event.data.agent_id not in joined:
-                joined = joined | {event.data.agent_id}  # an agent who replies joins
+            agent = data.agent_id
+            if agent not in joined:
+                joined = joined | {agent}  # an agent who replies joins
             waiting, last_by = None, "agent"
+            if agent not in readers:
+                readers = readers | {agent}  # writing into it reads it
+            if data.mentions or agent in mentioned:
+                mentioned = (mentioned | frozenset(data.mentions)) - {agent}
+    elif isinstance(event, ConversationCreated):
+        data_created = event.data
+        group_id, channel, priority = (data_created.group_id, data_created.channel,
+                                       data_created.priority)
+        labels = frozenset(data_created.labels)
+        attributes = (MappingProxyType(dict(data_created.attributes))
+                      if data_created.attributes else NO_ATTRIBUTES)
     elif isinstance(event, AgentAssigned):
         joined = joined | {event.data.agent_id}
     elif isinstance(event, AgentUnassigned):
@@ -150,23 +206,76 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
         else:
             joined, group_id = frozenset(), event.data.to_group_id
     elif isinstance(event, ConversationResolved):
-        status, waiting = "resolved", None
-    elif isinstance(event, ConversationReopened):
-        if status == "resolved":
-            waiting = event.occurred_at
-        status = "open"
+        status, waiting, until = "resolved", None, None
+    elif isinstance(event, ConversationReopened | ConversationUnsnoozed):
+        if status == "snoozed" or (status == "resolved"
+                                   and isinstance(event, ConversationReopened)):
+            status, waiting, until = "open", event.occurred_at, None
+    elif isinstance(event, ConversationSnoozed):
+        wake = event.data.until
+        if wake is not None and wake <= event.occurred_at:
+            # Snoozed until a moment already past: open (and waiting) from now on.
+            if status != "open" or waiting is None:
+                waiting = event.occurred_at
+            status, until = "open", None
+        else:
+            status, waiting, until = "snoozed", None, wake
+    elif isinstance(event, ConversationRead):
+        agent = event.data.agent_id
+        if agent not in readers:
+            readers = readers | {agent}
+        if agent in mentioned:
+            mentioned = mentioned - {agent}
+    elif isinstance(event, ConversationUpdated):
+        channel, priority, labels, attributes = _changed_details(
+            event, channel, priority, labels, attributes)
     elif isinstance(event, ConversationDeleted):
-        status, waiting = "deleted", None
+        status, waiting, until = "deleted", None, None
     return _new(Conversation, (conversation.account_id, conversation.conversation_id, status,
                                group_id, joined, sequence, conversation.categories, waiting,
-                               last_by, conversation.due_at))
+                               last_by, conversation.due_at, channel, priority, labels,
+                               attributes, until, visitor_wrote, readers, mentioned))
+
+
+def _changed_details(event: ConversationUpdated, channel: str | None, priority: str,
+                     labels: frozenset[str], attributes: Mapping[str, AttributeValue],
+                     ) -> tuple[str | None, str, frozenset[str], Mapping[str, AttributeValue]]:
+    """``conversation.updated``: the fields given replace the old ones, attributes merge
+    key by key (a null removes the key)."""
+    data = event.data
+    given = data.model_fields_set
+    if "channel" in given:
+        channel = data.channel
+    if "priority" in given:
+        priority = data.priority
+    if "labels" in given:
+        labels = frozenset(data.labels)
+    if "attributes" in given and data.attributes:
+        merged = dict(attributes)
+        for key, value in data.attributes.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        if len(merged) > MAX_ATTRIBUTES:
+            raise BadEvent(f"data.attributes: conversation {event.conversation_id} would have "
+                           f"{len(merged)} attributes after this update (at most "
+                           f"{MAX_ATTRIBUTES})")
+        attributes = MappingProxyType(merged) if merged else NO_ATTRIBUTES
+    return channel, priority, labels, attributes
+
+
+def wake(conversation: Conversation, moment: datetime) -> Conversation:
+    """A snoozed conversation whose ``until`` came: open again, and waiting from the
+    wake, as if reopened."""
+    return conversation._replace(status="open", waiting_since=moment, snoozed_until=None)
 
 
 def new_conversation(event: ConversationEvent) -> Conversation:
     """The conversation an event finds when its conversation was never seen: it came
     into being (and started waiting for an agent) when this event occurred."""
-    return _new(Conversation, (event.account_id, event.conversation_id, "open", None, _NOBODY,
-                               None, EMPTY_BY_RELATION, event.occurred_at, "none", None))
+    return Conversation(event.account_id, event.conversation_id, "open", None, _NOBODY,
+                        None, EMPTY_BY_RELATION, event.occurred_at, "none", None)
 
 
 def is_stale(last_sequence: int | None, sequence: int | None) -> bool:
