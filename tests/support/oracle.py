@@ -55,6 +55,20 @@ def final_view(updates: Iterable[dict[str, Any]]) -> Final:
     return categories, counts
 
 
+def final_unread(updates: Iterable[dict[str, Any]]) -> Final:
+    """What downstream ends up showing as unread: the last ``unread`` flag per
+    (account, agent, conversation), kept only where it is set, and the last unread
+    counts per (account, agent)."""
+    flags: dict[Key, bool] = {}
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for update in updates:
+        account, agent = update["account_id"], update["agent_id"]
+        flags[(account, agent, update["conversation_id"])] = update["unread"]
+        counts[(account, agent)] = update["unread_counts"]
+    return ({key: ["unread"] for key, flag in flags.items() if flag},
+            {key: {name: n for name, n in value.items() if n} for key, value in counts.items()})
+
+
 @dataclass
 class Oracle:
     """What a clean, crash-free run produces for ``events``: the updates in publish
@@ -93,13 +107,14 @@ class Verdict:
     bad_message_ids: list[str] = field(default_factory=list)
     wrong_final_categories: list[str] = field(default_factory=list)
     wrong_final_counts: list[str] = field(default_factory=list)
+    wrong_final_unread: list[str] = field(default_factory=list)  # flags and unread counts
     state_differences: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         out = []
         for name in ("lost_updates", "lost_events", "unexpected_updates", "wrong_bodies",
                      "conflicting_duplicates", "bad_message_ids", "wrong_final_categories",
-                     "wrong_final_counts", "state_differences"):
+                     "wrong_final_counts", "wrong_final_unread", "state_differences"):
             items = getattr(self, name)
             if items:
                 out.append(f"{name}: {len(items)}, e.g. {items[:3]}")
@@ -138,17 +153,20 @@ def judge(oracle: Oracle, received: Sequence[Received], events: int,
     verdict.lost_updates = [f"{u['update_id']} caused by {u['cause_event_id']}" for u in lost]
     verdict.lost_events = sorted({u["cause_event_id"] for u in lost})
 
-    want, want_counts = final_view(oracle.updates)
-    got, got_counts = final_view(bodies)
-    for key in sorted(set(want) | set(got)):
-        # Never non-empty for the oracle and never seen downstream: nothing to show.
-        if want.get(key, []) != got.get(key, []):
-            verdict.wrong_final_categories.append(
-                f"{key}: downstream {got.get(key)}, replay {want.get(key)}")
-    for agent in sorted(set(want_counts) | set(got_counts)):
-        if want_counts.get(agent) != got_counts.get(agent):
-            verdict.wrong_final_counts.append(
-                f"{agent}: downstream {got_counts.get(agent)}, replay {want_counts.get(agent)}")
+    for view, shown, counted in ((final_view, verdict.wrong_final_categories,
+                                  verdict.wrong_final_counts),
+                                 (final_unread, verdict.wrong_final_unread,
+                                  verdict.wrong_final_unread)):
+        want, want_counts = view(oracle.updates)
+        got, got_counts = view(bodies)
+        for key in sorted(set(want) | set(got)):
+            # Never non-empty for the oracle and never seen downstream: nothing to show.
+            if want.get(key, []) != got.get(key, []):
+                shown.append(f"{key}: downstream {got.get(key)}, replay {want.get(key)}")
+        for agent in sorted(set(want_counts) | set(got_counts)):
+            if want_counts.get(agent) != got_counts.get(agent):
+                counted.append(f"{agent}: downstream {got_counts.get(agent)}, "
+                               f"replay {want_counts.get(agent)}")
     if state_path is not None:
         verdict.state_differences, never_committed = compare_committed(oracle, state_path)
         verdict.lost_events = sorted(set(verdict.lost_events) | never_committed)
@@ -190,6 +208,10 @@ def _comparable(state: AccountState) -> dict[str, object]:
     return {"account": state.account, "conversations": state.conversations,
             "counts": {agent: {name: n for name, n in counts.items() if n}
                        for agent, counts in state.counts.items()},
+            # Agents with nothing unread left out (a store need not keep them).
+            "unread counts": {agent: {name: n for name, n in counts.items() if n}
+                              for agent, counts in state.unread_counts.items()
+                              if any(counts.values())},
             "seqs": state.seqs, "remembered event ids": list(state.recent),
             "tombstones": list(state.tombstones)}
 
