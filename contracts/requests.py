@@ -45,7 +45,7 @@ CATEGORY_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 CategoryName = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
 
 Seq = Annotated[int, Field(ge=0, le=MAX_SEQUENCE)]
-FactValue = bool | int | str
+FactValue = bool | int | float | str | list[str] | None
 
 
 class BadRequest(BadEvent):
