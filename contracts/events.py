@@ -76,33 +76,59 @@ Attributes = Annotated[dict[Id, AttributeValue], Field(max_length=MAX_ATTRIBUTES
 # ``conversation.updated``: a null removes the key.
 AttributeChanges = Annotated[dict[Id, AttributeValue | None], Field(max_length=MAX_ATTRIBUTES)]
 
+# The schema's words for the details (contracts/schema, contracts/asyncapi.yaml).
+_CHANNEL = "The channel the conversation came through (an id), or null for none."
+_PRIORITY = "One of none, low, medium, high, urgent (in that order)."
+_LABELS = (f"A set of label ids (a repeated id counts once), at most {MAX_LABELS}.")
+_ATTRIBUTE_VALUES = (f"each value a string of at most {MAX_ATTRIBUTE_TEXT} characters, an "
+                     f"integer, a finite number or a boolean")
+_ATTRIBUTES = (f"Custom attributes: at most {MAX_ATTRIBUTES} keys, each an id; "
+               f"{_ATTRIBUTE_VALUES}.")
+
 
 @contract
 class ConversationCreatedData:
     group_id: Id | None = None
-    channel: Id | None = None
-    priority: Priority = "none"
-    labels: Labels = Field(default_factory=list)
-    attributes: Attributes = Field(default_factory=dict)
+    channel: Id | None = Field(default=None, description=_CHANNEL)
+    priority: Priority = Field(default="none", description=_PRIORITY)
+    labels: Labels = Field(default_factory=list, description=_LABELS)
+    attributes: Attributes = Field(default_factory=dict, description=_ATTRIBUTES)
+
+
+def _given_or_not(schema: dict[str, Any]) -> None:
+    # A field left out of ``conversation.updated`` keeps its value: no default to show.
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
 
 
 class ConversationChanges(BaseModel):
-    """``conversation.updated``: only the fields given change (``model_fields_set``):
-    ``channel`` null clears it, ``labels`` replaces the set, ``attributes`` merges key by
-    key. A model, not a dataclass, because "not given" and "null" differ here."""
+    """What ``conversation.updated`` changes: only the fields given, each replacing the
+    old value (``channel`` null: no channel; ``labels``: the whole set), but
+    ``attributes``, which merges key by key: a value sets that key, null removes it.
+    A field left out keeps its value."""
 
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+    # A model, not a dataclass, because "not given" and "null" differ here: the worker
+    # reads ``model_fields_set``.
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True,
+                              json_schema_extra=_given_or_not)
 
-    channel: Id | None = None
-    priority: Priority = "none"
-    labels: Labels = Field(default_factory=list)
-    attributes: AttributeChanges = Field(default_factory=dict)
+    channel: Id | None = Field(default=None, description=_CHANNEL)
+    priority: Priority = Field(default="none", description=_PRIORITY)
+    labels: Labels = Field(default_factory=list, description=_LABELS)
+    attributes: AttributeChanges = Field(
+        default_factory=dict,
+        description=(f"Merged into the custom attributes key by key: {_ATTRIBUTE_VALUES}, "
+                     f"or null to remove that key. At most {MAX_ATTRIBUTES} keys, and at "
+                     f"most {MAX_ATTRIBUTES} once merged."))
 
 
 @contract
 class SnoozeData:
     # Until when (with its offset); none: until an agent or the visitor wakes it.
-    until: Annotated[AwareDatetime, Field(strict=False)] | None = None
+    until: Annotated[AwareDatetime, Field(strict=False)] | None = Field(
+        default=None,
+        description=("When the snooze ends by itself: a date-time with a timezone (Z or an "
+                     "offset). Null or left out: only an event wakes it."))
 
 
 @contract
@@ -116,7 +142,10 @@ class AgentMessageData:
     author: Literal["agent"]
     agent_id: Id
     # Agents the message mentions (an internal note): unread for them until they read.
-    mentions: Annotated[list[Id], Field(max_length=MAX_MENTIONS)] = Field(default_factory=list)
+    mentions: Annotated[list[Id], Field(max_length=MAX_MENTIONS)] = Field(
+        default_factory=list,
+        description=(f"Agents an internal note mentions (ids), at most {MAX_MENTIONS}: "
+                     f"the conversation is unread for each until they read it."))
 
 
 # Told apart by ``author``: "agent_id is required from an agent" is then part of the

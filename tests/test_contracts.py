@@ -13,6 +13,8 @@ from contracts import (
     parse_event,
     parse_request,
 )
+from contracts.asyncapi_parts.messages import messages
+from contracts.events import EVENT_TYPES
 from contracts.ids import TruncatedBody
 from contracts.schema import SCHEMA_DIR, render, schemas
 from worker.observability import reason_family
@@ -147,3 +149,32 @@ def test_checked_in_json_schemas_are_up_to_date() -> None:
         path = SCHEMA_DIR / name
         assert path.read_text(encoding="utf-8") == render(schema), (
             f"{path} is stale: run `python -m contracts.schema`")
+
+
+def test_the_event_schema_describes_every_event_type() -> None:
+    """Each type has its own definition in event.schema.json, like the others, and the
+    AsyncAPI document an example of each type the contract grew with."""
+    schema = schemas()["event.schema.json"]
+    mapping = schema["discriminator"]["mapping"]
+    assert set(mapping) == set(EVENT_TYPES)
+    for kind, ref in mapping.items():
+        definition = schema["$defs"][ref.removeprefix("#/$defs/")]
+        assert definition["properties"]["type"]["const"] == kind
+    examples = {example["name"] for example in messages()["event"]["examples"]}
+    assert {"conversation.created", "conversation.updated", "conversation.snoozed",
+            "conversation.unsnoozed", "conversation.read", "message.created"} <= examples
+
+
+def test_the_schema_of_an_update_shows_no_defaults_and_closes_id_maps() -> None:
+    """A field left out of conversation.updated keeps its value, so the schema shows no
+    default for it; a map keyed by ids refuses other keys, as the models do."""
+    definitions = schemas()["event.schema.json"]["$defs"]
+    changes = definitions["ConversationChanges"]["properties"]
+    assert set(changes) == {"channel", "priority", "labels", "attributes"}
+    assert not [name for name, field in changes.items() if "default" in field]
+    for attributes in (changes["attributes"],
+                       definitions["ConversationCreatedData"]["properties"]["attributes"]):
+        assert attributes["maxProperties"] == 32
+        assert attributes["additionalProperties"] is False
+    assert definitions["ConversationCreatedData"]["properties"]["priority"]["enum"] == [
+        "none", "low", "medium", "high", "urgent"]
