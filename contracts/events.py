@@ -9,6 +9,7 @@ import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -67,10 +68,30 @@ MAX_LABELS = 50
 MAX_ATTRIBUTES = 32
 MAX_ATTRIBUTE_TEXT = 256
 MAX_MENTIONS = 50
+# An integer attribute is a signed 64-bit integer, like a sequence. The stores keep a
+# conversation's fields as JSON written by orjson, which cannot write an integer of
+# 2**64 or more: a larger one would stop the worker when it commits, instead of being
+# bad input here.
+MIN_ATTRIBUTE_INTEGER, MAX_ATTRIBUTE_INTEGER = -(2**63), 2**63 - 1
+
+
+def _not_an_integer(value: object) -> object:
+    """A JSON integer never becomes a number (float) attribute: one outside the integer
+    range would otherwise be rounded into a float silently. (True and false never get
+    here: the boolean member of the union takes them first.)"""
+    if isinstance(value, int):
+        raise ValueError("an integer outside the 64-bit range")
+    return value
+
+
 # An attribute value: text (bounded), an integer, a (finite) number or a boolean. The
-# union is tried in this order in strict mode, so true stays a boolean and 3 an integer.
-AttributeValue = (bool | int | Annotated[float, Field(allow_inf_nan=False)]
-                  | Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_TEXT)])
+# union is tried in this order in strict mode, so true stays a boolean, 3 an integer and
+# 3.0 a number.
+AttributeValue = (
+    bool
+    | Annotated[int, Field(ge=MIN_ATTRIBUTE_INTEGER, le=MAX_ATTRIBUTE_INTEGER)]
+    | Annotated[float, BeforeValidator(_not_an_integer), Field(allow_inf_nan=False)]
+    | Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_TEXT)])
 Labels = Annotated[list[Id], Field(max_length=MAX_LABELS)]
 Attributes = Annotated[dict[Id, AttributeValue], Field(max_length=MAX_ATTRIBUTES)]
 # ``conversation.updated``: a null removes the key.
@@ -81,7 +102,7 @@ _CHANNEL = "The channel the conversation came through (an id), or null for none.
 _PRIORITY = "One of none, low, medium, high, urgent (in that order)."
 _LABELS = (f"A set of label ids (a repeated id counts once), at most {MAX_LABELS}.")
 _ATTRIBUTE_VALUES = (f"each value a string of at most {MAX_ATTRIBUTE_TEXT} characters, an "
-                     f"integer, a finite number or a boolean")
+                     f"integer (signed 64-bit), a finite number or a boolean")
 _ATTRIBUTES = (f"Custom attributes: at most {MAX_ATTRIBUTES} keys, each an id; "
                f"{_ATTRIBUTE_VALUES}.")
 

@@ -8,6 +8,7 @@ from contracts import (
     AgentAssigned,
     BadEvent,
     BadRequest,
+    ConversationCreated,
     ConversationTransferred,
     MessageCreated,
     parse_event,
@@ -178,3 +179,38 @@ def test_the_schema_of_an_update_shows_no_defaults_and_closes_id_maps() -> None:
         assert attributes["additionalProperties"] is False
     assert definitions["ConversationCreatedData"]["properties"]["priority"]["enum"] == [
         "none", "low", "medium", "high", "urgent"]
+
+
+CREATED = {**ASSIGNED, "type": "conversation.created", "data": {}}
+
+
+def created(**data: object) -> bytes:
+    return json.dumps({**CREATED, "data": data}).encode()
+
+
+def test_attribute_values_keep_their_json_types() -> None:
+    """An integer stays an integer, a number with a fraction or an exponent a float
+    (3.0 too), a boolean a boolean, text text: rules compare them as given."""
+    raw = (b'{"event_id": "e-1", "type": "conversation.created", "account_id": "acc-1", '
+           b'"occurred_at": "2026-11-24T10:00:00Z", "conversation_id": "c-9", "data": '
+           b'{"attributes": {"int": 3, "float": 3.0, "exp": 1e3, "neg": -0.5, "yes": true, '
+           b'"no": false, "zero": 0, "one": 1, "text": "3", "empty": "", '
+           b'"max": 9223372036854775807, "min": -9223372036854775808}}}')
+    event = parse_event(raw)
+    assert isinstance(event, ConversationCreated)
+    attributes = event.data.attributes
+    typed = {key: (type(value), value) for key, value in attributes.items()}
+    assert typed == {
+        "int": (int, 3), "float": (float, 3.0), "exp": (float, 1000.0),
+        "neg": (float, -0.5), "yes": (bool, True), "no": (bool, False), "zero": (int, 0),
+        "one": (int, 1), "text": (str, "3"), "empty": (str, ""),
+        "max": (int, 2**63 - 1), "min": (int, -(2**63))}
+
+
+@pytest.mark.parametrize("value", [b"9223372036854775808", b"-9223372036854775809",
+                                   b"18446744073709551616", b"1" + b"0" * 40])
+def test_an_integer_attribute_beyond_64_bits_is_bad_input_not_a_float(value: bytes) -> None:
+    raw = created(attributes={"n": 0}).replace(b'"n": 0', b'"n": ' + value)
+    with pytest.raises(BadEvent) as caught:
+        parse_event(raw)
+    assert "data.attributes.n" in caught.value.reason
