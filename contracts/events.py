@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -335,13 +336,13 @@ _validate_event_json = EVENT_ADAPTER.validator.validate_json
 
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming every wrong field and why, e.g. ``data.agent_id: Field required``."""
-    parts = []
+    parts: list[str] = []
     for item in error.errors(include_url=False):
         kind = item["type"]
         # The discriminated unions add their tag as a path step: drop it for readability
         # (an author tag is said at the end instead: it tells why a field is needed).
         loc = [str(p) for p in item["loc"] if str(p) not in EVENT_TYPES]
-        author = next((p for p in loc[1:] if loc[0] == "data" and p in AUTHORS), None)
+        author = loc[1] if len(loc) > 1 and loc[0] == "data" and loc[1] in AUTHORS else None
         field = ".".join(p for p in loc if p != author) or "(event)"
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             ctx = item.get("ctx", {})
@@ -362,9 +363,40 @@ def describe_validation_error(error: ValidationError) -> str:
         if kind == "model_type" and not item["loc"]:
             parts.append(f"event must be a JSON object, got {type(item['input']).__name__}")
             continue
+        if len(loc) == 4 and loc[:2] == ["data", "attributes"] and loc[3] != "[key]":
+            # One error per member of the value union (data.attributes.<key>.<member>):
+            # one line for the value instead.
+            field = ".".join(loc[:3])
+            removable = bool(item["loc"]) and item["loc"][0] == "conversation.updated"
+            said = f"{field}: {_attribute_value_problem(item['input'], removable)}"
+            if said not in parts:
+                parts.append(said)
+            continue
         because = f" (author is {author!r})" if author else ""
         parts.append(f"{field}: {item['msg']}{because}")
     return "; ".join(parts)
+
+
+def _attribute_value_problem(value: object, removable: bool) -> str:
+    """Why a custom attribute's value is refused: the one rule it broke, if it is of a
+    type attributes take, or else which values are allowed."""
+    if isinstance(value, str):
+        return (f"must be a string of at most {MAX_ATTRIBUTE_TEXT} characters, "
+                f"got {len(value)} characters")
+    if isinstance(value, float) and not math.isfinite(value):
+        spelled = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+        return f"must be a finite number, got {spelled}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (f"must be an integer from {MIN_ATTRIBUTE_INTEGER} to "
+                f"{MAX_ATTRIBUTE_INTEGER} (signed 64-bit), got "
+                f"{'a larger' if value > 0 else 'a smaller'} one")
+    allowed = (f"must be a string of at most {MAX_ATTRIBUTE_TEXT} characters, an integer, "
+               f"a number or a boolean")
+    if removable:
+        return f"{allowed}, or null to remove it"
+    if value is None:
+        return f"{allowed} (null only removes an attribute, in conversation.updated)"
+    return allowed
 
 
 def parse_event(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Event:

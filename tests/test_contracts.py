@@ -213,4 +213,54 @@ def test_an_integer_attribute_beyond_64_bits_is_bad_input_not_a_float(value: byt
     raw = created(attributes={"n": 0}).replace(b'"n": 0', b'"n": ' + value)
     with pytest.raises(BadEvent) as caught:
         parse_event(raw)
-    assert "data.attributes.n" in caught.value.reason
+    assert caught.value.reason == (
+        "data.attributes.n: must be an integer from -9223372036854775808 to "
+        f"9223372036854775807 (signed 64-bit), got {'a smaller' if b'-' in value else 'a larger'}"
+        " one")
+
+
+ATTRIBUTE_VALUES = ("must be a string of at most 256 characters, an integer, a number or a "
+                    "boolean")
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ({"nested": 1}, ATTRIBUTE_VALUES),
+    ([1, 2], ATTRIBUTE_VALUES),
+    ([], ATTRIBUTE_VALUES),
+    (None, f"{ATTRIBUTE_VALUES} (null only removes an attribute, in conversation.updated)"),
+    ("x" * 257, "must be a string of at most 256 characters, got 257 characters"),
+], ids=["object", "array", "empty array", "null", "257 characters"])
+def test_a_bad_attribute_value_is_one_clear_line(value: object, reason: str) -> None:
+    with pytest.raises(BadEvent) as caught:
+        parse_event(created(attributes={"ok": "fine", "a": value}))
+    assert caught.value.reason == f"data.attributes.a: {reason}"
+
+
+def test_a_bad_attribute_value_in_an_update_says_null_removes() -> None:
+    raw = body(type="conversation.updated", data={"attributes": {"a": {"x": 1}, "b": None}})
+    with pytest.raises(BadEvent) as caught:
+        parse_event(raw)
+    assert caught.value.reason == f"data.attributes.a: {ATTRIBUTE_VALUES}, or null to remove it"
+
+
+@pytest.mark.parametrize(("literal", "spelled"), [
+    (b"NaN", "NaN"), (b"Infinity", "Infinity"), (b"-Infinity", "-Infinity"),
+    (b"1e400", "Infinity"), (b"-1e400", "-Infinity"),
+])
+def test_nan_and_infinity_are_bad_input(literal: bytes, spelled: str) -> None:
+    """The JSON parser takes NaN and Infinity (not JSON, but common) and numbers too
+    large for a float: none of them is a finite number."""
+    raw = created(attributes={"n": 0}).replace(b'"n": 0', b'"n": ' + literal)
+    with pytest.raises(BadEvent) as caught:
+        parse_event(raw)
+    assert caught.value.reason == f"data.attributes.n: must be a finite number, got {spelled}"
+
+
+def test_attribute_keys_named_like_authors_are_named_in_full() -> None:
+    """The author tag of message.created is dropped from paths; an attribute key that
+    happens to be "agent" or "visitor" is not that tag."""
+    with pytest.raises(BadEvent) as caught:
+        parse_event(created(attributes={"visitor": "x" * 300, "agent": [1]}))
+    assert caught.value.reason == (
+        "data.attributes.visitor: must be a string of at most 256 characters, got 300 "
+        f"characters; data.attributes.agent: {ATTRIBUTE_VALUES}")
