@@ -1,21 +1,32 @@
 """The event and update contracts: what is accepted, what is bad input and why."""
 
 import json
+from datetime import UTC, datetime
+from typing import get_args
 
 import pytest
+from pydantic import ValidationError
 
 from contracts import (
     AgentAssigned,
     BadEvent,
     BadRequest,
+    CategoryUpdate,
     ConversationCreated,
+    ConversationRead,
+    ConversationSnoozed,
     ConversationTransferred,
+    ConversationUnsnoozed,
+    ConversationUpdated,
     MessageCreated,
+    SnapshotReply,
+    agent_ids,
     parse_event,
     parse_request,
 )
+from contracts.asyncapi_parts.examples import EXAMPLE_SNAPSHOT_REPLY, EXAMPLE_UPDATE
 from contracts.asyncapi_parts.messages import messages
-from contracts.events import EVENT_TYPES
+from contracts.events import EVENT_TYPES, PRIORITIES, Priority
 from contracts.ids import TruncatedBody
 from contracts.schema import SCHEMA_DIR, render, schemas
 from worker.observability import reason_family
@@ -130,7 +141,11 @@ LONG_ACCOUNT, LONG_AGENT = "a" * 128, "g" * 128
      "data": {"plan": "pro", "agents": ["ag-1", LONG_AGENT], "groups": {}}},
     {"type": "account.updated", "conversation_id": None,
      "data": {"plan": "pro", "agents": ["ag-1"], "groups": {"g-1": [LONG_AGENT]}}},
-], ids=["assigned", "agent message", "transfer", "snapshot agent", "group member"])
+    {"type": "message.created",
+     "data": {"author": "agent", "agent_id": "ag-1", "mentions": ["ag-2", LONG_AGENT]}},
+    {"type": "conversation.read", "data": {"agent_id": LONG_AGENT}},
+], ids=["assigned", "agent message", "transfer", "snapshot agent", "group member", "mention",
+        "reader"])
 def test_an_agent_whose_routing_key_amqp_cannot_carry_is_bad_input(
         event: dict[str, object]) -> None:
     with pytest.raises(BadEvent, match="longer than AMQP's 255 bytes"):
@@ -264,3 +279,189 @@ def test_attribute_keys_named_like_authors_are_named_in_full() -> None:
     assert caught.value.reason == (
         "data.attributes.visitor: must be a string of at most 256 characters, got 300 "
         f"characters; data.attributes.agent: {ATTRIBUTE_VALUES}")
+
+
+
+# -- the conversation's details, snooze, reads and mentions ----------------------------
+
+def test_conversation_created_carries_its_details() -> None:
+    event = parse_event(created(group_id="g-1", channel="web", priority="urgent",
+                                labels=["vip", "billing"],
+                                attributes={"order": "A-1", "items": 2, "vip": True}))
+    assert isinstance(event, ConversationCreated)
+    data = event.data
+    assert (data.group_id, data.channel, data.priority) == ("g-1", "web", "urgent")
+    assert data.labels == ["vip", "billing"]
+    assert data.attributes == {"order": "A-1", "items": 2, "vip": True}
+
+
+def test_conversation_created_details_are_optional() -> None:
+    for raw in (created(), created(channel=None), body(type="conversation.created", data=None)):
+        event = parse_event(raw)
+        assert isinstance(event, ConversationCreated)
+        data = event.data
+        assert (data.channel, data.priority, data.labels, data.attributes) == (
+            None, "none", [], {})
+
+
+def test_priorities_are_the_contract_order() -> None:
+    assert PRIORITIES == get_args(Priority) == ("none", "low", "medium", "high", "urgent")
+    for priority in PRIORITIES:
+        event = parse_event(created(priority=priority))
+        assert isinstance(event, ConversationCreated)
+        assert event.data.priority == priority
+
+
+def test_conversation_updated_changes_only_the_fields_given() -> None:
+    """Left out: unchanged (not in model_fields_set); channel null: no channel; an
+    attribute null: removed (kept as None for the worker to merge)."""
+    event = parse_event(body(type="conversation.updated",
+                             data={"channel": None, "labels": [],
+                                   "attributes": {"items": 4, "gone": None, "ratio": 0.5}}))
+    assert isinstance(event, ConversationUpdated)
+    data = event.data
+    assert data.model_fields_set == {"channel", "labels", "attributes"}
+    assert (data.channel, data.labels) == (None, [])
+    assert data.attributes == {"items": 4, "gone": None, "ratio": 0.5}
+    nothing = parse_event(body(type="conversation.updated", data={}))
+    assert isinstance(nothing, ConversationUpdated)
+    assert nothing.data.model_fields_set == set()
+    priority = parse_event(body(type="conversation.updated", data={"priority": "low"}))
+    assert isinstance(priority, ConversationUpdated)
+    assert (priority.data.model_fields_set, priority.data.priority) == ({"priority"}, "low")
+
+
+def test_conversation_updated_needs_data() -> None:
+    with pytest.raises(BadEvent, match=r"^data: Field required$"):
+        parse_event(body(type="conversation.updated", data=None))
+
+
+@pytest.mark.parametrize(("until", "expected"), [
+    ("2026-11-24T12:00:00Z", datetime(2026, 11, 24, 12, tzinfo=UTC)),
+    ("2026-11-24T14:00:00+02:00", datetime(2026, 11, 24, 12, tzinfo=UTC)),
+    ("2026-11-24T12:00:00.250000Z", datetime(2026, 11, 24, 12, 0, 0, 250000, tzinfo=UTC)),
+])
+def test_conversation_snoozed_until_a_moment_with_a_timezone(
+        until: str, expected: datetime) -> None:
+    event = parse_event(body(type="conversation.snoozed", data={"until": until}))
+    assert isinstance(event, ConversationSnoozed)
+    assert event.data.until == expected
+    assert event.data.until is not None and event.data.until.utcoffset() is not None
+
+
+@pytest.mark.parametrize("data", [None, {}, {"until": None}],
+                         ids=["no data", "empty data", "until null"])
+def test_conversation_snoozed_without_until_waits_for_an_event(
+        data: dict[str, object] | None) -> None:
+    event = parse_event(body(type="conversation.snoozed", data=data))
+    assert isinstance(event, ConversationSnoozed)
+    assert event.data.until is None
+
+
+@pytest.mark.parametrize("data", [None, {}], ids=["no data", "empty data"])
+def test_conversation_unsnoozed_needs_nothing(data: dict[str, object] | None) -> None:
+    event = parse_event(body(type="conversation.unsnoozed", data=data))
+    assert isinstance(event, ConversationUnsnoozed)
+
+
+def test_conversation_read_names_the_reader() -> None:
+    event = parse_event(body(type="conversation.read", data={"agent_id": "ag-7"}))
+    assert isinstance(event, ConversationRead)
+    assert event.data.agent_id == "ag-7"
+    assert agent_ids(event) == ["ag-7"]
+
+
+def test_an_agent_message_mentions_agents() -> None:
+    event = parse_event(body(type="message.created",
+                             data={"author": "agent", "agent_id": "ag-1",
+                                   "mentions": ["ag-2", "ag-3"]}))
+    assert isinstance(event, MessageCreated)
+    assert event.data.author == "agent" and event.data.mentions == ["ag-2", "ag-3"]
+    assert agent_ids(event) == ["ag-1", "ag-2", "ag-3"]
+    plain = parse_event(body(type="message.created", data={"author": "agent", "agent_id": "ag-1"}))
+    assert isinstance(plain, MessageCreated)
+    assert plain.data.author == "agent" and plain.data.mentions == []
+    assert agent_ids(plain) == ["ag-1"]
+
+
+def test_a_visitor_message_mentions_nobody() -> None:
+    """Only an agent's internal note mentions: a visitor's mentions are ignored like any
+    unknown field, and name no agent."""
+    event = parse_event(body(type="message.created",
+                             data={"author": "visitor", "mentions": ["ag-2"]}))
+    assert isinstance(event, MessageCreated)
+    assert agent_ids(event) == []
+
+
+def test_every_limit_holds_at_its_bound() -> None:
+    assert parse_event(created(labels=[f"l-{i}" for i in range(50)],
+                               attributes={f"k-{i}": "x" * 256 for i in range(32)}))
+    assert parse_event(body(type="conversation.updated",
+                            data={"attributes": {f"k-{i}": None for i in range(32)}}))
+    assert parse_event(body(type="message.created",
+                            data={"author": "agent", "agent_id": "ag-1",
+                                  "mentions": [f"ag-{i}" for i in range(50)]}))
+
+
+AGENT_NOTE = {"author": "agent", "agent_id": "ag-1"}
+
+
+@pytest.mark.parametrize(("event", "reason"), [
+    (created(labels=[f"l-{i}" for i in range(51)]),
+     "data.labels: List should have at most 50 items after validation, not 51"),
+    (body(type="conversation.updated", data={"labels": [f"l-{i}" for i in range(51)]}),
+     "data.labels: List should have at most 50 items after validation, not 51"),
+    (created(labels=["vip", "not.an.id"]),
+     "data.labels.1: String should match pattern '^[A-Za-z0-9_:\\-]{1,128}$'"),
+    (created(labels="vip"), "data.labels: Input should be a valid array"),
+    (created(attributes={f"k-{i}": i for i in range(33)}),
+     "data.attributes: Dictionary should have at most 32 items after validation"),
+    (body(type="conversation.updated", data={"attributes": {f"k-{i}": None for i in range(33)}}),
+     "data.attributes: Dictionary should have at most 32 items after validation"),
+    (created(attributes={"bad key": 1}), "data.attributes.bad key.[key]: String should match"),
+    (created(attributes={"a": "x" * 257}),
+     "data.attributes.a: must be a string of at most 256 characters, got 257 characters"),
+    (created(attributes={"a": {"b": 1}}), f"data.attributes.a: {ATTRIBUTE_VALUES}"),
+    (created(attributes=[["a", 1]]), "data.attributes: Input should be an object"),
+    (created(priority="critical"),
+     "data.priority: Input should be 'none', 'low', 'medium', 'high' or 'urgent'"),
+    (created(priority=None), "data.priority: Input should be 'none', 'low'"),
+    (body(type="conversation.updated", data={"priority": "HIGH"}),
+     "data.priority: Input should be 'none', 'low'"),
+    (created(channel="web.site"), "data.channel: String should match pattern"),
+    (body(type="conversation.snoozed", data={"until": "2026-11-24T12:00:00"}),
+     "data.until: Input should have timezone info"),
+    (body(type="conversation.snoozed", data={"until": "tomorrow"}),
+     "data.until: Input should be a valid datetime"),
+    (body(type="message.created",
+          data={**AGENT_NOTE, "mentions": [f"ag-{i}" for i in range(51)]}),
+     "data.mentions: List should have at most 50 items after validation, not 51 "
+     "(author is 'agent')"),
+    (body(type="message.created", data={**AGENT_NOTE, "mentions": ["ag 2"]}),
+     "data.mentions.0: String should match pattern"),
+    (body(type="conversation.read", data={}), "data.agent_id: Field required"),
+    (body(type="conversation.read", data=None), "data: Field required"),
+    (body(type="conversation.read", data={"agent_id": None}),
+     "data.agent_id: Input should be a valid string"),
+], ids=["51 labels", "51 labels changed", "bad label id", "labels not a list",
+        "33 attributes", "33 attribute changes", "bad attribute key", "257 characters",
+        "nested value", "attributes not an object", "unknown priority", "null priority",
+        "priority in capitals", "bad channel", "until without timezone", "until not a date",
+        "51 mentions", "bad mention", "read without agent_id", "read without data",
+        "read by null"])
+def test_every_limit_is_bad_input_with_a_clear_reason(event: bytes, reason: str) -> None:
+    with pytest.raises(BadEvent) as caught:
+        parse_event(event)
+    assert caught.value.reason.startswith(reason), caught.value.reason
+
+
+def test_updates_and_snapshot_replies_carry_unread_marks() -> None:
+    update = CategoryUpdate.model_validate(EXAMPLE_UPDATE)
+    assert (update.unread, update.unread_counts["all"]) == (True, 2)
+    for missing in ("unread", "unread_counts"):
+        with pytest.raises(ValidationError, match=missing):
+            CategoryUpdate.model_validate(
+                {k: v for k, v in EXAMPLE_UPDATE.items() if k != missing})
+    reply = SnapshotReply.model_validate(EXAMPLE_SNAPSHOT_REPLY)
+    assert (reply.unread, reply.unread_counts["primary"]) == (["c-4", "c-9"], 2)
+    assert set(reply.unread) <= set(reply.conversations)
