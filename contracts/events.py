@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -9,6 +10,7 @@ import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -67,42 +69,88 @@ MAX_LABELS = 50
 MAX_ATTRIBUTES = 32
 MAX_ATTRIBUTE_TEXT = 256
 MAX_MENTIONS = 50
+# An integer attribute is a signed 64-bit integer, like a sequence. The stores keep a
+# conversation's fields as JSON written by orjson, which cannot write an integer of
+# 2**64 or more: a larger one would stop the worker when it commits, instead of being
+# bad input here.
+MIN_ATTRIBUTE_INTEGER, MAX_ATTRIBUTE_INTEGER = -(2**63), 2**63 - 1
+
+
+def _not_an_integer(value: object) -> object:
+    """A JSON integer never becomes a number (float) attribute: one outside the integer
+    range would otherwise be rounded into a float silently. (True and false never get
+    here: the boolean member of the union takes them first.)"""
+    if isinstance(value, int):
+        raise ValueError("an integer outside the 64-bit range")
+    return value
+
+
 # An attribute value: text (bounded), an integer, a (finite) number or a boolean. The
-# union is tried in this order in strict mode, so true stays a boolean and 3 an integer.
-AttributeValue = (bool | int | Annotated[float, Field(allow_inf_nan=False)]
-                  | Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_TEXT)])
+# union is tried in this order in strict mode, so true stays a boolean, 3 an integer and
+# 3.0 a number.
+AttributeValue = (
+    bool
+    | Annotated[int, Field(ge=MIN_ATTRIBUTE_INTEGER, le=MAX_ATTRIBUTE_INTEGER)]
+    | Annotated[float, BeforeValidator(_not_an_integer), Field(allow_inf_nan=False)]
+    | Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_TEXT)])
 Labels = Annotated[list[Id], Field(max_length=MAX_LABELS)]
 Attributes = Annotated[dict[Id, AttributeValue], Field(max_length=MAX_ATTRIBUTES)]
 # ``conversation.updated``: a null removes the key.
 AttributeChanges = Annotated[dict[Id, AttributeValue | None], Field(max_length=MAX_ATTRIBUTES)]
 
+# The schema's words for the details (contracts/schema, contracts/asyncapi.yaml).
+_CHANNEL = "The channel the conversation came through (an id), or null for none."
+_PRIORITY = "One of none, low, medium, high, urgent (in that order)."
+_LABELS = (f"A set of label ids (a repeated id counts once), at most {MAX_LABELS}.")
+_ATTRIBUTE_VALUES = (f"each value a string of at most {MAX_ATTRIBUTE_TEXT} characters, an "
+                     f"integer (signed 64-bit), a finite number or a boolean")
+_ATTRIBUTES = (f"Custom attributes: at most {MAX_ATTRIBUTES} keys, each an id; "
+               f"{_ATTRIBUTE_VALUES}.")
+
 
 @contract
 class ConversationCreatedData:
     group_id: Id | None = None
-    channel: Id | None = None
-    priority: Priority = "none"
-    labels: Labels = Field(default_factory=list)
-    attributes: Attributes = Field(default_factory=dict)
+    channel: Id | None = Field(default=None, description=_CHANNEL)
+    priority: Priority = Field(default="none", description=_PRIORITY)
+    labels: Labels = Field(default_factory=list, description=_LABELS)
+    attributes: Attributes = Field(default_factory=dict, description=_ATTRIBUTES)
+
+
+def _given_or_not(schema: dict[str, Any]) -> None:
+    # A field left out of ``conversation.updated`` keeps its value: no default to show.
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
 
 
 class ConversationChanges(BaseModel):
-    """``conversation.updated``: only the fields given change (``model_fields_set``):
-    ``channel`` null clears it, ``labels`` replaces the set, ``attributes`` merges key by
-    key. A model, not a dataclass, because "not given" and "null" differ here."""
+    """What ``conversation.updated`` changes: only the fields given, each replacing the
+    old value (``channel`` null: no channel; ``labels``: the whole set), but
+    ``attributes``, which merges key by key: a value sets that key, null removes it.
+    A field left out keeps its value."""
 
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+    # A model, not a dataclass, because "not given" and "null" differ here: the worker
+    # reads ``model_fields_set``.
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True,
+                              json_schema_extra=_given_or_not)
 
-    channel: Id | None = None
-    priority: Priority = "none"
-    labels: Labels = Field(default_factory=list)
-    attributes: AttributeChanges = Field(default_factory=dict)
+    channel: Id | None = Field(default=None, description=_CHANNEL)
+    priority: Priority = Field(default="none", description=_PRIORITY)
+    labels: Labels = Field(default_factory=list, description=_LABELS)
+    attributes: AttributeChanges = Field(
+        default_factory=dict,
+        description=(f"Merged into the custom attributes key by key: {_ATTRIBUTE_VALUES}, "
+                     f"or null to remove that key. At most {MAX_ATTRIBUTES} keys, and at "
+                     f"most {MAX_ATTRIBUTES} once merged."))
 
 
 @contract
 class SnoozeData:
     # Until when (with its offset); none: until an agent or the visitor wakes it.
-    until: Annotated[AwareDatetime, Field(strict=False)] | None = None
+    until: Annotated[AwareDatetime, Field(strict=False)] | None = Field(
+        default=None,
+        description=("When the snooze ends by itself: a date-time with a timezone (Z or an "
+                     "offset). Null or left out: only an event wakes it."))
 
 
 @contract
@@ -116,7 +164,10 @@ class AgentMessageData:
     author: Literal["agent"]
     agent_id: Id
     # Agents the message mentions (an internal note): unread for them until they read.
-    mentions: Annotated[list[Id], Field(max_length=MAX_MENTIONS)] = Field(default_factory=list)
+    mentions: Annotated[list[Id], Field(max_length=MAX_MENTIONS)] = Field(
+        default_factory=list,
+        description=(f"Agents an internal note mentions (ids), at most {MAX_MENTIONS}: "
+                     f"the conversation is unread for each until they read it."))
 
 
 # Told apart by ``author``: "agent_id is required from an agent" is then part of the
@@ -285,13 +336,13 @@ _validate_event_json = EVENT_ADAPTER.validator.validate_json
 
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming every wrong field and why, e.g. ``data.agent_id: Field required``."""
-    parts = []
+    parts: list[str] = []
     for item in error.errors(include_url=False):
         kind = item["type"]
         # The discriminated unions add their tag as a path step: drop it for readability
         # (an author tag is said at the end instead: it tells why a field is needed).
         loc = [str(p) for p in item["loc"] if str(p) not in EVENT_TYPES]
-        author = next((p for p in loc[1:] if loc[0] == "data" and p in AUTHORS), None)
+        author = loc[1] if len(loc) > 1 and loc[0] == "data" and loc[1] in AUTHORS else None
         field = ".".join(p for p in loc if p != author) or "(event)"
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             ctx = item.get("ctx", {})
@@ -312,9 +363,40 @@ def describe_validation_error(error: ValidationError) -> str:
         if kind == "model_type" and not item["loc"]:
             parts.append(f"event must be a JSON object, got {type(item['input']).__name__}")
             continue
+        if len(loc) == 4 and loc[:2] == ["data", "attributes"] and loc[3] != "[key]":
+            # One error per member of the value union (data.attributes.<key>.<member>):
+            # one line for the value instead.
+            field = ".".join(loc[:3])
+            removable = bool(item["loc"]) and item["loc"][0] == "conversation.updated"
+            said = f"{field}: {_attribute_value_problem(item['input'], removable)}"
+            if said not in parts:
+                parts.append(said)
+            continue
         because = f" (author is {author!r})" if author else ""
         parts.append(f"{field}: {item['msg']}{because}")
     return "; ".join(parts)
+
+
+def _attribute_value_problem(value: object, removable: bool) -> str:
+    """Why a custom attribute's value is refused: the one rule it broke, if it is of a
+    type attributes take, or else which values are allowed."""
+    if isinstance(value, str):
+        return (f"must be a string of at most {MAX_ATTRIBUTE_TEXT} characters, "
+                f"got {len(value)} characters")
+    if isinstance(value, float) and not math.isfinite(value):
+        spelled = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+        return f"must be a finite number, got {spelled}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (f"must be an integer from {MIN_ATTRIBUTE_INTEGER} to "
+                f"{MAX_ATTRIBUTE_INTEGER} (signed 64-bit), got "
+                f"{'a larger' if value > 0 else 'a smaller'} one")
+    allowed = (f"must be a string of at most {MAX_ATTRIBUTE_TEXT} characters, an integer, "
+               f"a number or a boolean")
+    if removable:
+        return f"{allowed}, or null to remove it"
+    if value is None:
+        return f"{allowed} (null only removes an attribute, in conversation.updated)"
+    return allowed
 
 
 def parse_event(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Event:

@@ -45,7 +45,7 @@ CATEGORY_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 CategoryName = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
 
 Seq = Annotated[int, Field(ge=0, le=MAX_SEQUENCE)]
-FactValue = bool | int | str
+FactValue = bool | int | float | str | list[str] | None
 
 
 class BadRequest(BadEvent):
@@ -119,9 +119,12 @@ class SnapshotReply(_Reply):
     seq: Seq
     rules_version: str
     counts: dict[str, int]
-    unread_counts: dict[str, int] = Field(default_factory=dict)
+    unread_counts: dict[str, int] = Field(default_factory=dict, description=(
+        "Per category, how many of the agent's conversations in it are unread, over the "
+        "whole inbox at `seq` (like `counts`); a category not listed has none."))
     conversations: dict[Id, list[str]]
-    unread: list[Id] = Field(default_factory=list)
+    unread: list[Id] = Field(default_factory=list, description=(
+        "The conversations of this page that are unread for the agent."))
     next_after: Id | None = None
 
 

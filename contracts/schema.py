@@ -35,9 +35,23 @@ class Contract:
     def schema(self, ref_template: str = DEFAULT_REF_TEMPLATE) -> dict[str, Any]:
         """The model's JSON Schema with the contract's title; ``ref_template`` says where
         nested definitions are referenced (``#/$defs/...`` in a standalone file)."""
-        schema: dict[str, Any] = self.adapter.json_schema(ref_template=ref_template)
+        schema: dict[str, Any] = _closed_maps(self.adapter.json_schema(ref_template=ref_template))
         schema["title"] = self.title
         return schema
+
+
+def _closed_maps(node: Any) -> Any:
+    """A map keyed by ids (``dict[Id, ...]``) comes out of pydantic as
+    ``patternProperties`` alone, which lets any other key through with any value; the
+    models refuse such a key, so the schema says so too (``additionalProperties``)."""
+    if isinstance(node, list):
+        return [_closed_maps(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    closed = {key: _closed_maps(value) for key, value in node.items()}
+    if "patternProperties" in closed and "additionalProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
 
 
 CONTRACTS: tuple[Contract, ...] = (

@@ -22,11 +22,14 @@ class CategoryUpdate(BaseModel):
     added: list[str]
     removed: list[str]
     counts: dict[str, int]
-    # Unread for this agent: a visitor message, or a mention of them, came after they
-    # last read it. Only a conversation in some category is (a deleted one never is).
-    unread: bool
-    # Per category, how many of the agent's conversations in it are unread.
-    unread_counts: dict[str, int]
+    # Only a conversation in some category is unread (a deleted one never is).
+    unread: bool = Field(description=(
+        "Whether the conversation is unread for this agent: a visitor message, or a "
+        "mention of the agent, came after the agent last read it. False whenever "
+        "`categories` is empty."))
+    unread_counts: dict[str, int] = Field(description=(
+        "Per category, how many of the agent's conversations in it are unread, after the "
+        "whole cause (like `counts`); a category not listed has none."))
     cause_event_id: str
     rules_version: str
     occurred_at: datetime

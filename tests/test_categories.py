@@ -25,6 +25,7 @@ CATEGORY_NAMES = ("all", "mine", "new", "primary", "resolved")
 NEW = ["all", "new", "primary"]  # multi-agent, waiting, routed to the agent
 MINE = ["all", "mine", "primary"]  # multi-agent, the agent joined
 ALL = ["all"]  # multi-agent, somebody else's
+NEW_SINGLE = ["all", "new"]  # single-agent, waiting
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +89,16 @@ def test_single_agent_new_then_all_when_the_agent_joins(inbox: Inbox, ev: Events
 def test_single_agent_reply_joins(inbox: Inbox, ev: Events) -> None:
     """SPEC: "An agent who replies to a conversation joins it."."""
     feed(inbox, [ev.account("standard", ["ag-1"]), ev("conversation.created", "c-1")])
-    assert inbox.handle(ev("message.created", "c-1", author="visitor")) == []
+    # the visitor's message changes no category, but makes it unread for the agent
+    [unread] = inbox.handle(ev("message.created", "c-1", author="visitor"))
+    assert (unread.categories, unread.added, unread.removed) == (NEW_SINGLE, [], [])
+    assert unread.unread is True
+    assert unread.unread_counts == counts(all=1, new=1)
     [update] = inbox.handle(ev("message.created", "c-1", author="agent", agent_id="ag-1"))
     assert update.categories == ["all"]
     assert update.removed == ["new"]
+    assert update.unread is False  # writing into it reads it
+    assert update.unread_counts == counts()
     # a second reply changes nothing: no update
     assert inbox.handle(ev("message.created", "c-1", author="agent", agent_id="ag-1")) == []
 
@@ -134,7 +141,12 @@ def test_joining_updates_only_the_agents_whose_set_changed(inbox: Inbox, ev: Eve
     assert sorted(third) == ["ag-1"]
     assert third["ag-1"].categories == ALL
 
-    # a visitor message changes nobody's set: no update at all
+    # a visitor message changes nobody's set, only makes it unread for everybody: the
+    # first one (nobody had read anything yet) for every agent ...
+    first_message = by_agent(inbox.handle(ev("message.created", "c-1", author="visitor")))
+    assert sorted(first_message) == ["ag-1", "ag-2", "ag-3"]
+    assert all(u.unread and not u.added and not u.removed for u in first_message.values())
+    # ... and later ones only for those who had read it since: nobody here
     assert inbox.handle(ev("message.created", "c-1", author="visitor")) == []
 
 

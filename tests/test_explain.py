@@ -32,9 +32,16 @@ from worker.domain.categoriser import categories_of, facts_of
 from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError
 from worker.rulebook import FACT_NAMES, FACTS, CompiledRules, load_rules
+from worker.rulebook.facts import ATTRIBUTE_PREFIX, DETAIL_FACTS
 from worker.rulebook.engine import default_rules_dir
 from worker.rulebook.explain import all_verdicts, explain, explain_pair
-from worker.rulebook.syntax import OPERATORS, ORDERING
+from worker.rulebook.syntax import (
+    ATTRIBUTE_OPERATORS,
+    LISTS,
+    OPERATORS,
+    ORDERING,
+    SET_OPERATORS,
+)
 from worker.tools.replay import replay_lines
 
 SHIPPED = load_rules()
@@ -70,7 +77,28 @@ RULE_SETS = {"shipped": SHIPPED, "ignores-groups": load_rules(IGNORES_GROUPS),
              "operators": load_rules(OPERATORS_VARIANT)}
 
 
+# The custom attributes generated rule sets declare, and fact vectors give values of.
+ATTRIBUTES = {"tier": "string", "mrr": "number", "seats": "integer", "vip": "boolean"}
+ATTRIBUTE_FACTS = tuple(ATTRIBUTE_PREFIX + key for key in ATTRIBUTES)
+IDS = ("web", "email", "vip", "billing")  # channels and labels, from a tiny pool
+_ATTRIBUTE_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "string": st.sampled_from(("gold", "silver")),
+    "number": st.one_of(st.integers(min_value=-2, max_value=3),
+                        st.sampled_from((0.5, 2.5, 1e9))),
+    "integer": st.integers(min_value=-2, max_value=3),
+    "boolean": st.booleans(),
+}
+
+
 def _fact_values(name: str, ints: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:
+    """The values a named fact takes in a fact mapping (an absent one: None)."""
+    if name.startswith(ATTRIBUTE_PREFIX):
+        return st.one_of(st.none(), _ATTRIBUTE_VALUES[ATTRIBUTES[name.removeprefix(
+            ATTRIBUTE_PREFIX)]])
+    if name == "conversation.channel":
+        return st.one_of(st.none(), st.sampled_from(IDS))
+    if name == "conversation.labels":
+        return st.frozensets(st.sampled_from(IDS), max_size=3)
     spec = FACTS[name]
     if spec.choices:
         return st.sampled_from(spec.choices)
@@ -82,7 +110,8 @@ def _fact_values(name: str, ints: st.SearchStrategy[int]) -> st.SearchStrategy[A
 # Small numbers reach every threshold a rule file is likely to name; larger ones too.
 INTS = st.one_of(st.integers(min_value=0, max_value=5), st.integers(min_value=0,
                                                                      max_value=100_000))
-FACT_VECTORS = st.fixed_dictionaries({name: _fact_values(name, INTS) for name in FACT_NAMES})
+EVERY_FACT = (*FACT_NAMES, *DETAIL_FACTS, *ATTRIBUTE_FACTS)
+FACT_VECTORS = st.fixed_dictionaries({name: _fact_values(name, INTS) for name in EVERY_FACT})
 
 
 def _held(rules: CompiledRules, facts: dict[str, Any]) -> set[str]:
@@ -113,13 +142,31 @@ def test_every_small_fact_vector_agrees_for_the_shipped_rules() -> None:
 
 
 # Generated rule sets: any tree of the grammar over the whole vocabulary.
-def _fact_test(draw: st.DrawFn) -> dict[str, Any]:
-    fact = draw(st.sampled_from(FACT_NAMES))
+def _operators(fact: str) -> list[str]:
+    """Every operator a fact may be tested with."""
+    if fact.startswith(ATTRIBUTE_PREFIX):
+        kind = ATTRIBUTES[fact.removeprefix(ATTRIBUTE_PREFIX)]
+        return [*ATTRIBUTE_OPERATORS[kind], "present"]
     spec = FACTS[fact]
-    ops = [op for op in OPERATORS if spec.kind is int or op not in ORDERING]
-    op = draw(st.sampled_from(ops))
-    value = _fact_values(fact, st.integers(min_value=0, max_value=4))
-    if op in ("in", "not_in"):
+    if spec.kind is frozenset:
+        return list(SET_OPERATORS)
+    plain = [op for op in OPERATORS if op not in (*ORDERING, *SET_OPERATORS, "present")]
+    ordered = list(ORDERING) if spec.kind is int or spec.ordered else []
+    return plain + ordered + (["present"] if spec.optional else [])
+
+
+def _fact_test(draw: st.DrawFn) -> dict[str, Any]:
+    fact = draw(st.sampled_from(EVERY_FACT))
+    op = draw(st.sampled_from(_operators(fact)))
+    if op == "present":
+        return {"fact": fact, op: draw(st.booleans())}
+    if fact in DETAIL_FACTS:
+        value: st.SearchStrategy[Any] = st.sampled_from(IDS)
+    elif fact.startswith(ATTRIBUTE_PREFIX):
+        value = _ATTRIBUTE_VALUES[ATTRIBUTES[fact.removeprefix(ATTRIBUTE_PREFIX)]]
+    else:
+        value = _fact_values(fact, st.integers(min_value=0, max_value=4))
+    if op in LISTS:
         return {"fact": fact, op: draw(st.lists(value, min_size=1, max_size=3))}
     return {"fact": fact, op: draw(value)}
 
@@ -145,7 +192,8 @@ def _conditions(draw: st.DrawFn, refs: tuple[tuple[str, str], ...], depth: int =
 def _rule_files(draw: st.DrawFn) -> str:
     """Two predicates and three categories, each free to use the ones before it."""
     refs: tuple[tuple[str, str], ...] = ()
-    document: dict[str, dict[str, Any]] = {"predicates": {}, "categories": {}}
+    document: dict[str, dict[str, Any]] = {"attributes": dict(ATTRIBUTES), "predicates": {},
+                                           "categories": {}}
     for section, kind, names in (("predicates", "predicate", ("p0", "p1")),
                                  ("categories", "category", ("c0", "c1", "c2"))):
         for name in names:
@@ -282,8 +330,10 @@ def test_explanations_of_every_pair_agree_with_what_replay_published(seed: int) 
                 held = published.get((account_id, agent_id, conversation_id), [])
                 assert reply.categories == held == sorted(
                     categories_of(state, conversation_id, agent_id))
-                facts = facts_of(state, conversation_id, agent_id)
-                assert reply.facts == facts
+                facts = facts_of(state, conversation_id, agent_id, SHIPPED.attributes)
+                # The reply carries the labels as a sorted list (JSON has no sets).
+                assert reply.facts == {name: sorted(v) if isinstance(v, frozenset) else v
+                                       for name, v in facts.items()}
                 if facts:
                     named: dict[str, object] = {**facts}
                     assert set(reply.categories) == SHIPPED.evaluate_facts(named)

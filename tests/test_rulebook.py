@@ -41,7 +41,7 @@ def problems(directory: Path) -> list[str]:
     ("categories:\n  all:\n    when: {fact: conversation.colour, equals: red}\n",
      3, "unknown fact 'conversation.colour'"),
     ("categories:\n  all:\n    when: {fact: conversation.status, equals: closed}\n",
-     3, "conversation.status is one of open, resolved, deleted; 'closed' is not"),
+     3, "conversation.status is one of open, snoozed, resolved, deleted; 'closed' is not"),
     ("categories:\n  all:\n    when:\n      fact: agent.joined\n      equals: 1\n",
      5, "agent.joined is a bool; 1 is not"),
     ("categories:\n  all:\n    when: {fact: account.plan, greater_than: 2}\n",
@@ -202,7 +202,7 @@ def test_conditions_too_big_for_one_durable_rule_are_split(tmp_path: Path) -> No
            "        - {fact: conversation.status, in: [open, resolved]}\n"
     rules = load_rules(write_rules(tmp_path, text))
     facts = {name: False for name in FACT_NAMES} | {
-        "conversation.status": "resolved", "conversation.joined_count": 1,
+        "conversation.priority": "none", "conversation.status": "resolved", "conversation.joined_count": 1,
         "account.plan": "free", "account.agent_count": 3, "account.group_count": 2,
         "agent.joined": True}
     assert rules.evaluate_facts(facts) == {"big"}
@@ -226,7 +226,8 @@ def test_not_and_any_compile_with_de_morgan(tmp_path: Path) -> None:
     definitions, _ = check_rules(tmp_path)
     for count, plan in product(range(4), ("free", "standard", "pro")):
         facts = {name: False for name in FACT_NAMES} | {
-            "conversation.status": "open", "conversation.joined_count": 0,
+            "conversation.priority": "none", "conversation.status": "open",
+            "conversation.joined_count": 0,
             "account.group_count": 0, "account.agent_count": count, "account.plan": plan}
         expected = {"odd"} if count > 1 and plan in ("pro", "standard") else set()
         assert rules.evaluate_facts(facts) == expected

@@ -17,12 +17,31 @@ EXAMPLE_EVENTS: tuple[dict[str, Any], ...] = (
     {"event_id": "e-100", "type": "account.updated", "account_id": "acc-1",
      "occurred_at": "2026-11-24T09:59:00Z", "sequence": 1,
      "data": {"plan": "pro", "agents": ["ag-1", "ag-2"], "groups": {"g-sales": ["ag-1"]}}},
+    *({"event_id": event_id, "type": kind, "account_id": "acc-1", "occurred_at": at,
+       "conversation_id": "c-9", "sequence": sequence, "data": data}
+      for event_id, kind, at, sequence, data in (
+          ("e-101", "conversation.created", "2026-11-24T09:59:30Z", 1,
+           {"group_id": "g-sales", "channel": "web", "priority": "high",
+            "labels": ["vip", "billing"],
+            "attributes": {"order_id": "A-1042", "items": 3, "cart_total": 129.5,
+                           "returning": True}}),
+          # An internal note by ag-2 mentioning ag-1.
+          ("e-102", "message.created", "2026-11-24T10:01:00Z", 5,
+           {"author": "agent", "agent_id": "ag-2", "mentions": ["ag-1"]}),
+          ("e-103", "conversation.updated", "2026-11-24T10:02:00Z", 6,
+           {"priority": "urgent", "attributes": {"items": 4, "returning": None}}),
+          ("e-104", "conversation.read", "2026-11-24T10:03:00Z", 7, {"agent_id": "ag-1"}),
+          ("e-105", "conversation.snoozed", "2026-11-24T10:04:00Z", 8,
+           {"until": "2026-11-24T12:00:00Z"}),
+          ("e-106", "conversation.unsnoozed", "2026-11-24T11:00:00Z", 9, {}),
+      )),
 )
 EXAMPLE_UPDATE: dict[str, Any] = {
     "update_id": "8c4e5bb0f35a4a7c9e0d7b1a2f6c3d90", "account_id": "acc-1",
     "agent_id": "ag-2", "conversation_id": "c-9", "seq": 42,
     "categories": ["all", "mine", "primary"], "added": ["mine", "primary"],
     "removed": ["new"], "counts": {"all": 3, "new": 1, "mine": 1, "primary": 2, "resolved": 7},
+    "unread": True, "unread_counts": {"all": 2, "new": 1, "mine": 1, "primary": 2},
     "cause_event_id": "e-123", "rules_version": EXAMPLE_RULES_VERSION,
     "occurred_at": "2026-11-24T10:00:00Z",
 }
@@ -35,7 +54,9 @@ EXAMPLE_SNAPSHOT_REPLY: dict[str, Any] = {
     "account_id": "acc-1", "agent_id": "ag-2", "seq": 42,
     "rules_version": EXAMPLE_RULES_VERSION,
     "counts": {"all": 3, "new": 1, "mine": 1, "primary": 2, "resolved": 7},
+    "unread_counts": {"all": 2, "new": 1, "mine": 1, "primary": 2},
     "conversations": {"c-4": ["all", "new", "primary"], "c-9": ["all", "mine", "primary"]},
+    "unread": ["c-4", "c-9"],
     "next_after": None,
 }
 EXAMPLE_EXPLAIN_REQUEST: dict[str, Any] = {

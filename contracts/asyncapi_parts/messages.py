@@ -15,7 +15,13 @@ from contracts.asyncapi_parts.examples import (
     EXAMPLE_UPDATE,
     example,
 )
-from contracts.events import EVENT_ADAPTER
+from contracts.events import (
+    EVENT_ADAPTER,
+    MAX_ATTRIBUTE_TEXT,
+    MAX_ATTRIBUTES,
+    MAX_LABELS,
+    MAX_MENTIONS,
+)
 from contracts.requests import (
     MAX_SNAPSHOT_LIMIT,
     ExplainReply,
@@ -72,7 +78,10 @@ def _event() -> dict[str, Any]:
         description=(
             "One event per message, routing key = the event `type`. Unknown fields "
             "are ignored; invalid JSON, non-UTF-8, unknown types, missing or wrong "
-            "fields, bad ids, an agent whose update routing key "
+            f"fields, bad ids, details over their limits ({MAX_LABELS} labels, "
+            f"{MAX_ATTRIBUTES} attributes, also once a `conversation.updated` is merged, "
+            f"{MAX_ATTRIBUTE_TEXT} characters of attribute text, {MAX_MENTIONS} mentions), "
+            "an agent whose update routing key "
             "`<account_id>.<agent_id>` would exceed AMQP's 255 bytes, and bodies over "
             "the size limit (64 KiB by default) are dead-lettered. Publish it "
             "persistent (delivery mode 2)."),
@@ -87,7 +96,9 @@ def _category_update() -> dict[str, Any]:
             "Persistent, AMQP `message_id` = `update_id` (deterministic: drop "
             "duplicates by it). `seq` numbers the updates of one (account, agent) with "
             "no gaps: a jump means missed updates, resync with a snapshot. Updates "
-            "for one conversation arrive in event order."),
+            "for one conversation arrive in event order. `unread` and `unread_counts` "
+            "are the agent's unread marks after the cause, like `categories` and "
+            "`counts`."),
         message_type="category.update",
         examples=[{"name": "agent joins",
                    "payload": example(CategoryUpdate, EXAMPLE_UPDATE)}])

@@ -28,21 +28,29 @@ RAW = "\u0000RAW\u0000"  # placeholder replaced by raw bytes after json.dumps
 
 TEMPLATES: dict[str, dict[str, Any]] = {
     "account.updated": {"plan": "pro", "agents": ["ag-1", "ag-2"], "groups": {"g-1": ["ag-1"]}},
-    "conversation.created": {"group_id": "g-1"},
-    "message.created": {"author": "agent", "agent_id": "ag-1"},
+    "conversation.created": {"group_id": "g-1", "channel": "web", "priority": "high",
+                             "labels": ["vip"], "attributes": {"n": 1, "s": "x"}},
+    "message.created": {"author": "agent", "agent_id": "ag-1", "mentions": ["ag-2"]},
     "conversation.assigned": {"agent_id": "ag-2"},
     "conversation.unassigned": {"agent_id": "ag-2"},
     "conversation.transferred": {"to_agent_id": "ag-3"},
     "conversation.resolved": {},
     "conversation.reopened": {},
     "conversation.deleted": {},
+    "conversation.updated": {"priority": "low", "labels": ["vip"], "attributes": {"n": 2}},
+    "conversation.snoozed": {"until": "2026-11-24T12:00:00Z"},
+    "conversation.unsnoozed": {},
+    "conversation.read": {"agent_id": "ag-2"},
 }
 # Fields whose absence is an error, by event type (envelope fields apply to all).
 REQUIRED_DATA = {"account.updated": ["plan", "agents"], "message.created": ["author"],
                  "conversation.assigned": ["agent_id"], "conversation.unassigned": ["agent_id"],
-                 "conversation.transferred": ["to_agent_id"]}
+                 "conversation.transferred": ["to_agent_id"], "conversation.read": ["agent_id"],
+                 "conversation.updated": []}
 ID_FIELDS = ("account_id", "conversation_id", "data.agent_id", "data.group_id",
-             "data.to_agent_id")
+             "data.to_agent_id", "data.channel")
+# Ids that may be null.
+NULLABLE_IDS = ("data.group_id", "data.channel")
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,7 @@ def wrong_type(draw: st.DrawFn) -> BadMessage:
         paths.append("conversation_id")
     path = draw(st.sampled_from(paths))
     if path in ("event_id", "type", "account_id", "conversation_id") or path in ID_FIELDS:
-        value = draw(not_strings.filter(lambda v: v is not None or path != "data.group_id"))
+        value = draw(not_strings.filter(lambda v: v is not None or path not in NULLABLE_IDS))
     elif path == "occurred_at":
         value = draw(st.one_of(st.none(), st.lists(st.integers(), max_size=2),
                                st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
@@ -139,11 +147,23 @@ def wrong_type(draw: st.DrawFn) -> BadMessage:
     elif path == "data":
         value = draw(st.one_of(st.lists(json_scalars, max_size=3), st.text(max_size=5),
                                st.integers(), st.booleans()))
-    elif path in ("data.agents", "data.groups"):
+    elif path in ("data.agents", "data.groups", "data.labels", "data.mentions"):
         # Many wrong items at once: the reason names each, within limits.
         value = draw(st.one_of(st.text(max_size=5), st.integers(),
                                st.lists(not_strings, min_size=1, max_size=200)))
-    else:  # data.plan, data.author: a value outside the choices
+    elif path == "data.attributes":
+        # Not an object, or values that are no attribute value (nested, or too long).
+        bad_values = st.one_of(st.lists(json_scalars, max_size=3),
+                               st.dictionaries(st.text(max_size=3), json_scalars, max_size=2),
+                               st.text(min_size=257, max_size=300))
+        value = draw(st.one_of(st.text(max_size=5), st.integers(), st.lists(json_scalars),
+                               st.dictionaries(st.text(alphabet="ab", min_size=1, max_size=4),
+                                               bad_values, min_size=1, max_size=40)))
+    elif path == "data.until":  # null is no snooze end: not wrong
+        value = draw(st.one_of(st.lists(st.integers(), max_size=2),
+                               st.text(alphabet="xyz", min_size=1, max_size=10),
+                               st.just("2026-11-24T12:00:00")))  # no timezone
+    else:  # data.plan, data.author, data.priority: a value outside the choices
         value = draw(st.one_of(not_strings, st.text(alphabet="xyz", max_size=8)))
     _set(event, path, value)
     return BadMessage(f"wrong-type/{path}", _dumps(event))
@@ -239,7 +259,10 @@ def deeply_nested(draw: st.DrawFn) -> BadMessage:
 def huge_number(draw: st.DrawFn) -> BadMessage:
     kind = draw(kinds)
     event = template(kind)
-    path = draw(st.sampled_from(("sequence", "event_id", "occurred_at", "account_id", "data")))
+    paths = ["sequence", "event_id", "occurred_at", "account_id", "data"]
+    if "attributes" in event["data"]:
+        paths.append("data.attributes.n")  # beyond a signed 64-bit integer, or inf
+    path = draw(st.sampled_from(paths))
     digits = draw(st.integers(19, 5000))
     raw = draw(st.sampled_from((b"", b"-"))) + b"9" * digits
     if draw(st.booleans()):

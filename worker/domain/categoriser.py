@@ -1,9 +1,9 @@
 """Turn one account's events into category updates: transitions, rule evaluation, diffs.
 
 The cost of an event does not grow with the number of agents. Agents in the same
-relation to a conversation (joined it or not, member of its group or not) share one
-evaluation, and only agents whose relation or whose relation's categories changed are
-looked at. A change that really affects every agent produces an update for each of
+relation to a conversation (joined it or not, member of its group or not, and - under
+rules that test them - unread or mentioned) share one evaluation, and only agents whose
+relation, relation's categories or unread flag changed are looked at. A change that really affects every agent produces an update for each of
 them, so that work is paid for by output.
 
 Everything here works on one :class:`AccountState` and a :class:`Rules`; nothing
@@ -13,12 +13,21 @@ knows about brokers, stores or what a category means.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 
 from contracts import AccountUpdated, ConversationEvent, Event, agent_ids
 from worker.domain.account import AccountState
-from worker.domain.facts import FACT_NAMES, FactVector
+from worker.domain.facts import (
+    ATTRIBUTE_PREFIX,
+    DETAIL_FACTS,
+    FACT_NAMES,
+    PRIORITY_RANK,
+    UNREAD_FACTS,
+    FactValue,
+    FactVector,
+    detail_value,
+)
 from worker.domain.rules import Rules
 from worker.domain.state import (
     EMPTY_BY_RELATION,
@@ -31,22 +40,27 @@ from worker.domain.state import (
     is_stale,
     learn_agents,
     new_conversation,
+    wake,
 )
 from worker.domain.updates import Cause, CountsEncoder, Pair, RulesStamp, Update, format_time
 
-# (conversation_id, agent_id, categories before, categories after)
-Change = tuple[str, str, frozenset[str], frozenset[str]]
+# (conversation_id, agent_id, categories before, categories after, unread before,
+# unread after)
+Change = tuple[str, str, frozenset[str], frozenset[str], bool, bool]
 # (status, has a group, joined count, plan, agent count, group count, waiting seconds
-# (bucketed by the rules' thresholds), last message by): the facts one conversation has
-# for every agent of its account (see conversation_facts).
-ConversationFacts = tuple[str, bool, int, str, int, int, int, str]
-FactValue = str | bool | int
+# (bucketed by the rules' thresholds), last message by, priority rank, detail test
+# results, some agent is unread, some agent is mentioned): the facts one conversation
+# has for every agent of its account (see conversation_facts).
+ConversationFacts = tuple[str, bool, int, str, int, int, int, str, int, tuple[bool, ...],
+                          bool, bool]
+NO_DETAILS: tuple[bool, ...] = ()
 # Entries of each of the categoriser's caches, at most (in practice far fewer).
 MAX_CACHED = 4096
 # Rules adoptions of an account that had no event yet are stamped with this time.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_SECOND = timedelta(seconds=1)
 WAITING = "conversation.waiting_seconds"
+PRIORITY = "conversation.priority"
 LAST_MESSAGE_BY = "conversation.last_message_by"
 
 
@@ -64,8 +78,16 @@ class Categoriser:
         # The waiting times at which a category may change (docs/time.md). None: the
         # rules test no time fact, and time costs nothing (no clock read, no index).
         self._thresholds: tuple[int, ...] | None = tuple(rules.thresholds.get(WAITING, ())) or None
-        # Who wrote last splits the cache three ways: only when some rule asks.
-        self._by_last = LAST_MESSAGE_BY in rules.tested_facts
+        # Who wrote last splits the cache three ways, priorities five, detail tests and
+        # unread agents more: each only when some rule asks.
+        tested = rules.tested_facts
+        self._by_last = LAST_MESSAGE_BY in tested
+        self._by_priority = PRIORITY in tested
+        self._by_details = any(f in DETAIL_FACTS or f.startswith(ATTRIBUTE_PREFIX)
+                               for f in tested)
+        # Sixteen relations (joined, in group, unread, mentioned) or four.
+        self._by_unread = any(f in UNREAD_FACTS for f in tested)
+        self._relations = RELATIONS if self._by_unread else RELATIONS[:4]
         # Work done, only ever growing: one per conversation settled, per agent's
         # change counted and per update built. An account-wide pass over a large
         # account advances it all along, so a watcher on another thread can tell one
@@ -74,8 +96,9 @@ class Categoriser:
 
     @property
     def timed(self) -> bool:
-        """The rules test a time fact: categories may change as time passes."""
-        return self._thresholds is not None
+        """Categories may change as time passes: always, since a snoozed conversation
+        wakes at its ``until`` whatever the rules test."""
+        return True
 
     # -- entry points ------------------------------------------------------
     def handle(self, state: AccountState, event: Event) -> list[Update]:
@@ -87,16 +110,17 @@ class Categoriser:
         if event.event_id in state.recent:  # a duplicate (hot path: no method call)
             return []
         now = event.occurred_at
-        if self._thresholds is not None:
+        due = None if self._thresholds is not None else state.next_due()
+        if self._thresholds is not None or (due is not None and due <= now):
             # Every crossing before the event first (time order), then the event at the
             # account's clock: it never goes back, even for an event that comes late.
             updates = self.cross(state, now)
-            if state.last_occurred_at is not None and state.last_occurred_at > now:
-                now = state.last_occurred_at
         elif state.rules_version != self._stamp.version:
             updates = self.adopt(state)
         else:
             updates = []
+        if state.last_occurred_at is not None and state.last_occurred_at > now:
+            now = state.last_occurred_at
         if isinstance(event, AccountUpdated):
             changes = self._account_updated(state, event, now)
         else:
@@ -134,8 +158,6 @@ class Categoriser:
         instant at a time in time order; each instant's changes are published with
         cause ``time:<instant>`` (UTC) and ``occurred_at`` = the instant, so crossing
         again from the same state repeats them exactly, whenever it runs."""
-        if self._thresholds is None:
-            return []
         updates = self.adopt(state) if state.rules_version != self.rules.version else []
         account = state.account
         while True:
@@ -145,8 +167,11 @@ class Categoriser:
             moment = instant.astimezone(UTC)
             changes: list[Change] = []
             for conversation in state.take_due(instant):
+                until = conversation.snoozed_until
+                woken = (wake(conversation, instant)
+                         if until is not None and until <= instant else conversation)
                 changes.extend(self._settle(state, account, account, conversation,
-                                            conversation, moment))
+                                            woken, moment))
             state.advance_clock(moment)
             if changes:
                 cause = Cause(state.account_id, f"time:{format_time(moment)}",
@@ -219,14 +244,16 @@ class Categoriser:
             state.delete_conversation(new.conversation_id, new.last_sequence)
         else:
             thresholds = self._thresholds
-            last_by = new.last_message_by if self._by_last else "none"
-            if thresholds is None:
-                key, due = conversation_facts(new, account, 0, last_by), None  # no time
-            elif new.waiting_since is None:
-                key, due = conversation_facts(new, account, 0, last_by), None  # not waiting
-            else:
+            waited, due = 0, new.snoozed_until  # not waiting while snoozed: wakes then
+            if thresholds is not None and new.waiting_since is not None:
                 waited, due = waited_and_due(new.waiting_since, now, thresholds)
-                key = conversation_facts(new, account, waited, last_by)
+            key = (new.status, new.group_id is not None, len(new.joined), account.plan,
+                   len(account.agents), len(account.groups), waited,
+                   new.last_message_by if self._by_last else "none",
+                   PRIORITY_RANK[new.priority] if self._by_priority else 0,
+                   self.rules.detail_results(new) if self._by_details else NO_DETAILS,
+                   self._by_unread and new.visitor_wrote,
+                   self._by_unread and bool(new.mentioned))
             categories = self._evaluated.get(key) or self._evaluate(key)
             if categories != new.categories or due != new.due_at:
                 new = new.with_categories(categories, due)
@@ -236,11 +263,13 @@ class Categoriser:
             # else: an account-wide pass leaves most conversations as they were; writing
             # them would make the store rewrite the whole account every batch.
         if (account is old_account and new.categories == old.categories
-                and new.joined == old.joined and new.group_id == old.group_id):
-            return []  # every agent keeps its relation, every relation its categories
+                and new.joined == old.joined and new.group_id == old.group_id
+                and new.readers == old.readers and new.mentioned == old.mentioned
+                and new.visitor_wrote == old.visitor_wrote):
+            return []  # every agent keeps its relation, categories and unread flag
         conversation_id = new.conversation_id
-        return [(conversation_id, agent, before, after)
-                for agent, before, after in _changed_agents(old_account, account, old, new)]
+        return [(conversation_id, *change)
+                for change in _changed_agents(old_account, account, old, new)]
 
     def _evaluate(self, key: ConversationFacts) -> tuple[frozenset[str], ...]:
         """Categories per relation for one (conversation, account) fact combination."""
@@ -250,12 +279,13 @@ class Categoriser:
             # a hundred events): nobody is in the group of a conversation without one,
             # and nobody has joined a conversation nobody joined.
             evaluate = self.rules.evaluate
-            has_group, joined_count = key[1], key[2]
+            has_group, joined_count, any_unread, any_mentioned = key[1], key[2], key[10], key[11]
             categories = tuple(
-                evaluate(fact_vector(key, joined, in_group))
-                if (has_group or not in_group) and (joined_count or not joined)
+                evaluate(fact_vector(key, joined, in_group, unread, mentioned))
+                if ((has_group or not in_group) and (joined_count or not joined)
+                    and (any_unread or not unread) and (any_mentioned or not mentioned))
                 else NO_CATEGORIES
-                for joined, in_group in RELATIONS)
+                for joined, in_group, unread, mentioned in self._relations)
             if len(self._evaluated) > MAX_CACHED:
                 self._evaluated.clear()
             self._evaluated[key] = categories
@@ -273,32 +303,59 @@ class Categoriser:
         pairs = self._pairs
         if len(pairs) > MAX_CACHED:
             pairs.clear()
-        add_counts = state.add_counts
+        add_counts, add_unread = state.add_counts, state.add_unread_counts
         changed: list[Pair] = []
-        for _, agent, before, after in changes:
+        for _, agent, before, after, unread_before, unread_after in changes:
             pair = pairs.get((before, after))
             if pair is None:
                 pair = pairs[(before, after)] = Pair(before, after)
-            add_counts(agent, pair.added, pair.removed)
+            if before != after:
+                add_counts(agent, pair.added, pair.removed)
+            if unread_before or unread_after:
+                if unread_before and unread_after:
+                    if before != after:
+                        add_unread(agent, pair.added, pair.removed)
+                elif unread_after:
+                    add_unread(agent, pair.categories, ())
+                else:
+                    add_unread(agent, (), before)
             changed.append(pair)
             self.progress += 1
         encode = self._counts.encode
-        counts = state.counts
+        counts, unread_counts = state.counts, state.unread_counts
         next_seq = state.next_seq
         encoded: dict[str, bytes] = {}
         updates = []
-        for (conversation_id, agent, _, _), pair in zip(changes, changed, strict=True):
+        for (conversation_id, agent, _, _, _, unread), pair in zip(changes, changed, strict=True):
             counts_json = encoded.get(agent)
             if counts_json is None:
-                counts_json = encoded[agent] = encode(counts[agent])
+                counts_json = encoded[agent] = (
+                    encode(counts.get(agent, _NONE)) + b',"unread_counts":'
+                    + encode(unread_counts.get(agent, _NONE)))
             updates.append(Update(cause, pair, agent, conversation_id, next_seq(agent),
-                                  counts_json))
+                                  counts_json, unread))
             self.progress += 1
         return updates
 
 
+_NONE: dict[str, int] = {}
+
+
+def _class_changed(old: tuple[frozenset[str], ...], new: tuple[frozenset[str], ...],
+                   base: int) -> bool:
+    """Whether the categories of agents neither joined nor members (``base`` 0), or
+    members not joined (1), changed in any of their relations."""
+    if len(old) != len(new):
+        return True  # other rules: every relation is new
+    return any(old[r] != new[r] for r in range(base, len(old), 4))
+
+
 def _changed_agents(old_account: Account, account: Account, old: Conversation,
-                    new: Conversation) -> Iterator[tuple[str, frozenset[str], frozenset[str]]]:
+                    new: Conversation,
+                    ) -> Iterator[tuple[str, frozenset[str], frozenset[str], bool, bool]]:
+    """(agent, categories before, after, unread before, after) of every agent whose
+    categories or unread flag changed. The flag is published only for a conversation in
+    some category."""
     old_cats, new_cats = old.categories, new.categories
     old_members = old_account.members(old.group_id)
     new_members = account.members(new.group_id)
@@ -306,42 +363,56 @@ def _changed_agents(old_account: Account, account: Account, old: Conversation,
     candidates: set[str] = set(old.joined | new.joined)
     if old_members != new_members:
         candidates |= old_members ^ new_members
-    if old_cats[1] != new_cats[1]:  # member of the group, not joined
+    if _class_changed(old_cats, new_cats, 1):  # member of the group, not joined
         candidates |= old_members | new_members
     if old_account.agents != account.agents:
         candidates |= old_account.agents ^ account.agents
-    if old_cats[0] != new_cats[0]:  # neither joined nor a member: everybody else
-        candidates |= old_account.agents | account.agents
+    if _class_changed(old_cats, new_cats, 0) or old.visitor_wrote != new.visitor_wrote:
+        candidates |= old_account.agents | account.agents  # everybody else
+    else:
+        if old.readers != new.readers:
+            candidates |= old.readers ^ new.readers
+    if old.mentioned != new.mentioned:
+        candidates |= old.mentioned ^ new.mentioned
     old_agents, new_agents = old_account.agents, account.agents
-    old_joined, new_joined = old.joined, new.joined
     for agent in sorted(candidates):
-        before = (old_cats[2 * (agent in old_joined) + (agent in old_members)]
-                  if agent in old_agents else NO_CATEGORIES)
-        after = (new_cats[2 * (agent in new_joined) + (agent in new_members)]
-                 if agent in new_agents else NO_CATEGORIES)
-        if before != after:
-            yield agent, before, after
+        if agent in old_agents:
+            before = old_cats[old.relation_of(agent, old_account)]
+            unread_before = bool(before) and old.is_unread_for(agent)
+        else:
+            before, unread_before = NO_CATEGORIES, False
+        if agent in new_agents:
+            after = new_cats[new.relation_of(agent, account)]
+            unread_after = bool(after) and new.is_unread_for(agent)
+        else:
+            after, unread_after = NO_CATEGORIES, False
+        if before != after or unread_before != unread_after:
+            yield agent, before, after, unread_before, unread_after
 
 
-def conversation_facts(conversation: Conversation, account: Account, waited: int = 0,
-                       last_by: str | None = None) -> ConversationFacts:
-    """The facts a conversation has for every agent of its account: the categoriser's
-    cache key. With :func:`fact_vector` this is the only place facts are computed, so
-    :func:`facts_of` (explanations, tooling) cannot drift from what was published.
-    ``waited`` is ``conversation.waiting_seconds`` (bucketed: see :func:`waited_and_due`);
-    ``last_by`` stands for ``conversation.last_message_by`` (the categoriser gives a
-    constant when no rule tests it; None: the conversation's)."""
+def conversation_facts(conversation: Conversation, account: Account, rules: Rules,
+                       waited: int = 0) -> ConversationFacts:
+    """The facts a conversation has for every agent of its account, every one of them
+    (the categoriser's cache key leaves out those its rules do not test). With
+    :func:`fact_vector` this is how facts are computed, so :func:`facts_of`
+    (explanations, tooling) cannot drift from what was published. ``waited`` is
+    ``conversation.waiting_seconds``."""
     return (conversation.status, conversation.group_id is not None, len(conversation.joined),
             account.plan, len(account.agents), len(account.groups), waited,
-            conversation.last_message_by if last_by is None else last_by)
+            conversation.last_message_by, PRIORITY_RANK[conversation.priority],
+            rules.detail_results(conversation), conversation.visitor_wrote,
+            bool(conversation.mentioned))
 
 
-def fact_vector(key: ConversationFacts, joined: bool, in_group: bool) -> FactVector:
-    """One agent's facts, in :data:`~worker.domain.facts.FACT_NAMES` order: the
+def fact_vector(key: ConversationFacts, joined: bool, in_group: bool, unread: bool = False,
+                mentioned: bool = False) -> FactVector:
+    """One agent's facts as the engine takes them: in
+    :data:`~worker.domain.facts.FACT_NAMES` order, then the detail test results: the
     conversation's (``key``) and the agent's relation to it."""
-    status, has_group, joined_count, plan, agents, groups, waited, last_by = key
+    (status, has_group, joined_count, plan, agents, groups, waited, last_by, priority,
+     details, _, _) = key
     return (status, has_group, joined_count, joined, in_group, plan, agents, groups, waited,
-            last_by)
+            last_by, priority, unread, mentioned, *details)
 
 
 def waiting_seconds(since: datetime | None, now: datetime) -> int:
@@ -376,11 +447,14 @@ def _after(since: datetime, seconds: int) -> datetime | None:
     return due
 
 
-def facts_of(state: AccountState, conversation_id: str, agent_id: str) -> dict[str, FactValue]:
+def facts_of(state: AccountState, conversation_id: str, agent_id: str,
+             attributes: Mapping[str, str] | None = None) -> dict[str, FactValue | None]:
     """The named facts the categories of (agent, conversation) are decided on, exactly
-    as the categoriser evaluates them; empty when no decision is made for the pair (the
-    conversation is unknown or deleted, or the agent is not one of the account's), like
-    :func:`categories_of`, which is then empty too."""
+    as the categoriser evaluates them: priorities by name, the channel (None: absent),
+    the labels as a frozenset, and every declared custom attribute (``attributes``:
+    key -> type; None when absent or of another type). Empty when no decision is made
+    for the pair (the conversation is unknown or deleted, or the agent is not one of
+    the account's), like :func:`categories_of`, which is then empty too."""
     account = state.account
     conversation = state.conversations.get(conversation_id)
     if conversation is None or agent_id not in account.agents:
@@ -388,10 +462,27 @@ def facts_of(state: AccountState, conversation_id: str, agent_id: str) -> dict[s
     # The real waiting time at the account's clock, where its categories were decided
     # (a test has the same truth for it as for the bucketed value the engine was given).
     waited = waiting_seconds(conversation.waiting_since, state.last_occurred_at or EPOCH)
-    vector = fact_vector(conversation_facts(conversation, account, waited),
-                         agent_id in conversation.joined,
-                         agent_id in account.members(conversation.group_id))
-    return dict(zip(FACT_NAMES, vector, strict=True))
+    facts: dict[str, FactValue | None] = dict(zip(FACT_NAMES, (
+        conversation.status, conversation.group_id is not None, len(conversation.joined),
+        agent_id in conversation.joined, agent_id in account.members(conversation.group_id),
+        account.plan, len(account.agents), len(account.groups), waited,
+        conversation.last_message_by, conversation.priority,
+        conversation.unread_by(agent_id), agent_id in conversation.mentioned), strict=True))
+    facts["conversation.channel"] = conversation.channel
+    facts["conversation.labels"] = conversation.labels  # type: ignore[assignment]
+    for key in sorted(attributes or {}):
+        name = ATTRIBUTE_PREFIX + key
+        facts[name] = detail_value(  # type: ignore[assignment]
+            name, conversation.channel, conversation.labels, conversation.attributes,
+            attributes or {})
+    return facts
+
+
+def is_unread(state: AccountState, conversation_id: str, agent_id: str) -> bool:
+    """What the agent's last update of the conversation said of ``unread``."""
+    conversation = state.conversations.get(conversation_id)
+    return (conversation is not None and conversation.is_unread_for(agent_id)
+            and bool(categories_of(state, conversation_id, agent_id)))
 
 
 def categories_of(state: AccountState, conversation_id: str, agent_id: str) -> frozenset[str]:

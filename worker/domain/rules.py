@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from worker.domain.facts import FactVector
+from worker.domain.state import Conversation
 
 
 class Rules(Protocol):
@@ -30,6 +31,15 @@ class Rules(Protocol):
     def tested_facts(self) -> frozenset[str]:
         """Every fact a category's condition tests: the others cannot change a category,
         so the evaluation cache need not tell their values apart."""
+
+    @property
+    def attributes(self) -> Mapping[str, str]:
+        """The declared custom attributes: key -> type (string, integer, number, boolean)."""
+
+    def detail_results(self, conversation: Conversation) -> tuple[bool, ...]:
+        """The results of the rules' tests of channel, labels and attributes for one
+        conversation (in the order the engine is given them after the scalar facts;
+        empty under rules that make none)."""
 
     def evaluate(self, facts: FactVector) -> frozenset[str]:
         """The categories that hold for one (agent, conversation) fact vector."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.domain.account import AccountState
-from worker.domain.categoriser import categories_of
+from worker.domain.categoriser import categories_of, is_unread
 
 
 def snapshot(state: AccountState, agent_id: str, category_names: tuple[str, ...],
@@ -20,6 +20,7 @@ def snapshot(state: AccountState, agent_id: str, category_names: tuple[str, ...]
     """
     wanted = frozenset(categories) if categories is not None else None
     page: dict[str, list[str]] = {}
+    unread: list[str] = []
     next_after: str | None = None
     if agent_id in state.account.agents:
         for conversation_id in sorted(state.conversations):
@@ -32,8 +33,12 @@ def snapshot(state: AccountState, agent_id: str, category_names: tuple[str, ...]
                 next_after = max(page)
                 break
             page[conversation_id] = sorted(held)
+            if is_unread(state, conversation_id, agent_id):
+                unread.append(conversation_id)
     counts = state.counts_of(agent_id)
+    unread_counts = state.unread_counts_of(agent_id)
     return {"account_id": state.account_id, "agent_id": agent_id,
             "seq": state.seqs.get(agent_id, 0), "rules_version": rules_version,
             "counts": {name: counts.get(name, 0) for name in category_names},
-            "conversations": page, "next_after": next_after}
+            "unread_counts": {name: unread_counts.get(name, 0) for name in category_names},
+            "conversations": page, "unread": unread, "next_after": next_after}

@@ -114,15 +114,18 @@ class Update:
     """One published category update; ``body`` is its JSON (docs/contract.md)."""
 
     __slots__ = ("_cause", "_counts_json", "_pair", "agent_id", "body", "conversation_id",
-                 "seq", "update_id")
+                 "seq", "unread", "update_id")
 
     def __init__(self, cause: Cause, pair: Pair, agent_id: str, conversation_id: str,
-                 seq: int, counts_json: bytes) -> None:
+                 seq: int, counts_json: bytes, unread: bool = False) -> None:
+        """``counts_json``: the badge counts' JSON, then ``,"unread_counts":`` and
+        theirs (one piece per agent and event)."""
         self._cause = cause
         self._pair = pair
         self.agent_id = agent_id
         self.conversation_id = conversation_id
         self.seq = seq
+        self.unread = unread
         self._counts_json = counts_json
         self.update_id = update_id = cause.update_id(agent_id, conversation_id)
         # Built at once: every update is published (or printed), so laziness only cost
@@ -130,7 +133,7 @@ class Update:
         self.body: bytes = b"".join((
             b'{"update_id":"', update_id.encode(), cause.head, agent_id.encode(),
             b'","conversation_id":"', conversation_id.encode(), b'","seq":%d' % seq,
-            pair.fragment, counts_json, cause.tail))
+            pair.fragment, counts_json, _UNREAD if unread else _READ, cause.tail))
 
     account_id = property(lambda self: self._cause.account_id)
     cause_event_id = property(lambda self: self._cause.cause_id)
@@ -143,7 +146,14 @@ class Update:
     @property
     def counts(self) -> dict[str, int]:
         """The agent's badge counts after the event (tools and tests; decoded)."""
-        counts: dict[str, int] = orjson.loads(self._counts_json)
+        counts: dict[str, int] = orjson.loads(b'{"counts":' + self._counts_json + b"}")["counts"]
+        return counts
+
+    @property
+    def unread_counts(self) -> dict[str, int]:
+        """Per category, the agent's unread conversations in it after the event."""
+        counts: dict[str, int] = orjson.loads(
+            b'{"counts":' + self._counts_json + b"}")["unread_counts"]
         return counts
 
     @property
@@ -162,6 +172,10 @@ class Update:
 
     def __repr__(self) -> str:
         return f"Update({self.body.decode()})"
+
+
+_UNREAD = b',"unread":true'
+_READ = b',"unread":false'
 
 
 class CountsEncoder:

@@ -11,8 +11,22 @@ from collections.abc import Iterable
 from typing import Any
 
 from worker.errors import RuleFileError, RuleProblem
-from worker.rulebook.facts import TIME_FACTS
-from worker.rulebook.syntax import AllOf, AnyOf, Condition, Definition, FactTest, Not, Ref
+from worker.rulebook.facts import ATTRIBUTE_PREFIX, DETAIL_FACTS, PRIORITY_RANK, TIME_FACTS
+from worker.rulebook.syntax import (
+    AllOf,
+    AnyOf,
+    AttributeDeclaration,
+    Condition,
+    Definition,
+    FactTest,
+    Not,
+    Ref,
+    check_attribute_tests,
+)
+
+PRIORITY = "conversation.priority"
+# A detail test (fact, op, value): given to the engine as a boolean fact of its own.
+DetailTest = tuple[str, str, object]
 
 _NEGATED = {
     "equals": "not_equals", "not_equals": "equals", "in": "not_in", "not_in": "in",
@@ -31,10 +45,22 @@ def fact_key(fact: str) -> str:
 class Definitions:
     """All definitions of one rule directory, checked as a whole."""
 
-    def __init__(self, definitions: Iterable[Definition]) -> None:
+    def __init__(self, definitions: Iterable[Definition],
+                 attributes: Iterable[AttributeDeclaration] = ()) -> None:
         self.categories: dict[str, Definition] = {}
         self.predicates: dict[str, Definition] = {}
         problems: list[RuleProblem] = []
+        # Custom attribute key -> declared type (string, integer, number, boolean).
+        self.attributes: dict[str, str] = {}
+        first: dict[str, AttributeDeclaration] = {}
+        for declaration in attributes:
+            other = first.setdefault(declaration.key, declaration)
+            if other.kind != declaration.kind:
+                problems.append(RuleProblem(
+                    declaration.file, declaration.line,
+                    f"attribute {declaration.key!r} is declared {declaration.kind} here and "
+                    f"{other.kind} at {other.file}:{other.line}"))
+            self.attributes[declaration.key] = other.kind
         for definition in definitions:
             other = self.categories.get(definition.name) or self.predicates.get(definition.name)
             if other is not None:
@@ -47,6 +73,10 @@ class Definitions:
             table[definition.name] = definition
         if not self.categories and not problems:
             problems.append(RuleProblem("(rules)", None, "no category is defined"))
+        problems.extend(check_attribute_tests(
+            [(test, d.file) for d in [*self.categories.values(), *self.predicates.values()]
+             for test in _fact_tests(d.when) if test.fact.startswith(ATTRIBUTE_PREFIX)],
+            self.attributes))
         reported: set[tuple[str, int | None]] = set()
         for definition in [*self.categories.values(), *self.predicates.values()]:
             for problem in self._check_refs(definition, definition.when, (definition.name,)):
@@ -88,6 +118,59 @@ class Definitions:
         if isinstance(condition, AnyOf):
             return AnyOf(tuple(self.expand(i) for i in condition.items), condition.line)
         return condition
+
+
+def _fact_tests(condition: Condition) -> Iterable[FactTest]:
+    """The fact tests written in one condition (references not followed)."""
+    if isinstance(condition, FactTest):
+        yield condition
+    elif isinstance(condition, Not):
+        yield from _fact_tests(condition.item)
+    elif isinstance(condition, AllOf | AnyOf):
+        for item in condition.items:
+            yield from _fact_tests(item)
+
+
+def is_detail(fact: str) -> bool:
+    """A fact the engine is given as test results, not as a value (see
+    :mod:`worker.domain.facts`)."""
+    return fact in DETAIL_FACTS or fact.startswith(ATTRIBUTE_PREFIX)
+
+
+def detail_key(index: int) -> str:
+    """The name of the engine fact that holds the result of detail test ``index``."""
+    return f"detail.{index}"
+
+
+def detail_tests(definitions: Definitions) -> tuple[DetailTest, ...]:
+    """Every distinct detail test the categories make, in a stable order: the engine is
+    given one boolean per test, in this order, after the scalar facts."""
+    return tuple(dict.fromkeys((t.fact, t.op, t.value) for t in category_tests(definitions)
+                               if is_detail(t.fact)))
+
+
+def lower(condition: Condition, details: dict[DetailTest, int]) -> Condition:
+    """The condition as the engine evaluates it: a detail test becomes ``detail.N
+    equals true`` (its negation then ``not_equals true``, whatever the operator: an
+    absent value makes a test and its flipped operator both false), and priorities
+    become their ranks (compared as numbers). Needs expanded input."""
+    if isinstance(condition, FactTest):
+        if is_detail(condition.fact):
+            index = details[(condition.fact, condition.op, condition.value)]
+            return FactTest(detail_key(index), "equals", True, condition.line)
+        if condition.fact == PRIORITY:
+            value = condition.value
+            ranked = (tuple(PRIORITY_RANK[str(v)] for v in value) if isinstance(value, tuple)
+                      else PRIORITY_RANK[str(value)])
+            return FactTest(condition.fact, condition.op, ranked, condition.line)
+        return condition
+    if isinstance(condition, Not):
+        return Not(lower(condition.item, details), condition.line)
+    if isinstance(condition, AllOf):
+        return AllOf(tuple(lower(i, details) for i in condition.items), condition.line)
+    if isinstance(condition, AnyOf):
+        return AnyOf(tuple(lower(i, details) for i in condition.items), condition.line)
+    raise TypeError(f"unexpanded reference {condition!r}")
 
 
 def negation_normal_form(condition: Condition, negate: bool = False) -> Condition:
@@ -185,9 +268,10 @@ def compile_ruleset(definitions: Definitions) -> dict[str, Any]:
     """
     rules: dict[str, Any] = {}
     problems: list[RuleProblem] = []
+    details = {test: index for index, test in enumerate(detail_tests(definitions))}
     for name, definition in definitions.categories.items():
         terms = disjunctive_normal_form(
-            negation_normal_form(definitions.expand(definition.when)))
+            negation_normal_form(lower(definitions.expand(definition.when), details)))
         too_long = [t for t in terms if len(t) > MAX_TESTS_PER_CONJUNCTION]
         if len(terms) > MAX_CONJUNCTIONS or too_long:
             problems.append(RuleProblem(

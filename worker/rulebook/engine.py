@@ -23,16 +23,27 @@ import durable_rules_engine  # type: ignore[import-not-found]
 from durable import engine as durable_engine
 
 from worker.errors import RuleFileError, RuleProblem
+from worker.domain.state import Conversation
 from worker.rulebook.compiler import (
+    PRIORITY,
     Definitions,
     category_tests,
     compile_ruleset,
+    detail_key,
+    detail_tests,
     fact_key,
     time_thresholds,
 )
-from worker.rulebook.facts import FACT_NAMES, FactVector
+from worker.rulebook.facts import (
+    FACT_NAMES,
+    PRIORITY_RANK,
+    FactVector,
+    detail_value,
+    test_holds,
+)
 from worker.rulebook.syntax import (
     MAX_FILE_BYTES,
+    AttributeDeclaration,
     Definition,
     parse_rule_file,
     read_rule_bytes,
@@ -141,20 +152,40 @@ class CompiledRules:
             _prime(host, name)
         finalizer = weakref.finalize(self, _release, host, name, handle)
         finalizer.atexit = False  # the process is going: nothing to give back
+        # The tests of channel, labels and attributes the categories make: the engine is
+        # given each one's result, after the scalar facts (worker.domain.facts).
+        self.details = detail_tests(definitions)
+        self.attributes: dict[str, str] = dict(definitions.attributes)
+        keys = _FACT_KEYS + tuple(fact_key(detail_key(i)) for i in range(len(self.details)))
         self.evaluate: Callable[[FactVector], frozenset[str]] = lru_cache(maxsize=CACHE_SIZE)(
-            _evaluator(host, name, fired))
+            _evaluator(host, name, fired, keys))
         # Per time fact, the values at which a category may change (docs/time.md), and
         # every fact a category tests.
         tests = category_tests(definitions)
         self.thresholds: dict[str, tuple[int, ...]] = time_thresholds(tests)
         self.tested_facts: frozenset[str] = frozenset(test.fact for test in tests)
 
+    def detail_results(self, conversation: Conversation) -> tuple[bool, ...]:
+        """The results of :attr:`details` for one conversation, in order."""
+        declared = self.attributes
+        channel, labels, attributes = (conversation.channel, conversation.labels,
+                                       conversation.attributes)
+        return tuple(test_holds(op, detail_value(fact, channel, labels, attributes, declared),
+                                value)
+                     for fact, op, value in self.details)
+
     def evaluate_facts(self, facts: dict[str, object]) -> frozenset[str]:
-        """Evaluate a named fact mapping (rule tests, tooling); every fact is required."""
+        """Evaluate a named fact mapping (rule tests, tooling), as explanations name
+        facts (priorities by name, details by value, an absent one as None); every
+        scalar fact, and every detail fact a test names, is required."""
         missing = [name for name in FACT_NAMES if name not in facts]
+        missing.extend(fact for fact, _, _ in self.details if fact not in facts)
         if missing:
-            raise KeyError(f"missing facts: {', '.join(missing)}")
-        return self.evaluate(tuple(facts[name] for name in FACT_NAMES))  # type: ignore[misc]
+            raise KeyError(f"missing facts: {', '.join(sorted(set(missing)))}")
+        scalars = tuple(PRIORITY_RANK[str(facts[name])] if name == PRIORITY else facts[name]
+                        for name in FACT_NAMES)
+        results = tuple(test_holds(op, facts[fact], value) for fact, op, value in self.details)
+        return self.evaluate((*scalars, *results))  # type: ignore[arg-type]
 
 
 def _recorder(fired: list[str], category: str) -> Callable[[Any], None]:
@@ -165,14 +196,14 @@ def _recorder(fired: list[str], category: str) -> Callable[[Any], None]:
     return record
 
 
-def _evaluator(host: _SynchronousHost, name: str,
-               fired: list[str]) -> Callable[[FactVector], frozenset[str]]:
+def _evaluator(host: _SynchronousHost, name: str, fired: list[str],
+               keys: tuple[str, ...]) -> Callable[[FactVector], frozenset[str]]:
     """Evaluate one fact vector: assert it, collect the categories that fired, retract
     it (business state never stays in the engine)."""
     fact_ids = itertools.count(1)
 
     def evaluate(facts: FactVector) -> frozenset[str]:
-        fact: dict[str, Any] = dict(zip(_FACT_KEYS, facts, strict=True))
+        fact: dict[str, Any] = dict(zip(keys, facts, strict=True))
         fact["sid"] = "0"
         with _ENGINE_LOCK:
             fact["id"] = f"f{next(fact_ids)}"
@@ -222,17 +253,21 @@ def _compile_files(contents: Mapping[str, bytes], display: Callable[[str], str],
     the state store alike: one validator). The version hashes names and bytes in name
     order, so a directory and the same files stored as a deployed version agree."""
     definitions: list[Definition] = []
+    attributes: list[AttributeDeclaration] = []
     digest = hashlib.sha256()
     for name in sorted(contents):
         data = contents[name]
         digest.update(name.encode() + b"\0" + data + b"\0")
         try:
-            definitions.extend(parse_rule_file(data, display(name)))
+            parsed = parse_rule_file(data, display(name))
         except RuleFileError as exc:
             problems.extend(exc.problems)
+        else:
+            definitions.extend(parsed.definitions)
+            attributes.extend(parsed.attributes)
     if problems:
         raise RuleFileError(problems)
-    checked = Definitions(definitions)
+    checked = Definitions(definitions, attributes)
     ruleset = compile_ruleset(checked)  # limits of the engine are rule-file errors too
     return checked, digest.hexdigest()[:12], ruleset
 

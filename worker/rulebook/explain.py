@@ -19,10 +19,8 @@ Rule files are data: nothing here executes anything from them.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from contracts.requests import (
     CategoryExplanation,
@@ -33,19 +31,19 @@ from worker.domain.account import AccountState
 from worker.domain.categoriser import facts_of
 from worker.rulebook.compiler import Definitions
 from worker.rulebook.engine import CompiledRules
+from worker.rulebook.facts import FACTS, test_holds
 from worker.rulebook.syntax import AllOf, AnyOf, Condition, Definition, FactTest, Not, Ref
 
-FactValue = str | bool | int
+# A named fact's value: labels as a frozenset, an absent channel or attribute as None.
+FactValue = str | bool | int | float | frozenset[str] | None
 
-# The operators of rule files, as durable-rules applies them (values are typed at load:
-# a fact is only ever compared with values of its own type).
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "equals": operator.eq, "not_equals": operator.ne,
-    "in": lambda value, values: value in values,
-    "not_in": lambda value, values: value not in values,
-    "greater_than": operator.gt, "at_least": operator.ge,
-    "less_than": operator.lt, "at_most": operator.le,
-}
+
+def _holds(test: FactTest, facts: Mapping[str, FactValue]) -> bool:
+    """A fact test read as written: the meaning of every operator is
+    :func:`worker.domain.facts.test_holds`, the same the engine's inputs are made by."""
+    spec = FACTS.get(test.fact)
+    return test_holds(test.op, facts[test.fact], test.value,
+                      ordered=spec is not None and spec.ordered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +59,7 @@ class Verdict:
     text: str
     holds: bool
     because: tuple[Verdict, ...] = ()
-    value: FactValue | None = None
+    value: FactValue = None
 
     def walk(self, depth: int = 0) -> Iterator[tuple[int, Verdict]]:
         """This verdict and every deciding one under it, depth first, with depths."""
@@ -132,9 +130,8 @@ class _Evaluator:
     def condition(self, condition: Condition, file: str) -> Verdict:
         text = describe(condition)
         if isinstance(condition, FactTest):
-            value = self.facts[condition.fact]
-            holds = _COMPARE[condition.op](value, condition.value)
-            return Verdict(file, condition.line, text, holds, value=value)
+            holds = _holds(condition, self.facts)
+            return Verdict(file, condition.line, text, holds, value=self.facts[condition.fact])
         if isinstance(condition, Not):
             inner = self.condition(condition.item, file)
             return Verdict(file, condition.line, text, not inner.holds, (inner,))
@@ -178,7 +175,7 @@ def all_verdicts(definitions: Definitions,
 
     def visit(owner: Definition, condition: Condition) -> bool:
         if isinstance(condition, FactTest):
-            holds = _COMPARE[condition.op](facts[condition.fact], condition.value)
+            holds = _holds(condition, facts)
         elif isinstance(condition, Not):
             holds = not visit(owner, condition.item)
         elif isinstance(condition, AllOf | AnyOf):
@@ -206,10 +203,13 @@ def explain_pair(rules: CompiledRules, state: AccountState | None, account_id: s
     explanations. Facts of an empty conversation would not do: they would put it in
     ``all`` and contradict the empty inbox the agent sees.
     """
-    facts = facts_of(state, conversation_id, agent_id) if state is not None else {}
+    facts = (facts_of(state, conversation_id, agent_id, rules.attributes)
+             if state is not None else {})
     verdicts = explain(rules.definitions, facts) if facts else []
     return ExplainReply(
         account_id=account_id, agent_id=agent_id, conversation_id=conversation_id,
-        rules_version=rules.version, facts=facts,
+        rules_version=rules.version,
+        facts={name: sorted(value) if isinstance(value, frozenset) else value
+               for name, value in facts.items()},
         categories=sorted(v.name for v in verdicts if v.holds),
         explanations=[v.model() for v in verdicts])

@@ -13,12 +13,31 @@ from pathlib import Path
 import yaml
 
 from worker.errors import RuleFileError, RuleProblem
-from worker.rulebook.facts import FACTS, TIME_FACTS
+from worker.rulebook.facts import (
+    ATTRIBUTE_PREFIX,
+    ATTRIBUTE_TYPES,
+    FACTS,
+    TIME_FACTS,
+    FactSpec,
+)
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Channel ids, labels and attribute keys are ids of the event contract.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_:\-]{1,128}$")
 OPERATORS = ("equals", "not_equals", "in", "not_in", "greater_than", "at_least",
-             "less_than", "at_most")
+             "less_than", "at_most", "contains", "not_contains", "contains_any",
+             "contains_all", "present")
 ORDERING = ("greater_than", "at_least", "less_than", "at_most")
+LISTS = ("in", "not_in", "contains_any", "contains_all")
+SET_OPERATORS = ("contains", "not_contains", "contains_any", "contains_all")
+# What each attribute type may be tested with (besides ``present``).
+ATTRIBUTE_OPERATORS = {
+    "string": ("equals", "not_equals", "in", "not_in"),
+    "integer": ("equals", "not_equals", "in", "not_in", *ORDERING),
+    "number": ("equals", "not_equals", "in", "not_in", *ORDERING),
+    "boolean": ("equals", "not_equals"),
+}
+MAX_ATTRIBUTES_DECLARED = 256
 MAX_DEPTH = 32
 MAX_FILE_BYTES = 1024 * 1024
 # The longest wait a rule may compare with. A due time is the wait's start plus a
@@ -63,6 +82,22 @@ Condition = FactTest | AllOf | AnyOf | Not | Ref
 
 
 @dataclass(frozen=True)
+class AttributeDeclaration:
+    """``attributes: {vip: boolean}``: the type of ``conversation.attributes.vip``."""
+
+    key: str
+    kind: str
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class RuleFile:
+    definitions: list[Definition]
+    attributes: list[AttributeDeclaration]
+
+
+@dataclass(frozen=True)
 class Definition:
     """A named condition: a category (an output) or a predicate (a reusable helper)."""
 
@@ -80,6 +115,7 @@ class _Reader:
     def __init__(self, file: str) -> None:
         self.file = file
         self.problems: list[RuleProblem] = []
+        self.attributes: list[AttributeDeclaration] = []
 
     def fail(self, node: yaml.Node | None, reason: str) -> None:
         line = node.start_mark.line + 1 if node is not None else None
@@ -119,9 +155,12 @@ class _Reader:
         for key, key_node, value in entries:
             if key == "description":
                 continue
+            if key == "attributes":
+                self.declarations(value)
+                continue
             if key not in ("categories", "predicates"):
                 self.fail(key_node, f"unknown section {key!r}: expected categories, "
-                                    "predicates or description")
+                                    "predicates, attributes or description")
                 continue
             kind = "category" if key == "categories" else "predicate"
             section = self.mapping(value, key)
@@ -130,6 +169,21 @@ class _Reader:
                 if definition is not None:
                     definitions.append(definition)
         return definitions
+
+    def declarations(self, node: yaml.Node) -> None:
+        """The ``attributes:`` section: custom attribute keys and their types."""
+        entries = self.mapping(node, "attributes")
+        for key, key_node, value in entries or []:
+            kind = _resolve(value) if isinstance(value, yaml.ScalarNode) else None
+            if not ID_PATTERN.match(key):
+                self.fail(key_node, f"attribute key {key!r} is not an id (letters, digits, "
+                                    "'-', '_' and ':', at most 128)")
+            elif kind not in ATTRIBUTE_TYPES:
+                self.fail(value, f"attribute {key!r}: type must be one of "
+                                 f"{', '.join(ATTRIBUTE_TYPES)}; got {kind!r}")
+            else:
+                self.attributes.append(AttributeDeclaration(key, str(kind), self.file,
+                                                            self.line(key_node)))
 
     def definition(self, kind: str, name: str, name_node: yaml.Node,
                    body: yaml.Node) -> Definition | None:
@@ -203,8 +257,13 @@ class _Reader:
         by_key = {key: (key_node, value) for key, key_node, value in entries}
         fact_node = by_key.pop("fact")[1]
         fact = _resolve(fact_node) if isinstance(fact_node, yaml.ScalarNode) else None
-        if not isinstance(fact, str) or fact not in FACTS:
-            self.fail(fact_node, f"unknown fact {fact!r}: expected one of {', '.join(FACTS)}")
+        attribute = isinstance(fact, str) and fact.startswith(ATTRIBUTE_PREFIX)
+        if attribute and not ID_PATTERN.match(str(fact).removeprefix(ATTRIBUTE_PREFIX)):
+            self.fail(fact_node, f"{fact}: the attribute key is not an id")
+            return None
+        if not isinstance(fact, str) or (fact not in FACTS and not attribute):
+            self.fail(fact_node, f"unknown fact {fact!r}: expected one of {', '.join(FACTS)}, "
+                                 f"or {ATTRIBUTE_PREFIX}<key>")
             return None
         unknown = [key for key in by_key if key not in OPERATORS]
         if unknown:
@@ -215,36 +274,138 @@ class _Reader:
             self.fail(node, f"a fact test needs exactly one operator ({', '.join(OPERATORS)})")
             return None
         op, (_, value_node) = next(iter(by_key.items()))
+        if op == "present":
+            value = _resolve(value_node) if isinstance(value_node, yaml.ScalarNode) else None
+            if not isinstance(value, bool):
+                self.fail(value_node, f"'present' takes true or false; {value!r} is not")
+                return None
+            if not attribute and not FACTS[fact].optional:
+                self.fail(value_node, f"'present' tests an optional fact "
+                                      f"(conversation.channel, {ATTRIBUTE_PREFIX}<key>); "
+                                      f"{fact} is always there")
+                return None
+            return FactTest(fact, op, value, line)
+        if attribute:
+            # Checked against its declared type once every file is read (the
+            # declaration may be in another file of the directory).
+            raw = self.raw_value(op, value_node)
+            return FactTest(fact, op, raw, line) if raw is not None else None
         spec = FACTS[fact]
-        if op in ("in", "not_in"):
+        if not self.operator_fits(spec, op, value_node):
+            return None
+        if op in LISTS:
             if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
                 self.fail(value_node, f"'{op}' takes a non-empty list of values")
                 return None
-            values = [self.typed_value(spec.name, item) for item in value_node.value]
+            values = [self.typed_value(spec, item) for item in value_node.value]
             if any(v is None for v in values):
                 return None
             return FactTest(fact, op, tuple(values), line)
-        if op in ORDERING and spec.kind is not int:
-            self.fail(value_node, f"'{op}' compares numbers, but {fact} is a {spec.kind.__name__}")
-            return None
-        value = self.typed_value(spec.name, value_node)
+        value = self.typed_value(spec, value_node)
         return FactTest(fact, op, value, line) if value is not None else None
 
-    def typed_value(self, fact: str, node: yaml.Node) -> object:
-        spec = FACTS[fact]
+    def operator_fits(self, spec: FactSpec, op: str, node: yaml.Node) -> bool:
+        """Whether ``op`` may test ``spec``'s fact at all (its values are checked next)."""
+        if spec.kind is frozenset:
+            if op not in SET_OPERATORS:
+                self.fail(node, f"{spec.name} is a set: test it with "
+                                f"{', '.join(SET_OPERATORS)}; not {op!r}")
+                return False
+            return True
+        if op in SET_OPERATORS:
+            self.fail(node, f"'{op}' tests a set (conversation.labels); {spec.name} is a "
+                            f"{_kind_name(spec)}")
+            return False
+        if op in ORDERING and spec.kind is not int and not spec.ordered:
+            self.fail(node, f"'{op}' compares numbers or ordered values, but {spec.name} is "
+                            f"a {_kind_name(spec)}")
+            return False
+        return True
+
+    def raw_value(self, op: str, node: yaml.Node) -> object:
+        """An attribute test's value(s), typed later: a scalar, or a non-empty list."""
+        if op in LISTS:
+            if not isinstance(node, yaml.SequenceNode) or not node.value:
+                self.fail(node, f"'{op}' takes a non-empty list of values")
+                return None
+            values = [_resolve(v) if isinstance(v, yaml.ScalarNode) else _NotPlain("", "a "
+                      "nested value") for v in node.value]
+            return tuple(values)
+        if not isinstance(node, yaml.ScalarNode):
+            self.fail(node, f"'{op}' takes one value")
+            return None
+        return _resolve(node)
+
+    def typed_value(self, spec: FactSpec, node: yaml.Node) -> object:
+        fact = spec.name
         value = _resolve(node) if isinstance(node, yaml.ScalarNode) else None
+        expected = str if spec.kind is frozenset else spec.kind
         # bool is a subclass of int: check the exact type.
-        if type(value) is not spec.kind:
-            self.fail(node, f"{fact} is a {spec.kind.__name__}; {value!r} is not")
+        if type(value) is not expected:
+            self.fail(node, f"{fact} is a {_kind_name(spec)}; {value!r} is not"
+                      + (" a label" if spec.kind is frozenset else ""))
             return None
         if spec.choices and value not in spec.choices:
             self.fail(node, f"{fact} is one of {', '.join(spec.choices)}; {value!r} is not")
+            return None
+        if expected is str and not spec.choices and not ID_PATTERN.match(str(value)):
+            self.fail(node, f"{fact}: {value!r} is not an id (letters, digits, '-', '_' and "
+                            "':', at most 128)")
             return None
         if fact in TIME_FACTS and isinstance(value, int) and value > MAX_WAIT_SECONDS:
             self.fail(node, f"{fact}: {value} is beyond the limit of {MAX_WAIT_SECONDS} "
                             "seconds (100 years)")
             return None
         return value
+
+
+def _kind_name(spec: FactSpec) -> str:
+    if spec.kind is frozenset:
+        return "set of labels"
+    if spec.ordered:
+        return "priority (" + " < ".join(spec.choices) + ")"
+    return spec.kind.__name__
+
+
+def check_attribute_tests(tests: list[tuple[FactTest, str]],
+                          declared: dict[str, str]) -> list[RuleProblem]:
+    """Every test of a custom attribute (with the file it is in) against the declared
+    types: the key must be declared, the operator fit the type, every value be of it."""
+    problems: list[RuleProblem] = []
+    for test, file in tests:
+        key = test.fact.removeprefix(ATTRIBUTE_PREFIX)
+        kind = declared.get(key)
+        if kind is None:
+            known = ", ".join(sorted(declared)) or "none"
+            problems.append(RuleProblem(file, test.line, f"{test.fact}: attribute {key!r} is "
+                                        f"not declared in an attributes: section (declared: "
+                                        f"{known})"))
+            continue
+        if test.op == "present":
+            continue
+        if test.op not in ATTRIBUTE_OPERATORS[kind]:
+            problems.append(RuleProblem(file, test.line, f"{test.fact} is a {kind}: "
+                                        f"'{test.op}' does not apply (use "
+                                        f"{', '.join(ATTRIBUTE_OPERATORS[kind])} or present)"))
+            continue
+        values = test.value if isinstance(test.value, tuple) else (test.value,)
+        wrong = [v for v in values if not _of_type(v, kind)]
+        if wrong:
+            problems.append(RuleProblem(file, test.line, f"{test.fact} is a {kind}; "
+                                        f"{wrong[0]!r} is not"))
+    return problems
+
+
+def _of_type(value: object, kind: str) -> bool:
+    if isinstance(value, bool):
+        return kind == "boolean"
+    if kind == "string":
+        return isinstance(value, str) and len(value) <= 256
+    if kind == "integer":
+        return isinstance(value, int)
+    if kind == "number":
+        return isinstance(value, int | float) and value == value and abs(value) != float("inf")
+    return False
 
 
 # libyaml's composer where PyYAML was built with it (same nodes and marks, much faster).
@@ -280,7 +441,7 @@ def reject_aliases(text: str, loader: type[yaml.SafeLoader]) -> None:
 
 
 _YAML_TAG = "tag:yaml.org,2002:"
-# The scalars a rule file may hold: every fact is a bool, an int or a str.
+# The scalars a rule file may hold: bool, int, float (attributes) or str.
 _PLAIN_TAGS = frozenset(_YAML_TAG + kind for kind in ("str", "int", "float", "bool", "null"))
 
 
@@ -328,7 +489,7 @@ def alias_problem(display: str, exc: YamlAliasError) -> RuleProblem:
     return RuleProblem(display, exc.line, ALIASES_NOT_ALLOWED)
 
 
-def parse_rule_file(data: bytes, display: str) -> list[Definition]:
+def parse_rule_file(data: bytes, display: str) -> RuleFile:
     """Parse one rule file; raise :class:`RuleFileError` with file:line on any problem."""
     reader = _Reader(display)
     try:
@@ -348,4 +509,4 @@ def parse_rule_file(data: bytes, display: str) -> list[Definition]:
     definitions = reader.document(root)
     if reader.problems:
         raise RuleFileError(reader.problems)
-    return definitions
+    return RuleFile(definitions, reader.attributes)
