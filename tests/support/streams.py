@@ -526,10 +526,14 @@ def _rich_chat(rng: random.Random, details: Details, key: tuple[str, str],
                ) -> list[Scripted]:
     """A lifecycle's chat up to its resolution, rich: created with details, visitor
     messages between agents' answers (reads and mentions after them), sometimes a read
-    by another agent, details changed, maybe a snooze."""
+    by another agent, details changed, maybe a snooze (before the first answer too: it
+    leaves ``new`` and comes back when it wakes)."""
     visitor: Scripted = ("message.created", {"author": "visitor"}, None)
     steps: list[Scripted] = [("conversation.created", details.created(key, group), None),
-                             visitor, visitor, *_answer(rng, agent, team)]
+                             visitor, visitor]
+    if rng.random() < 0.15:
+        steps += _snooze(rng)
+    steps += _answer(rng, agent, team)
     if rng.random() < 0.5:
         steps.append(("conversation.updated", details.changes(key), None))
     steps.append(visitor)
@@ -554,12 +558,13 @@ TINY_KEYS = ("k-1", "k-2", "k-3", "k-4")  # fewer than the contract's 32: merges
 # details, reads, mentions and snoozes come after the rest (hypothesis shrinks towards
 # the first families).
 _FAMILIES = (("snapshot",) * 2 + ("created",) * 5 + ("deleted",) * 2 + ("step",) * 18
-             + ("updated",) * 2 + ("snoozed",) * 3 + ("unsnoozed",) * 2 + ("read",) * 3
+             + ("updated",) * 2 + ("snoozed",) * 4 + ("unsnoozed",) * 2 + ("read",) * 3
              + ("mention",) * 2)
 _SEQUENCING: tuple[Sequencing, ...] = ("next", "next", "next", "none", "stale")
-# A snooze's until, seconds after the event (one event a second): past, now, soon (it
-# wakes a few events later), between two events, or none (only an event wakes it).
-_UNTIL_IN = (None, 2.0, 3.0, 5.0, 2.5, 0.0, -1.0, 3600.0)
+# A snooze's until, seconds after the event (one event a second): soon (it wakes a few
+# events later; at 1.0 exactly when the next one occurs), between two events, none (only
+# an event wakes it), now, past, or later than the stream.
+_UNTIL_IN = (2.0, 1.0, 3.0, 2.5, None, 5.0, 0.0, -1.0, 3600.0)
 _VALUES = st.one_of(st.booleans(), st.integers(-(2**53), 2**53),
                     st.floats(allow_nan=False, allow_infinity=False),
                     st.text(max_size=5), st.text(min_size=MAX_ATTRIBUTE_TEXT,
