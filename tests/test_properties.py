@@ -7,11 +7,12 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from contracts import parse_event_object
 from tests.spec_oracle import NOTHING, Key, Shown, SpecOracle, when
-from tests.support.streams import event_streams
+from tests.support.streams import event_stream, event_streams
 from worker.domain.inbox import Inbox
 from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
@@ -81,6 +82,20 @@ def nonzero(counts: dict[str, int]) -> dict[str, int]:
 @given(event_streams())
 def test_updates_match_a_from_scratch_recomputation_of_the_spec(
         stream: list[dict[str, Any]]) -> None:
+    check_against_the_oracle(stream)
+
+
+@pytest.mark.parametrize(("profile", "knobs"), [
+    ("rich", {"conversations": 60}), ("mixed", {"rich": True, "count": 600}),
+    ("chaos", {"rich": True, "count": 600, "seed": 2}),
+    ("heavy", {"rich": True, "agents": 6, "conversations": 30})])
+def test_rich_seeded_streams_match_the_oracle(profile: str, knobs: dict[str, Any]) -> None:
+    """Longer streams than hypothesis draws: many chats snoozed and woken at once,
+    reads and mentions among several agents."""
+    check_against_the_oracle(event_stream(profile=profile, **knobs))
+
+
+def check_against_the_oracle(stream: list[dict[str, Any]]) -> None:
     """Per event: the wakes due by its time, each its own cause, then the event; one
     update per (agent, conversation) whose categories or unread flag changed, with the
     oracle's categories, flag, counts and unread counts."""
