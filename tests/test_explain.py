@@ -32,11 +32,11 @@ from worker.domain.categoriser import categories_of, facts_of
 from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError
 from worker.rulebook import FACT_NAMES, FACTS, CompiledRules, load_rules
-from worker.rulebook.facts import ATTRIBUTE_PREFIX, DETAIL_FACTS
+from worker.rulebook.attributes import ATTRIBUTE_OPERATORS
 from worker.rulebook.engine import default_rules_dir
 from worker.rulebook.explain import all_verdicts, explain, explain_pair
+from worker.rulebook.facts import ATTRIBUTE_PREFIX, DETAIL_FACTS
 from worker.rulebook.syntax import (
-    ATTRIBUTE_OPERATORS,
     LISTS,
     OPERATORS,
     ORDERING,
