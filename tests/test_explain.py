@@ -73,8 +73,9 @@ OPERATORS_VARIANT = _variant(
     "        - {fact: account.group_count, at_most: 1}\n"
     "        - {fact: account.plan, not_in: [free]}\n"
     "        - not: {fact: conversation.status, not_equals: open}\n")
+HELPDESK = load_rules(default_rules_dir() / "examples" / "helpdesk")
 RULE_SETS = {"shipped": SHIPPED, "ignores-groups": load_rules(IGNORES_GROUPS),
-             "operators": load_rules(OPERATORS_VARIANT)}
+             "operators": load_rules(OPERATORS_VARIANT), "helpdesk": HELPDESK}
 
 
 # The custom attributes generated rule sets declare, and fact vectors give values of.
