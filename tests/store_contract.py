@@ -11,8 +11,10 @@ keeps failing without one. The helpers below serve the store-specific tests as w
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import pytest
@@ -20,7 +22,7 @@ import pytest
 from contracts import parse_event_object
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
-from worker.domain.state import Account
+from worker.domain.state import NO_ATTRIBUTES, Account, Conversation
 from worker.errors import StoreConflictError, StoreError
 from worker.rulebook import load_rules
 from worker.store import StateStore
@@ -39,6 +41,10 @@ class Stores(Protocol):
     def query(self, text: str) -> list[tuple[Any, ...]]:
         """The rows of ``text`` (none for a statement without rows), run past the store
         on its tables, named unqualified: to see what is on disk, or to plant rows."""
+
+    def previous_schema(self) -> None:
+        """Lay the tables out as the schema version before this one left them (no store
+        is open yet): the next open migrates them."""
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +116,13 @@ def handle(categoriser: Categoriser, state: AccountState, event_id: str,
 
 
 def snapshot(state: AccountState) -> tuple[object, ...]:
-    return (state.account, state.conversations, state.counts, state.seqs,
-            list(state.recent.items()), list(state.tombstones.items()), state.event_counter,
-            state.rules_version, state.rules_generation, state.last_occurred_at,
-            state.event_window, state.tombstone_window)
+    # Unread counts: an agent with none and one with {} read alike (unread_counts_of),
+    # and a store keeps them alike.
+    return (state.account, state.conversations, state.counts,
+            {agent: counts for agent, counts in state.unread_counts.items() if counts},
+            state.seqs, list(state.recent.items()), list(state.tombstones.items()),
+            state.event_counter, state.rules_version, state.rules_generation,
+            state.last_occurred_at, state.event_window, state.tombstone_window)
 
 
 def load(store: StateStore, account_id: str, window: int = BIG) -> AccountState:
@@ -140,6 +149,75 @@ def commit_accounts_under_mixed_rules(store: StateStore, categoriser: Categorise
         writes.append(state.take_write())
     store.commit(writes)
     return [f"acc-{i:02d}" for i in range(25) if i % 5 == 0 or i % 2]
+
+
+# -- conversation details (worker/store/details.py) ----------------------------------
+
+# Categories per relation under rules that test agent.unread or agent.mentioned: 16.
+SIXTEEN: tuple[frozenset[str], ...] = tuple(
+    frozenset({"all", f"r{i}"}) if i % 3 else frozenset() for i in range(16))
+# Every JSON type an attribute can have, and the values that JSON could confuse.
+ATTRIBUTES: Mapping[str, Any] = MappingProxyType({
+    "plan": "gold", "note": 'ünï "quoted"', "seats": 3, "zero": 0, "score": 1.0,
+    "ratio": -0.25, "vip": True, "trial": False})
+SNOOZED_UNTIL = datetime(2026, 11, 26, 14, 30, 0, 250_000,
+                         tzinfo=timezone(timedelta(hours=5, minutes=30)))
+# What the store keeps of the conversation with every detail: the format is pinned
+# (sorted sets and keys, JSON types kept, the offset kept).
+FULL_DETAILS = (
+    '{"channel":"e-mail","priority":"urgent","labels":["billing","vip"],'
+    '"attributes":{"note":"ünï \\"quoted\\"","plan":"gold","ratio":-0.25,'
+    '"score":1.0,"seats":3,"trial":false,"vip":true,"zero":0},'
+    '"snoozed_until":"2026-11-26T14:30:00.250000+05:30","visitor_wrote":true,'
+    '"readers":["ag-1","ag-2"],"mentioned":["ag-3"]}')
+
+
+def detailed(account_id: str, rules_version: str | None) -> AccountState:
+    """An account whose conversations and agents use every field the stores keep:
+    ``c-full`` every detail (and 16 relations), ``c-read`` only the unread facts that
+    every message changes, ``c-big`` an integer past 64 bits (the contract bounds none)
+    beside a whole float, ``c-plain`` none (4 relations); agents with unread counts,
+    with none, and with only zeros."""
+    state = AccountState(
+        Account(account_id, "pro", frozenset(AGENTS), {"g-1": frozenset({"ag-1"})}, 9),
+        rules_version=rules_version, event_window=BIG, tombstone_window=BIG)
+    due = datetime(2026, 11, 26, 9, 0, 0, 123_456, tzinfo=UTC)
+    for conversation in (
+            Conversation(account_id, "c-full", "snoozed", "g-1", frozenset({"ag-1"}), 7,
+                         SIXTEEN, None, "agent", due, "e-mail", "urgent",
+                         frozenset({"vip", "billing"}), ATTRIBUTES, SNOOZED_UNTIL, True,
+                         frozenset({"ag-2", "ag-1"}), frozenset({"ag-3"})),
+            Conversation(account_id, "c-read", "open", None, frozenset({"ag-2"}), 3,
+                         SIXTEEN, datetime.fromisoformat("2026-11-25T10:00:00-03:00"),
+                         "visitor", None, visitor_wrote=True, readers=frozenset({"ag-2"})),
+            Conversation(account_id, "c-big", "open", None, frozenset(), None,
+                         (frozenset({"all"}),) * 4,
+                         attributes=MappingProxyType({"big": 10**30, "whole": 2.0,
+                                                      "minus": -(2**70)})),
+            Conversation(account_id, "c-plain", "resolved", "g-1", frozenset(), 2,
+                         (frozenset({"resolved"}), frozenset(), frozenset(), frozenset()),
+                         None, "agent")):
+        state.put_conversation(conversation)
+    state.add_counts("ag-1", ["all", "r1", "all"], [])
+    state.add_unread_counts("ag-1", ["all", "r1"], [])
+    state.add_counts("ag-2", ["all"], [])
+    state.add_counts("ag-3", ["all", "r2"], [])
+    state.add_unread_counts("ag-3", ["r2"], ["r2"])  # read since: a zero, kept
+    for agent in AGENTS:
+        state.next_seq(agent)
+    return state
+
+
+def typed(conversations: Mapping[str, Conversation]) -> dict[str, object]:
+    """What equality of conversations misses: 1 == 1.0 == True, and equal instants
+    in other offsets."""
+    return {conversation_id: (
+        {key: (type(value), value) for key, value in c.attributes.items()},
+        type(c.attributes), type(c.labels), type(c.readers), type(c.mentioned),
+        type(c.visitor_wrote),
+        None if c.snoozed_until is None else c.snoozed_until.isoformat(),
+        None if c.waiting_since is None else c.waiting_since.isoformat())
+        for conversation_id, c in conversations.items()}
 
 
 class StoreContract:
@@ -361,6 +439,87 @@ class StoreContract:
         assert other.rules_in_force(0, "v5") == "v3"
         other.commit([], {0: "v6"})
         assert store.rules_in_force(0, "v7") == "v6", "read again, not remembered"
+
+    def test_every_detail_of_a_conversation_and_the_unread_counts_round_trip(
+            self, stores: Stores) -> None:
+        """Channel, priority, labels, attributes of every type, the snooze, who read and
+        who is mentioned, 16 relations; unread counts beside the badge counts. Details
+        at their defaults cost the row nothing (NULL), and a commit that puts them back
+        to their defaults clears them."""
+        store = stores.open()
+        state = detailed("acc-1", "v1")
+        store.commit([state.take_write()])
+        loaded = load(store, "acc-1")
+        assert snapshot(loaded) == snapshot(state)
+        assert typed(loaded.conversations) == typed(state.conversations)
+        assert loaded.conversations["c-full"].categories == SIXTEEN
+        assert loaded.unread_counts == {"ag-1": {"all": 1, "r1": 1}, "ag-3": {"r2": 0}}
+        assert stores.query("SELECT conversation_id, details FROM conversations"
+                            " ORDER BY conversation_id") == [
+            ("c-big", '{"attributes":{"big":1000000000000000000000000000000,'
+                      '"minus":-1180591620717411303424,"whole":2.0}}'),
+            ("c-full", FULL_DETAILS),
+            ("c-plain", None),
+            ("c-read", '{"visitor_wrote":true,"readers":["ag-2"]}')]
+        assert stores.query("SELECT agent_id, unread_counts FROM agents ORDER BY agent_id"
+                            ) == [("ag-1", '{"all":1,"r1":1}'), ("ag-2", "{}"),
+                                  ("ag-3", '{"r2":0}')]
+        # Back to the defaults (an update replaces every column of the row).
+        full = loaded.conversations["c-full"]
+        loaded.put_conversation(full._replace(
+            status="open", channel=None, priority="none", labels=frozenset(),
+            attributes=NO_ATTRIBUTES, snoozed_until=None, visitor_wrote=False,
+            readers=frozenset(), mentioned=frozenset()))
+        loaded.put_conversation(loaded.conversations["c-plain"]._replace(
+            channel="chat", attributes=MappingProxyType({"score": 1})))
+        loaded.add_unread_counts("ag-1", [], ["all", "r1"])
+        loaded.add_unread_counts("ag-2", ["all"], [])
+        store.commit([loaded.take_write()])
+        again = load(store, "acc-1")
+        assert snapshot(again) == snapshot(loaded)
+        assert typed(again.conversations) == typed(loaded.conversations)
+        assert again.conversations["c-full"].attributes is NO_ATTRIBUTES
+        assert stores.query("SELECT conversation_id, details FROM conversations"
+                            " WHERE conversation_id IN ('c-full', 'c-plain')"
+                            " ORDER BY conversation_id") == [
+            ("c-full", None), ("c-plain", '{"channel":"chat","attributes":{"score":1}}')]
+        assert again.unread_counts == {"ag-1": {"all": 0, "r1": 0}, "ag-2": {"all": 1},
+                                       "ag-3": {"r2": 0}}
+
+    def test_rows_of_the_previous_schema_load_with_every_new_field_at_its_default(
+            self, stores: Stores) -> None:
+        """The migration adds the new columns with defaults: what an older worker
+        stored loads as it was, with no details and nothing unread, and takes details
+        from then on."""
+        stores.previous_schema()
+        stores.query("INSERT INTO conversations (account_id, conversation_id, status,"
+                     " group_id, joined, last_sequence, categories, waiting_since,"
+                     " last_message_by, due_at) VALUES ('acc-1', 'c-1', 'open', 'g-1',"
+                     " '[\"ag-1\"]', 3, '[[\"all\"], [], [\"all\", \"mine\"], []]',"
+                     " '2026-11-25T10:00:00+02:00', 'visitor', NULL)")
+        stores.query("INSERT INTO agents (account_id, agent_id, counts, seq) VALUES"
+                     " ('acc-1', 'ag-1', '{\"all\": 1, \"mine\": 1}', 4)")
+        store = stores.open()
+        loaded = load(store, "acc-1")
+        assert loaded.conversations == {"c-1": Conversation(
+            "acc-1", "c-1", "open", "g-1", frozenset({"ag-1"}), 3,
+            (frozenset({"all"}), frozenset(), frozenset({"all", "mine"}), frozenset()),
+            datetime.fromisoformat("2026-11-25T10:00:00+02:00"), "visitor")}
+        assert loaded.conversations["c-1"].attributes is NO_ATTRIBUTES
+        assert (loaded.counts, loaded.unread_counts, loaded.seqs) == (
+            {"ag-1": {"all": 1, "mine": 1}}, {}, {"ag-1": 4})
+        assert stores.query("SELECT details FROM conversations") == [(None,)]
+        assert stores.query("SELECT unread_counts FROM agents") == [("{}",)]
+        # The migrated rows take every detail from now on.
+        state = detailed("acc-1", None)
+        for conversation in state.conversations.values():
+            loaded.put_conversation(conversation)
+        loaded.add_unread_counts("ag-1", ["all"], [])
+        store.commit([loaded.take_write()])
+        again = load(store, "acc-1")
+        assert snapshot(again) == snapshot(loaded)
+        assert typed(again.conversations) == typed(loaded.conversations)
+        assert again.unread_counts == {"ag-1": {"all": 1}}
 
     def test_a_newer_schema_is_refused(self, stores: Stores) -> None:
         stores.open()

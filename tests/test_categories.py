@@ -555,7 +555,7 @@ SPEC_TAGS = {
     "reply-joins", "leave", "last-leaves", "transfer-agent", "transfer-group",
     "reopen-visitor", "reopen-event", "plan-change", "single-to-multi", "account-change",
     "new-agent", "removed-agent", "duplicate", "stale", "unknown-conversation",
-    "unknown-account", "counts",
+    "unknown-account", "counts", "snooze", "unread", "mentions",
 }
 
 

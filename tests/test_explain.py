@@ -32,11 +32,11 @@ from worker.domain.categoriser import categories_of, facts_of
 from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError
 from worker.rulebook import FACT_NAMES, FACTS, CompiledRules, load_rules
-from worker.rulebook.facts import ATTRIBUTE_PREFIX, DETAIL_FACTS
+from worker.rulebook.attributes import ATTRIBUTE_OPERATORS
 from worker.rulebook.engine import default_rules_dir
 from worker.rulebook.explain import all_verdicts, explain, explain_pair
+from worker.rulebook.facts import ATTRIBUTE_PREFIX, DETAIL_FACTS
 from worker.rulebook.syntax import (
-    ATTRIBUTE_OPERATORS,
     LISTS,
     OPERATORS,
     ORDERING,
@@ -73,8 +73,9 @@ OPERATORS_VARIANT = _variant(
     "        - {fact: account.group_count, at_most: 1}\n"
     "        - {fact: account.plan, not_in: [free]}\n"
     "        - not: {fact: conversation.status, not_equals: open}\n")
+HELPDESK = load_rules(default_rules_dir() / "examples" / "helpdesk")
 RULE_SETS = {"shipped": SHIPPED, "ignores-groups": load_rules(IGNORES_GROUPS),
-             "operators": load_rules(OPERATORS_VARIANT)}
+             "operators": load_rules(OPERATORS_VARIANT), "helpdesk": HELPDESK}
 
 
 # The custom attributes generated rule sets declare, and fact vectors give values of.

@@ -202,7 +202,8 @@ def test_conditions_too_big_for_one_durable_rule_are_split(tmp_path: Path) -> No
            "        - {fact: conversation.status, in: [open, resolved]}\n"
     rules = load_rules(write_rules(tmp_path, text))
     facts = {name: False for name in FACT_NAMES} | {
-        "conversation.priority": "none", "conversation.status": "resolved", "conversation.joined_count": 1,
+        "conversation.priority": "none",
+        "conversation.status": "resolved", "conversation.joined_count": 1,
         "account.plan": "free", "account.agent_count": 3, "account.group_count": 2,
         "agent.joined": True}
     assert rules.evaluate_facts(facts) == {"big"}

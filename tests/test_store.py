@@ -18,17 +18,20 @@ from tests.store_contract import (
     BIG,
     StoreContract,
     Stores,
+    detailed,
     events,
     feed,
     fresh,
     load,
     snapshot,
+    typed,
 )
 from tests.store_contract import categoriser as categoriser
 from worker.domain.categoriser import Categoriser
 from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
 from worker.store import StateStore
+from worker.store.memory import MemoryStore
 from worker.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 
@@ -48,6 +51,18 @@ class SqliteStores:
     def query(self, text: str) -> list[tuple[Any, ...]]:
         with closing(sqlite3.connect(self.path)) as db, db:
             return db.execute(text).fetchall()
+
+    def previous_schema(self) -> None:
+        """The file the schema version before this one left: every migration but the
+        last, as each ran."""
+        with closing(sqlite3.connect(self.path)) as db, db:
+            current = 0
+            for target, migration in MIGRATIONS[:-1]:
+                migration(db, current)
+                current = target
+                db.execute("INSERT INTO schema_migrations VALUES (?, 'then')", (target,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                       (str(MIGRATIONS[-2][0]),))
 
     def close(self) -> None:
         for store in self._opened:
@@ -212,3 +227,14 @@ def test_a_full_disk_names_its_cause_and_writes_nothing(tmp_path: Path,
         store.commit([big.take_write()])
     assert store.load_account("acc-2", event_window=BIG, tombstone_window=BIG) is None
     assert not store.changed_elsewhere()
+
+
+def test_the_memory_store_keeps_every_detail() -> None:
+    """The same account as the contract's (tests/store_contract.py, ``detailed``)."""
+    store = MemoryStore()
+    state = detailed("acc-1", "v1")
+    store.commit([state.take_write()])
+    loaded = load(store, "acc-1")
+    assert snapshot(loaded) == snapshot(state)
+    assert typed(loaded.conversations) == typed(state.conversations)
+    assert loaded.unread_counts == {"ag-1": {"all": 1, "r1": 1}, "ag-3": {"r2": 0}}

@@ -131,6 +131,23 @@ class PostgresStores:
     def query(self, text: str) -> list[tuple[Any, ...]]:
         return query(self.url, text, schema=DEFAULT_SCHEMA)
 
+    def previous_schema(self) -> None:
+        lay_out(self.url, len(MIGRATIONS) - 1)
+
+
+def lay_out(url: str, version: int) -> None:
+    """The default schema as the first ``version`` migrations left it, no store open."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        schema = sql.Identifier(DEFAULT_SCHEMA)
+        conn.execute(sql.SQL("CREATE SCHEMA {s}").format(s=schema))
+        conn.execute(sql.SQL("CREATE TABLE {s}.schema_migrations (version integer PRIMARY"
+                             " KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+                     .format(s=schema))
+        for target, migration in MIGRATIONS[:version]:
+            migration(conn, schema)
+            conn.execute(sql.SQL("INSERT INTO {s}.schema_migrations (version) VALUES (%s)")
+                         .format(s=schema), (target,))
+
 
 @postgres
 class TestContractOnPostgres(StoreContract):
@@ -572,20 +589,11 @@ def test_a_version_3_schema_gains_the_lease_check_and_keeps_its_members(
         url: str, open_store: Open) -> None:
     """Members stay, each judged by its own lease from then on; a row whose lease no
     worker could use (written by an older worker) goes, its worker beats again."""
-    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-        schema = sql.Identifier(DEFAULT_SCHEMA)
-        conn.execute(sql.SQL("CREATE SCHEMA {s}").format(s=schema))
-        conn.execute(sql.SQL("CREATE TABLE {s}.schema_migrations (version integer PRIMARY"
-                             " KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-                     .format(s=schema))
-        for target, migration in MIGRATIONS[:3]:
-            migration(conn, schema)
-            conn.execute(sql.SQL("INSERT INTO {s}.schema_migrations (version) VALUES (%s)")
-                         .format(s=schema), (target,))
-        conn.execute(sql.SQL("INSERT INTO {s}.members (worker_id, heartbeat_at, lease_seconds)"
-                             " VALUES ('w-long', now() - interval '3 seconds', 10),"
-                             " ('w-short', now() - interval '3 seconds', 1),"
-                             " ('w-forever', now(), 'Infinity')").format(s=schema))
+    lay_out(url, 3)
+    query(url, "INSERT INTO inbox_rules.members (worker_id, heartbeat_at, lease_seconds)"
+               " VALUES ('w-long', now() - interval '3 seconds', 10),"
+               " ('w-short', now() - interval '3 seconds', 1),"
+               " ('w-forever', now(), 'Infinity')")
     store = open_store()
     assert query(url, "SELECT version FROM inbox_rules.schema_migrations ORDER BY 1") == [
         (target,) for target, _ in MIGRATIONS]

@@ -2,8 +2,8 @@
 crossings by its clock (a fake one here, with timers that honour their delays) and sends
 the accounts due a tick through their queue; the crossings are made when the tick comes
 back, in the account's order, through the same pipeline as events (published,
-confirmed, committed); only the active consumer ticks, and nobody under rules without
-time facts."""
+confirmed, committed); only the active consumer ticks. Snoozed conversations wake at
+their ``until`` the same way, under any rules."""
 
 from __future__ import annotations
 
@@ -156,8 +156,9 @@ def _deliver(link: ClockLink, events: list[dict[str, Any]]) -> None:
         link.deliver(json.dumps(event).encode(), event["type"])
 
 
-def _replayed(events: list[dict[str, Any]], until: float | None = None) -> list[dict[str, Any]]:
-    inbox = Inbox(SLA)
+def _replayed(events: list[dict[str, Any]], until: float | None = None,
+              rules: CompiledRules = SLA) -> list[dict[str, Any]]:
+    inbox = Inbox(rules)
     updates = [u for e in events for u in inbox.handle(parse_event(json.dumps(e).encode()))]
     if until is not None:
         updates += inbox.cross_until(T0 + timedelta(seconds=until))
@@ -169,15 +170,28 @@ def generous_evaluation_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("worker.driver.core.EVALUATE_BUDGET", 60.0)
 
 
-def test_rules_without_time_facts_never_look_for_crossings() -> None:
+def test_rules_without_time_facts_tick_only_for_snoozes_and_wake_them_live() -> None:
+    """Under rules that test no time fact nothing is ever due but a snooze's end: an
+    hour of waiting sends no tick, and a snooze until +10 minutes wakes at +10 minutes
+    (plus the lag) by the worker's clock, exactly as replay --until wakes it."""
     _, link, store = _driver(DEFAULT)
     _deliver(link, EVENTS)
     link.advance(3600)
-    assert store.looks == 0
     assert not link.ticks()
-    inbox = Inbox(DEFAULT)
-    assert link.updates() == [json.loads(u.body) for e in EVENTS
-                              for u in inbox.handle(parse_event(json.dumps(e).encode()))]
+    assert link.updates() == _replayed(EVENTS, rules=DEFAULT)
+    snooze = [_event(4, "conversation.snoozed", 3600, "c-1",
+                     until=(T0 + timedelta(seconds=4200)).isoformat())]
+    _deliver(link, snooze)
+    link.advance(590)  # +4190: not yet
+    assert not link.ticks()
+    link.advance(12)  # +4202: past the wake by more than the lag
+    assert len(link.ticks()) == 1
+    woken = [u for u in link.updates() if u["cause_event_id"].startswith("time:")]
+    assert {(u["agent_id"], u["cause_event_id"]) for u in woken} == {
+        ("ag-1", "time:2026-11-24T11:10:00Z"), ("ag-2", "time:2026-11-24T11:10:00Z")}
+    assert all(u["categories"] == ["all", "new", "primary"] for u in woken)
+    assert link.updates() == _replayed([*EVENTS, *snooze], until=4300, rules=DEFAULT)
+    assert store.due_accounts(T0 + timedelta(days=1), 10) == []
 
 
 def test_the_active_worker_makes_each_crossing_once_its_clock_is_past_it_by_the_lag() -> None:
@@ -316,20 +330,19 @@ def test_a_new_owner_continues_the_order_the_previous_one_published() -> None:
     assert [u["cause_event_id"] for u in everything[-2:]] == ["time:2026-11-24T10:06:40Z"] * 2
 
 
-def test_new_rules_with_time_facts_start_the_looks_and_without_them_stop_them() -> None:
-    driver, link, store = _driver(DEFAULT)
+def test_new_rules_with_time_facts_bring_their_crossings_and_without_them_end_them() -> None:
+    driver, link, _ = _driver(DEFAULT)
     _deliver(link, EVENTS[:2])
     link.advance(10)
-    assert store.looks == 0
+    assert not link.ticks()
     driver.adopt(SLA)
     link.advance(400)
-    assert store.looks > 0
     assert any(u["cause_event_id"] == "time:2026-11-24T10:05:00Z" for u in link.updates())
     driver.adopt(DEFAULT)
     link.advance(1)
-    looks = store.looks
+    ticks = len(link.ticks())
     link.advance(600)
-    assert store.looks == looks
+    assert len(link.ticks()) == ticks, "nothing is due under rules without time facts"
 
 
 def test_a_tick_whose_account_cannot_be_loaded_is_retried_whole() -> None:

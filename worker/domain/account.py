@@ -52,12 +52,29 @@ class AccountState:
     """The mutable state of one account. Only this class changes it, so every change
     is tracked for the store and journalled for a rollback."""
 
-    __slots__ = ("_account_dirty", "_agents_touched", "_changed_conversations", "_due",
-                 "_journal", "_new_events", "_new_tombstones", "_tracked", "account",
-                 "conversations", "counts", "unread_counts",
-                 "event_counter", "event_window", "last_occurred_at", "recent",
-                 "rules_generation", "rules_version", "seqs", "tombstone_window",
-                 "tombstones")
+    __slots__ = (
+        "_account_dirty",
+        "_agents_touched",
+        "_changed_conversations",
+        "_due",
+        "_journal",
+        "_new_events",
+        "_new_tombstones",
+        "_tracked",
+        "account",
+        "conversations",
+        "counts",
+        "event_counter",
+        "event_window",
+        "last_occurred_at",
+        "recent",
+        "rules_generation",
+        "rules_version",
+        "seqs",
+        "tombstone_window",
+        "tombstones",
+        "unread_counts",
+    )
 
     def __init__(self, account: Account, *, rules_version: str | None = None,
                  event_window: int = DEFAULT_EVENT_WINDOW,

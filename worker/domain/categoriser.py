@@ -3,8 +3,9 @@
 The cost of an event does not grow with the number of agents. Agents in the same
 relation to a conversation (joined it or not, member of its group or not, and - under
 rules that test them - unread or mentioned) share one evaluation, and only agents whose
-relation, relation's categories or unread flag changed are looked at. A change that really affects every agent produces an update for each of
-them, so that work is paid for by output.
+relation, relation's categories or unread flag changed are looked at. A change that
+really affects every agent produces an update for each of them, so that work is paid
+for by output.
 
 Everything here works on one :class:`AccountState` and a :class:`Rules`; nothing
 knows about brokers, stores or what a category means.

@@ -15,8 +15,10 @@ too. Absent values follow one rule: every test on them is false except ``not_equ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from contracts.events import PRIORITIES
 
@@ -121,7 +123,7 @@ def detail_value(fact: str, channel: str | None, labels: frozenset[str],
     return typed_attribute(attributes.get(key), declared[key])
 
 
-def test_holds(op: str, actual: object, expected: object, ordered: bool = False) -> bool:
+def test_holds(op: str, actual: Any, expected: Any, ordered: bool = False) -> bool:
     """Whether a fact test holds: the meaning of every operator of the rule language.
 
     ``actual`` None is an absent value: only the negations (``not_equals``, ``not_in``)
@@ -133,29 +135,23 @@ def test_holds(op: str, actual: object, expected: object, ordered: bool = False)
     if actual is None:
         return op in ("not_equals", "not_in")
     if ordered:
-        actual = PRIORITY_RANK[str(actual)]
-        expected = (tuple(PRIORITY_RANK[str(v)] for v in expected)  # type: ignore[attr-defined]
-                    if isinstance(expected, tuple) else PRIORITY_RANK[str(expected)])
-    if op == "equals":
-        return actual == expected
-    if op == "not_equals":
-        return actual != expected
-    if op == "in":
-        return actual in expected  # type: ignore[operator]
-    if op == "not_in":
-        return actual not in expected  # type: ignore[operator]
-    if op in ("contains", "not_contains"):
-        return (expected in actual) is (op == "contains")  # type: ignore[operator]
-    if op == "contains_any":
-        return not actual.isdisjoint(expected)  # type: ignore[attr-defined]
-    if op == "contains_all":
-        return actual.issuperset(expected)  # type: ignore[attr-defined]
-    if op == "greater_than":
-        return actual > expected  # type: ignore[operator]
-    if op == "at_least":
-        return actual >= expected  # type: ignore[operator]
-    if op == "less_than":
-        return actual < expected  # type: ignore[operator]
-    if op == "at_most":
-        return actual <= expected  # type: ignore[operator]
-    raise ValueError(f"unknown operator {op!r}")
+        actual = PRIORITY_RANK[actual]
+        expected = (tuple(PRIORITY_RANK[v] for v in expected) if isinstance(expected, tuple)
+                    else PRIORITY_RANK[expected])
+    test = _OPERATORS.get(op)
+    if test is None:
+        raise ValueError(f"unknown operator {op!r}")
+    return test(actual, expected)
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "equals": operator.eq, "not_equals": operator.ne,
+    "in": lambda value, values: value in values,
+    "not_in": lambda value, values: value not in values,
+    "contains": lambda labels, label: label in labels,
+    "not_contains": lambda labels, label: label not in labels,
+    "contains_any": lambda labels, wanted: not labels.isdisjoint(wanted),
+    "contains_all": lambda labels, wanted: labels.issuperset(wanted),
+    "greater_than": operator.gt, "at_least": operator.ge,
+    "less_than": operator.lt, "at_most": operator.le,
+}

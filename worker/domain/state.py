@@ -172,8 +172,7 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
     (channel, priority, labels, attributes, until, visitor_wrote, readers,
      mentioned) = conversation[10:]
     if isinstance(event, MessageCreated):
-        data = event.data
-        if data.author == "visitor":
+        if event.data.author == "visitor":
             if status != "open":
                 status, until = "open", None  # reopens a resolved chat, wakes a snoozed one
                 waiting = event.occurred_at
@@ -181,14 +180,8 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
                 waiting = event.occurred_at  # the first visitor message after an agent's
             last_by, visitor_wrote, readers = "visitor", True, _NOBODY
         else:
-            agent = data.agent_id
-            if agent not in joined:
-                joined = joined | {agent}  # an agent who replies joins
+            joined, readers, mentioned = _agent_wrote(event, joined, readers, mentioned)
             waiting, last_by = None, "agent"
-            if agent not in readers:
-                readers = readers | {agent}  # writing into it reads it
-            if data.mentions or agent in mentioned:
-                mentioned = (mentioned | frozenset(data.mentions)) - {agent}
     elif isinstance(event, ConversationCreated):
         data_created = event.data
         group_id, channel, priority = (data_created.group_id, data_created.channel,
@@ -235,6 +228,24 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
                                group_id, joined, sequence, conversation.categories, waiting,
                                last_by, conversation.due_at, channel, priority, labels,
                                attributes, until, visitor_wrote, readers, mentioned))
+
+
+def _agent_wrote(event: MessageCreated, joined: frozenset[str], readers: frozenset[str],
+                 mentioned: frozenset[str],
+                 ) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """An agent's message: the agent joins (replying joins) and has read it (writing
+    reads), and the agents it mentions have something unread."""
+    data = event.data
+    agent = data.agent_id
+    assert agent is not None  # an agent's message names its author (the contract)
+    if agent not in joined:
+        joined = joined | {agent}
+    if agent not in readers:
+        readers = readers | {agent}
+    mentions = getattr(data, "mentions", ())
+    if mentions or agent in mentioned:
+        mentioned = (mentioned | frozenset(mentions)) - {agent}
+    return joined, readers, mentioned
 
 
 def _changed_details(event: ConversationUpdated, channel: str | None, priority: str,

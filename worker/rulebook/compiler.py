@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from worker.errors import RuleFileError, RuleProblem
+from worker.rulebook.attributes import check_attribute_tests
 from worker.rulebook.facts import ATTRIBUTE_PREFIX, DETAIL_FACTS, PRIORITY_RANK, TIME_FACTS
 from worker.rulebook.syntax import (
     AllOf,
@@ -21,7 +22,6 @@ from worker.rulebook.syntax import (
     FactTest,
     Not,
     Ref,
-    check_attribute_tests,
 )
 
 PRIORITY = "conversation.priority"
@@ -54,13 +54,13 @@ class Definitions:
         self.attributes: dict[str, str] = {}
         first: dict[str, AttributeDeclaration] = {}
         for declaration in attributes:
-            other = first.setdefault(declaration.key, declaration)
-            if other.kind != declaration.kind:
+            earlier = first.setdefault(declaration.key, declaration)
+            if earlier.kind != declaration.kind:
                 problems.append(RuleProblem(
                     declaration.file, declaration.line,
                     f"attribute {declaration.key!r} is declared {declaration.kind} here and "
-                    f"{other.kind} at {other.file}:{other.line}"))
-            self.attributes[declaration.key] = other.kind
+                    f"{earlier.kind} at {earlier.file}:{earlier.line}"))
+            self.attributes[declaration.key] = earlier.kind
         for definition in definitions:
             other = self.categories.get(definition.name) or self.predicates.get(definition.name)
             if other is not None:

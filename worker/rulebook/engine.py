@@ -22,8 +22,8 @@ from typing import Any
 import durable_rules_engine  # type: ignore[import-not-found]
 from durable import engine as durable_engine
 
-from worker.errors import RuleFileError, RuleProblem
 from worker.domain.state import Conversation
+from worker.errors import RuleFileError, RuleProblem
 from worker.rulebook.compiler import (
     PRIORITY,
     Definitions,

@@ -30,14 +30,7 @@ OPERATORS = ("equals", "not_equals", "in", "not_in", "greater_than", "at_least",
 ORDERING = ("greater_than", "at_least", "less_than", "at_most")
 LISTS = ("in", "not_in", "contains_any", "contains_all")
 SET_OPERATORS = ("contains", "not_contains", "contains_any", "contains_all")
-# What each attribute type may be tested with (besides ``present``).
-ATTRIBUTE_OPERATORS = {
-    "string": ("equals", "not_equals", "in", "not_in"),
-    "integer": ("equals", "not_equals", "in", "not_in", *ORDERING),
-    "number": ("equals", "not_equals", "in", "not_in", *ORDERING),
-    "boolean": ("equals", "not_equals"),
-}
-MAX_ATTRIBUTES_DECLARED = 256
+
 MAX_DEPTH = 32
 MAX_FILE_BYTES = 1024 * 1024
 # The longest wait a rule may compare with. A due time is the wait's start plus a
@@ -365,47 +358,6 @@ def _kind_name(spec: FactSpec) -> str:
     if spec.ordered:
         return "priority (" + " < ".join(spec.choices) + ")"
     return spec.kind.__name__
-
-
-def check_attribute_tests(tests: list[tuple[FactTest, str]],
-                          declared: dict[str, str]) -> list[RuleProblem]:
-    """Every test of a custom attribute (with the file it is in) against the declared
-    types: the key must be declared, the operator fit the type, every value be of it."""
-    problems: list[RuleProblem] = []
-    for test, file in tests:
-        key = test.fact.removeprefix(ATTRIBUTE_PREFIX)
-        kind = declared.get(key)
-        if kind is None:
-            known = ", ".join(sorted(declared)) or "none"
-            problems.append(RuleProblem(file, test.line, f"{test.fact}: attribute {key!r} is "
-                                        f"not declared in an attributes: section (declared: "
-                                        f"{known})"))
-            continue
-        if test.op == "present":
-            continue
-        if test.op not in ATTRIBUTE_OPERATORS[kind]:
-            problems.append(RuleProblem(file, test.line, f"{test.fact} is a {kind}: "
-                                        f"'{test.op}' does not apply (use "
-                                        f"{', '.join(ATTRIBUTE_OPERATORS[kind])} or present)"))
-            continue
-        values = test.value if isinstance(test.value, tuple) else (test.value,)
-        wrong = [v for v in values if not _of_type(v, kind)]
-        if wrong:
-            problems.append(RuleProblem(file, test.line, f"{test.fact} is a {kind}; "
-                                        f"{wrong[0]!r} is not"))
-    return problems
-
-
-def _of_type(value: object, kind: str) -> bool:
-    if isinstance(value, bool):
-        return kind == "boolean"
-    if kind == "string":
-        return isinstance(value, str) and len(value) <= 256
-    if kind == "integer":
-        return isinstance(value, int)
-    if kind == "number":
-        return isinstance(value, int | float) and value == value and abs(value) != float("inf")
-    return False
 
 
 # libyaml's composer where PyYAML was built with it (same nodes and marks, much faster).

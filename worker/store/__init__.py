@@ -24,6 +24,7 @@ import orjson
 from worker.domain.account import AccountState, AccountWrite
 from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
+from worker.store.details import NO_DETAILS, details_of
 
 
 class StateStore(Protocol):
@@ -195,8 +196,12 @@ def state_from_rows(account_id: str, row: Sequence[Any] | None,
                     tombstone_rows: Sequence[Sequence[Any]],
                     event_window: int, tombstone_window: int) -> AccountState | None:
     """One account from a store's rows (both stores select the same columns): the
-    account row or None, conversations, agents (id, counts, seq), and the newest event
-    ids and tombstones as (number, ...) rows, newest first. None if nothing is stored."""
+    account row or None, conversations (their details last, :mod:`worker.store.details`),
+    agents (id, counts, unread counts, seq), and the newest event ids and tombstones as
+    (number, ...) rows, newest first. None if nothing is stored.
+
+    An agent's unread counts stored empty (``{}``, or NULL) load as none at all:
+    :meth:`AccountState.unread_counts_of` reads both alike."""
     if row is None and not (conversation_rows or agents or event_rows or tombstone_rows):
         return None
     if row is None:
@@ -215,11 +220,14 @@ def state_from_rows(account_id: str, row: Sequence[Any] | None,
             account_id, conversation_id, status, group_id, frozenset(orjson.loads(joined)),
             last_sequence, tuple(frozenset(c) for c in orjson.loads(categories)),
             None if waiting is None else datetime.fromisoformat(waiting), last_by,
-            None if due is None else from_micros(due))
+            None if due is None else from_micros(due),
+            *(NO_DETAILS if details is None else details_of(details)))
         for (conversation_id, status, group_id, joined, last_sequence, categories, waiting,
-             last_by, due) in conversation_rows}
-    state.counts = {agent_id: orjson.loads(counts) for agent_id, counts, _ in agents}
-    state.seqs = {agent_id: seq for agent_id, _, seq in agents if seq}
+             last_by, due, details) in conversation_rows}
+    state.counts = {agent_id: orjson.loads(counts) for agent_id, counts, _, _ in agents}
+    state.unread_counts = {agent_id: orjson.loads(unread) for agent_id, _, unread, _ in agents
+                           if unread is not None and unread != "{}"}
+    state.seqs = {agent_id: seq for agent_id, _, _, seq in agents if seq}
     recent: OrderedDict[str, int] = OrderedDict()
     for number, event_id in reversed(event_rows):  # newest first from the query
         recent[event_id] = number

@@ -29,7 +29,8 @@ class _Stored:
     last_occurred_at: datetime | None = None
     event_counter: int = 0
     conversations: dict[str, Conversation] = field(default_factory=dict)
-    agents: dict[str, tuple[dict[str, int], int]] = field(default_factory=dict)
+    # agent -> (counts, unread counts, seq)
+    agents: dict[str, tuple[dict[str, int], dict[str, int], int]] = field(default_factory=dict)
     events: list[tuple[int, str]] = field(default_factory=list)
     tombstones: list[tuple[int, str, int | None]] = field(default_factory=list)
 
@@ -60,8 +61,10 @@ class MemoryStore:
         state.last_occurred_at = stored.last_occurred_at
         state.event_counter = stored.event_counter
         state.conversations = dict(stored.conversations)
-        for agent, (counts, seq) in stored.agents.items():
+        for agent, (counts, unread, seq) in stored.agents.items():
             state.counts[agent] = dict(counts)
+            if unread:  # as the durable stores load them: empty is none
+                state.unread_counts[agent] = dict(unread)
             state.seqs[agent] = seq
         state.recent = OrderedDict((e, n) for n, e in stored.events[-event_window:])
         state.tombstones = OrderedDict()
@@ -88,8 +91,8 @@ class MemoryStore:
                 stored.conversations[conversation.conversation_id] = conversation
             for conversation_id in write.deleted:
                 stored.conversations.pop(conversation_id, None)
-            for agent, (counts, seq) in write.agents.items():
-                stored.agents[agent] = (dict(counts), seq)
+            for agent, (counts, unread, seq) in write.agents.items():
+                stored.agents[agent] = (dict(counts), dict(unread), seq)
             stored.events = (stored.events + list(write.events))[-write.event_window:]
             stored.tombstones = (stored.tombstones
                                  + list(write.tombstones))[-write.tombstone_window:]

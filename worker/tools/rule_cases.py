@@ -1,7 +1,9 @@
 """Rule test cases: data files beside the rules (given events -> expected categories).
 
 A case file ``cases/*.yaml`` holds a list under ``cases``; each case names its events
-(envelope fields may be left out and get defaults) and what an agent should see.
+(envelope fields may be left out and get defaults) and what an agent should see: a
+conversation's ``categories`` and whether it is ``unread``, the badge ``counts`` and the
+``unread_counts``.
 
 Time: an event may say when it happens with ``at:`` (seconds after the case's start,
 ``2026-01-01T00:00:00Z``, or an ISO timestamp; an event without one happens when the
@@ -21,6 +23,7 @@ from typing import Any
 import yaml
 
 from contracts import BadEvent, parse_event_object
+from worker.domain.categoriser import is_unread
 from worker.domain.inbox import Inbox
 from worker.errors import RuleFileError, RuleProblem
 from worker.rulebook.engine import CompiledRules
@@ -195,19 +198,29 @@ def _check(inbox: Inbox, expectation: Any, case_line: int) -> list[str]:
     agent = str(expectation["agent"])
     failures = []
     if "conversation" in expectation:
+        conversation = str(expectation["conversation"])
         expected = expectation.get("categories")
+        if "unread" in expectation:
+            unread = is_unread(inbox.account(account), conversation, agent)
+            if expectation["unread"] is not unread:
+                failures.append(f"line {at}: {agent} / {conversation}: expected unread "
+                                f"{expectation['unread']}, got {unread}")
+            if expected is None:
+                return failures
         if not isinstance(expected, list):
             return [f"line {at}: 'categories' must be a list"]
-        got = sorted(inbox.categories_of(account, str(expectation["conversation"]), agent))
+        got = sorted(inbox.categories_of(account, conversation, agent))
         if sorted(map(str, expected)) != got:
-            failures.append(f"line {at}: {agent} / {expectation['conversation']}: expected "
+            failures.append(f"line {at}: {agent} / {conversation}: expected "
                             f"{sorted(map(str, expected))}, got {got}")
-    if "counts" in expectation:
-        counts = inbox.account(account).counts_of(agent)
-        for name, value in _strip_lines(expectation["counts"]).items():
-            if counts.get(name, 0) != value:
-                failures.append(f"line {at}: {agent} count of {name!r}: expected {value}, "
-                                f"got {counts.get(name, 0)}")
+    for key, what in (("counts", "count"), ("unread_counts", "unread count")):
+        if key in expectation:
+            state = inbox.account(account)
+            counts = state.counts_of(agent) if key == "counts" else state.unread_counts_of(agent)
+            for name, value in _strip_lines(expectation[key]).items():
+                if counts.get(name, 0) != value:
+                    failures.append(f"line {at}: {agent} {what} of {name!r}: expected "
+                                    f"{value}, got {counts.get(name, 0)}")
     return failures
 
 

@@ -25,15 +25,16 @@ from typing import Any
 
 from contracts import Event
 from worker.domain.categoriser import facts_of
-from worker.domain.facts import FACT_NAMES, FACTS
+from worker.domain.facts import ATTRIBUTE_PREFIX, FACTS
 from worker.domain.inbox import Inbox
 from worker.domain.updates import Update
 from worker.rulebook.engine import CompiledRules
-from worker.rulebook.explain import all_verdicts, describe
+from worker.rulebook.explain import FactValue, all_verdicts, describe
 from worker.tools.rule_cases import CaseResult, run_cases
 
-FactValue = str | bool | int
-Vector = tuple[FactValue, ...]
+# A decision's named facts, as sorted (name, value) pairs: hashable, so each distinct
+# one is evaluated once.
+Vector = tuple[tuple[str, FactValue], ...]
 
 
 class Recorder:
@@ -53,9 +54,10 @@ class Recorder:
             agents = sorted(state.account.agents)
             for conversation_id in state.conversations:
                 for agent_id in agents:
-                    facts = facts_of(state, conversation_id, agent_id)
+                    facts = facts_of(state, conversation_id, agent_id,
+                                     inbox.rules.attributes)
                     if facts:
-                        self.vectors.add(tuple(facts[name] for name in FACT_NAMES))
+                        self.vectors.add(tuple(sorted(facts.items())))
 
 
 class _ObservedInbox(Inbox):
@@ -129,13 +131,13 @@ def coverage(rules: CompiledRules, vectors: Iterable[Vector]) -> Coverage:
     # (file, line, text, owner) -> [made true, made false]: every condition listed,
     # even when no vector was recorded at all.
     seen: dict[tuple[str, int, str, str], list[bool]] = {}
-    for owner, condition, _ in all_verdicts(definitions, _some_facts()):
+    for owner, condition, _ in all_verdicts(definitions, _some_facts(rules)):
         seen[(owner.file, condition.line, describe(condition),
               f"{owner.kind} {owner.name}")] = [False, False]
     count = 0
     for vector in vectors:
         count += 1
-        facts = dict(zip(FACT_NAMES, vector, strict=True))
+        facts = dict(vector)
         for owner, condition, holds in all_verdicts(definitions, facts):
             key = (owner.file, condition.line, describe(condition), f"{owner.kind} {owner.name}")
             seen[key][0 if holds else 1] = True
@@ -145,7 +147,9 @@ def coverage(rules: CompiledRules, vectors: Iterable[Vector]) -> Coverage:
                                                        key=lambda item: item[0][:2])))
 
 
-def _some_facts() -> dict[str, FactValue]:
+def _some_facts(rules: CompiledRules) -> dict[str, FactValue]:
     """Any valid facts: to list the conditions before anything is recorded."""
-    return {name: (spec.choices[0] if spec.choices else spec.kind())
-            for name, spec in FACTS.items()}
+    facts: dict[str, FactValue] = {name: (spec.choices[0] if spec.choices else spec.kind())
+                                   for name, spec in FACTS.items()}
+    facts.update({ATTRIBUTE_PREFIX + key: None for key in rules.attributes})
+    return facts

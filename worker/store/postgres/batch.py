@@ -13,6 +13,7 @@ from worker.cluster.partitions import partition_of
 from worker.domain.account import AccountWrite
 from worker.domain.state import Conversation
 from worker.store import micros
+from worker.store.details import details_json
 
 
 class Batch:
@@ -23,7 +24,7 @@ class Batch:
 
     def __init__(self, writes: Sequence[AccountWrite], partitions: int) -> None:
         self.final: dict[tuple[str, str], Conversation | None] = {}
-        self.agents: dict[tuple[str, str], tuple[str, int]] = {}
+        self.agents: dict[tuple[str, str], tuple[str, str, int]] = {}
         self.tombstones: dict[tuple[str, str], tuple[int, int | None]] = {}
         self.last: dict[str, AccountWrite] = {}
         self.new_events: Counter[str] = Counter()
@@ -35,9 +36,10 @@ class Batch:
                 self.final[(account_id, conversation.conversation_id)] = conversation
             for conversation_id in write.deleted:
                 self.final[(account_id, conversation_id)] = None
-            for agent_id, (counts, seq) in write.agents.items():
+            for agent_id, (counts, unread, seq) in write.agents.items():
                 self.agents[(account_id, agent_id)] = (
-                    _json(counts, orjson.OPT_SORT_KEYS), seq)
+                    _json(counts, orjson.OPT_SORT_KEYS), _json(unread, orjson.OPT_SORT_KEYS),
+                    seq)
             accounts, numbers, ids = self.events
             for number, event_id in write.events:
                 accounts.append(account_id)
@@ -64,12 +66,14 @@ class Batch:
                           for c in put],
             "c_last_by": [c.last_message_by for c in put],
             "c_due": [None if c.due_at is None else micros(c.due_at) for c in put],
+            "c_details": [details_json(c) for c in put],
             "d_account": [a for a, _ in deleted],
             "d_id": [c for _, c in deleted],
             "g_account": [a for a, _ in self.agents],
             "g_id": [g for _, g in self.agents],
-            "g_counts": [counts for counts, _ in self.agents.values()],
-            "g_seq": [seq for _, seq in self.agents.values()],
+            "g_counts": [counts for counts, _, _ in self.agents.values()],
+            "g_seq": [seq for _, _, seq in self.agents.values()],
+            "g_unread": [unread for _, unread, _ in self.agents.values()],
             "e_account": self.events[0],
             "e_number": self.events[1],
             "e_id": self.events[2],

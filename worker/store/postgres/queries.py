@@ -7,9 +7,10 @@ QUERIES = {
     "account": "SELECT plan, agents, groups_, last_sequence, rules_version, rules_generation,"
                " last_occurred_at, event_counter FROM {s}.accounts WHERE account_id = %s",
     "conversations": "SELECT conversation_id, status, group_id, joined, last_sequence,"
-                     " categories, waiting_since, last_message_by, due_at"
+                     " categories, waiting_since, last_message_by, due_at, details"
                      " FROM {s}.conversations WHERE account_id = %s",
-    "agents": "SELECT agent_id, counts, seq FROM {s}.agents WHERE account_id = %s",
+    "agents": "SELECT agent_id, counts, unread_counts, seq FROM {s}.agents"
+              " WHERE account_id = %s",
     "events": "SELECT number, event_id FROM {s}.events WHERE account_id = %s"
               " ORDER BY number DESC LIMIT %s",
     "tombstones": "SELECT number, conversation_id, last_sequence FROM {s}.tombstones"
@@ -39,20 +40,23 @@ QUERIES = {
         "  %(c_account)b::text[], %(c_id)b::text[], %(c_status)b::text[],"
         "  %(c_group)b::text[], %(c_joined)b::text[], %(c_sequence)b::bigint[],"
         "  %(c_categories)b::text[], %(c_waiting)b::text[], %(c_last_by)b::text[],"
-        "  %(c_due)b::bigint[])"
+        "  %(c_due)b::bigint[], %(c_details)b::text[])"
         " ON CONFLICT (account_id, conversation_id) DO UPDATE SET status = EXCLUDED.status,"
         "  group_id = EXCLUDED.group_id, joined = EXCLUDED.joined,"
         "  last_sequence = EXCLUDED.last_sequence, categories = EXCLUDED.categories,"
         "  waiting_since = EXCLUDED.waiting_since,"
-        "  last_message_by = EXCLUDED.last_message_by, due_at = EXCLUDED.due_at),"
+        "  last_message_by = EXCLUDED.last_message_by, due_at = EXCLUDED.due_at,"
+        "  details = EXCLUDED.details),"
         " deleted AS (DELETE FROM {s}.conversations c"
         "  USING unnest(%(d_account)b::text[], %(d_id)b::text[])"
         "  AS d(account_id, conversation_id)"
         "  WHERE c.account_id = d.account_id AND c.conversation_id = d.conversation_id),"
         " put_agents AS (INSERT INTO {s}.agents SELECT * FROM unnest(%(g_account)b::text[],"
-        "  %(g_id)b::text[], %(g_counts)b::text[], %(g_seq)b::bigint[])"
+        "  %(g_id)b::text[], %(g_counts)b::text[], %(g_seq)b::bigint[],"
+        "  %(g_unread)b::text[])"
         "  ON CONFLICT (account_id, agent_id) DO UPDATE"
-        "  SET counts = EXCLUDED.counts, seq = EXCLUDED.seq),"
+        "  SET counts = EXCLUDED.counts, seq = EXCLUDED.seq,"
+        "  unread_counts = EXCLUDED.unread_counts),"
         # Plain INSERT: a number is used once per account; a clash is a bug, not a retry.
         " put_events AS (INSERT INTO {s}.events SELECT * FROM unnest(%(e_account)b::text[],"
         "  %(e_number)b::bigint[], %(e_id)b::text[])),"

@@ -16,7 +16,7 @@ from worker.errors import StoreError
 from worker.store import new_control_token
 from worker.store.postgres.connection import Connection
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_SCHEMA = "inbox_rules"
 
 # {s} is the schema, quoted. The composite primary keys cluster nothing in PostgreSQL,
@@ -119,12 +119,26 @@ def _migrate_to_4(conn: Connection, schema: sql.Identifier) -> None:
         conn.execute(sql.SQL(statement).format(s=schema))
 
 
+def _migrate_to_5(conn: Connection, schema: sql.Identifier) -> None:
+    """The details inboxes sort by and the unread facts: a conversation's ``details``
+    (compact JSON text of the fields not at their default, NULL when none is: see
+    :mod:`worker.store.details`) and each agent's ``unread_counts`` (JSON text,
+    category -> unread conversations). Both defaults are constants: the tables are not
+    rewritten. Rows stored before this load with every detail at its default and
+    nothing unread."""
+    for statement in (
+            "ALTER TABLE {s}.conversations ADD COLUMN details text",
+            "ALTER TABLE {s}.agents ADD COLUMN unread_counts text NOT NULL DEFAULT '{{}}'"):
+        conn.execute(sql.SQL(statement).format(s=schema))
+
+
 # (version, migration from the version before it); all run in the open's transaction.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection, sql.Identifier], None]], ...] = (
     (1, _migrate_to_1),
     (2, _migrate_to_2),
     (3, _migrate_to_3),
     (4, _migrate_to_4),
+    (5, _migrate_to_5),
 )
 
 

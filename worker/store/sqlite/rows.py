@@ -9,6 +9,7 @@ import orjson
 from worker.domain.account import AccountWrite
 from worker.domain.state import Conversation
 from worker.store import micros
+from worker.store.details import details_json
 
 
 def json_text(value: object, option: int = 0) -> str:
@@ -44,4 +45,4 @@ def conversation_row(conversation: Conversation) -> tuple[object, ...]:
             conversation.group_id, _joined_json(conversation.joined),
             conversation.last_sequence, _categories_json(conversation.categories),
             None if waiting is None else waiting.isoformat(), conversation.last_message_by,
-            None if due is None else micros(due))
+            None if due is None else micros(due), details_json(conversation))

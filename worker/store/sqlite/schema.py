@@ -14,7 +14,7 @@ from pathlib import Path
 from worker.errors import StoreError
 from worker.store.sqlite.connection import transaction
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 # A composite primary key is the only index these tables need, and WITHOUT ROWID
@@ -154,11 +154,24 @@ def _migrate_to_4(db: sqlite3.Connection, current: int) -> None:
                (str(SCHEMA_VERSION),))
 
 
+def _migrate_to_5(db: sqlite3.Connection, current: int) -> None:
+    """The details inboxes sort by and the unread facts: a conversation's ``details``
+    (compact JSON of the fields not at their default, NULL when none is: see
+    :mod:`worker.store.details`) and each agent's ``unread_counts`` (JSON, category ->
+    unread conversations). Rows stored before this load with every detail at its
+    default and nothing unread."""
+    db.execute("ALTER TABLE conversations ADD COLUMN details TEXT")
+    db.execute("ALTER TABLE agents ADD COLUMN unread_counts TEXT NOT NULL DEFAULT '{}'")
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+               (str(SCHEMA_VERSION),))
+
+
 # (version, migration from the version before it); each runs in its own transaction.
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection, int], None]], ...] = (
     (2, _migrate_to_2),
     (3, _migrate_to_3),
     (4, _migrate_to_4),
+    (5, _migrate_to_5),
 )
 
 

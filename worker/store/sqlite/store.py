@@ -72,10 +72,10 @@ class SqliteStore(SqliteRules):
             key).fetchone()
         conversations = db.execute(
             "SELECT conversation_id, status, group_id, joined, last_sequence, categories,"
-            " waiting_since, last_message_by, due_at"
+            " waiting_since, last_message_by, due_at, details"
             " FROM conversations WHERE account_id = ?", key).fetchall()
-        agents = db.execute("SELECT agent_id, counts, seq FROM agents WHERE account_id = ?",
-                            key).fetchall()
+        agents = db.execute("SELECT agent_id, counts, unread_counts, seq FROM agents"
+                            " WHERE account_id = ?", key).fetchall()
         events = db.execute("SELECT number, event_id FROM events WHERE account_id = ?"
                             " ORDER BY number DESC LIMIT ?", (account_id, event_window)).fetchall()
         tombstones = db.execute(
@@ -172,9 +172,11 @@ class SqliteStore(SqliteRules):
                      [conversation_row(c) for c in final.values() if c is not None])
         db.executemany("DELETE FROM conversations WHERE account_id = ? AND conversation_id = ?",
                        [key for key, c in final.items() if c is None])
+        # Columns in table order: unread_counts came last (schema 5).
         self._insert("INSERT OR REPLACE", "agents",
-                     [(w.account_id, agent_id, json_text(counts, orjson.OPT_SORT_KEYS), seq)
-                      for w in writes for agent_id, (counts, seq) in w.agents.items()])
+                     [(w.account_id, agent_id, json_text(counts, orjson.OPT_SORT_KEYS), seq,
+                       json_text(unread, orjson.OPT_SORT_KEYS))
+                      for w in writes for agent_id, (counts, unread, seq) in w.agents.items()])
         # Plain INSERT: a number is used once per account; a clash is a bug, not a retry.
         self._insert("INSERT", "events",
                      [(w.account_id, n, e) for w in writes for n, e in w.events])
