@@ -486,7 +486,8 @@ def ratio(a: float, b: float) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'variant':11} {'program':7} {'events':>6} {'upd/ev':>6} {'events/s':>9} "
+    width = max([11, *(len(row.variant.name) for row in rows)])  # light/500+rich: 14
+    head = (f"{'variant':{width}} {'program':7} {'events':>6} {'upd/ev':>6} {'events/s':>9} "
             f"{'updates/s':>9} {'CPU us/ev':>9} {'MQ us/ev':>8} {'rate ev/s':>9} "
             f"{'p50 ms':>8} {'p99 ms':>8} "
             f"{'RSS MB':>7}")
@@ -495,7 +496,7 @@ def table(rows: list[Row]) -> str:
         for name, thr, lat in (("relay", row.relay, row.relay_latency),
                                ("worker", row.worker, row.worker_latency)):
             out.append(
-                f"{row.variant.name:11} {name:7} {thr.events:6d} "
+                f"{row.variant.name:{width}} {name:7} {thr.events:6d} "
                 f"{thr.updates / thr.events:6.1f} {thr.events_per_second:9.0f} "
                 f"{thr.updates_per_second:9.0f} {thr.cpu_us_per_event:9.0f} "
                 f"{thr.broker_us_per_event:8.0f} {lat.rate:9.0f} "
@@ -503,7 +504,7 @@ def table(rows: list[Row]) -> str:
                 f"{thr.rss_end_kb / 1024:7.1f}")
         w, r, wl, rl = row.worker, row.relay, row.worker_latency, row.relay_latency
         out.append(
-            f"{'':11} {'w/r':7} {'':6} {'':6} "
+            f"{'':{width}} {'w/r':7} {'':6} {'':6} "
             f"{ratio(w.events_per_second, r.events_per_second):>9} "
             f"{ratio(w.updates_per_second, r.updates_per_second):>9} "
             f"{ratio(w.cpu_us_per_event, r.cpu_us_per_event):>9} "
