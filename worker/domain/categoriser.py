@@ -106,7 +106,9 @@ class Categoriser:
         """Apply one event; duplicates and stale events change nothing and return [].
 
         An account still categorised under other rules adopts these first, so the
-        event's updates are diffs under the live rules.
+        event's updates are diffs under the live rules. An event its conversation cannot
+        hold raises :class:`contracts.BadEvent` before it changes anything (the
+        crossings due before it are made, as they would be for any event).
         """
         if event.event_id in state.recent:  # a duplicate (hot path: no method call)
             return []
