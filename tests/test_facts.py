@@ -127,8 +127,8 @@ def test_an_agent_s_message_does_not_wake_a_snooze_and_a_second_snooze_moves_unt
         event(4, "conversation.snoozed", 2, until=T.format(20)))
     state = inbox.account("acc-1")
     assert state.conversations["c-1"].status == "snoozed"
-    assert state.next_due() is not None and state.next_due().isoformat().startswith(
-        "2026-11-24T10:20")
+    due = state.next_due()
+    assert due is not None and due.isoformat().startswith("2026-11-24T10:20")
     assert inbox.categories_of("acc-1", "c-1", "ag-1") == {"all", "mine", "primary"}
     assert run(inbox, event(5, "conversation.created", 12, "c-2"))[0].cause_event_id == "e-5"
 
