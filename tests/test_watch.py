@@ -393,7 +393,8 @@ def test_render_shows_tabs_with_badge_counts_and_the_primary_tab() -> None:
     unread = s.unread_counts_at(s.last)
     assert any(unread.values()), "the stream leaves some conversation unread"
     for tab, count in unread.items():
-        assert (f"({count} unread)" in text) == bool(count)
+        shown = f"{tab}  {s.counts_at(s.last)[tab]} ({count} unread)"
+        assert (shown in text) == bool(count), shown
     assert f"seq {s.last}" in text and "live" in text
     assert f"inbox of {s.agent_id} in {s.account_id}" in text
 

@@ -55,6 +55,19 @@ def final_view(updates: Iterable[dict[str, Any]]) -> Final:
     return categories, counts
 
 
+def final_unread(updates: Iterable[dict[str, Any]],
+                 ) -> tuple[set[Key], dict[tuple[str, str], dict[str, int]]]:
+    """What downstream ends up showing of unread: the (account, agent, conversation)
+    whose last update said unread, and the last unread counts per (account, agent)."""
+    unread: dict[Key, bool] = {}
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for update in updates:
+        account, agent = update["account_id"], update["agent_id"]
+        unread[(account, agent, update["conversation_id"])] = update["unread"]
+        counts[(account, agent)] = update["unread_counts"]
+    return {key for key, flag in unread.items() if flag}, counts
+
+
 @dataclass
 class Oracle:
     """What a clean, crash-free run produces for ``events``: the updates in publish
