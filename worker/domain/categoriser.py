@@ -306,38 +306,36 @@ class Categoriser:
         pairs = self._pairs
         if len(pairs) > MAX_CACHED:
             pairs.clear()
-        add_counts, add_unread = state.add_counts, state.add_unread_counts
+        add, counts, unread_counts = state.add_to, state.counts, state.unread_counts
         changed: list[Pair] = []
         for _, agent, before, after, unread_before, unread_after in changes:
             pair = pairs.get((before, after))
             if pair is None:
                 pair = pairs[(before, after)] = Pair(before, after)
-            if before != after:
-                add_counts(agent, pair.added, pair.removed)
+            moved = pair.moved
+            if moved:
+                add(counts, agent, pair.added, pair.removed)
             if unread_before or unread_after:
                 if unread_before and unread_after:
-                    if before != after:
-                        add_unread(agent, pair.added, pair.removed)
+                    if moved:
+                        add(unread_counts, agent, pair.added, pair.removed)
                 elif unread_after:
-                    add_unread(agent, pair.categories, ())
+                    add(unread_counts, agent, pair.categories, ())
                 else:
-                    add_unread(agent, (), before)
+                    add(unread_counts, agent, (), before)
             changed.append(pair)
-            self.progress += 1
         encode = self._counts.encode
-        counts, unread_counts = state.counts, state.unread_counts
         next_seq = state.next_seq
         encoded: dict[str, bytes] = {}
         updates = []
         for (conversation_id, agent, _, _, _, unread), pair in zip(changes, changed, strict=True):
             counts_json = encoded.get(agent)
             if counts_json is None:
-                counts_json = encoded[agent] = (
-                    encode(counts.get(agent, _NONE)) + b',"unread_counts":'
-                    + encode(unread_counts.get(agent, _NONE)))
+                counts_json = encoded[agent] = encode(counts.get(agent, _NONE),
+                                                      unread_counts.get(agent, _NONE))
             updates.append(Update(cause, pair, agent, conversation_id, next_seq(agent),
                                   counts_json, unread))
-            self.progress += 1
+        self.progress += 2 * len(changes)
         return updates
 
 
@@ -378,15 +376,27 @@ def _changed_agents(old_account: Account, account: Account, old: Conversation,
     if old.mentioned != new.mentioned:
         candidates |= old.mentioned ^ new.mentioned
     old_agents, new_agents = old_account.agents, account.agents
+    old_joined, new_joined = old.joined, new.joined
+    # The relation index inlined (Conversation.relation_of; a call per agent is most of
+    # this loop's cost): the unread bits count only in sixteen-relation category tuples.
+    old_wrote, old_readers, old_mentioned = old.visitor_wrote, old.readers, old.mentioned
+    new_wrote, new_readers, new_mentioned = new.visitor_wrote, new.readers, new.mentioned
+    old_wide, new_wide = len(old_cats) > 4, len(new_cats) > 4
     for agent in sorted(candidates):
         if agent in old_agents:
-            before = old_cats[old.relation_of(agent, old_account)]
-            unread_before = bool(before) and old.is_unread_for(agent)
+            unread = old_wrote and agent not in old_readers
+            mentioned = agent in old_mentioned
+            index = 2 * (agent in old_joined) + (agent in old_members)
+            before = old_cats[index + 4 * unread + 8 * mentioned if old_wide else index]
+            unread_before = (unread or mentioned) and bool(before)
         else:
             before, unread_before = NO_CATEGORIES, False
         if agent in new_agents:
-            after = new_cats[new.relation_of(agent, account)]
-            unread_after = bool(after) and new.is_unread_for(agent)
+            unread = new_wrote and agent not in new_readers
+            mentioned = agent in new_mentioned
+            index = 2 * (agent in new_joined) + (agent in new_members)
+            after = new_cats[index + 4 * unread + 8 * mentioned if new_wide else index]
+            unread_after = (unread or mentioned) and bool(after)
         else:
             after, unread_after = NO_CATEGORIES, False
         if before != after or unread_before != unread_after:
