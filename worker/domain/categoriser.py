@@ -13,9 +13,8 @@ knows about brokers, stores or what a category means.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from contracts import AccountUpdated, ConversationEvent, Event, agent_ids
 from worker.domain.account import AccountState
@@ -44,6 +43,7 @@ from worker.domain.state import (
     wake,
 )
 from worker.domain.updates import Cause, CountsEncoder, Pair, RulesStamp, Update, format_time
+from worker.domain.waiting import waited_and_due, waiting_seconds
 
 # (conversation_id, agent_id, categories before, categories after, unread before,
 # unread after)
@@ -59,7 +59,6 @@ NO_DETAILS: tuple[bool, ...] = ()
 MAX_CACHED = 4096
 # Rules adoptions of an account that had no event yet are stamped with this time.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_SECOND = timedelta(seconds=1)
 WAITING = "conversation.waiting_seconds"
 PRIORITY = "conversation.priority"
 LAST_MESSAGE_BY = "conversation.last_message_by"
@@ -426,38 +425,6 @@ def fact_vector(key: ConversationFacts, joined: bool, in_group: bool, unread: bo
      details, _, _) = key
     return (status, has_group, joined_count, joined, in_group, plan, agents, groups, waited,
             last_by, priority, unread, mentioned, *details)
-
-
-def waiting_seconds(since: datetime | None, now: datetime) -> int:
-    """``conversation.waiting_seconds`` at ``now``: whole seconds since ``since`` (0 while
-    not waiting, and never below 0 when the clocks disagree)."""
-    if since is None or now <= since:
-        return 0
-    return (now - since) // ONE_SECOND
-
-
-def waited_and_due(since: datetime, now: datetime, thresholds: tuple[int, ...],
-                   ) -> tuple[int, datetime | None]:
-    """The waiting time the engine is given at ``now`` - the largest threshold at or
-    below the real value, 0 below the first: every test on it has the same truth, and
-    the cache sees one value per bucket - and the instant the next threshold is
-    reached (None after the last, or when it is past what a datetime can hold)."""
-    index = bisect_right(thresholds, waiting_seconds(since, now))
-    waited = thresholds[index - 1] if index else 0
-    due = _after(since, thresholds[index]) if index < len(thresholds) else None
-    return waited, due
-
-
-def _after(since: datetime, seconds: int) -> datetime | None:
-    """``since`` plus ``seconds``, or None ("never due") past the last instant a
-    datetime holds, in its own offset or in UTC (crossings are stamped in UTC): an event
-    dated 9999-12-31 must not stop the account."""
-    try:
-        due = since + timedelta(seconds=seconds)
-        due.astimezone(UTC)
-    except OverflowError:
-        return None
-    return due
 
 
 def facts_of(state: AccountState, conversation_id: str, agent_id: str,
