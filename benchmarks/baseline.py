@@ -176,6 +176,9 @@ def format_time(moment: datetime) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+# One encoder for every update (json.dumps with options would build one per call).
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 # The contract's events: ids are 1-128 letters, digits, '-', '_' and ':'.
 _ID = re.compile(r"[A-Za-z0-9_:\-]{1,128}")
 
@@ -482,6 +485,10 @@ class Categoriser:
         self.seqs: dict[tuple[str, str], int] = {}
         # (until, account_id, conversation_id) of snoozes that wake by themselves.
         self.wakes: list[tuple[datetime, str, str]] = []
+        # (before, after) -> the update's categories, added and removed: a few dozen
+        # pairs of the category sets above, sorted once each.
+        self.sorted_lists: dict[tuple[frozenset[str], frozenset[str]],
+                                tuple[list[str], list[str], list[str]]] = {}
 
     def wake_until(self, moment: datetime) -> list[bytes]:
         """Wake every snoozed conversation whose ``until`` is at or before ``moment``:
@@ -614,27 +621,32 @@ class Categoriser:
                     for category in now:
                         agent_unread[category] += 1
         zeros = dict.fromkeys(CATEGORIES, 0)
+        sorted_lists = self.sorted_lists
         lines = []
         for conversation_id, agent_id, was, now, _, unread in changes:
+            lists = sorted_lists.get((was, now))
+            if lists is None:
+                lists = sorted_lists[(was, now)] = (sorted(now), sorted(now - was),
+                                                    sorted(was - now))
             key = (account_id, agent_id)
             seq = seqs[key] = seqs.get(key, 0) + 1
-            lines.append(json.dumps({
+            lines.append(_encode({
                 "update_id": update_id(self.rules_version, account_id, cause, agent_id,
                                        conversation_id),
                 "account_id": account_id,
                 "agent_id": agent_id,
                 "conversation_id": conversation_id,
                 "seq": seq,
-                "categories": sorted(now),
-                "added": sorted(now - was),
-                "removed": sorted(was - now),
+                "categories": lists[0],
+                "added": lists[1],
+                "removed": lists[2],
                 "counts": counts.get(key, zeros),
                 "unread_counts": unread_counts.get(key, zeros),
                 "unread": unread,
                 "cause_event_id": cause,
                 "rules_version": self.rules_version,
                 "occurred_at": occurred_at,
-            }, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+            }).encode() + b"\n")
         return lines
 
 
