@@ -237,3 +237,16 @@ def test_events_helper_builds_the_new_events() -> None:
     ev = Events()
     snoozed = ev("conversation.snoozed", "c-1", until="2026-11-24T11:00:00Z")
     assert snoozed.type == "conversation.snoozed"
+
+
+def test_a_timestamp_without_an_offset_is_utc_so_an_account_may_mix_both() -> None:
+    """Events of one account compared in time: with and without an offset alike."""
+    inbox = Inbox(DEFAULT)
+    naive = {**event(2, "conversation.snoozed", until="2026-11-24T10:10:00Z"),
+             "occurred_at": "2026-11-24T10:01:00"}
+    run(inbox, TEAM, event(1, "conversation.created"), naive)
+    later = {**event(3, "conversation.created", conversation="c-2"),
+             "occurred_at": "2026-11-24T10:20:00"}
+    woken = [u for u in run(inbox, later) if u.conversation_id == "c-1"]
+    assert {u.cause_event_id for u in woken} == {"time:2026-11-24T10:10:00Z"}
+    assert parse_event_object(naive).occurred_at.utcoffset() is not None
