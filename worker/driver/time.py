@@ -3,8 +3,9 @@
 Under any rules: snoozes fall due whatever the rules test. The store is asked which
 accounts have a crossing due by the worker's clock; each is sent a tick through its
 queue (worker.control), behind whatever is there already, and the crossing is made
-when the tick comes back, in the account's order, by whoever owns the account then. A worker that has received
-nothing on its connection first probes whether it is the active consumer.
+when the tick comes back, in the account's order, by whoever owns the account then. A
+worker that has received nothing on its connection first probes whether it is the
+active consumer.
 """
 
 from __future__ import annotations
