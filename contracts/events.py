@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -194,12 +195,17 @@ class TransferData:
         return self
 
 
+def _utc_if_naive(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 @contract
 class _Envelope:
     event_id: EventId
     account_id: Id
-    # JSON has no datetime type: an ISO 8601 string is the strict form here.
-    occurred_at: Annotated[datetime, Field(strict=False)]
+    # JSON has no datetime type: an ISO 8601 string is the strict form here; one
+    # without an offset is UTC (an account's events are compared in time).
+    occurred_at: Annotated[datetime, Field(strict=False), AfterValidator(_utc_if_naive)]
     sequence: Annotated[int, Field(ge=0, le=MAX_SEQUENCE)] | None = None
 
 

@@ -333,7 +333,8 @@ def test_compiled_rule_sets_are_freed_with_their_engine_state() -> None:
     vector = {"conversation.status": "deleted", "conversation.has_group": False,
               "conversation.joined_count": 0, "agent.joined": False, "agent.in_group": False,
               "account.plan": "free", "account.agent_count": 1, "account.group_count": 0,
-              "conversation.waiting_seconds": 0, "conversation.last_message_by": "none"}
+              "conversation.waiting_seconds": 0, "conversation.last_message_by": "none",
+              "conversation.priority": "none", "agent.unread": False, "agent.mentioned": False}
     for _ in range(50):
         rules = load_rules(None)
         assert rules.evaluate_facts(vector) == frozenset()

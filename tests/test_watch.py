@@ -71,6 +71,16 @@ class Stream:
     def counts_at(self, seq: int) -> dict[str, int]:
         return dict(self.updates[seq - 1].counts) if seq else {}
 
+    def unread_counts_at(self, seq: int) -> dict[str, int]:
+        return dict(self.updates[seq - 1].unread_counts) if seq else {}
+
+    def unread_at(self, seq: int) -> set[str]:
+        """The conversations whose last update up to ``seq`` said unread."""
+        last: dict[str, bool] = {}
+        for update in self.upto(seq):
+            last[update.conversation_id] = update.unread
+        return {cid for cid, unread in last.items() if unread}
+
     def snapshot(self, seq: int, *, after: str | None = None, limit: int | None = None,
                  categories: Sequence[str] | None = None) -> SnapshotReply:
         """The worker's reply at ``seq`` (a page of it with ``after``/``limit``), built
@@ -85,7 +95,9 @@ class Stream:
         return SnapshotReply(
             account_id=self.account_id, agent_id=self.agent_id, seq=seq,
             rules_version=self.updates[0].rules_version, counts=self.counts_at(seq),
+            unread_counts=self.unread_counts_at(seq),
             conversations={cid: list(cats) for cid, cats in page},
+            unread=sorted(cid for cid, _ in page if cid in self.unread_at(seq)),
             next_after=page[-1][0] if more else None)
 
     @property
@@ -115,6 +127,8 @@ def assert_shows(view: InboxView, s: Stream, seq: int) -> None:
     assert view.seq == seq
     assert dict(view.conversations) == s.inbox_at(seq)
     assert view.counts == s.counts_at(seq)
+    assert view.unread == s.unread_at(seq) & set(view.conversations)
+    assert view.unread_counts == s.unread_counts_at(seq)
 
 
 def final_inbox(s: Stream) -> Inbox:
@@ -374,7 +388,13 @@ def test_render_shows_tabs_with_badge_counts_and_the_primary_tab() -> None:
     for tab, count in s.counts_at(s.last).items():
         assert f"{tab}  {count}" in text
     for cid in view.in_tab("primary")[:5]:
-        assert cid in text
+        marked = f"● {cid}" in text
+        assert marked == (cid in view.unread) and (marked or f"  {cid}" in text)
+    unread = s.unread_counts_at(s.last)
+    assert any(unread.values()), "the stream leaves some conversation unread"
+    for tab, count in unread.items():
+        shown = f"{tab}  {s.counts_at(s.last)[tab]} ({count} unread)"
+        assert (shown in text) == bool(count), shown
     assert f"seq {s.last}" in text and "live" in text
     assert f"inbox of {s.agent_id} in {s.account_id}" in text
 

@@ -239,6 +239,9 @@ class Step:
         state.begin()
         try:
             updates = categoriser.handle(state, event)
+        except BadEvent as exc:  # valid alone, impossible here (too many attributes)
+            state.rollback()
+            return self.dead_letter(delivery, exc.reason)
         except Exception as exc:  # a worker bug must not stop the stream
             state.rollback()
             log.exception("event %s failed; dead-lettering it", event.event_id,

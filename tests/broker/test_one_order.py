@@ -27,11 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from contracts.requests import SnapshotReply, SnapshotRequest
 from tests.support.harness import (
     Bus,
     Producer,
-    amqp_url,
     as_messages,
     collecting,
     fresh_database,
@@ -45,12 +43,12 @@ from tests.support.several import (
     fleet,
     partitioned_topology,
     settled,
+    snapshots,
 )
 from tests.support.streams import event_stream
 from worker.amqp.topology import Topology
 from worker.rulebook.engine import load_rules_from_files, read_rule_directory
 from worker.settings import Settings
-from worker.tools.request_client import ask
 from worker.tools.rule_deploy import open_rule_store
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -70,57 +68,6 @@ RUNS = int(os.environ.get("INBOX_RULES_ORDER_RUNS", "1"))
 def database() -> Iterator[str]:
     with fresh_database() as url:
         yield url
-
-
-def snapshots(vhost: str, downstream: Downstream) -> dict[tuple[str, str], SnapshotReply]:
-    """Every agent's whole inbox, page by page."""
-    settings = Settings(AMQP_URL=amqp_url(vhost))
-    agents = {(u["account_id"], u["agent_id"]) for u in downstream.updates.values()}
-    out: dict[tuple[str, str], SnapshotReply] = {}
-    for account, agent in sorted(agents):
-        after: str | None = None
-        merged: SnapshotReply | None = None
-        while True:
-            page = ask(settings, "snapshot",
-                       SnapshotRequest(account_id=account, agent_id=agent, after=after),
-                       SnapshotReply, timeout=30)
-            if merged is None:
-                merged = page
-            else:
-                assert page.seq == merged.seq, "nothing changes while the stream is idle"
-                merged.conversations.update(page.conversations)
-            if page.next_after is None:
-                break
-            after = page.next_after
-        assert merged is not None
-        out[(account, agent)] = merged
-    return out
-
-
-def differences(downstream: Downstream,
-                taken: dict[tuple[str, str], SnapshotReply]) -> list[str]:
-    """Where the consumer's view (updates applied by seq) and the snapshots disagree."""
-    view, counts = downstream.final()
-    seqs: dict[tuple[str, str], int] = {}
-    for update in downstream.updates.values():
-        key = (update["account_id"], update["agent_id"])
-        seqs[key] = max(seqs.get(key, 0), update["seq"])
-    wrong = []
-    for (account, agent), snapshot in taken.items():
-        mine = {c: cats for (a, g, c), cats in view.items()
-                if (a, g) == (account, agent) and cats}
-        theirs = {c: sorted(cats) for c, cats in snapshot.conversations.items()}
-        if snapshot.seq != seqs.get((account, agent)):
-            wrong.append(f"{account}/{agent}: snapshot seq {snapshot.seq}, downstream "
-                         f"{seqs.get((account, agent))}")
-        if mine != theirs:
-            keys = sorted(c for c in set(mine) | set(theirs) if mine.get(c) != theirs.get(c))
-            wrong.append(f"{account}/{agent}: {len(keys)} conversation(s) differ, e.g. "
-                         f"{[(c, mine.get(c), theirs.get(c)) for c in keys[:3]]}")
-        if counts.get((account, agent)) != snapshot.counts:
-            wrong.append(f"{account}/{agent}: counts {counts.get((account, agent))} "
-                         f"downstream, {snapshot.counts} in the snapshot")
-    return wrong
 
 
 def deploy(where: str, rules: Path) -> str:
@@ -238,12 +185,13 @@ def run_order(vhost: str, store_url: str | None, tmp_path: Path, names: list[str
                  and settled(bus, topology, quiet=3.0), 180,
                  "the stream and its crossings through, every queue drained", interval=1.0)
         downstream = Downstream.read(updates.received, PARTITIONS)
-        taken = snapshots(vhost, downstream)
+        taken = snapshots(vhost, {(u["account_id"], u["agent_id"])
+                                  for u in downstream.updates.values()})
         for member in workers.members.values():
             member.process.assert_alive()
     crossings = sum(u["cause_event_id"].startswith("time:")
                     for u in downstream.updates.values())
-    wrong = differences(downstream, taken)
+    wrong = downstream.differences(taken)
     print(f"{done}; {len(downstream.updates)} updates ({crossings} crossings), "
           f"{downstream.duplicates} duplicates; problems: {len(downstream.conflicting)} "
           f"update ids with two bodies, {len(downstream.reused_seq)} seqs with two ids, "

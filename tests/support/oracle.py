@@ -55,18 +55,17 @@ def final_view(updates: Iterable[dict[str, Any]]) -> Final:
     return categories, counts
 
 
-def final_unread(updates: Iterable[dict[str, Any]]) -> Final:
-    """What downstream ends up showing as unread: the last ``unread`` flag per
-    (account, agent, conversation), kept only where it is set, and the last unread
-    counts per (account, agent)."""
-    flags: dict[Key, bool] = {}
+def final_unread(updates: Iterable[dict[str, Any]],
+                 ) -> tuple[set[Key], dict[tuple[str, str], dict[str, int]]]:
+    """What downstream ends up showing of unread: the (account, agent, conversation)
+    whose last update said unread, and the last unread counts per (account, agent)."""
+    unread: dict[Key, bool] = {}
     counts: dict[tuple[str, str], dict[str, int]] = {}
     for update in updates:
         account, agent = update["account_id"], update["agent_id"]
-        flags[(account, agent, update["conversation_id"])] = update["unread"]
+        unread[(account, agent, update["conversation_id"])] = update["unread"]
         counts[(account, agent)] = update["unread_counts"]
-    return ({key: ["unread"] for key, flag in flags.items() if flag},
-            {key: {name: n for name, n in value.items() if n} for key, value in counts.items()})
+    return {key for key, flag in unread.items() if flag}, counts
 
 
 @dataclass
@@ -153,24 +152,31 @@ def judge(oracle: Oracle, received: Sequence[Received], events: int,
     verdict.lost_updates = [f"{u['update_id']} caused by {u['cause_event_id']}" for u in lost]
     verdict.lost_events = sorted({u["cause_event_id"] for u in lost})
 
-    for view, shown, counted in ((final_view, verdict.wrong_final_categories,
-                                  verdict.wrong_final_counts),
-                                 (final_unread, verdict.wrong_final_unread,
-                                  verdict.wrong_final_unread)):
-        want, want_counts = view(oracle.updates)
-        got, got_counts = view(bodies)
-        for key in sorted(set(want) | set(got)):
-            # Never non-empty for the oracle and never seen downstream: nothing to show.
-            if want.get(key, []) != got.get(key, []):
-                shown.append(f"{key}: downstream {got.get(key)}, replay {want.get(key)}")
-        for agent in sorted(set(want_counts) | set(got_counts)):
-            if want_counts.get(agent) != got_counts.get(agent):
-                counted.append(f"{agent}: downstream {got_counts.get(agent)}, "
-                               f"replay {want_counts.get(agent)}")
+    want, want_counts = final_view(oracle.updates)
+    got, got_counts = final_view(bodies)
+    for key in sorted(set(want) | set(got)):
+        # Never non-empty for the oracle and never seen downstream: nothing to show.
+        if want.get(key, []) != got.get(key, []):
+            verdict.wrong_final_categories.append(
+                f"{key}: downstream {got.get(key)}, replay {want.get(key)}")
+    verdict.wrong_final_counts = _differences(want_counts, got_counts)
+    want_unread, want_unread_counts = final_unread(oracle.updates)
+    got_unread, got_unread_counts = final_unread(bodies)
+    verdict.wrong_final_unread = [
+        f"{key}: unread downstream {key in got_unread}, replay {key in want_unread}"
+        for key in sorted(want_unread ^ got_unread)] + _differences(
+            want_unread_counts, got_unread_counts, "unread counts ")
     if state_path is not None:
         verdict.state_differences, never_committed = compare_committed(oracle, state_path)
         verdict.lost_events = sorted(set(verdict.lost_events) | never_committed)
     return verdict
+
+
+def _differences(want: dict[tuple[str, str], dict[str, int]],
+                 got: dict[tuple[str, str], dict[str, int]], what: str = "") -> list[str]:
+    """The (account, agent) whose last counts differ."""
+    return [f"{what}{agent}: downstream {got.get(agent)}, replay {want.get(agent)}"
+            for agent in sorted(set(want) | set(got)) if want.get(agent) != got.get(agent)]
 
 
 # -- the committed state ----------------------------------------------------------------

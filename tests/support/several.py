@@ -14,12 +14,13 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contracts.requests import SnapshotReply, SnapshotRequest
 from tests.support.harness import (
     TEST_SETTINGS,
     Bus,
@@ -33,10 +34,11 @@ from tests.support.harness import (
     worker_env,
     worker_unacked,
 )
-from tests.support.oracle import final_view
+from tests.support.oracle import final_unread, final_view
 from worker.amqp.topology import Topology
 from worker.cluster.partitions import partition_of
 from worker.settings import Settings
+from worker.tools.request_client import ask
 
 
 def partitioned_topology(partitions: int) -> Topology:
@@ -321,6 +323,74 @@ class Downstream:
                              dict[tuple[str, str], dict[str, int]]]:
         """The last categories per (account, agent, conversation) and the last counts
         per (account, agent), by ``seq``."""
-        ordered = sorted(self.updates.values(),
-                         key=lambda u: (u["account_id"], u["agent_id"], u["seq"]))
-        return final_view(ordered)
+        return final_view(self.by_seq())
+
+    def unread(self) -> tuple[set[tuple[str, str, str]], dict[tuple[str, str], dict[str, int]]]:
+        """The (account, agent, conversation) left unread and the last unread counts
+        per (account, agent), by ``seq``."""
+        return final_unread(self.by_seq())
+
+    def by_seq(self) -> list[dict[str, Any]]:
+        return sorted(self.updates.values(),
+                      key=lambda u: (u["account_id"], u["agent_id"], u["seq"]))
+
+    def differences(self, taken: dict[tuple[str, str], SnapshotReply]) -> list[str]:
+        """Where this view (updates applied by seq) and the snapshots disagree:
+        categories, counts, unread conversations and unread counts."""
+        view, counts = self.final()
+        unread, unread_counts = self.unread()
+        seqs: dict[tuple[str, str], int] = {}
+        for update in self.updates.values():
+            key = (update["account_id"], update["agent_id"])
+            seqs[key] = max(seqs.get(key, 0), update["seq"])
+        wrong = []
+        for (account, agent), snapshot in taken.items():
+            mine = {c: cats for (a, g, c), cats in view.items()
+                    if (a, g) == (account, agent) and cats}
+            theirs = {c: sorted(cats) for c, cats in snapshot.conversations.items()}
+            if snapshot.seq != seqs.get((account, agent)):
+                wrong.append(f"{account}/{agent}: snapshot seq {snapshot.seq}, downstream "
+                             f"{seqs.get((account, agent))}")
+            if mine != theirs:
+                keys = sorted(c for c in set(mine) | set(theirs)
+                              if mine.get(c) != theirs.get(c))
+                wrong.append(f"{account}/{agent}: {len(keys)} conversation(s) differ, e.g. "
+                             f"{[(c, mine.get(c), theirs.get(c)) for c in keys[:3]]}")
+            if counts.get((account, agent)) != snapshot.counts:
+                wrong.append(f"{account}/{agent}: counts {counts.get((account, agent))} "
+                             f"downstream, {snapshot.counts} in the snapshot")
+            flagged = {c for (a, g, c) in unread if (a, g) == (account, agent)}
+            if flagged != set(snapshot.unread):
+                wrong.append(f"{account}/{agent}: unread {sorted(flagged)[:5]} downstream, "
+                             f"{sorted(snapshot.unread)[:5]} in the snapshot")
+            if unread_counts.get((account, agent)) != snapshot.unread_counts:
+                wrong.append(f"{account}/{agent}: unread counts "
+                             f"{unread_counts.get((account, agent))} downstream, "
+                             f"{snapshot.unread_counts} in the snapshot")
+        return wrong
+
+
+def snapshots(vhost: str, agents: Iterable[tuple[str, str]],
+              ) -> dict[tuple[str, str], SnapshotReply]:
+    """Every agent's whole inbox, page by page (the stream must be idle)."""
+    settings = Settings(AMQP_URL=amqp_url(vhost))
+    out: dict[tuple[str, str], SnapshotReply] = {}
+    for account, agent in sorted(agents):
+        after: str | None = None
+        merged: SnapshotReply | None = None
+        while True:
+            page = ask(settings, "snapshot",
+                       SnapshotRequest(account_id=account, agent_id=agent, after=after),
+                       SnapshotReply, timeout=30)
+            if merged is None:
+                merged = page
+            else:
+                assert page.seq == merged.seq, "nothing changes while the stream is idle"
+                merged.conversations.update(page.conversations)
+                merged.unread.extend(page.unread)
+            if page.next_after is None:
+                break
+            after = page.next_after
+        assert merged is not None
+        out[(account, agent)] = merged
+    return out

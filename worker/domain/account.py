@@ -201,14 +201,16 @@ class AccountState:
             self.tombstones.popitem(last=False)
 
     def add_counts(self, agent_id: str, added: Iterable[str], removed: Iterable[str]) -> None:
-        self._add(self.counts, agent_id, added, removed)
+        self.add_to(self.counts, agent_id, added, removed)
 
     def add_unread_counts(self, agent_id: str, added: Iterable[str],
                           removed: Iterable[str]) -> None:
-        self._add(self.unread_counts, agent_id, added, removed)
+        self.add_to(self.unread_counts, agent_id, added, removed)
 
-    def _add(self, table: dict[str, dict[str, int]], agent_id: str, added: Iterable[str],
-             removed: Iterable[str]) -> None:
+    def add_to(self, table: dict[str, dict[str, int]], agent_id: str, added: Iterable[str],
+               removed: Iterable[str]) -> None:
+        """Count ``added`` in and ``removed`` out for an agent, in :attr:`counts` or
+        :attr:`unread_counts` (``table``)."""
         counts = table.get(agent_id)
         if self._journal is not None:
             saved = None if counts is None else dict(counts)

@@ -13,9 +13,8 @@ knows about brokers, stores or what a category means.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from contracts import AccountUpdated, ConversationEvent, Event, agent_ids
 from worker.domain.account import AccountState
@@ -44,6 +43,7 @@ from worker.domain.state import (
     wake,
 )
 from worker.domain.updates import Cause, CountsEncoder, Pair, RulesStamp, Update, format_time
+from worker.domain.waiting import waited_and_due, waiting_seconds
 
 # (conversation_id, agent_id, categories before, categories after, unread before,
 # unread after)
@@ -59,7 +59,6 @@ NO_DETAILS: tuple[bool, ...] = ()
 MAX_CACHED = 4096
 # Rules adoptions of an account that had no event yet are stamped with this time.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_SECOND = timedelta(seconds=1)
 WAITING = "conversation.waiting_seconds"
 PRIORITY = "conversation.priority"
 LAST_MESSAGE_BY = "conversation.last_message_by"
@@ -106,7 +105,9 @@ class Categoriser:
         """Apply one event; duplicates and stale events change nothing and return [].
 
         An account still categorised under other rules adopts these first, so the
-        event's updates are diffs under the live rules.
+        event's updates are diffs under the live rules. An event its conversation cannot
+        hold raises :class:`contracts.BadEvent` before it changes anything (the
+        crossings due before it are made, as they would be for any event).
         """
         if event.event_id in state.recent:  # a duplicate (hot path: no method call)
             return []
@@ -304,38 +305,36 @@ class Categoriser:
         pairs = self._pairs
         if len(pairs) > MAX_CACHED:
             pairs.clear()
-        add_counts, add_unread = state.add_counts, state.add_unread_counts
+        add, counts, unread_counts = state.add_to, state.counts, state.unread_counts
         changed: list[Pair] = []
         for _, agent, before, after, unread_before, unread_after in changes:
             pair = pairs.get((before, after))
             if pair is None:
                 pair = pairs[(before, after)] = Pair(before, after)
-            if before != after:
-                add_counts(agent, pair.added, pair.removed)
+            moved = pair.moved
+            if moved:
+                add(counts, agent, pair.added, pair.removed)
             if unread_before or unread_after:
                 if unread_before and unread_after:
-                    if before != after:
-                        add_unread(agent, pair.added, pair.removed)
+                    if moved:
+                        add(unread_counts, agent, pair.added, pair.removed)
                 elif unread_after:
-                    add_unread(agent, pair.categories, ())
+                    add(unread_counts, agent, pair.categories, ())
                 else:
-                    add_unread(agent, (), before)
+                    add(unread_counts, agent, (), before)
             changed.append(pair)
-            self.progress += 1
         encode = self._counts.encode
-        counts, unread_counts = state.counts, state.unread_counts
         next_seq = state.next_seq
         encoded: dict[str, bytes] = {}
         updates = []
         for (conversation_id, agent, _, _, _, unread), pair in zip(changes, changed, strict=True):
             counts_json = encoded.get(agent)
             if counts_json is None:
-                counts_json = encoded[agent] = (
-                    encode(counts.get(agent, _NONE)) + b',"unread_counts":'
-                    + encode(unread_counts.get(agent, _NONE)))
+                counts_json = encoded[agent] = encode(counts.get(agent, _NONE),
+                                                      unread_counts.get(agent, _NONE))
             updates.append(Update(cause, pair, agent, conversation_id, next_seq(agent),
                                   counts_json, unread))
-            self.progress += 1
+        self.progress += 2 * len(changes)
         return updates
 
 
@@ -376,15 +375,27 @@ def _changed_agents(old_account: Account, account: Account, old: Conversation,
     if old.mentioned != new.mentioned:
         candidates |= old.mentioned ^ new.mentioned
     old_agents, new_agents = old_account.agents, account.agents
+    old_joined, new_joined = old.joined, new.joined
+    # The relation index inlined (Conversation.relation_of; a call per agent is most of
+    # this loop's cost): the unread bits count only in sixteen-relation category tuples.
+    old_wrote, old_readers, old_mentioned = old.visitor_wrote, old.readers, old.mentioned
+    new_wrote, new_readers, new_mentioned = new.visitor_wrote, new.readers, new.mentioned
+    old_wide, new_wide = len(old_cats) > 4, len(new_cats) > 4
     for agent in sorted(candidates):
         if agent in old_agents:
-            before = old_cats[old.relation_of(agent, old_account)]
-            unread_before = bool(before) and old.is_unread_for(agent)
+            unread = old_wrote and agent not in old_readers
+            mentioned = agent in old_mentioned
+            index = 2 * (agent in old_joined) + (agent in old_members)
+            before = old_cats[index + 4 * unread + 8 * mentioned if old_wide else index]
+            unread_before = (unread or mentioned) and bool(before)
         else:
             before, unread_before = NO_CATEGORIES, False
         if agent in new_agents:
-            after = new_cats[new.relation_of(agent, account)]
-            unread_after = bool(after) and new.is_unread_for(agent)
+            unread = new_wrote and agent not in new_readers
+            mentioned = agent in new_mentioned
+            index = 2 * (agent in new_joined) + (agent in new_members)
+            after = new_cats[index + 4 * unread + 8 * mentioned if new_wide else index]
+            unread_after = (unread or mentioned) and bool(after)
         else:
             after, unread_after = NO_CATEGORIES, False
         if before != after or unread_before != unread_after:
@@ -414,38 +425,6 @@ def fact_vector(key: ConversationFacts, joined: bool, in_group: bool, unread: bo
      details, _, _) = key
     return (status, has_group, joined_count, joined, in_group, plan, agents, groups, waited,
             last_by, priority, unread, mentioned, *details)
-
-
-def waiting_seconds(since: datetime | None, now: datetime) -> int:
-    """``conversation.waiting_seconds`` at ``now``: whole seconds since ``since`` (0 while
-    not waiting, and never below 0 when the clocks disagree)."""
-    if since is None or now <= since:
-        return 0
-    return (now - since) // ONE_SECOND
-
-
-def waited_and_due(since: datetime, now: datetime, thresholds: tuple[int, ...],
-                   ) -> tuple[int, datetime | None]:
-    """The waiting time the engine is given at ``now`` - the largest threshold at or
-    below the real value, 0 below the first: every test on it has the same truth, and
-    the cache sees one value per bucket - and the instant the next threshold is
-    reached (None after the last, or when it is past what a datetime can hold)."""
-    index = bisect_right(thresholds, waiting_seconds(since, now))
-    waited = thresholds[index - 1] if index else 0
-    due = _after(since, thresholds[index]) if index < len(thresholds) else None
-    return waited, due
-
-
-def _after(since: datetime, seconds: int) -> datetime | None:
-    """``since`` plus ``seconds``, or None ("never due") past the last instant a
-    datetime holds, in its own offset or in UTC (crossings are stamped in UTC): an event
-    dated 9999-12-31 must not stop the account."""
-    try:
-        due = since + timedelta(seconds=seconds)
-        due.astimezone(UTC)
-    except OverflowError:
-        return None
-    return due
 
 
 def facts_of(state: AccountState, conversation_id: str, agent_id: str,

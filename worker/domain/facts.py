@@ -46,7 +46,7 @@ _SPECS = (
     FactSpec("account.plan", str, "the account's plan", ("free", "standard", "pro")),
     FactSpec("account.agent_count", int, "how many agents the account has"),
     FactSpec("account.group_count", int, "how many groups the account has"),
-    # Time facts (docs/concepts/time.md): computed from the events' occurred_at.
+    # Time facts (docs/time.md): computed from the events' occurred_at.
     FactSpec("conversation.waiting_seconds", int,
              "seconds since the conversation began waiting for an agent (created, reopened, "
              "woken from a snooze, or the first visitor message after the last agent "

@@ -25,7 +25,6 @@ class Inbox:
 
     def __init__(self, rules: Rules, event_window: int = DEFAULT_EVENT_WINDOW) -> None:
         self.categoriser = Categoriser(rules)
-        self._timed = self.categoriser.timed
         self.event_window = event_window
         self.accounts: dict[str, AccountState] = {}
         # (an account's next crossing, account id): the earliest first. An entry whose
@@ -49,9 +48,9 @@ class Inbox:
         """Apply one event; duplicates and stale events change nothing and return []
         (but the crossings due before it are made all the same)."""
         state = self.accounts.get(event.account_id) or self.account(event.account_id)
-        if not self._timed:
-            return self.categoriser.handle(state, event)
         updates = self.cross_until(event.occurred_at)
+        # BadEvent (valid alone, impossible for its conversation) leaves the state as
+        # the crossings before it made it: the worker dead-letters such an event.
         updates.extend(self.categoriser.handle(state, event))
         self._schedule(state)
         return updates
@@ -82,7 +81,6 @@ class Inbox:
     def adopt_rules(self, rules: Rules) -> list[Update]:
         """Switch to new rules and re-categorise every account, in account order."""
         self.categoriser = Categoriser(rules)
-        self._timed = self.categoriser.timed
         updates: list[Update] = []
         self._due.clear()
         self._scheduled.clear()

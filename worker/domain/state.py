@@ -183,12 +183,8 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
             joined, readers, mentioned = _agent_wrote(event, joined, readers, mentioned)
             waiting, last_by = None, "agent"
     elif isinstance(event, ConversationCreated):
-        data_created = event.data
-        group_id, channel, priority = (data_created.group_id, data_created.channel,
-                                       data_created.priority)
-        labels = frozenset(data_created.labels)
-        attributes = (MappingProxyType(dict(data_created.attributes))
-                      if data_created.attributes else NO_ATTRIBUTES)
+        group_id = event.data.group_id
+        channel, priority, labels, attributes = _created_details(event)
     elif isinstance(event, AgentAssigned):
         joined = joined | {event.data.agent_id}
     elif isinstance(event, AgentUnassigned):
@@ -200,25 +196,10 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
             joined, group_id = frozenset(), event.data.to_group_id
     elif isinstance(event, ConversationResolved):
         status, waiting, until = "resolved", None, None
-    elif isinstance(event, ConversationReopened | ConversationUnsnoozed):
-        if status == "snoozed" or (status == "resolved"
-                                   and isinstance(event, ConversationReopened)):
-            status, waiting, until = "open", event.occurred_at, None
-    elif isinstance(event, ConversationSnoozed):
-        wake = event.data.until
-        if wake is not None and wake <= event.occurred_at:
-            # Snoozed until a moment already past: open (and waiting) from now on.
-            if status != "open" or waiting is None:
-                waiting = event.occurred_at
-            status, until = "open", None
-        else:
-            status, waiting, until = "snoozed", None, wake
+    elif isinstance(event, ConversationReopened | ConversationUnsnoozed | ConversationSnoozed):
+        status, waiting, until = _snooze_or_wake(event, status, waiting, until)
     elif isinstance(event, ConversationRead):
-        agent = event.data.agent_id
-        if agent not in readers:
-            readers = readers | {agent}
-        if agent in mentioned:
-            mentioned = mentioned - {agent}
+        readers, mentioned = readers | {event.data.agent_id}, mentioned - {event.data.agent_id}
     elif isinstance(event, ConversationUpdated):
         channel, priority, labels, attributes = _changed_details(
             event, channel, priority, labels, attributes)
@@ -228,6 +209,23 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
                                group_id, joined, sequence, conversation.categories, waiting,
                                last_by, conversation.due_at, channel, priority, labels,
                                attributes, until, visitor_wrote, readers, mentioned))
+
+
+def _snooze_or_wake(event: ConversationReopened | ConversationUnsnoozed | ConversationSnoozed,
+                    status: str, waiting: datetime | None, until: datetime | None,
+                    ) -> tuple[str, datetime | None, datetime | None]:
+    """(status, waiting since, snoozed until) after a snooze, an unsnooze or a reopening.
+    Waking (unsnoozed, reopened, or a snooze until a moment already past) waits again
+    from the event, as a reopening does."""
+    now = event.occurred_at
+    if isinstance(event, ConversationSnoozed):
+        wake = event.data.until
+        if wake is None or wake > now:
+            return "snoozed", None, wake
+        return "open", (now if status != "open" or waiting is None else waiting), None
+    if status == "snoozed" or (status == "resolved" and isinstance(event, ConversationReopened)):
+        return "open", now, None
+    return status, waiting, until
 
 
 def _agent_wrote(event: MessageCreated, joined: frozenset[str], readers: frozenset[str],
@@ -246,6 +244,13 @@ def _agent_wrote(event: MessageCreated, joined: frozenset[str], readers: frozens
     if mentions or agent in mentioned:
         mentioned = (mentioned | frozenset(mentions)) - {agent}
     return joined, readers, mentioned
+
+
+def _created_details(event: ConversationCreated,
+                     ) -> tuple[str | None, str, frozenset[str], Mapping[str, AttributeValue]]:
+    data = event.data
+    attributes = MappingProxyType(dict(data.attributes)) if data.attributes else NO_ATTRIBUTES
+    return data.channel, data.priority, frozenset(data.labels), attributes
 
 
 def _changed_details(event: ConversationUpdated, channel: str | None, priority: str,

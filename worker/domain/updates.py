@@ -99,12 +99,13 @@ class Cause:
 class Pair:
     """One (before, after) category change, sorted and encoded once per event."""
 
-    __slots__ = ("added", "categories", "fragment", "removed")
+    __slots__ = ("added", "categories", "fragment", "moved", "removed")
 
     def __init__(self, before: frozenset[str], after: frozenset[str]) -> None:
         self.categories = sorted(after)
         self.added = sorted(after - before)
         self.removed = sorted(before - after)
+        self.moved = bool(self.added or self.removed)  # else only the unread flag changed
         self.fragment = (b',"categories":' + orjson.dumps(self.categories)
                          + b',"added":' + orjson.dumps(self.added)
                          + b',"removed":' + orjson.dumps(self.removed) + b',"counts":')
@@ -179,7 +180,8 @@ _READ = b',"unread":false'
 
 
 class CountsEncoder:
-    """Badge counts in the rules' category order, as JSON, without a dict dump."""
+    """Badge counts and unread counts in the rules' category order, as the JSON an
+    update carries between ``"counts":`` and its unread flag, without a dict dump."""
 
     __slots__ = ("_names", "_template")
 
@@ -188,8 +190,12 @@ class CountsEncoder:
         # Category names are validated identifiers in rule files: no escaping needed,
         # but go through orjson anyway so a future name with a quote stays valid JSON.
         parts = [orjson.dumps(name) + b":%d" for name in names]
-        self._template = b"{" + b",".join(parts) + b"}"
+        counts = b"{" + b",".join(parts) + b"}"
+        self._template = counts + b',"unread_counts":' + counts
 
-    def encode(self, counts: dict[str, int]) -> bytes:
-        get = counts.get
-        return self._template % tuple([get(name, 0) for name in self._names])
+    def encode(self, counts: dict[str, int], unread: dict[str, int]) -> bytes:
+        """One formatting of both (one per agent and event)."""
+        names = self._names
+        get, get_unread = counts.get, unread.get
+        return self._template % (*[get(name, 0) for name in names],
+                                 *[get_unread(name, 0) for name in names])

@@ -29,6 +29,7 @@ from worker.accounts import AccountCache
 from worker.amqp.topology import Topology
 from worker.backoff import backoff_delay
 from worker.committer import Committer, InlineCommitter
+from worker.control import from_fleet
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
 from worker.driver.adoption import Adoptions
@@ -206,7 +207,7 @@ class Driver:
         if not self.active:
             self.active = True  # the active consumer: what a standby must not do, now
             self.adoptions.send()
-        self.stats.consumed += 1
+        self.stats.consumed += not from_fleet(delivery.headers, self.step.token)  # not ticks
         if delivery.redelivered:
             self.stats.redelivered += 1
         if (self._in_flight and len(self._buffer) < self.settings.batch_size

@@ -1,10 +1,11 @@
 """Time crossings (docs/time.md): ticks sent to the accounts due, and standby probes.
 
-Only under rules with time facts. The store is asked which accounts have a crossing
-due by the worker's clock; each is sent a tick through its queue (worker.control),
-behind whatever is there already, and the crossing is made when the tick comes back,
-in the account's order, by whoever owns the account then. A worker that has received
-nothing on its connection first probes whether it is the active consumer.
+Under any rules: snoozes fall due whatever the rules test. The store is asked which
+accounts have a crossing due by the worker's clock; each is sent a tick through its
+queue (worker.control), behind whatever is there already, and the crossing is made
+when the tick comes back, in the account's order, by whoever owns the account then. A
+worker that has received nothing on its connection first probes whether it is the
+active consumer.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class TimeCrossings:
     def start(self) -> None:
         """Rules with time facts: look for due crossings at once, then now and then; a
         worker that may be a standby first finds out whether it is the active consumer.
-        Under rules without time facts: no timer, no query, nothing."""
+        Nothing due costs one indexed query a second."""
         self.cancel()
         host = self.host
         if host.link is None or host.phase is not Phase.CONSUMING or not host.in_force.timed:

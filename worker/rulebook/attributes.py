@@ -37,14 +37,14 @@ def check_attribute_tests(tests: list[tuple[FactTest, str]],
         if test.op == "present":
             continue
         if test.op not in ATTRIBUTE_OPERATORS[kind]:
-            problems.append(RuleProblem(file, test.line, f"{test.fact} is a {kind}: "
+            problems.append(RuleProblem(file, test.line, f"{test.fact} is {_a(kind)}: "
                                         f"'{test.op}' does not apply (use "
                                         f"{', '.join(ATTRIBUTE_OPERATORS[kind])} or present)"))
             continue
         values = test.value if isinstance(test.value, tuple) else (test.value,)
         wrong = [v for v in values if not _of_type(v, kind)]
         if wrong:
-            problems.append(RuleProblem(file, test.line, f"{test.fact} is a {kind}; "
+            problems.append(RuleProblem(file, test.line, f"{test.fact} is {_a(kind)}; "
                                         f"{wrong[0]!r} is not"))
     return problems
 
@@ -59,3 +59,7 @@ def _of_type(value: object, kind: str) -> bool:
     if kind == "number":
         return isinstance(value, int | float) and isfinite(value)
     return False
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"

@@ -357,6 +357,8 @@ def _kind_name(spec: FactSpec) -> str:
         return "set of labels"
     if spec.ordered:
         return "priority (" + " < ".join(spec.choices) + ")"
+    if spec.kind is str and not spec.choices:
+        return "text id"
     return spec.kind.__name__
 
 

@@ -120,8 +120,13 @@ def render_category(category: CategoryExplanation, reply: ExplainReply) -> list[
 
 
 def _value(value: object) -> str:
+    """A fact's value as a rule file would write it (an absent one: "absent")."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:
+        return "absent"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
     return str(value)
 
 

@@ -44,7 +44,13 @@ def replay_lines(inbox: Inbox, lines: Iterable[bytes],
         except BadEvent as exc:
             yield BadLine(number, exc.reason)
             continue
-        yield from inbox.handle(event)
+        yield from inbox.cross_until(event.occurred_at)  # due before it, bad or not
+        try:
+            updates = inbox.handle(event)
+        except BadEvent as exc:  # a change its conversation cannot hold
+            yield BadLine(number, exc.reason)
+            continue
+        yield from updates
 
 
 def parse_moment(text: str) -> datetime:

@@ -1,5 +1,6 @@
 """The terminal of ``inbox-rules watch``: the view as a rich renderable (tabs with badge
-counts, then the conversations of one tab), printed once or kept live."""
+counts and unread counts, then the conversations of one tab, the unread ones marked),
+printed once or kept live."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def render_view(view: InboxView, tab: str | None = None, *, status: str = "",
         style = "bold reverse" if name == selected else "bold"
         header.append(f" {name} ", style=style)
         header.append(f" {view.counts.get(name, 0)}", style="cyan")
+        unread = view.unread_counts.get(name, 0)
+        if unread:
+            header.append(f" ({unread} unread)", style="bold yellow")
     if not view.tabs:
         header.append("no conversations yet", style="dim")
     table = Table(expand=True, show_edge=False)
@@ -36,7 +40,10 @@ def render_view(view: InboxView, tab: str | None = None, *, status: str = "",
     shown = view.in_tab(selected) if selected else []
     limit = len(shown) if max_rows is None else max_rows
     for cid in shown[:limit]:
-        table.add_row(cid, ", ".join(view.conversations[cid]))
+        if cid in view.unread:
+            table.add_row(Text(f"● {cid}", style="bold"), ", ".join(view.conversations[cid]))
+        else:
+            table.add_row(f"  {cid}", ", ".join(view.conversations[cid]))
     if len(shown) > limit:
         table.caption = f"… and {len(shown) - limit} more"
     subtitle = f"seq {view.seq}"

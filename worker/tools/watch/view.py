@@ -110,7 +110,9 @@ class InboxView:
         self.seq = 0
         self.rules_version = ""
         self.counts: dict[str, int] = {}
+        self.unread_counts: dict[str, int] = {}
         self._conversations: dict[str, tuple[str, ...]] = {}
+        self._unread: set[str] = set()
         self._synced = False
         self._pages: list[_Page] = []
         self._buffer: deque[CategoryUpdate] = deque(maxlen=buffer_limit)
@@ -133,6 +135,11 @@ class InboxView:
     def conversations(self) -> Mapping[str, tuple[str, ...]]:
         """Conversation id -> its sorted categories (only non-empty sets are kept)."""
         return self._conversations
+
+    @property
+    def unread(self) -> frozenset[str]:
+        """The conversations kept that are unread for the agent."""
+        return frozenset(self._unread)
 
     @property
     def buffered(self) -> int:
@@ -209,15 +216,20 @@ class InboxView:
 
     def _install(self, pages: list[_Page]) -> None:
         conversations: dict[str, tuple[str, ...]] = {}
+        unread: set[str] = set()
         for page in pages:
+            marked = set(page.reply.unread)
             for cid, cats in page.reply.conversations.items():
                 kept = self._keep(cats)
                 if kept is not None:
                     conversations[cid] = kept
+                    if cid in marked:
+                        unread.add(cid)
         # The newest page (the last of equal seqs) gives counts and rules version.
         newest = max(reversed(pages), key=lambda page: page.reply.seq).reply
-        self._conversations = conversations
+        self._conversations, self._unread = conversations, unread
         self.counts = dict(newest.counts)
+        self.unread_counts = dict(newest.unread_counts)
         self.rules_version = newest.rules_version
         self._counts_seq = newest.seq
         # From the oldest page on, every update is needed; each page ignores those at
@@ -263,8 +275,13 @@ class InboxView:
                 self._conversations.pop(update.conversation_id, None)
             else:
                 self._conversations[update.conversation_id] = kept
+            if kept is not None and update.unread:
+                self._unread.add(update.conversation_id)
+            else:
+                self._unread.discard(update.conversation_id)
         if update.seq > self._counts_seq:
             self.counts = dict(update.counts)
+            self.unread_counts = dict(update.unread_counts)
             self.rules_version = update.rules_version
             self._counts_seq = update.seq
         self.seq = update.seq
