@@ -163,6 +163,9 @@ assert len(ATTRIBUTE_KEYS) == MAX_ATTRIBUTES
 _WORDS = ("alpha", "beta", "gamma", "Berlin", "Lisbon", "Osaka", "premium", "basic",
           "yes", "no", "android", "ios", "chrome", "firefox", "EUR", "USD", "summer-sale")
 Scripted = tuple[str, dict[str, Any], float | None]  # (kind, data, until_in)
+# The event types only rich streams have (mentions come in message.created).
+RICH_TYPES = frozenset({"conversation.updated", "conversation.snoozed",
+                        "conversation.unsnoozed", "conversation.read"})
 
 
 class Details:
