@@ -1,12 +1,16 @@
 """The worker against the bare relay, in the same run, on the same streams.
 
-    python -m benchmarks.compare [--quick] [--only light/2,...]
+    python -m benchmarks.compare [--quick] [--only light/2,...] [--rich]
 
 Against the local RabbitMQ (127.0.0.1:5672, guest/guest), in a vhost made for this
 run and deleted after it. For each variant (fan-out light or heavy; 2, 50 or 500
 agents per account) it runs ``benchmarks.relay`` and then ``inbox-rules run`` (the
 worker, defaults except broker URL and state file; both with the worker's prefetch)
-as subprocesses on the same pre-generated stream (:mod:`tests.support.streams`):
+as subprocesses on the same pre-generated stream (:mod:`tests.support.streams`).
+``--rich`` adds, after each variant, the same variant on the rich stream (``+rich``:
+the same fan-out, agents and number of chats, with labels, attributes, priorities,
+reads, mentions and snoozes; ``rich=True``), and prints its worker/relay ratios beside
+the default stream's:
 
 1. **Throughput**: the stream is pre-published into the worker's quorum queue
    (persistent), then the program is started; the clock runs from the moment its
@@ -49,7 +53,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -94,10 +98,19 @@ class Variant:
     fanout: str
     agents: int
     conversations: int
+    rich: bool = False  # the rich stream (streams.Knobs.rich) of the same chats
 
     @property
     def name(self) -> str:
+        return f"{self.fanout}/{self.agents}{RICH if self.rich else ''}"
+
+    @property
+    def plain(self) -> str:
+        """The name of the same variant on the default stream."""
         return f"{self.fanout}/{self.agents}"
+
+
+RICH = "+rich"
 
 
 # Conversations per variant: sized so that each run takes seconds, not minutes (at 500
@@ -442,11 +455,11 @@ def best(results: list[Result]) -> Result:
 def measure(variant: Variant, broker: Bus, workdir: Path, latency_seconds: float,
             profiles: Path | None, repeat: int) -> Row:
     events = event_stream(profile=variant.fanout, agents=variant.agents,
-                          conversations=variant.conversations)
+                          conversations=variant.conversations, rich=variant.rich)
     lines = as_lines(events)
     keys = [str(e["type"]) for e in events]
     ids = [str(e["event_id"]) for e in events]
-    profile = (profiles / f"{variant.fanout}-{variant.agents}.txt"
+    profile = (profiles / f"{variant.fanout}-{variant.agents}{'-rich' * variant.rich}.txt"
                if profiles is not None else None)
     relays, workers = [], []
     for attempt in range(repeat):  # interleaved, so that both see the same noise
@@ -473,7 +486,8 @@ def ratio(a: float, b: float) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'variant':11} {'program':7} {'events':>6} {'upd/ev':>6} {'events/s':>9} "
+    width = max([11, *(len(row.variant.name) for row in rows)])  # light/500+rich: 14
+    head = (f"{'variant':{width}} {'program':7} {'events':>6} {'upd/ev':>6} {'events/s':>9} "
             f"{'updates/s':>9} {'CPU us/ev':>9} {'MQ us/ev':>8} {'rate ev/s':>9} "
             f"{'p50 ms':>8} {'p99 ms':>8} "
             f"{'RSS MB':>7}")
@@ -482,7 +496,7 @@ def table(rows: list[Row]) -> str:
         for name, thr, lat in (("relay", row.relay, row.relay_latency),
                                ("worker", row.worker, row.worker_latency)):
             out.append(
-                f"{row.variant.name:11} {name:7} {thr.events:6d} "
+                f"{row.variant.name:{width}} {name:7} {thr.events:6d} "
                 f"{thr.updates / thr.events:6.1f} {thr.events_per_second:9.0f} "
                 f"{thr.updates_per_second:9.0f} {thr.cpu_us_per_event:9.0f} "
                 f"{thr.broker_us_per_event:8.0f} {lat.rate:9.0f} "
@@ -490,7 +504,7 @@ def table(rows: list[Row]) -> str:
                 f"{thr.rss_end_kb / 1024:7.1f}")
         w, r, wl, rl = row.worker, row.relay, row.worker_latency, row.relay_latency
         out.append(
-            f"{'':11} {'w/r':7} {'':6} {'':6} "
+            f"{'':{width}} {'w/r':7} {'':6} {'':6} "
             f"{ratio(w.events_per_second, r.events_per_second):>9} "
             f"{ratio(w.updates_per_second, r.updates_per_second):>9} "
             f"{ratio(w.cpu_us_per_event, r.cpu_us_per_event):>9} "
@@ -499,6 +513,37 @@ def table(rows: list[Row]) -> str:
             f"{ratio(wl.percentile(0.99), rl.percentile(0.99)):>8} "
             f"{ratio(w.rss_end_kb, r.rss_end_kb):>7}")
     return "\n".join(out)
+
+
+def rich_against_default(rows: list[Row]) -> list[str]:
+    """Each rich variant's worker/relay ratios beside its default stream's (in
+    brackets), then the worker's rich/default figures: the same fan-out, agents and
+    chats, in the same run."""
+    by_name = {row.variant.name: row for row in rows}
+    lines = []
+    for row in rows:
+        default = by_name.get(row.variant.plain)
+        if not row.variant.rich or default is None:
+            continue
+        # (label, figure, from the latency runs)
+        figures: list[tuple[str, Callable[[Result], float], bool]] = [
+            ("events/s", lambda r: r.events_per_second, False),
+            ("CPU us/ev", lambda r: r.cpu_us_per_event, False),
+            ("RSS", lambda r: r.rss_end_kb, False)]
+        if row.worker_latency.latencies and default.worker_latency.latencies:
+            figures.append(("p99 latency", lambda r: r.percentile(0.99), True))
+        ratios, worker = [], []
+        for label, figure, latency_run in figures:
+            rich_w, rich_r, plain_w, plain_r = (
+                (row.worker_latency, row.relay_latency, default.worker_latency,
+                 default.relay_latency) if latency_run else
+                (row.worker, row.relay, default.worker, default.relay))
+            ratios.append(f"{label} {ratio(figure(rich_w), figure(rich_r))} "
+                          f"({ratio(figure(plain_w), figure(plain_r))})")
+            worker.append(f"{label} {ratio(figure(rich_w), figure(plain_w))}")
+        lines.append(f"{row.variant.name}: worker/relay {', '.join(ratios)}; "
+                     f"worker rich/default {', '.join(worker)}")
+    return lines
 
 
 def verdicts(rows: list[Row], soak: Result | None) -> list[str]:
@@ -538,11 +583,25 @@ def verdicts(rows: list[Row], soak: Result | None) -> list[str]:
     return lines
 
 
+def chosen(variants: list[Variant], only: str, *, rich: bool) -> list[Variant]:
+    """``only`` (comma-separated names; all if empty), each followed by its rich
+    counterpart with ``rich``."""
+    if only:
+        wanted = {name.removesuffix(RICH) for name in only.split(",")}
+        variants = [v for v in variants if v.name in wanted]
+    if rich:
+        variants = [v for plain in variants for v in (plain, replace(plain, rich=True))]
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller streams (~3 min)")
     parser.add_argument("--only", default="", help="comma-separated variants, e.g. light/2")
     parser.add_argument("--no-soak", action="store_true", help="skip the RSS soak run")
+    parser.add_argument("--rich", action="store_true",
+                        help="also each variant on the rich stream (NAME+rich: same fan-out, "
+                        "agents and chats), its ratios printed beside the default stream's")
     parser.add_argument("--no-latency", action="store_true",
                         help="skip the latency runs (quicker A/B of throughput and CPU)")
     parser.add_argument("--repeat", type=int, default=None,
@@ -552,10 +611,7 @@ def main() -> None:
                         help="profile the worker's throughput runs with py-spy; a text "
                         "summary per variant goes to DIR (e.g. benchmarks/profiles)")
     args = parser.parse_args()
-    variants = QUICK if args.quick else FULL
-    if args.only:
-        wanted = set(args.only.split(","))
-        variants = [v for v in variants if v.name in wanted]
+    variants = chosen(QUICK if args.quick else FULL, args.only, rich=args.rich)
     latency_seconds = 0.0 if args.no_latency else 4.0 if args.quick else 10.0
     repeat = args.repeat or (1 if args.quick else 2)
     load_before = os.getloadavg()[0]
@@ -597,13 +653,20 @@ def main() -> None:
             soak = attempt("soak", lambda b: throughput(
                 "worker", b, as_lines(events), [str(e["type"]) for e in events], work,
                 timeout=600, dedup_window=window))
-    print(f"benchmarks.compare{' --quick' if args.quick else ''}: "
+    print(f"benchmarks.compare{' --quick' if args.quick else ''}"
+          f"{' --rich' if args.rich else ''}: "
           f"{time.perf_counter() - began:.0f} s; prefetch {Settings().prefetch}, batch "
           f"{Settings().batch_size}; best of {repeat} throughput run(s); latency runs "
           f"~{latency_seconds:.0f} s; load average {load_before:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after (2 cores)")
     print(table(rows))
     print()
+    if args.rich:
+        print("the rich stream against the default one (worker/relay, the default "
+              "stream's in brackets):")
+        for line in rich_against_default(rows):
+            print(f"  {line}")
+        print()
     for line in verdicts(rows, soak):
         print(line)
 

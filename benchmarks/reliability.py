@@ -99,6 +99,7 @@ def main() -> None:
         ("events lost", f"{total('lost_events')}"),
         ("wrong final categories", f"{total('wrong_final_categories')}"),
         ("wrong final badge counts", f"{total('wrong_final_counts')}"),
+        ("wrong final unread flags or unread counts", f"{total('wrong_final_unread')}"),
         ("updates that differ from the replay",
          f"{total('wrong_bodies') + total('unexpected_updates')}"),
         ("duplicate updates (same update_id, identical body)",

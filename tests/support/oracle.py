@@ -106,13 +106,14 @@ class Verdict:
     bad_message_ids: list[str] = field(default_factory=list)
     wrong_final_categories: list[str] = field(default_factory=list)
     wrong_final_counts: list[str] = field(default_factory=list)
+    wrong_final_unread: list[str] = field(default_factory=list)  # flags and unread counts
     state_differences: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         out = []
         for name in ("lost_updates", "lost_events", "unexpected_updates", "wrong_bodies",
                      "conflicting_duplicates", "bad_message_ids", "wrong_final_categories",
-                     "wrong_final_counts", "state_differences"):
+                     "wrong_final_counts", "wrong_final_unread", "state_differences"):
             items = getattr(self, name)
             if items:
                 out.append(f"{name}: {len(items)}, e.g. {items[:3]}")
@@ -158,14 +159,24 @@ def judge(oracle: Oracle, received: Sequence[Received], events: int,
         if want.get(key, []) != got.get(key, []):
             verdict.wrong_final_categories.append(
                 f"{key}: downstream {got.get(key)}, replay {want.get(key)}")
-    for agent in sorted(set(want_counts) | set(got_counts)):
-        if want_counts.get(agent) != got_counts.get(agent):
-            verdict.wrong_final_counts.append(
-                f"{agent}: downstream {got_counts.get(agent)}, replay {want_counts.get(agent)}")
+    verdict.wrong_final_counts = _differences(want_counts, got_counts)
+    want_unread, want_unread_counts = final_unread(oracle.updates)
+    got_unread, got_unread_counts = final_unread(bodies)
+    verdict.wrong_final_unread = [
+        f"{key}: unread downstream {key in got_unread}, replay {key in want_unread}"
+        for key in sorted(want_unread ^ got_unread)] + _differences(
+            want_unread_counts, got_unread_counts, "unread counts ")
     if state_path is not None:
         verdict.state_differences, never_committed = compare_committed(oracle, state_path)
         verdict.lost_events = sorted(set(verdict.lost_events) | never_committed)
     return verdict
+
+
+def _differences(want: dict[tuple[str, str], dict[str, int]],
+                 got: dict[tuple[str, str], dict[str, int]], what: str = "") -> list[str]:
+    """The (account, agent) whose last counts differ."""
+    return [f"{what}{agent}: downstream {got.get(agent)}, replay {want.get(agent)}"
+            for agent in sorted(set(want) | set(got)) if want.get(agent) != got.get(agent)]
 
 
 # -- the committed state ----------------------------------------------------------------
@@ -203,6 +214,10 @@ def _comparable(state: AccountState) -> dict[str, object]:
     return {"account": state.account, "conversations": state.conversations,
             "counts": {agent: {name: n for name, n in counts.items() if n}
                        for agent, counts in state.counts.items()},
+            # Agents with nothing unread left out (a store need not keep them).
+            "unread counts": {agent: {name: n for name, n in counts.items() if n}
+                              for agent, counts in state.unread_counts.items()
+                              if any(counts.values())},
             "seqs": state.seqs, "remembered event ids": list(state.recent),
             "tombstones": list(state.tombstones)}
 

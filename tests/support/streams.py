@@ -9,7 +9,10 @@ Two sources of ops share that model:
 - :func:`event_stream`: seeded (``random.Random(seed)``), shaped by :class:`Knobs`, with
   named profiles (:data:`PROFILES`): ``mixed`` (the default: broker tests), ``chaos``
   (reliability: stale re-sends, events without a sequence), ``steady`` (a fixed working
-  set, for memory), ``light`` and ``heavy`` (the benchmarks' realistic chat lifecycles);
+  set, for memory), ``light`` and ``heavy`` (the benchmarks' realistic chat lifecycles)
+  and ``rich`` (``light`` with the details inboxes sort by: labels, attributes and
+  priorities set and changed, reads, mentions, snoozes that wake during the stream;
+  ``rich=True`` adds them to any profile);
 - :func:`event_streams`: the hypothesis strategy of the property tests: the same ops over
   a tiny universe where ids collide, agents come and go, events arrive for chats never
   created, sequences go missing or stale and events are re-sent; hypothesis shrinks a
@@ -34,6 +37,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from hypothesis import strategies as st
 
 from contracts import Event, parse_event_object
+from contracts.events import MAX_ATTRIBUTE_TEXT, MAX_ATTRIBUTES, PRIORITIES
 
 TIME = "2026-11-24T10:00:00Z"
 START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -64,13 +68,16 @@ def iso(moment: datetime) -> str:
 @dataclass(frozen=True)
 class Step:
     """Something happens upstream; ``sequence``: numbered next in its scope, left
-    without a number, or numbered below the last one of its scope (stale)."""
+    without a number, or numbered below the last one of its scope (stale);
+    ``until_in``: a snooze's ``until``, in seconds after the event's ``occurred_at``
+    (the emitter stamps both; zero or less: a moment already past)."""
 
     kind: str
     account_id: str
     data: dict[str, Any] = field(default_factory=dict)
     conversation_id: str | None = None
     sequence: Sequencing = "next"
+    until_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,11 +111,14 @@ class Emitter:
             if op.stale and "sequence" in event:
                 event["event_id"] = f"{event['event_id']}-stale-{number}"
         else:
+            occurred = self.start + timedelta(seconds=number * self.step)
+            data = copy.deepcopy(op.data)
+            if op.until_in is not None:
+                data["until"] = iso(occurred + timedelta(seconds=op.until_in))
             event = envelope(
-                op.kind, op.account_id, copy.deepcopy(op.data),
-                event_id=f"{self.prefix}-e{number}",
-                occurred_at=iso(self.start + timedelta(seconds=number * self.step)),
-                conversation_id=op.conversation_id, sequence=self._sequence(op))
+                op.kind, op.account_id, data, event_id=f"{self.prefix}-e{number}",
+                occurred_at=iso(occurred), conversation_id=op.conversation_id,
+                sequence=self._sequence(op))
         self.events.append(event)
         return event
 
@@ -137,6 +147,146 @@ def conversation_steps(agent: str, group: str) -> list[tuple[str, dict[str, Any]
         ("conversation.resolved", {}),
         ("conversation.reopened", {}),
     ]
+
+
+# -- the details inboxes sort by (rich streams) -------------------------------------------
+CHANNELS = ("web", "email", "whatsapp", "messenger", "sms")
+LABELS = ("vip", "billing", "bug", "refund", "sales", "spam", "follow-up", "feedback",
+          "returning", "enterprise", "trial", "churn-risk")
+# As many names as the contract allows attributes: no merge of them can hold more.
+ATTRIBUTE_KEYS = ("order_id", "cart_value", "country", "language", "plan", "seats",
+                  "returning", "score", "source", "campaign", "device", "browser", "os",
+                  "city", "company", "industry", "lifetime_value", "orders", "last_order",
+                  "newsletter", "nps", "tier", "region", "currency", "referrer", "ticket",
+                  "sla_minutes", "verified", "age_days", "rating", "coupon", "topic")
+assert len(ATTRIBUTE_KEYS) == MAX_ATTRIBUTES
+_WORDS = ("alpha", "beta", "gamma", "Berlin", "Lisbon", "Osaka", "premium", "basic",
+          "yes", "no", "android", "ios", "chrome", "firefox", "EUR", "USD", "summer-sale")
+Scripted = tuple[str, dict[str, Any], float | None]  # (kind, data, until_in)
+
+
+class Details:
+    """The details of a rich stream's conversations, drawn from ``rng``: labels and
+    attributes at creation for most of them, then changes (``conversation.updated``) that
+    replace the channel, priority or labels and merge attributes (nulls remove keys).
+    Attribute names come from :data:`ATTRIBUTE_KEYS` (32, the contract's limit) and at
+    most 6 of the 12 labels are set: every merge stays valid. Each conversation's keys are
+    remembered so that removals mostly name a key it has."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.keys: dict[tuple[str, str], set[str]] = {}
+
+    def value(self) -> str | int | float | bool:
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.4:
+            return rng.choice(_WORDS)
+        if roll < 0.5:  # a long text, up to the contract's limit
+            text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(10, 60)))
+            return text[:MAX_ATTRIBUTE_TEXT]
+        if roll < 0.75:
+            return rng.randint(0, 100_000)
+        if roll < 0.9:
+            return round(rng.uniform(0, 1000), 2)
+        return rng.random() < 0.5
+
+    def created(self, key: tuple[str, str], group_id: str | None) -> dict[str, Any]:
+        """``conversation.created`` data: most with labels and attributes."""
+        rng = self.rng
+        data: dict[str, Any] = {"group_id": group_id}
+        if rng.random() < 0.6:
+            data["channel"] = rng.choice(CHANNELS)
+        if rng.random() < 0.5:
+            data["priority"] = rng.choice(PRIORITIES)
+        if rng.random() < 0.8:
+            data["labels"] = sorted(rng.sample(LABELS, rng.randint(1, 4)))
+        keys: set[str] = set()
+        if rng.random() < 0.8:
+            keys = set(rng.sample(ATTRIBUTE_KEYS, rng.randint(1, 8)))
+            data["attributes"] = {name: self.value() for name in sorted(keys)}
+        self.keys[key] = keys
+        return data
+
+    def changes(self, key: tuple[str, str]) -> dict[str, Any]:
+        """``conversation.updated`` data: one to three fields; attributes most often."""
+        rng = self.rng
+        keys = self.keys.setdefault(key, set())
+        fields = set(rng.sample(("channel", "priority", "labels", "attributes",
+                                 "attributes"), rng.randint(1, 3)))
+        data: dict[str, Any] = {}
+        if "channel" in fields:
+            data["channel"] = rng.choice((None, *CHANNELS))
+        if "priority" in fields:
+            data["priority"] = rng.choice(PRIORITIES)
+        if "labels" in fields:
+            data["labels"] = sorted(rng.sample(LABELS, rng.randint(0, 6)))
+        if "attributes" in fields:
+            data["attributes"] = self._attribute_changes(keys)
+        return data
+
+    def _attribute_changes(self, keys: set[str]) -> dict[str, Any]:
+        rng = self.rng
+        present = sorted(keys)
+        changes: dict[str, Any] = {}
+        if rng.random() < 0.05:  # fill up to the limit
+            changes = {name: self.value() for name in ATTRIBUTE_KEYS if name not in keys}
+        for name in rng.sample(present, min(len(present), rng.randint(0, 2))):
+            changes[name] = None
+        if rng.random() < 0.05:
+            changes[rng.choice(ATTRIBUTE_KEYS)] = None  # maybe a key it does not have
+        for name in rng.sample(ATTRIBUTE_KEYS, rng.randint(0, 3)):
+            changes.setdefault(name, self.value())
+        keys.difference_update(name for name, value in changes.items() if value is None)
+        keys.update(name for name, value in changes.items() if value is not None)
+        return dict(sorted(changes.items()))
+
+
+def _answer(rng: random.Random, agent: str, team: Sequence[str]) -> list[Scripted]:
+    """An agent's message, sometimes mentioning one or two others; often followed by a
+    read of that agent, and by reads of some of those mentioned."""
+    data: dict[str, Any] = {"author": "agent", "agent_id": agent}
+    others = [a for a in team if a != agent]
+    mentions = (rng.sample(others, min(len(others), rng.randint(1, 2)))
+                if others and rng.random() < 0.3 else [])
+    if mentions:
+        data["mentions"] = mentions
+    steps: list[Scripted] = [("message.created", data, None)]
+    if rng.random() < 0.6:
+        steps.append(("conversation.read", {"agent_id": agent}, None))
+    steps += [("conversation.read", {"agent_id": a}, None)
+              for a in mentions if rng.random() < 0.5]
+    return steps
+
+
+def _snooze(rng: random.Random) -> list[Scripted]:
+    """Snoozed a few seconds (it wakes during the stream), or until unsnoozed, or for
+    an hour and woken by the visitor writing."""
+    roll = rng.random()
+    if roll < 0.6:
+        return [("conversation.snoozed", {}, float(rng.randint(2, 8)))]
+    if roll < 0.85:
+        return [("conversation.snoozed", {}, None), ("conversation.unsnoozed", {}, None)]
+    return [("conversation.snoozed", {}, 3600.0), ("message.created", {"author": "visitor"},
+                                                   None)]
+
+
+def rich_step(rng: random.Random, details: Details, key: tuple[str, str], agent: str,
+              team: Sequence[str]) -> Scripted:
+    """One step of a rich stream's random walk: details changed, a snooze (mostly
+    short; sometimes with no end, or one already past), an unsnooze, a read, or an
+    agent's message mentioning others."""
+    roll = rng.random()
+    if roll < 0.25:
+        return "conversation.updated", details.changes(key), None
+    if roll < 0.5:
+        until = rng.choice((None, -1.0, 0.0, 2.0, 3.0, 5.0, 8.0, 8.0))
+        return "conversation.snoozed", {}, until
+    if roll < 0.65:
+        return "conversation.unsnoozed", {}, None
+    if roll < 0.85:
+        return "conversation.read", {"agent_id": rng.choice(team)}, None
+    return _answer(rng, agent, team)[0]
 
 
 # -- the seeded generator ---------------------------------------------------------------
@@ -169,6 +319,10 @@ class Knobs:
     start: datetime = START
     step: float = 1.0  # seconds between events
     prefix: str | None = None  # of event ids; default s<seed>
+    # The details inboxes sort by (:class:`Details`), reads, mentions and snoozes, drawn
+    # from a second generator: lifecycles get them in their script, the walk in a third
+    # of its chat steps.
+    rich: bool = False
 
 
 _LIFECYCLES = Knobs(seed=7, count=None, traffic="lifecycles", agents=2, conversations=2000,
@@ -187,6 +341,8 @@ PROFILES: dict[str, Knobs] = {
     "light": _LIFECYCLES,
     # ...or to none (each new chat, join and resolve changes every agent's inbox).
     "heavy": replace(_LIFECYCLES, routed=False),
+    # light with labels, attributes, priorities, reads, mentions and snoozes.
+    "rich": replace(_LIFECYCLES, rich=True),
 }
 
 
@@ -235,6 +391,8 @@ def _walk(rng: random.Random, k: Knobs) -> Iterator[Op]:
     pool = [f"ag-{n}" for n in range(1, k.pool + 1)]
     teams = [_team(a, k.agents) for a in range(k.accounts)] if k.agents else []
     live: dict[str, list[str]] = {account: [] for account in accounts}
+    extra = random.Random(f"rich-{k.seed}")  # draws nothing unless rich
+    details = Details(extra)
 
     def snapshot(a: int) -> Step:
         if teams:
@@ -254,16 +412,23 @@ def _walk(rng: random.Random, k: Knobs) -> Iterator[Op]:
     def create(a: int) -> Step:
         known = live[accounts[a]]
         known.append(f"c-{len(known)}")
-        return Step("conversation.created", accounts[a],
-                    {"group_id": rng.choice((None, *group_names(a)))}, known[-1])
+        group = rng.choice((None, *group_names(a)))
+        data = details.created((accounts[a], known[-1]), group) if k.rich else {
+            "group_id": group}
+        return Step("conversation.created", accounts[a], data, known[-1])
 
     def chat_step(a: int, conversation: str) -> Step:
         agent = rng.choice(teams[a][0] if teams else pool)
         kind, data = rng.choice(conversation_steps(agent, rng.choice(group_names(a))))
+        until: float | None = None
+        if k.rich and extra.random() < 1 / 3:
+            kind, data, until = rich_step(extra, details, (accounts[a], conversation), agent,
+                                          teams[a][0] if teams else pool)
         if rng.random() < k.deletes:
-            kind, data = "conversation.deleted", {}
+            kind, data, until = "conversation.deleted", {}, None
         unsequenced = k.unsequenced and rng.random() < k.unsequenced
-        return Step(kind, accounts[a], data, conversation, "none" if unsequenced else "next")
+        return Step(kind, accounts[a], data, conversation, "none" if unsequenced else "next",
+                    until)
 
     emitted = 0
     for a in range(k.accounts):
@@ -300,22 +465,30 @@ def _lifecycles(rng: random.Random, k: Knobs) -> Iterator[Op]:
     for account, (agents, groups) in zip(accounts, teams, strict=True):
         yield Step("account.updated", account,
                    {"plan": "pro", "agents": agents, "groups": groups})
-    chats: list[tuple[str, str, list[tuple[str, dict[str, Any]]]]] = []
+    chats: list[tuple[str, str, list[Scripted]]] = []
+    extra = random.Random(f"rich-{k.seed}")  # draws nothing unless rich
+    details = Details(extra)
     for c in range(k.conversations):
         agents, groups = teams[c % k.accounts]
         agent, other = rng.choice(agents), rng.choice(agents)
         group = rng.choice(list(groups)) if k.routed else None
-        visitor: tuple[str, dict[str, Any]] = ("message.created", {"author": "visitor"})
-        answer = ("message.created", {"author": "agent", "agent_id": agent})
-        steps = [("conversation.created", {"group_id": group}), visitor, visitor, answer,
-                 visitor, answer]
-        if rng.random() < 0.3:
-            steps.append(("conversation.transferred", {"to_agent_id": other}))
-        if rng.random() < 0.2:
-            steps += [("conversation.assigned", {"agent_id": agent}),
-                      ("conversation.unassigned", {"agent_id": agent})]
-        steps.append(("conversation.resolved", {}))
-        if rng.random() < 0.1:
+        visitor: Scripted = ("message.created", {"author": "visitor"}, None)
+        answer: Scripted = ("message.created", {"author": "agent", "agent_id": agent}, None)
+        transfer, join_and_leave, written_after = (rng.random() < 0.3, rng.random() < 0.2,
+                                                   rng.random() < 0.1)
+        if k.rich:
+            steps = _rich_chat(extra, details, (accounts[c % k.accounts], f"c-{c}"), group,
+                               agents, agent, other)
+        else:
+            steps = [("conversation.created", {"group_id": group}, None), visitor, visitor,
+                     answer, visitor, answer]
+        if transfer:
+            steps.append(("conversation.transferred", {"to_agent_id": other}, None))
+        if join_and_leave:
+            steps += [("conversation.assigned", {"agent_id": agent}, None),
+                      ("conversation.unassigned", {"agent_id": agent}, None)]
+        steps.append(("conversation.resolved", {}, None))
+        if written_after:
             steps.append(visitor)
         chats.append((accounts[c % k.accounts], f"c-{c}", steps))
     emitted = len(accounts)
@@ -328,9 +501,9 @@ def _lifecycles(rng: random.Random, k: Knobs) -> Iterator[Op]:
         account, conversation, steps = chats[index]
         if cursors[index] == 0:
             appeared.append(index)
-        kind, data = steps[cursors[index]]
+        kind, data, until = steps[cursors[index]]
         cursors[index] += 1
-        yield Step(kind, account, data, conversation)
+        yield Step(kind, account, data, conversation, until_in=until)
         emitted += 1
         if cursors[index] == len(steps):
             pending.remove(index)
@@ -348,20 +521,70 @@ def _lifecycles(rng: random.Random, k: Knobs) -> Iterator[Op]:
                 yield Step("conversation.resolved", account, {}, conversation)
 
 
+def _rich_chat(rng: random.Random, details: Details, key: tuple[str, str],
+               group: str | None, team: Sequence[str], agent: str, other: str,
+               ) -> list[Scripted]:
+    """A lifecycle's chat up to its resolution, rich: created with details, visitor
+    messages between agents' answers (reads and mentions after them), sometimes a read
+    by another agent, details changed, maybe a snooze (before the first answer too: it
+    leaves ``new`` and comes back when it wakes)."""
+    visitor: Scripted = ("message.created", {"author": "visitor"}, None)
+    steps: list[Scripted] = [("conversation.created", details.created(key, group), None),
+                             visitor, visitor]
+    if rng.random() < 0.15:
+        steps += _snooze(rng)
+    steps += _answer(rng, agent, team)
+    if rng.random() < 0.5:
+        steps.append(("conversation.updated", details.changes(key), None))
+    steps.append(visitor)
+    if rng.random() < 0.2:
+        steps.append(("conversation.read", {"agent_id": other}, None))
+    steps += _answer(rng, agent, team)
+    if rng.random() < 0.4:
+        steps += _snooze(rng)
+    if rng.random() < 0.3:
+        steps.append(("conversation.updated", details.changes(key), None))
+    return steps
+
+
 # -- the hypothesis strategy ------------------------------------------------------------
 TINY_ACCOUNTS = ("acc-1", "acc-2")
 TINY_CONVERSATIONS = ("c-1", "c-2", "c-3")
 TINY_AGENTS = ("ag-1", "ag-2", "ag-3")
 TINY_GROUPS = ("g-1", "g-2")
-# Chats and their steps dominate real traffic; snapshots and deletes are rarer.
-_FAMILIES = ("snapshot",) * 2 + ("created",) * 5 + ("deleted",) * 2 + ("step",) * 18
+TINY_LABELS = ("l-1", "l-2", "l-3")
+TINY_KEYS = ("k-1", "k-2", "k-3", "k-4")  # fewer than the contract's 32: merges stay valid
+# Chats and their steps dominate real traffic; snapshots and deletes are rarer. The
+# details, reads, mentions and snoozes come after the rest (hypothesis shrinks towards
+# the first families).
+_FAMILIES = (("snapshot",) * 2 + ("created",) * 5 + ("deleted",) * 2 + ("step",) * 18
+             + ("updated",) * 2 + ("snoozed",) * 4 + ("unsnoozed",) * 2 + ("read",) * 3
+             + ("mention",) * 2)
 _SEQUENCING: tuple[Sequencing, ...] = ("next", "next", "next", "none", "stale")
+# A snooze's until, seconds after the event (one event a second): soon (it wakes a few
+# events later; at 1.0 exactly when the next one occurs), between two events, none (only
+# an event wakes it), now, past, or later than the stream.
+_UNTIL_IN = (2.0, 1.0, 3.0, 2.5, None, 5.0, 0.0, -1.0, 3600.0)
+_VALUES = st.one_of(st.booleans(), st.integers(-(2**53), 2**53),
+                    st.floats(allow_nan=False, allow_infinity=False),
+                    st.text(max_size=5), st.text(min_size=MAX_ATTRIBUTE_TEXT,
+                                                 max_size=MAX_ATTRIBUTE_TEXT))
+_DETAILS: dict[str, st.SearchStrategy[Any]] = {
+    "channel": st.one_of(st.none(), st.sampled_from(("web", "email"))),
+    "priority": st.sampled_from(PRIORITIES),
+    "labels": st.lists(st.sampled_from(TINY_LABELS), unique=True, max_size=3)}
+_CREATED = st.fixed_dictionaries({}, optional={
+    **_DETAILS, "attributes": st.dictionaries(st.sampled_from(TINY_KEYS), _VALUES)})
+_UPDATED = st.fixed_dictionaries({}, optional={
+    **_DETAILS,
+    "attributes": st.dictionaries(st.sampled_from(TINY_KEYS), st.none() | _VALUES)})
 
 
 @st.composite
 def tiny_steps(draw: st.DrawFn) -> Step:
     """One step in the tiny universe: snapshots may name no agent, or group members
-    who are not agents; any step may concern a chat never created."""
+    who are not agents; any step may concern a chat never created; chats get details,
+    reads, mentions (of the author too) and snoozes."""
     account = draw(st.sampled_from(TINY_ACCOUNTS))
     family = draw(st.sampled_from(_FAMILIES))
     sequence = draw(st.sampled_from(_SEQUENCING))
@@ -374,13 +597,27 @@ def tiny_steps(draw: st.DrawFn) -> Step:
             "groups": draw(st.dictionaries(group, st.lists(agent, unique=True, max_size=3),
                                            max_size=2))}, sequence=sequence)
     conversation = draw(st.sampled_from(TINY_CONVERSATIONS))
+    until: float | None = None
     if family == "created":
-        kind, data = "conversation.created", {"group_id": draw(st.one_of(st.none(), group))}
+        kind, data = "conversation.created", {"group_id": draw(st.one_of(st.none(), group)),
+                                              **draw(_CREATED)}
     elif family == "deleted":
         kind, data = "conversation.deleted", {}
+    elif family == "updated":
+        kind, data = "conversation.updated", draw(_UPDATED)
+    elif family == "snoozed":
+        kind, data, until = "conversation.snoozed", {}, draw(st.sampled_from(_UNTIL_IN))
+    elif family == "unsnoozed":
+        kind, data = "conversation.unsnoozed", {}
+    elif family == "read":
+        kind, data = "conversation.read", {"agent_id": draw(agent)}
+    elif family == "mention":
+        kind, data = "message.created", {
+            "author": "agent", "agent_id": draw(agent),
+            "mentions": draw(st.lists(agent, unique=True, min_size=1, max_size=2))}
     else:
         kind, data = draw(st.sampled_from(conversation_steps(draw(agent), draw(group))))
-    return Step(kind, account, data, conversation, sequence)
+    return Step(kind, account, data, conversation, sequence, until)
 
 
 @st.composite
