@@ -246,6 +246,8 @@ def test_a_crossing_batch_whose_commit_fails_is_made_again_identically() -> None
 def test_a_worker_that_received_nothing_ticks_until_it_learns_it_is_the_active_one() -> None:
     _, link, store = _driver()
     link.echo = False  # a hot standby: its ticks go to the active consumer
+    link.advance(TICK_INTERVAL - 0.5)
+    assert not link.ticks(), "the first probe waits: something may come meanwhile"
     link.advance(2 * TICK_INTERVAL + 0.5)
     ticks = link.ticks()
     assert len(ticks) == 3 and {(m.exchange, m.routing_key) for m in ticks} == {

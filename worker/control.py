@@ -71,9 +71,10 @@ class Adopt:
     rules_version: str
 
 
-def from_fleet(headers: Mapping[str, Any], token: str) -> bool:
-    """A control message of this fleet (cheap for the rest: one header lookup)."""
-    return CONTROL_HEADER in headers and is_trusted(headers, token)
+def is_control(headers: Mapping[str, Any], token: str) -> bool:
+    """A tick or an adoption of this fleet, not an event or request (cheap for those:
+    one header lookup)."""
+    return CONTROL_KIND_HEADER in headers and is_trusted(headers, token)
 
 
 def is_trusted(headers: Mapping[str, Any] | None, token: str) -> bool:

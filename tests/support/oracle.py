@@ -32,10 +32,12 @@ Final = tuple[dict[Key, list[str]], dict[tuple[str, str], dict[str, int]]]
 
 
 def replay(events: Iterable[dict[str, Any]], rules_dir: Path | None = None,
-           ) -> list[dict[str, Any]]:
+           until: str | None = None) -> list[dict[str, Any]]:
     """The updates a clean run publishes for ``events``, in publish order, as JSON
-    objects: ``inbox-rules replay -`` (with ``--rules rules_dir``)."""
+    objects: ``inbox-rules replay -`` (with ``--rules rules_dir``, ``--until until``)."""
     args = ["replay", "-"] if rules_dir is None else ["replay", "-", "--rules", str(rules_dir)]
+    if until is not None:
+        args += ["--until", until]
     stdin = b"".join(body + b"\n" for body in encode(events))
     result = CliRunner().invoke(main, args, input=stdin, catch_exceptions=False)
     assert result.exit_code == 0, (f"inbox-rules replay exited with {result.exit_code}: "

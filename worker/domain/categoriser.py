@@ -323,6 +323,7 @@ class Categoriser:
                 else:
                     add(unread_counts, agent, (), before)
             changed.append(pair)
+            self.progress += 1  # per change: a watcher tells a long event from a stuck loop
         encode = self._counts.encode
         next_seq = state.next_seq
         encoded: dict[str, bytes] = {}
@@ -334,7 +335,7 @@ class Categoriser:
                                                       unread_counts.get(agent, _NONE))
             updates.append(Update(cause, pair, agent, conversation_id, next_seq(agent),
                                   counts_json, unread))
-        self.progress += 2 * len(changes)
+            self.progress += 1
         return updates
 
 

@@ -29,7 +29,7 @@ from worker.accounts import AccountCache
 from worker.amqp.topology import Topology
 from worker.backoff import backoff_delay
 from worker.committer import Committer, InlineCommitter
-from worker.control import from_fleet
+from worker.control import is_control
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
 from worker.driver.adoption import Adoptions
@@ -207,7 +207,7 @@ class Driver:
         if not self.active:
             self.active = True  # the active consumer: what a standby must not do, now
             self.adoptions.send()
-        self.stats.consumed += not from_fleet(delivery.headers, self.step.token)  # not ticks
+        self.stats.consumed += not is_control(delivery.headers, self.step.token)  # not ticks
         if delivery.redelivered:
             self.stats.redelivered += 1
         if (self._in_flight and len(self._buffer) < self.settings.batch_size

@@ -58,7 +58,9 @@ class TimeCrossings:
             return
         self.timer = host.linked().call_later(0, self.on_timer)
         if not host.topology.partitions and not host.active:
-            self.probe_timer = host.linked().call_later(0, self.send_probe)
+            # Not at once: a worker that receives anything meanwhile knows it is the
+            # active one, and a queue with a backlog is not sent a probe to sit behind it.
+            self.probe_timer = host.linked().call_later(TICK_INTERVAL, self.send_probe)
 
     def cancel(self) -> None:
         link = self.host.link
