@@ -60,6 +60,8 @@ from typing import TypeVar
 import pika
 import pika.exceptions
 
+from benchmarks.relay import COPIES
+from contracts import parse_event
 from tests.support.harness import (
     PROFILE_RATE,
     WORKER_COMMAND,
@@ -74,6 +76,8 @@ from tests.support.harness import (
     worker_env,
 )
 from tests.support.streams import as_lines, event_stream, soak_stream
+from worker.domain.inbox import Inbox
+from worker.rulebook import load_rules
 from worker.settings import Settings
 
 T = TypeVar("T")
@@ -213,13 +217,28 @@ def check_clean(broker: Bus, kind: str) -> None:
 
 
 # -- the measurements -------------------------------------------------------
+def fan_out(lines: list[bytes]) -> list[int]:
+    """Per event, how many updates the worker publishes for it (the default rules, as
+    ``inbox-rules replay`` gives them): the relay publishes as many copies."""
+    inbox = Inbox(load_rules())
+    counts = []
+    for line in lines:
+        updates = inbox.handle(parse_event(line))
+        counts.append(len(updates))
+    return counts
+
+
 def throughput(kind: str, broker: Bus, lines: list[bytes], keys: list[str],
                workdir: Path, timeout: float, profile: Path | None = None,
-               **settings: object) -> Result:
+               copies: list[int] | None = None, **settings: object) -> Result:
     reset(broker)
     run = uuid.uuid4().hex[:8]
-    for key, line in zip(keys, lines, strict=True):
-        broker.send(key, line)
+    for index, (key, line) in enumerate(zip(keys, lines, strict=True)):
+        if copies is None:
+            broker.send(key, line)
+        else:
+            broker.send(key, line, pika.BasicProperties(
+                delivery_mode=2, headers={COPIES: copies[index]}))
     broker.send(SENTINEL_KEY, sentinel(run))
     total = len(lines) + 1
     queue = broker.topology.events_queue
@@ -274,8 +293,10 @@ def throughput(kind: str, broker: Bus, lines: list[bytes], keys: list[str],
     check_clean(broker, kind)
     outputs = broker.ready(SINK) - 1  # the sentinel's
     result.updates = outputs
-    if kind == "relay" and outputs != len(lines):
-        raise BenchError(f"relay: {outputs} outputs for {len(lines)} events")
+    expected = len(lines) if copies is None else sum(copies)
+    if kind == "relay" and outputs != expected:
+        raise BenchError(f"relay: {outputs} outputs for {len(lines)} events "
+                         f"({expected} expected)")
     return result
 
 
@@ -459,11 +480,13 @@ def measure(variant: Variant, broker: Bus, workdir: Path, latency_seconds: float
     lines = as_lines(events)
     keys = [str(e["type"]) for e in events]
     ids = [str(e["event_id"]) for e in events]
+    copies = fan_out(lines)
     profile = (profiles / f"{variant.fanout}-{variant.agents}{'-rich' * variant.rich}.txt"
                if profiles is not None else None)
     relays, workers = [], []
     for attempt in range(repeat):  # interleaved, so that both see the same noise
-        relays.append(throughput("relay", broker, lines, keys, workdir, timeout=300))
+        relays.append(throughput("relay", broker, lines, keys, workdir, timeout=300,
+                                 copies=copies))
         workers.append(throughput("worker", broker, lines, keys, workdir, timeout=600,
                                   profile=profile if attempt == repeat - 1 else None))
     relay, worker = best(relays), best(workers)

@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.compare import SINK, Result, throughput
 from tests.support.harness import Bus, fresh_vhost
@@ -49,8 +50,9 @@ def main() -> None:
         try:
             for number in range(1, args.rounds + 1):
                 for name, kind, settings in RUNS:
+                    worker_settings: dict[str, Any] = dict(settings)
                     results[name].append(throughput(kind, broker, lines, keys, Path(tmp),
-                                                    600, None, **settings))
+                                                    600, None, **worker_settings))
                 relay, intake, pika = (results[name][-1] for name, _k, _s in RUNS)
                 print(f"{number:5d}  {relay.events_per_second:10.0f}  "
                       f"{intake.events_per_second:11.0f}  {pika.events_per_second:9.0f}  "

@@ -2,8 +2,11 @@
 
 A minimal pika program with the worker's guarantees and none of its work: it consumes
 the worker's input queue (the same quorum queue, declared by the harness from
-:mod:`worker.amqp.topology`), and for each event publishes ONE persistent message, the body
-unchanged, with the delivery's routing key, to the worker's output exchange. It acks
+:mod:`worker.amqp.topology`), and for each event publishes persistent copies of it, the
+body unchanged, with the delivery's routing key, to the worker's output exchange: as
+many as its header ``x-bench-copies`` says (the updates the worker publishes for that
+event, so both publish as much: the same fan-out; none for an event that causes none),
+one without the header. It acks
 input only after the broker confirmed the outputs (asynchronous publisher confirms),
 with ``multiple=True``, and holds at most ``INBOX_RULES_PREFETCH`` unacked events, like
 the worker. No parsing, no state, no rules. One thread owns the connection
@@ -34,6 +37,7 @@ from pika.adapters.select_connection import IOLoop
 log = logging.getLogger("relay")
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
+COPIES = "x-bench-copies"  # how many copies of an event to publish (default 1)
 
 
 class Relay:
@@ -119,11 +123,17 @@ class Relay:
         self.consumer_tag = self.channel.basic_consume(self.queue, self._on_message)
 
     # -- the relay ---------------------------------------------------------
-    def _on_message(self, channel: Any, method: Any, _properties: object,
-                    body: bytes) -> None:
-        channel.basic_publish(self.exchange, method.routing_key, body, PERSISTENT,
-                              mandatory=True)
-        self.published += 1
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        headers = properties.headers
+        copies = max(0, int(headers.get(COPIES, 1))) if headers else 1
+        if not copies and not self.pending:
+            channel.basic_ack(method.delivery_tag)  # nothing to publish, nothing unconfirmed
+            return
+        for _ in range(copies):
+            channel.basic_publish(self.exchange, method.routing_key, body, PERSISTENT,
+                                  mandatory=True)
+        self.published += copies
+        # No copies: acked with the publish before it (the same sequence number).
         self.pending.append((self.published, method.delivery_tag))
 
     def _on_confirm(self, frame: Any) -> None:
@@ -141,11 +151,7 @@ class Relay:
         pending = self.pending
         while pending:
             sequence, tag = pending[0]
-            if sequence <= self.confirmed_upto:
-                pass
-            elif sequence in self.confirmed_single:
-                self.confirmed_single.discard(sequence)
-            else:
+            if sequence > self.confirmed_upto and sequence not in self.confirmed_single:
                 break
             pending.popleft()
             last_tag = tag
