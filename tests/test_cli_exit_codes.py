@@ -30,6 +30,13 @@ NO_BROKER = "127.0.0.1:1"
 Case = Callable[[Path], list[str]]
 
 
+def _views(tmp_path: Path, fact: str) -> str:
+    path = tmp_path / "views.json"
+    path.write_text(json.dumps({"views": [{"view_id": "v",
+                                           "when": {"fact": fact, "equals": "open"}}]}))
+    return str(path)
+
+
 def _events(tmp_path: Path, extra: bytes = b"") -> str:
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(line + b"\n" for line in encode(
@@ -69,6 +76,12 @@ CASES: dict[str, tuple[int, Case, str | None]] = {
                           UNKNOWN_FACT),
     "shadow invalid candidate": (EXIT_TROUBLE, lambda t: [
         "shadow", _events(t), "--candidate", str(invalid(t))], UNKNOWN_FACT),
+    "views check ok": (EXIT_OK, lambda t: [
+        "views", "check", _views(t, "conversation.status")], None),
+    "views check a problem": (EXIT_NO, lambda t: [
+        "views", "check", _views(t, "conversation.colour")], "unknown fact"),
+    "views check unreadable": (EXIT_TROUBLE, lambda t: [
+        "views", "check", str(t / "none.json")], "cannot read"),
     "rules check ok": (EXIT_OK, lambda t: ["rules", "check", str(copy_rules(t, "a"))],
                        None),
     "rules check invalid": (EXIT_TROUBLE, lambda t: ["rules", "check", str(invalid(t))],
@@ -156,4 +169,4 @@ def test_every_commands_help_lists_the_statuses_it_uses(name: str,
               if line.strip()[:1].isdigit()}
     assert tested <= listed and EXIT_TROUBLE in listed
     assert (EXIT_NO in listed) == (name in {"shadow", "rules test", "rules deploy",
-                                            "rules rollback"})
+                                            "rules rollback", "views check"})

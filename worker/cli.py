@@ -36,6 +36,7 @@ from worker.cli_support import (
     exit_status,
     load_or_exit,
 )
+from worker.cli_views import views
 from worker.settings import describe_settings
 
 
@@ -323,6 +324,7 @@ def shadow(events: BinaryIO | None, candidate_dir: Path, rules_dir: Path | None,
 
 
 main.add_command(rules)
+main.add_command(views)
 
 
 if __name__ == "__main__":
