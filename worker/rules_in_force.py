@@ -70,12 +70,6 @@ class RulesInForce:
         reads any change as progress)."""
         return sum(c.progress for c in list(self._compiled.values()))
 
-    @property
-    def timed(self) -> bool:
-        """Some rules in use test a time fact."""
-        return self.live.timed or any(self._categoriser(v).timed
-                                      for v in set(self._in_force.values()))
-
     # -- changes -------------------------------------------------------------
     def set_live(self, rules: Rules) -> bool:
         """The version this worker wants in force everywhere; True if it changed."""

@@ -143,15 +143,12 @@ class Driver:
         through its queue comes up (worker.control): everything before it stays under
         the rules in force then, whoever evaluates it again. Accounts follow before
         their next event, the rest by a paced sweep that shares the loop with events."""
-        was_timed = self.in_force.timed
         if not self.in_force.set_live(rules):
             return
         log.info("rules version %s wanted live: sent to the partitions owned",
                  rules.version)
         self.adoptions.sending.clear()
         self.adoptions.send()
-        if self.in_force.timed != was_timed:
-            self.time.start()
         self._advance()
 
     def stop(self) -> None:

@@ -54,7 +54,7 @@ class TimeCrossings:
         Nothing due costs one indexed query a second."""
         self.cancel()
         host = self.host
-        if host.link is None or host.phase is not Phase.CONSUMING or not host.in_force.timed:
+        if host.link is None or host.phase is not Phase.CONSUMING:
             return
         self.timer = host.linked().call_later(0, self.on_timer)
         if not host.topology.partitions and not host.active:
@@ -85,7 +85,7 @@ class TimeCrossings:
         idle queue."""
         host = self.host
         self.probe_timer = None
-        if host.phase is not Phase.CONSUMING or host.active or not host.in_force.timed:
+        if host.phase is not Phase.CONSUMING or host.active:
             return
         # Only with the SQLite store: its one queue, partition 0.
         self._publish_tick(*partition_route(host.topology, 0), Tick(host.wall_clock(), ()))
@@ -130,7 +130,7 @@ class TimeCrossings:
         """The next look: when the store says the next crossing is due, TIME_POLL at
         most (another worker's accounts may become ours, a commit may bring one)."""
         host = self.host
-        if not host.in_force.timed or host.phase is not Phase.CONSUMING:
+        if host.phase is not Phase.CONSUMING:
             return
         if self.timer is not None:
             host.linked().cancel_timer(self.timer)
@@ -149,7 +149,7 @@ class TimeCrossings:
         come back later."""
         host = self.host
         self.timer = None
-        if not host.in_force.timed or host.phase is not Phase.CONSUMING:
+        if host.phase is not Phase.CONSUMING:
             return
         if host.may_act():
             self.send_ticks()

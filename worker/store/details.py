@@ -98,8 +98,8 @@ def _encode(fields: dict[str, object]) -> str:
     try:
         return orjson.dumps(fields).decode()
     except TypeError:
-        # An attribute integer past 64 bits (the contract bounds none): orjson refuses
-        # it, the json module writes it exactly.
+        # An attribute integer past 64 bits (the event contract refuses them; state
+        # written otherwise is kept exact): orjson refuses it, the json module writes it.
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
