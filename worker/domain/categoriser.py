@@ -94,12 +94,6 @@ class Categoriser:
         # long event from a stuck loop.
         self.progress = 0
 
-    @property
-    def timed(self) -> bool:
-        """Categories may change as time passes: always, since a snoozed conversation
-        wakes at its ``until`` whatever the rules test."""
-        return True
-
     # -- entry points ------------------------------------------------------
     def handle(self, state: AccountState, event: Event) -> list[Update]:
         """Apply one event; duplicates and stale events change nothing and return [].
@@ -403,18 +397,17 @@ def _changed_agents(old_account: Account, account: Account, old: Conversation,
             yield agent, before, after, unread_before, unread_after
 
 
-def conversation_facts(conversation: Conversation, account: Account, rules: Rules,
-                       waited: int = 0) -> ConversationFacts:
+def conversation_facts(conversation: Conversation, account: Account, waited: int = 0,
+                       details: tuple[bool, ...] = NO_DETAILS) -> ConversationFacts:
     """The facts a conversation has for every agent of its account, every one of them
-    (the categoriser's cache key leaves out those its rules do not test). With
-    :func:`fact_vector` this is how facts are computed, so :func:`facts_of`
-    (explanations, tooling) cannot drift from what was published. ``waited`` is
-    ``conversation.waiting_seconds``."""
+    (the categoriser's cache key, built inline on its hot path, leaves out those its
+    rules do not test). With :func:`fact_vector` this is how :func:`facts_of` computes
+    the facts explanations and tooling show. ``waited`` is
+    ``conversation.waiting_seconds``; ``details`` the rules' detail test results."""
     return (conversation.status, conversation.group_id is not None, len(conversation.joined),
             account.plan, len(account.agents), len(account.groups), waited,
-            conversation.last_message_by, PRIORITY_RANK[conversation.priority],
-            rules.detail_results(conversation), conversation.visitor_wrote,
-            bool(conversation.mentioned))
+            conversation.last_message_by, PRIORITY_RANK[conversation.priority], details,
+            conversation.visitor_wrote, bool(conversation.mentioned))
 
 
 def fact_vector(key: ConversationFacts, joined: bool, in_group: bool, unread: bool = False,
@@ -443,12 +436,12 @@ def facts_of(state: AccountState, conversation_id: str, agent_id: str,
     # The real waiting time at the account's clock, where its categories were decided
     # (a test has the same truth for it as for the bucketed value the engine was given).
     waited = waiting_seconds(conversation.waiting_since, state.last_occurred_at or EPOCH)
-    facts: dict[str, FactValue | None] = dict(zip(FACT_NAMES, (
-        conversation.status, conversation.group_id is not None, len(conversation.joined),
-        agent_id in conversation.joined, agent_id in account.members(conversation.group_id),
-        account.plan, len(account.agents), len(account.groups), waited,
-        conversation.last_message_by, conversation.priority,
-        conversation.unread_by(agent_id), agent_id in conversation.mentioned), strict=True))
+    vector = fact_vector(conversation_facts(conversation, account, waited),
+                         agent_id in conversation.joined,
+                         agent_id in account.members(conversation.group_id),
+                         conversation.unread_by(agent_id), agent_id in conversation.mentioned)
+    facts: dict[str, FactValue | None] = dict(zip(FACT_NAMES, vector, strict=True))
+    facts["conversation.priority"] = conversation.priority  # by name, not by rank
     facts["conversation.channel"] = conversation.channel
     facts["conversation.labels"] = conversation.labels  # type: ignore[assignment]
     for key in sorted(attributes or {}):
