@@ -19,7 +19,6 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.dataclasses import dataclass
 
 from contracts.ids import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -27,9 +26,11 @@ from contracts.ids import (
     MAX_SEQUENCE,
     EventId,
     Id,
+    contract,
     too_large,
     too_large_reason,
 )
+from contracts.views import PersonalViewsData, SharedViewsData
 
 
 class BadEvent(ValueError):  # noqa: N818 - named for what it is, not how it is used
@@ -40,14 +41,6 @@ class BadEvent(ValueError):  # noqa: N818 - named for what it is, not how it is 
         self.reason = reason
 
 
-# Unknown fields are ignored (forward compatibility); types are strict so that "4" is
-# not silently taken for 4.
-_STRICT = ConfigDict(extra="ignore", strict=True)
-# Every event is a frozen, slotted pydantic dataclass: validated from JSON in
-# pydantic-core like a model, but built a third cheaper (one is built per event, and
-# parsing was the largest single cost of replay). Keyword-only: an envelope field with
-# a default comes before the fields of each event type.
-contract = dataclass(frozen=True, slots=True, kw_only=True, config=_STRICT)
 
 
 @contract
@@ -228,6 +221,18 @@ class AccountUpdated(AccountEvent):
 
 
 @contract
+class AccountViewsUpdated(AccountEvent):
+    type: Literal["account.views_updated"]
+    data: SharedViewsData
+
+
+@contract
+class AgentViewsUpdated(AccountEvent):
+    type: Literal["agent.views_updated"]
+    data: PersonalViewsData
+
+
+@contract
 class ConversationCreated(ConversationEvent):
     type: Literal["conversation.created"]
     data: ConversationCreatedData = Field(default_factory=ConversationCreatedData)
@@ -301,6 +306,8 @@ class ConversationRead(ConversationEvent):
 
 Event = Annotated[
     AccountUpdated
+    | AccountViewsUpdated
+    | AgentViewsUpdated
     | ConversationCreated
     | MessageCreated
     | AgentAssigned
@@ -330,6 +337,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "conversation.snoozed",
     "conversation.unsnoozed",
     "conversation.read",
+    "account.views_updated",
+    "agent.views_updated",
 )
 
 AUTHORS = ("visitor", "agent")
@@ -430,7 +439,7 @@ def parse_event(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
 
 # An account id this long may leave no room in a routing key for an agent id of 128.
 _ROUTING_KEY_CHECK_FROM = MAX_ROUTING_KEY - 128
-_ONE_AGENT = (AgentData, AgentMessageData)
+_ONE_AGENT = (AgentData, AgentMessageData, PersonalViewsData)
 
 
 def agent_ids(event: AccountEvent | ConversationEvent) -> list[str]:

@@ -28,8 +28,8 @@ from contracts.requests import ExplainReply
 from tests.support.oracle import final_view, replay
 from tests.support.streams import encode, event_stream
 from worker.cli import main
-from worker.domain.categoriser import categories_of, facts_of
 from worker.domain.inbox import Inbox
+from worker.domain.reading import categories_of, facts_of
 from worker.errors import RuleFileError
 from worker.rulebook import FACT_NAMES, FACTS, CompiledRules, load_rules
 from worker.rulebook.attributes import ATTRIBUTE_OPERATORS

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from contracts import BadEvent, parse_event_object
 from tests.support.streams import Events, encode
 from worker.cli import main
-from worker.domain.categoriser import facts_of, is_unread
 from worker.domain.inbox import Inbox
+from worker.domain.reading import facts_of, is_unread
 from worker.domain.updates import Update
 from worker.errors import RuleFileError
 from worker.rulebook import load_rules

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from contracts import parse_event_object
 from tests.spec_oracle import NOTHING, Key, Shown, SpecOracle, when
 from tests.support.streams import event_stream, event_streams
-from worker.domain.categoriser import is_unread
 from worker.domain.inbox import Inbox
+from worker.domain.reading import is_unread
 from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
 from worker.rulebook import load_rules

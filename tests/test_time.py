@@ -27,7 +27,8 @@ from tests.support.streams import Events, encode, event_stream
 from worker.accounts import AccountCache
 from worker.cli import main
 from worker.domain import Inbox
-from worker.domain.categoriser import Categoriser, facts_of
+from worker.domain.categoriser import Categoriser
+from worker.domain.reading import facts_of
 from worker.domain.updates import Update, update_id_for
 from worker.domain.waiting import waited_and_due
 from worker.errors import RuleFileError

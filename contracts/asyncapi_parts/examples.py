@@ -17,6 +17,21 @@ EXAMPLE_EVENTS: tuple[dict[str, Any], ...] = (
     {"event_id": "e-100", "type": "account.updated", "account_id": "acc-1",
      "occurred_at": "2026-11-24T09:59:00Z", "sequence": 1,
      "data": {"plan": "pro", "agents": ["ag-1", "ag-2"], "groups": {"g-sales": ["ag-1"]}}},
+    {"event_id": "e-110", "type": "account.views_updated", "account_id": "acc-1",
+     "occurred_at": "2026-11-24T10:05:00Z", "sequence": 2,
+     "data": {"views": [
+         {"view_id": "vip-waiting", "name": "VIP waiting",
+          "when": {"all": [{"category": "new"},
+                           {"fact": "conversation.labels", "contains": "vip"}]}},
+         {"view_id": "urgent-email", "name": "Urgent email",
+          "when": {"all": [{"fact": "conversation.channel", "equals": "email"},
+                           {"fact": "conversation.priority", "at_least": "high"}]}}]}},
+    {"event_id": "e-111", "type": "agent.views_updated", "account_id": "acc-1",
+     "occurred_at": "2026-11-24T10:06:00Z", "sequence": 3,
+     "data": {"agent_id": "ag-2", "views": [
+         {"view_id": "my-unread", "name": "My unread",
+          "when": {"all": [{"category": "mine"},
+                           {"fact": "agent.unread", "equals": True}]}}]}},
     *({"event_id": event_id, "type": kind, "account_id": "acc-1", "occurred_at": at,
        "conversation_id": "c-9", "sequence": sequence, "data": data}
       for event_id, kind, at, sequence, data in (

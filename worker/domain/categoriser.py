@@ -13,25 +13,32 @@ knows about brokers, stores or what a category means.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from contracts import AccountUpdated, ConversationEvent, Event, agent_ids
+from contracts import (
+    AccountEvent,
+    AccountUpdated,
+    AgentViewsUpdated,
+    BadEvent,
+    ConversationEvent,
+    Event,
+    agent_ids,
+)
+from contracts.events import AccountViewsUpdated
 from worker.domain.account import AccountState
 from worker.domain.facts import (
     ATTRIBUTE_PREFIX,
     DETAIL_FACTS,
-    FACT_NAMES,
     PRIORITY_RANK,
     UNREAD_FACTS,
-    FactValue,
-    FactVector,
-    detail_value,
 )
+from worker.domain.reading import NO_DETAILS, ConversationFacts, fact_vector
 from worker.domain.rules import Rules
 from worker.domain.state import (
     EMPTY_BY_RELATION,
     NO_CATEGORIES,
+    NO_PERSONAL,
     RELATIONS,
     Account,
     Conversation,
@@ -41,20 +48,16 @@ from worker.domain.state import (
     learn_agents,
     new_conversation,
     wake,
+    with_views,
 )
 from worker.domain.updates import Cause, CountsEncoder, Pair, RulesStamp, Update, format_time
-from worker.domain.waiting import waited_and_due, waiting_seconds
+from worker.domain.viewing import DEFAULT_VIEW_SETS, Viewing
+from worker.domain.views import NO_VIEWS, UNRESOLVED
+from worker.domain.waiting import waited_and_due
 
 # (conversation_id, agent_id, categories before, categories after, unread before,
 # unread after)
 Change = tuple[str, str, frozenset[str], frozenset[str], bool, bool]
-# (status, has a group, joined count, plan, agent count, group count, waiting seconds
-# (bucketed by the rules' thresholds), last message by, priority rank, detail test
-# results, some agent is unread, some agent is mentioned): the facts one conversation
-# has for every agent of its account (see conversation_facts).
-ConversationFacts = tuple[str, bool, int, str, int, int, int, str, int, tuple[bool, ...],
-                          bool, bool]
-NO_DETAILS: tuple[bool, ...] = ()
 # Entries of each of the categoriser's caches, at most (in practice far fewer).
 MAX_CACHED = 4096
 # Rules adoptions of an account that had no event yet are stamped with this time.
@@ -67,9 +70,11 @@ LAST_MESSAGE_BY = "conversation.last_message_by"
 class Categoriser:
     """Applies events to account states under one rule set."""
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, view_sets: int = DEFAULT_VIEW_SETS) -> None:
         self.rules = rules
         self._counts = CountsEncoder(rules.categories)
+        # The views in force, compiled under these rules.
+        self.views = Viewing(rules, view_sets)
         # Both small and bounded by the rules: every distinct (conversation, account)
         # fact combination, and every distinct (before, after) pair of category sets.
         self._evaluated: dict[tuple[object, ...], tuple[frozenset[str], ...]] = {}
@@ -117,10 +122,12 @@ class Categoriser:
             updates = []
         if state.last_occurred_at is not None and state.last_occurred_at > now:
             now = state.last_occurred_at
-        if isinstance(event, AccountUpdated):
+        if not isinstance(event, AccountEvent):
+            changes = self._conversation_event(state, event, now)
+        elif isinstance(event, AccountUpdated):
             changes = self._account_updated(state, event, now)
         else:
-            changes = self._conversation_event(state, event, now)
+            changes = self._views_updated(state, event, now)
         state.remember(event.event_id, event.occurred_at)
         if changes:
             cause = Cause(state.account_id, event.event_id, self._stamp,
@@ -184,6 +191,29 @@ class Categoriser:
         state.set_account(new)
         return self._recategorise(state, old, new, now)
 
+    def _views_updated(self, state: AccountState,
+                       event: AccountViewsUpdated | AgentViewsUpdated, now: datetime,
+                       ) -> list[Change]:
+        """The account's shared views, or one agent's personal views, replaced: checked
+        against the rules first (every problem is bad input, and nothing changes), then
+        the account re-categorised (only the agents whose views changed can move)."""
+        old = state.account
+        if is_stale(old.last_sequence, event.sequence):
+            return []
+        data = event.data
+        if isinstance(event, AgentViewsUpdated):
+            text, problems = self.rules.check_views(
+                {"agent_id": event.data.agent_id, "views": data.views}, True)
+            views = old.views.with_personal(event.data.agent_id, text)
+        else:
+            text, problems = self.rules.check_views({"views": data.views}, False)
+            views = old.views.with_shared(text)
+        if problems:
+            raise BadEvent(f"{event.type}: {'; '.join(problems)}")
+        account = with_views(learn_agents(old, agent_ids(event)), views, event.sequence)
+        state.set_account(account)
+        return self._recategorise(state, old, account, now)
+
     def _conversation_event(self, state: AccountState, event: ConversationEvent,
                             now: datetime) -> list[Change]:
         conversation_id = event.conversation_id
@@ -236,10 +266,12 @@ class Categoriser:
         self.progress += 1
         if new.status == "deleted":
             # In no category: it leaves the state (a tombstone keeps late events out).
-            new = new.with_categories(EMPTY_BY_RELATION)
+            new = new.with_categories(EMPTY_BY_RELATION, None, NO_PERSONAL)
             state.delete_conversation(new.conversation_id, new.last_sequence)
         else:
-            thresholds = self._thresholds
+            views = (None if account.views is NO_VIEWS or new.status not in UNRESOLVED
+                     else self.views.in_force(account.views))
+            thresholds = self._thresholds if views is None else views.thresholds
             waited, due = 0, new.snoozed_until  # not waiting while snoozed: wakes then
             if thresholds is not None and new.waiting_since is not None:
                 waited, due = waited_and_due(new.waiting_since, now, thresholds)
@@ -251,8 +283,13 @@ class Categoriser:
                    self._by_unread and new.visitor_wrote,
                    self._by_unread and bool(new.mentioned))
             categories = self._evaluated.get(key) or self._evaluate(key)
-            if categories != new.categories or due != new.due_at:
-                new = new.with_categories(categories, due)
+            personal = NO_PERSONAL
+            if views is not None:
+                categories, personal = self.views.apply(views, new, account, waited,
+                                                        categories)
+            if (categories != new.categories or due != new.due_at
+                    or (personal is not new.personal and personal != new.personal)):
+                new = new.with_categories(categories, due, personal)
                 state.put_conversation(new)
             elif new is not old:
                 state.put_conversation(new)
@@ -261,7 +298,8 @@ class Categoriser:
         if (account is old_account and new.categories == old.categories
                 and new.joined == old.joined and new.group_id == old.group_id
                 and new.readers == old.readers and new.mentioned == old.mentioned
-                and new.visitor_wrote == old.visitor_wrote):
+                and new.visitor_wrote == old.visitor_wrote
+                and (new.personal is old.personal or new.personal == old.personal)):
             return []  # every agent keeps its relation, categories and unread flag
         conversation_id = new.conversation_id
         return [(conversation_id, *change)
@@ -318,13 +356,16 @@ class Categoriser:
                     add(unread_counts, agent, (), before)
             changed.append(pair)
             self.progress += 1  # per change: a watcher tells a long event from a stuck loop
-        encode = self._counts.encode
+        views = state.account.views
+        in_force = None if views is NO_VIEWS else self.views.in_force(views)
         next_seq = state.next_seq
         encoded: dict[str, bytes] = {}
         updates = []
         for (conversation_id, agent, _, _, _, unread), pair in zip(changes, changed, strict=True):
             counts_json = encoded.get(agent)
             if counts_json is None:
+                encode = (self._counts.encode if in_force is None
+                          else in_force.encoder(agent).encode)
                 counts_json = encoded[agent] = encode(counts.get(agent, _NONE),
                                                       unread_counts.get(agent, _NONE))
             updates.append(Update(cause, pair, agent, conversation_id, next_seq(agent),
@@ -345,16 +386,12 @@ def _class_changed(old: tuple[frozenset[str], ...], new: tuple[frozenset[str], .
     return any(old[r] != new[r] for r in range(base, len(old), 4))
 
 
-def _changed_agents(old_account: Account, account: Account, old: Conversation,
-                    new: Conversation,
-                    ) -> Iterator[tuple[str, frozenset[str], frozenset[str], bool, bool]]:
-    """(agent, categories before, after, unread before, after) of every agent whose
-    categories or unread flag changed. The flag is published only for a conversation in
-    some category."""
+def _candidates(old_account: Account, account: Account, old: Conversation,
+                new: Conversation, old_members: frozenset[str], new_members: frozenset[str],
+                ) -> set[str]:
+    """Agents whose relation may have changed, or whose relation's categories, unread
+    flag or personal views did."""
     old_cats, new_cats = old.categories, new.categories
-    old_members = old_account.members(old.group_id)
-    new_members = account.members(new.group_id)
-    # Agents whose relation may have changed, or whose relation's categories did.
     candidates: set[str] = set(old.joined | new.joined)
     if old_members != new_members:
         candidates |= old_members ^ new_members
@@ -364,11 +401,28 @@ def _changed_agents(old_account: Account, account: Account, old: Conversation,
         candidates |= old_account.agents ^ account.agents
     if _class_changed(old_cats, new_cats, 0) or old.visitor_wrote != new.visitor_wrote:
         candidates |= old_account.agents | account.agents  # everybody else
-    else:
-        if old.readers != new.readers:
-            candidates |= old.readers ^ new.readers
+    elif old.readers != new.readers:
+        candidates |= old.readers ^ new.readers
     if old.mentioned != new.mentioned:
         candidates |= old.mentioned ^ new.mentioned
+    old_personal, new_personal = old.personal, new.personal
+    if old_personal is not new_personal:
+        candidates.update(a for a in old_personal.keys() | new_personal.keys()
+                          if old_personal.get(a) != new_personal.get(a))
+    return candidates
+
+
+def _changed_agents(old_account: Account, account: Account, old: Conversation,
+                    new: Conversation,
+                    ) -> Iterator[tuple[str, frozenset[str], frozenset[str], bool, bool]]:
+    """(agent, categories before, after, unread before, after) of every agent whose
+    categories or unread flag changed. The flag is published only for a conversation in
+    some category."""
+    old_cats, new_cats = old.categories, new.categories
+    old_members = old_account.members(old.group_id)
+    new_members = account.members(new.group_id)
+    candidates = _candidates(old_account, account, old, new, old_members, new_members)
+    old_personal, new_personal = old.personal, new.personal
     old_agents, new_agents = old_account.agents, account.agents
     old_joined, new_joined = old.joined, new.joined
     # The relation index inlined (Conversation.relation_of; a call per agent is most of
@@ -382,6 +436,10 @@ def _changed_agents(old_account: Account, account: Account, old: Conversation,
             mentioned = agent in old_mentioned
             index = 2 * (agent in old_joined) + (agent in old_members)
             before = old_cats[index + 4 * unread + 8 * mentioned if old_wide else index]
+            if old_personal:
+                own = old_personal.get(agent)
+                if own:
+                    before = before | own
             unread_before = (unread or mentioned) and bool(before)
         else:
             before, unread_before = NO_CATEGORIES, False
@@ -390,79 +448,12 @@ def _changed_agents(old_account: Account, account: Account, old: Conversation,
             mentioned = agent in new_mentioned
             index = 2 * (agent in new_joined) + (agent in new_members)
             after = new_cats[index + 4 * unread + 8 * mentioned if new_wide else index]
+            if new_personal:
+                own = new_personal.get(agent)
+                if own:
+                    after = after | own
             unread_after = (unread or mentioned) and bool(after)
         else:
             after, unread_after = NO_CATEGORIES, False
         if before != after or unread_before != unread_after:
             yield agent, before, after, unread_before, unread_after
-
-
-def conversation_facts(conversation: Conversation, account: Account, waited: int = 0,
-                       details: tuple[bool, ...] = NO_DETAILS) -> ConversationFacts:
-    """The facts a conversation has for every agent of its account, every one of them
-    (the categoriser's cache key, built inline on its hot path, leaves out those its
-    rules do not test). With :func:`fact_vector` this is how :func:`facts_of` computes
-    the facts explanations and tooling show. ``waited`` is
-    ``conversation.waiting_seconds``; ``details`` the rules' detail test results."""
-    return (conversation.status, conversation.group_id is not None, len(conversation.joined),
-            account.plan, len(account.agents), len(account.groups), waited,
-            conversation.last_message_by, PRIORITY_RANK[conversation.priority], details,
-            conversation.visitor_wrote, bool(conversation.mentioned))
-
-
-def fact_vector(key: ConversationFacts, joined: bool, in_group: bool, unread: bool = False,
-                mentioned: bool = False) -> FactVector:
-    """One agent's facts as the engine takes them: in
-    :data:`~worker.domain.facts.FACT_NAMES` order, then the detail test results: the
-    conversation's (``key``) and the agent's relation to it."""
-    (status, has_group, joined_count, plan, agents, groups, waited, last_by, priority,
-     details, _, _) = key
-    return (status, has_group, joined_count, joined, in_group, plan, agents, groups, waited,
-            last_by, priority, unread, mentioned, *details)
-
-
-def facts_of(state: AccountState, conversation_id: str, agent_id: str,
-             attributes: Mapping[str, str] | None = None) -> dict[str, FactValue | None]:
-    """The named facts the categories of (agent, conversation) are decided on, exactly
-    as the categoriser evaluates them: priorities by name, the channel (None: absent),
-    the labels as a frozenset, and every declared custom attribute (``attributes``:
-    key -> type; None when absent or of another type). Empty when no decision is made
-    for the pair (the conversation is unknown or deleted, or the agent is not one of
-    the account's), like :func:`categories_of`, which is then empty too."""
-    account = state.account
-    conversation = state.conversations.get(conversation_id)
-    if conversation is None or agent_id not in account.agents:
-        return {}
-    # The real waiting time at the account's clock, where its categories were decided
-    # (a test has the same truth for it as for the bucketed value the engine was given).
-    waited = waiting_seconds(conversation.waiting_since, state.last_occurred_at or EPOCH)
-    vector = fact_vector(conversation_facts(conversation, account, waited),
-                         agent_id in conversation.joined,
-                         agent_id in account.members(conversation.group_id),
-                         conversation.unread_by(agent_id), agent_id in conversation.mentioned)
-    facts: dict[str, FactValue | None] = dict(zip(FACT_NAMES, vector, strict=True))
-    facts["conversation.priority"] = conversation.priority  # by name, not by rank
-    facts["conversation.channel"] = conversation.channel
-    facts["conversation.labels"] = conversation.labels  # type: ignore[assignment]
-    for key in sorted(attributes or {}):
-        name = ATTRIBUTE_PREFIX + key
-        facts[name] = detail_value(  # type: ignore[assignment]
-            name, conversation.channel, conversation.labels, conversation.attributes,
-            attributes or {})
-    return facts
-
-
-def is_unread(state: AccountState, conversation_id: str, agent_id: str) -> bool:
-    """What the agent's last update of the conversation said of ``unread``."""
-    conversation = state.conversations.get(conversation_id)
-    return (conversation is not None and conversation.is_unread_for(agent_id)
-            and bool(categories_of(state, conversation_id, agent_id)))
-
-
-def categories_of(state: AccountState, conversation_id: str, agent_id: str) -> frozenset[str]:
-    """An agent's current categories for a conversation (empty if unknown)."""
-    account = state.account
-    conversation = state.conversations.get(conversation_id)
-    if conversation is None or agent_id not in account.agents:
-        return NO_CATEGORIES
-    return conversation.categories[conversation.relation_of(agent_id, account)]

@@ -16,7 +16,7 @@ too. Absent values follow one rule: every test on them is false except ``not_equ
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,16 @@ def detail_value(fact: str, channel: str | None, labels: frozenset[str],
         return labels
     key = fact.removeprefix(ATTRIBUTE_PREFIX)
     return typed_attribute(attributes.get(key), declared[key])
+
+
+def detail_results(tests: Sequence[tuple[str, str, Any]], channel: str | None,
+                   labels: frozenset[str], attributes: Mapping[str, object],
+                   declared: Mapping[str, str]) -> tuple[bool, ...]:
+    """The results of detail tests (fact, operator, value) for one conversation's
+    details, in order: what the engine (or a view set) is given after the scalar facts."""
+    return tuple(test_holds(op, detail_value(fact, channel, labels, attributes, declared),
+                            value)
+                 for fact, op, value in tests)
 
 
 def test_holds(op: str, actual: Any, expected: Any, ordered: bool = False) -> bool:

@@ -14,7 +14,8 @@ from heapq import heappop, heappush
 
 from contracts import Event
 from worker.domain.account import DEFAULT_EVENT_WINDOW, AccountState
-from worker.domain.categoriser import Categoriser, categories_of
+from worker.domain.categoriser import Categoriser
+from worker.domain.reading import categories_of
 from worker.domain.rules import Rules
 from worker.domain.state import Account
 from worker.domain.updates import Update

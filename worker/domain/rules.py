@@ -8,6 +8,7 @@ from typing import Protocol
 
 from worker.domain.facts import FactVector
 from worker.domain.state import Conversation
+from worker.domain.views import ViewSet
 
 
 class Rules(Protocol):
@@ -43,3 +44,11 @@ class Rules(Protocol):
 
     def evaluate(self, facts: FactVector) -> frozenset[str]:
         """The categories that hold for one (agent, conversation) fact vector."""
+
+    def check_views(self, body: object, personal: bool) -> tuple[str, list[str]]:
+        """A views event's body (``{"views": [...]}``, with ``agent_id`` when
+        ``personal``) checked against these rules: the views as they are kept in force
+        (canonical JSON; ``""``: none), or every problem (``views[2].when.fact: ...``)."""
+
+    def compile_views(self, text: str) -> ViewSet:
+        """A set of views in force (:meth:`check_views`'s text) under these rules."""

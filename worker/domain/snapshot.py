@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.domain.account import AccountState
-from worker.domain.categoriser import categories_of, is_unread
+from worker.domain.reading import categories_of, is_unread
 
 
 def snapshot(state: AccountState, agent_id: str, category_names: tuple[str, ...],

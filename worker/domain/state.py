@@ -30,6 +30,7 @@ from contracts import (
     MessageCreated,
 )
 from contracts.events import MAX_ATTRIBUTES
+from worker.domain.views import NO_VIEWS, AccountViews
 
 # An agent's relation to a conversation: (joined it, member of its group, unread by a
 # visitor message, mentioned). Agents in the same relation share one evaluation, so
@@ -42,6 +43,7 @@ NO_CATEGORIES: frozenset[str] = frozenset()
 EMPTY_BY_RELATION: tuple[frozenset[str], ...] = (NO_CATEGORIES,) * 4
 AttributeValue = str | int | float | bool
 NO_ATTRIBUTES: Mapping[str, AttributeValue] = MappingProxyType({})
+NO_PERSONAL: Mapping[str, frozenset[str]] = MappingProxyType({})
 
 
 def relation_index(joined: bool, in_group: bool, unread: bool = False,
@@ -56,6 +58,7 @@ class Account:
     agents: frozenset[str] = frozenset()
     groups: dict[str, frozenset[str]] = field(default_factory=dict)
     last_sequence: int | None = None
+    views: AccountViews = NO_VIEWS
 
     def members(self, group_id: str | None) -> frozenset[str]:
         if group_id is None:
@@ -97,15 +100,20 @@ class Conversation(NamedTuple):
     visitor_wrote: bool = False
     readers: frozenset[str] = frozenset()
     mentioned: frozenset[str] = frozenset()
+    # The personal views that hold for it, of each agent with one that does (under the
+    # views in force when it was last evaluated; shared views are in ``categories``).
+    personal: Mapping[str, frozenset[str]] = NO_PERSONAL
 
     def with_categories(self, categories: tuple[frozenset[str], ...],
-                        due_at: datetime | None = None) -> Conversation:
+                        due_at: datetime | None = None,
+                        personal: Mapping[str, frozenset[str]] | None = None) -> Conversation:
         # Straight from the tuple: _replace costs several times more, the generated
         # __new__ a function call more, and this runs for every event.
         return _new(Conversation, (self.account_id, self.conversation_id, self.status,
                                    self.group_id, self.joined, self.last_sequence, categories,
                                    self.waiting_since, self.last_message_by, due_at,
-                                   *self[10:]))
+                                   *self[10:18],
+                                   self.personal if personal is None else personal))
 
     def unread_by(self, agent_id: str) -> bool:
         """``agent.unread``: a visitor message came after the agent last read it."""
@@ -118,6 +126,12 @@ class Conversation(NamedTuple):
         if len(self.categories) > 4:
             index += 4 * self.unread_by(agent_id) + 8 * (agent_id in self.mentioned)
         return index
+
+    def categories_of(self, agent_id: str, account: Account) -> frozenset[str]:
+        """One agent's categories (the caller knows the agent is the account's)."""
+        categories = self.categories[self.relation_of(agent_id, account)]
+        personal = self.personal.get(agent_id)
+        return categories | personal if personal else categories
 
     def is_unread_for(self, agent_id: str) -> bool:
         """What an update's ``unread`` says (before the agent's categories are known):
@@ -141,6 +155,13 @@ def apply_snapshot(account: Account, event: AccountUpdated) -> Account:
         groups={g: frozenset(members) for g, members in snapshot.groups.items()},
         last_sequence=_next_sequence(account.last_sequence, event.sequence),
     )
+
+
+def with_views(account: Account, views: AccountViews, sequence: int | None) -> Account:
+    """A views event: the views in force replaced (views events count in the account's
+    ``sequence``, with its snapshots)."""
+    return replace(account, views=views,
+                   last_sequence=_next_sequence(account.last_sequence, sequence))
 
 
 def learn_agents(account: Account, agents: Sequence[str]) -> Account:
@@ -170,7 +191,7 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
                                    status, group_id, joined, sequence, conversation.categories,
                                    None, last_by, None, *conversation[10:]))
     (channel, priority, labels, attributes, until, visitor_wrote, readers,
-     mentioned) = conversation[10:]
+     mentioned) = conversation[10:18]
     if isinstance(event, MessageCreated):
         if event.data.author == "visitor":
             if status != "open":
@@ -208,7 +229,8 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
     return _new(Conversation, (conversation.account_id, conversation.conversation_id, status,
                                group_id, joined, sequence, conversation.categories, waiting,
                                last_by, conversation.due_at, channel, priority, labels,
-                               attributes, until, visitor_wrote, readers, mentioned))
+                               attributes, until, visitor_wrote, readers, mentioned,
+                               conversation.personal))
 
 
 def _snooze_or_wake(event: ConversationReopened | ConversationUnsnoozed | ConversationSnoozed,

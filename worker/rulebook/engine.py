@@ -22,6 +22,7 @@ from typing import Any
 import durable_rules_engine  # type: ignore[import-not-found]
 from durable import engine as durable_engine
 
+from worker.domain.facts import detail_results
 from worker.domain.state import Conversation
 from worker.errors import RuleFileError, RuleProblem
 from worker.rulebook.compiler import (
@@ -38,7 +39,6 @@ from worker.rulebook.facts import (
     FACT_NAMES,
     PRIORITY_RANK,
     FactVector,
-    detail_value,
     test_holds,
 )
 from worker.rulebook.syntax import (
@@ -48,6 +48,7 @@ from worker.rulebook.syntax import (
     parse_rule_file,
     read_rule_bytes,
 )
+from worker.rulebook.views import CompiledViews, canonical_views, check_views
 
 RULE_FILE_SUFFIXES = (".yaml", ".yml")
 CACHE_SIZE = 65536
@@ -167,12 +168,20 @@ class CompiledRules:
 
     def detail_results(self, conversation: Conversation) -> tuple[bool, ...]:
         """The results of :attr:`details` for one conversation, in order."""
-        declared = self.attributes
-        channel, labels, attributes = (conversation.channel, conversation.labels,
-                                       conversation.attributes)
-        return tuple(test_holds(op, detail_value(fact, channel, labels, attributes, declared),
-                                value)
-                     for fact, op, value in self.details)
+        return detail_results(self.details, conversation.channel, conversation.labels,
+                              conversation.attributes, self.attributes)
+
+    def check_views(self, body: object, personal: bool) -> tuple[str, list[str]]:
+        """A views event's body checked against these rules: the views as kept in
+        force (canonical JSON, ``""`` for none), or every problem with its path."""
+        _, problems = check_views(body, self.definitions, personal=personal)
+        if problems:
+            return "", [str(p) for p in problems]
+        return canonical_views(body), []
+
+    def compile_views(self, text: str) -> CompiledViews:
+        """A set of views in force, compiled under these rules."""
+        return CompiledViews(text, self.definitions)
 
     def evaluate_facts(self, facts: dict[str, object]) -> frozenset[str]:
         """Evaluate a named fact mapping (rule tests, tooling), as explanations name

@@ -28,7 +28,7 @@ from contracts.requests import (
     ExplainReply,
 )
 from worker.domain.account import AccountState
-from worker.domain.categoriser import facts_of
+from worker.domain.reading import facts_of
 from worker.rulebook.compiler import Definitions
 from worker.rulebook.engine import CompiledRules
 from worker.rulebook.facts import FACTS, test_holds

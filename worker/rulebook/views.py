@@ -12,14 +12,32 @@ so a view and a rule file accept exactly the same tests.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import yaml
 
+from worker.domain.facts import detail_results
+from worker.domain.state import Conversation
+from worker.domain.views import VIEW_PREFIX
 from worker.rulebook.attributes import check_attribute_tests
-from worker.rulebook.compiler import Definitions
-from worker.rulebook.facts import ATTRIBUTE_PREFIX
+from worker.rulebook.compiler import (
+    PRIORITY,
+    Definitions,
+    DetailTest,
+    is_detail,
+    time_thresholds,
+)
+from worker.rulebook.facts import (
+    ATTRIBUTE_PREFIX,
+    FACT_NAMES,
+    PRIORITY_RANK,
+    UNREAD_FACTS,
+    FactVector,
+    test_holds,
+)
 from worker.rulebook.syntax import (
     ID_PATTERN,
     AllOf,
@@ -47,7 +65,7 @@ class View:
     @property
     def category(self) -> str:
         """The name it is published under."""
-        return f"view:{self.view_id}"
+        return f"{VIEW_PREFIX}{self.view_id}"
 
 
 @dataclass(frozen=True)
@@ -213,3 +231,107 @@ def check_views(raw: object, definitions: Definitions, *, personal: bool | None 
     if checker.problems:
         return [], checker.problems
     return views, []
+
+
+def canonical_views(raw: object) -> str:
+    """The views of a checked body as kept in force: each view's id, name and
+    condition (other keys are ignored, as in every event), as JSON with sorted keys, so
+    equal sets are equal texts."""
+    views = raw.get("views", []) if isinstance(raw, dict) else []
+    if not views:
+        return ""
+    kept = [{"view_id": v["view_id"], "name": v.get("name", ""), "when": v["when"]}
+            for v in views]
+    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode()
+
+
+# One agent's facts, then the set's detail test results, and their categories under
+# the rules -> whether a view holds.
+_Test = Callable[[FactVector, frozenset[str]], bool]
+_FACT_INDEX = {name: index for index, name in enumerate(FACT_NAMES)}
+
+
+class CompiledViews:
+    """One set of views under one rule set, evaluated in Python.
+
+    durable-rules decides the rules' categories; a view is a condition over the same
+    facts and over those categories, so it is evaluated here on the same fact vector
+    (scalar facts, then this set's detail test results) with the categories durable-rules
+    gave: each fact test by :func:`~worker.domain.facts.test_holds`, the meaning the
+    engine's own inputs are made with. ``tests/test_views.py`` holds it to durable-rules
+    over generated views and fact vectors. A view that no longer checks under the rules
+    (a category it names is gone) is left out, and named in :attr:`problems`.
+    """
+
+    def __init__(self, text: str, definitions: Definitions) -> None:
+        self.text = text
+        self.problems: list[ViewProblem] = []
+        views: list[View] = []
+        raw = orjson.loads(text) if text else []
+        for index, item in enumerate(raw):
+            checked, problems = check_views({"views": [item]}, definitions, personal=False)
+            views.extend(checked)
+            self.problems.extend(ViewProblem(p.path.replace("views[0]", f"views[{index}]", 1),
+                                             p.reason) for p in problems)
+        self.views = views
+        self.categories: tuple[str, ...] = tuple(dict.fromkeys(v.category for v in views))
+        self._definitions = definitions
+        tests: list[FactTest] = []
+        for view in views:
+            self._collect(view.when, tests, set())
+        self.details: tuple[DetailTest, ...] = tuple(dict.fromkeys(
+            (t.fact, t.op, t.value) for t in tests if is_detail(t.fact)))
+        self.thresholds: tuple[int, ...] = time_thresholds(tests).get(
+            "conversation.waiting_seconds", ())
+        self.wide = any(t.fact in UNREAD_FACTS for t in tests)
+        self._declared = dict(definitions.attributes)
+        detail_index = {test: len(FACT_NAMES) + i for i, test in enumerate(self.details)}
+        self._tests: list[tuple[str, _Test]] = [
+            (view.category, self._compile(view.when, detail_index)) for view in views]
+
+    def _collect(self, condition: Condition, tests: list[FactTest], seen: set[str]) -> None:
+        """The fact tests a condition makes, through the predicates it names (the
+        categories it names are inputs, decided by the rules)."""
+        if isinstance(condition, FactTest):
+            tests.append(condition)
+        elif isinstance(condition, Not):
+            self._collect(condition.item, tests, seen)
+        elif isinstance(condition, AllOf | AnyOf):
+            for item in condition.items:
+                self._collect(item, tests, seen)
+        elif condition.kind == "predicate" and condition.name not in seen:
+            seen.add(condition.name)
+            self._collect(self._definitions.predicates[condition.name].when, tests, seen)
+
+    def _compile(self, condition: Condition, details: dict[DetailTest, int]) -> _Test:
+        if isinstance(condition, FactTest):
+            key = (condition.fact, condition.op, condition.value)
+            if key in details:
+                index = details[key]
+                return lambda facts, _categories: bool(facts[index])
+            index = _FACT_INDEX[condition.fact]
+            op, value = condition.op, condition.value
+            if condition.fact == PRIORITY:  # the vector holds ranks
+                value = (tuple(PRIORITY_RANK[str(v)] for v in value)
+                         if isinstance(value, tuple) else PRIORITY_RANK[str(value)])
+            return lambda facts, _categories: test_holds(op, facts[index], value)
+        if isinstance(condition, Not):
+            inner = self._compile(condition.item, details)
+            return lambda facts, categories: not inner(facts, categories)
+        if isinstance(condition, AllOf):
+            items = [self._compile(item, details) for item in condition.items]
+            return lambda facts, categories: all(item(facts, categories) for item in items)
+        if isinstance(condition, AnyOf):
+            items = [self._compile(item, details) for item in condition.items]
+            return lambda facts, categories: any(item(facts, categories) for item in items)
+        if condition.kind == "category":
+            name = condition.name
+            return lambda _facts, categories: name in categories
+        return self._compile(self._definitions.predicates[condition.name].when, details)
+
+    def detail_results(self, conversation: Conversation) -> tuple[bool, ...]:
+        return detail_results(self.details, conversation.channel, conversation.labels,
+                              conversation.attributes, self._declared)
+
+    def evaluate(self, facts: FactVector, categories: frozenset[str]) -> frozenset[str]:
+        return frozenset(name for name, holds in self._tests if holds(facts, categories))

@@ -25,6 +25,7 @@ from worker.domain.account import AccountState, AccountWrite
 from worker.domain.state import Account, Conversation
 from worker.errors import StoreConflictError, StoreError
 from worker.store.details import NO_DETAILS, details_of
+from worker.store.views import views_of
 
 
 class StateStore(Protocol):
@@ -208,10 +209,11 @@ def state_from_rows(account_id: str, row: Sequence[Any] | None,
         account, rules_version, generation, last, counter = (
             Account(account_id), None, 0, None, 0)
     else:
-        plan, agent_ids, groups, last_sequence, rules_version, generation, last, counter = row
+        (plan, agent_ids, groups, last_sequence, rules_version, generation, last, counter,
+         views) = row
         account = Account(account_id, plan, frozenset(orjson.loads(agent_ids)),
                           {g: frozenset(m) for g, m in orjson.loads(groups).items()},
-                          last_sequence)
+                          last_sequence, views_of(views))
     state = AccountState(account, rules_version=rules_version, event_window=event_window,
                          tombstone_window=tombstone_window)
     # Public attributes, not the mutating methods: a loaded state has nothing to write.

@@ -24,22 +24,22 @@ from typing import Any
 
 import orjson
 
-from worker.domain.state import NO_ATTRIBUTES, AttributeValue, Conversation
+from worker.domain.state import NO_ATTRIBUTES, NO_PERSONAL, AttributeValue, Conversation
 
 # The fields kept in ``details``, in the order of the conversation (it ends with them)
 # and of the JSON object.
 DETAILS: tuple[str, ...] = ("channel", "priority", "labels", "attributes", "snoozed_until",
-                            "visitor_wrote", "readers", "mentioned")
+                            "visitor_wrote", "readers", "mentioned", "personal")
 if Conversation._fields[10:] != DETAILS:
     # A field added to (or moved in) Conversation must be kept here too, or no store
     # would keep it.
     raise ImportError(f"worker.store.details keeps {DETAILS}, the conversation's fields "
                       f"from the eleventh are {Conversation._fields[10:]}")
 Details = tuple[str | None, str, frozenset[str], Mapping[str, AttributeValue], datetime | None,
-                bool, frozenset[str], frozenset[str]]
+                bool, frozenset[str], frozenset[str], Mapping[str, frozenset[str]]]
 # What a NULL ``details`` reads as: every field at its default.
 NO_DETAILS: Details = (None, "none", frozenset(), NO_ATTRIBUTES, None, False, frozenset(),
-                       frozenset())
+                       frozenset(), NO_PERSONAL)
 _KNOWN = frozenset(DETAILS)
 
 
@@ -51,10 +51,10 @@ def details_json(conversation: Conversation) -> str | None:
     # A slice, not eight attribute reads: half the cost (checked at import: the
     # conversation ends with these fields).
     (channel, priority, labels, attributes, until, visitor_wrote, readers,
-     mentioned) = conversation[10:]
-    if attributes or until is not None:
+     mentioned, personal) = conversation[10:]
+    if attributes or until is not None or personal:
         return _encode(_object(channel, priority, labels, attributes, until, visitor_wrote,
-                               readers, mentioned))
+                               readers, mentioned, personal))
     if channel is None and priority == "none" and not (
             visitor_wrote or labels or readers or mentioned):
         return None
@@ -67,13 +67,13 @@ def details_json(conversation: Conversation) -> str | None:
 def _plain_json(channel: str | None, priority: str, labels: frozenset[str], visitor_wrote: bool,
                 readers: frozenset[str], mentioned: frozenset[str]) -> str:
     return _encode(_object(channel, priority, labels, NO_ATTRIBUTES, None, visitor_wrote,
-                           readers, mentioned))
+                           readers, mentioned, NO_PERSONAL))
 
 
 def _object(channel: str | None, priority: str, labels: frozenset[str],
             attributes: Mapping[str, AttributeValue], until: datetime | None,
             visitor_wrote: bool, readers: frozenset[str], mentioned: frozenset[str],
-            ) -> dict[str, object]:
+            personal: Mapping[str, frozenset[str]]) -> dict[str, object]:
     fields: dict[str, object] = {}
     if channel is not None:
         fields["channel"] = channel
@@ -91,6 +91,8 @@ def _object(channel: str | None, priority: str, labels: frozenset[str],
         fields["readers"] = sorted(readers)
     if mentioned:
         fields["mentioned"] = sorted(mentioned)
+    if personal:
+        fields["personal"] = {agent: sorted(personal[agent]) for agent in sorted(personal)}
     return fields
 
 
@@ -108,7 +110,7 @@ def details_of(text: str | None) -> Details:
     for a value this version did not write."""
     if text is None:
         return NO_DETAILS
-    if '"attributes"' in text:
+    if '"attributes"' in text or '"personal"' in text:
         # Mostly one of a kind: not cached. The json module: orjson reads an integer
         # past 64 bits as a float.
         return _decode(text, json.loads(text))
@@ -129,8 +131,11 @@ def _decode(text: str, fields: Any) -> Details:
     get = fields.get
     attributes = get("attributes")
     until = get("snoozed_until")
+    personal = get("personal")
     return (get("channel"), get("priority", "none"), frozenset(get("labels", ())),
             MappingProxyType(attributes) if attributes else NO_ATTRIBUTES,
             None if until is None else datetime.fromisoformat(until),
             bool(get("visitor_wrote", False)), frozenset(get("readers", ())),
-            frozenset(get("mentioned", ())))
+            frozenset(get("mentioned", ())),
+            MappingProxyType({agent: frozenset(views) for agent, views in personal.items()})
+            if personal else NO_PERSONAL)

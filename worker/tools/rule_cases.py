@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from contracts import BadEvent, parse_event_object
-from worker.domain.categoriser import is_unread
 from worker.domain.inbox import Inbox
+from worker.domain.reading import is_unread
 from worker.errors import RuleFileError, RuleProblem
 from worker.rulebook.engine import CompiledRules
 from worker.rulebook.syntax import YamlAliasError, alias_problem, is_alias_or_anchor

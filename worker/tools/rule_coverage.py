@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from contracts import Event
-from worker.domain.categoriser import facts_of
 from worker.domain.facts import ATTRIBUTE_PREFIX, FACTS
 from worker.domain.inbox import Inbox
+from worker.domain.reading import facts_of
 from worker.domain.updates import Update
 from worker.rulebook.engine import CompiledRules
 from worker.rulebook.explain import FactValue, all_verdicts, describe

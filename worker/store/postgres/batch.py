@@ -14,6 +14,7 @@ from worker.domain.account import AccountWrite
 from worker.domain.state import Conversation
 from worker.store import micros
 from worker.store.details import details_json
+from worker.store.views import views_json
 
 
 class Batch:
@@ -93,10 +94,12 @@ class Batch:
         rows = [(*_account_row(w, self.partition[a]),
                  events_kept.get(a, 0) + self.new_events[a],
                  tombstones_kept.get(a, 0) + new_tombstones[a],
-                 w.event_window, w.tombstone_window) for a, w in self.last.items()]
+                 w.event_window, w.tombstone_window, views_json(w.account.views))
+                for a, w in self.last.items()]
         names = ("account", "partition", "plan", "agents", "groups", "last_sequence",
                  "rules_version", "rules_generation", "last_occurred_at", "event_counter",
-                 "events_kept", "tombstones_kept", "event_window", "tombstone_window")
+                 "events_kept", "tombstones_kept", "event_window", "tombstone_window",
+                 "views")
         return dict(zip(names, _columns(rows, len(names)), strict=True))
 
 

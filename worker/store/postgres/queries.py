@@ -5,7 +5,8 @@ from __future__ import annotations
 # The statements of the hot paths, formatted with the schema once per store.
 QUERIES = {
     "account": "SELECT plan, agents, groups_, last_sequence, rules_version, rules_generation,"
-               " last_occurred_at, event_counter FROM {s}.accounts WHERE account_id = %s",
+               " last_occurred_at, event_counter, views FROM {s}.accounts"
+               " WHERE account_id = %s",
     "conversations": "SELECT conversation_id, status, group_id, joined, last_sequence,"
                      " categories, waiting_since, last_message_by, due_at, details"
                      " FROM {s}.conversations WHERE account_id = %s",
@@ -82,10 +83,10 @@ QUERIES = {
         "  %(rules_generation)b::bigint[], %(last_occurred_at)b::text[],"
         "  %(event_counter)b::bigint[], %(events_kept)b::bigint[],"
         "  %(tombstones_kept)b::bigint[], %(event_window)b::bigint[],"
-        "  %(tombstone_window)b::bigint[])"
+        "  %(tombstone_window)b::bigint[], %(views)b::text[])"
         "  AS w(account_id, partition, plan, agents, groups_, last_sequence, rules_version,"
         "  rules_generation, last_occurred_at, event_counter, events_kept, tombstones_kept,"
-        "  event_window, tombstone_window)),"
+        "  event_window, tombstone_window, views)),"
         " event_cut AS (SELECT w.account_id, (SELECT x.number FROM {s}.events x"
         "  WHERE x.account_id = w.account_id ORDER BY x.number"
         "  OFFSET w.events_kept - w.event_window - 1 LIMIT 1) AS upto"
@@ -105,7 +106,7 @@ QUERIES = {
         " INSERT INTO {s}.accounts SELECT w.account_id, w.partition, w.plan, w.agents,"
         "  w.groups_, w.last_sequence, w.rules_version, w.rules_generation,"
         "  w.last_occurred_at, w.event_counter, w.events_kept - COALESCE(e.n, 0),"
-        "  w.tombstones_kept - COALESCE(t.n, 0)"
+        "  w.tombstones_kept - COALESCE(t.n, 0), w.views"
         "  FROM w LEFT JOIN events_trimmed e USING (account_id)"
         "  LEFT JOIN tombstones_trimmed t USING (account_id)"
         " ON CONFLICT (account_id) DO UPDATE SET plan = EXCLUDED.plan,"
@@ -114,7 +115,7 @@ QUERIES = {
         "  rules_generation = EXCLUDED.rules_generation,"
         "  last_occurred_at = EXCLUDED.last_occurred_at,"
         "  event_counter = EXCLUDED.event_counter, events_kept = EXCLUDED.events_kept,"
-        "  tombstones_kept = EXCLUDED.tombstones_kept",
+        "  tombstones_kept = EXCLUDED.tombstones_kept, views = EXCLUDED.views",
     "acquire": "UPDATE {s}.partitions SET epoch = epoch + 1, owner = %s, acquired_at = now()"
                " WHERE partition = %s RETURNING epoch",
     "reacquire": "UPDATE {s}.partitions SET epoch = epoch + 1, owner = %s,"

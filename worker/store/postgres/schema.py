@@ -16,7 +16,7 @@ from worker.errors import StoreError
 from worker.store import new_control_token
 from worker.store.postgres.connection import Connection
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_SCHEMA = "inbox_rules"
 
 # {s} is the schema, quoted. The composite primary keys cluster nothing in PostgreSQL,
@@ -132,6 +132,13 @@ def _migrate_to_5(conn: Connection, schema: sql.Identifier) -> None:
         conn.execute(sql.SQL(statement).format(s=schema))
 
 
+def _migrate_to_6(conn: Connection, schema: sql.Identifier) -> None:
+    """Views that accounts and agents define: the views in force, one nullable column
+    of the account's row (:mod:`worker.store.views`); accounts stored before this have
+    none."""
+    conn.execute(sql.SQL("ALTER TABLE {s}.accounts ADD COLUMN views text").format(s=schema))
+
+
 # (version, migration from the version before it); all run in the open's transaction.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection, sql.Identifier], None]], ...] = (
     (1, _migrate_to_1),
@@ -139,6 +146,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[Connection, sql.Identifier], None]], ...]
     (3, _migrate_to_3),
     (4, _migrate_to_4),
     (5, _migrate_to_5),
+    (6, _migrate_to_6),
 )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from worker.errors import StoreError
 from worker.store.sqlite.connection import transaction
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 # A composite primary key is the only index these tables need, and WITHOUT ROWID
@@ -166,12 +166,22 @@ def _migrate_to_5(db: sqlite3.Connection, current: int) -> None:
                (str(SCHEMA_VERSION),))
 
 
+def _migrate_to_6(db: sqlite3.Connection, current: int) -> None:
+    """Views that accounts and agents define: the views in force, one nullable column
+    of the account's row (:mod:`worker.store.views`); accounts stored before this have
+    none."""
+    db.execute("ALTER TABLE accounts ADD COLUMN views TEXT")
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+               (str(SCHEMA_VERSION),))
+
+
 # (version, migration from the version before it); each runs in its own transaction.
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection, int], None]], ...] = (
     (2, _migrate_to_2),
     (3, _migrate_to_3),
     (4, _migrate_to_4),
     (5, _migrate_to_5),
+    (6, _migrate_to_6),
 )
 
 

@@ -16,6 +16,7 @@ from worker.errors import StoreConflictError
 from worker.store import from_micros, micros, rules_in_force_key, state_from_rows
 from worker.store.sqlite.rows import account_row, conversation_row, json_text
 from worker.store.sqlite.rules import SqliteRules
+from worker.store.views import views_json
 
 # Host parameters per statement: SQLite's limit before 3.32 (32766 after).
 MAX_QUERY_VARIABLES = 999
@@ -68,7 +69,7 @@ class SqliteStore(SqliteRules):
         key = (account_id,)
         row = db.execute(
             "SELECT plan, agents, groups_, last_sequence, rules_version, rules_generation,"
-            " last_occurred_at, event_counter FROM accounts WHERE account_id = ?",
+            " last_occurred_at, event_counter, views FROM accounts WHERE account_id = ?",
             key).fetchone()
         conversations = db.execute(
             "SELECT conversation_id, status, group_id, joined, last_sequence, categories,"
@@ -190,7 +191,7 @@ class SqliteStore(SqliteRules):
             superseded = self._tombstone(write)
             kept[write.account_id] = counts = self._prune(
                 write, kept.get(write.account_id, (0, 0)), superseded)
-            accounts.append((*account_row(write), *counts))
+            accounts.append((*account_row(write), *counts, views_json(write.account.views)))
         self._insert("INSERT OR REPLACE", "accounts", accounts)
 
     def _insert(self, verb: str, table: str, rows: Sequence[tuple[object, ...]]) -> None:
