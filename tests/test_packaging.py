@@ -253,7 +253,8 @@ def test_the_dev_tools_are_pinned_exactly() -> None:
     dev = project["optional-dependencies"]["dev"]
     names = set()
     for requirement in dev:
-        name, separator, version = requirement.partition("==")
+        pin = requirement.partition(";")[0].strip()  # an environment marker may follow
+        name, separator, version = pin.partition("==")
         assert separator and re.fullmatch(r"[0-9][0-9.]*", version), requirement
         names.add(name)
     assert names >= {"pytest", "pytest-timeout", "hypothesis", "ruff", "mypy", "types-PyYAML"}
