@@ -1,0 +1,143 @@
+"""Views in random streams. The worker's replay agrees with the oracle's own reading of
+views (tests/spec_oracle.py) event by event, across views defined, changed, removed and
+re-sent stale; and the Python evaluator of views (CompiledViews) agrees with
+durable-rules, given each view as a category of the rule set, on every fact vector."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contracts.events import PRIORITIES
+from tests.support.streams import (
+    ATTRIBUTE_TEST_VALUES,
+    PLANS,
+    WAITING_TEST_VALUES,
+    event_stream,
+    event_streams,
+    tiny_steps,
+    tiny_view_steps,
+    view_conditions,
+    view_lists,
+)
+from tests.test_properties import check_against_the_oracle, check_snapshots
+from worker.domain.facts import FACT_NAMES, PRIORITY_RANK, FactVector
+from worker.domain.state import Conversation
+from worker.rulebook.compiler import Definitions, compile_ruleset
+from worker.rulebook.engine import CompiledRules, default_rules_dir, load_rules
+from worker.rulebook.syntax import AttributeDeclaration, Definition
+from worker.rulebook.views import CompiledViews
+
+SETTINGS = settings(max_examples=120, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+# A views event about one step in four (tiny_steps draws a few more), in streams long
+# enough for views to change conversations already there.
+VIEWS_OFTEN = event_streams(min_size=12, steps=st.one_of(
+    tiny_steps(), tiny_steps(), tiny_steps(), tiny_view_steps()))
+
+
+@SETTINGS
+@given(VIEWS_OFTEN)
+def test_streams_with_views_match_the_oracle(stream: list[dict[str, Any]]) -> None:
+    """Per event (views events included: their updates carry their id) and at the
+    end: categories with views, unread flags, counts and unread counts of every
+    category an agent has, snapshots."""
+    inbox, oracle = check_against_the_oracle(stream)
+    check_snapshots(inbox, oracle)
+
+
+@pytest.mark.parametrize(("profile", "knobs"), [
+    ("views", {"conversations": 60, "views": 0.03}),
+    ("mixed", {"views": 0.03, "rich": True, "count": 600}),
+    ("chaos", {"views": 0.03, "rich": True, "count": 600, "seed": 2}),
+    ("heavy", {"views": 0.03, "rich": True, "agents": 6, "conversations": 30})])
+def test_seeded_streams_with_views_match_the_oracle(profile: str,
+                                                    knobs: dict[str, Any]) -> None:
+    """Longer streams, realistic views (tests/support/streams.py, VIEW_CATALOGUE):
+    shared and personal, stale ones in chaos, over rich conversations."""
+    inbox, oracle = check_against_the_oracle(event_stream(profile=profile, **knobs))
+    check_snapshots(inbox, oracle)
+
+
+# -- the Python evaluator of views against durable-rules ----------------------------------
+RULE_SETS = {"default": default_rules_dir(),
+             "helpdesk": default_rules_dir() / "examples" / "helpdesk",
+             "sla": default_rules_dir() / "examples" / "sla"}
+LABELS = ("vip", "billing", "invoice", "refunded", "escalated", "l-1")
+CHANNELS = ("web", "email")
+ATTRIBUTE_KEYS = ("vip", "mrr", "tier", "seats", "other")
+ANY_ATTRIBUTE_VALUE = st.sampled_from(sorted(
+    {v for values in ATTRIBUTE_TEST_VALUES.values() for v in values}, key=repr))
+
+
+def as_categories(rules: CompiledRules, views: CompiledViews) -> CompiledRules:
+    """The rule set with each view one more category (``view:<id>``), compiled for
+    durable-rules as rule files are: the categories a view names are expanded into
+    their conditions by the compiler."""
+    definitions = rules.definitions
+    extended = Definitions(
+        [*definitions.categories.values(), *definitions.predicates.values(),
+         *(Definition("category", view.category, view.name, view.when, "views", 0)
+           for view in views.views)],
+        [AttributeDeclaration(key, kind, "rules", 0)
+         for key, kind in definitions.attributes.items()])
+    return CompiledRules(extended, "views", "views", compile_ruleset(extended))
+
+
+# One (agent, conversation) as the categoriser sees it: the scalar facts by name, and
+# the details the detail tests read (attributes of any type: another type is absent).
+WORLDS = st.fixed_dictionaries({
+    "conversation.status": st.sampled_from(("open", "snoozed", "resolved", "deleted")),
+    "conversation.has_group": st.booleans(),
+    "conversation.joined_count": st.integers(0, 3),
+    "agent.joined": st.booleans(),
+    "agent.in_group": st.booleans(),
+    "account.plan": st.sampled_from(PLANS),
+    "account.agent_count": st.integers(0, 3),
+    "account.group_count": st.integers(0, 2),
+    "conversation.waiting_seconds": st.sampled_from((*WAITING_TEST_VALUES, 299, 3600)),
+    "conversation.last_message_by": st.sampled_from(("visitor", "agent", "none")),
+    "conversation.priority": st.sampled_from(PRIORITIES),
+    "agent.unread": st.booleans(),
+    "agent.mentioned": st.booleans(),
+    "channel": st.none() | st.sampled_from(CHANNELS),
+    "labels": st.frozensets(st.sampled_from(LABELS)),
+    "attributes": st.dictionaries(st.sampled_from(ATTRIBUTE_KEYS), ANY_ATTRIBUTE_VALUE),
+})
+
+
+def vector(world: dict[str, Any], details: tuple[bool, ...]) -> FactVector:
+    return (*(PRIORITY_RANK[world[name]] if name == "conversation.priority" else world[name]
+              for name in FACT_NAMES), *details)
+
+
+@pytest.mark.parametrize("name", list(RULE_SETS))
+def test_views_in_python_agree_with_durable_rules(name: str) -> None:
+    rules = load_rules(RULE_SETS[name])
+    conditions = view_conditions(
+        categories=rules.categories, predicates=tuple(rules.definitions.predicates),
+        labels=LABELS, channels=CHANNELS, attributes=rules.attributes, timed=True)
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(views=view_lists(conditions, ids=("v-1", "v-2", "v-3", "v-4"), min_size=1),
+           worlds=st.lists(WORLDS, min_size=1, max_size=25))
+    def agree(views: list[dict[str, Any]], worlds: list[dict[str, Any]]) -> None:
+        text, problems = rules.check_views({"views": views}, False)
+        assert problems == []
+        compiled = rules.compile_views(text)
+        durable = as_categories(rules, compiled)
+        published = frozenset(compiled.categories)
+        for world in worlds:
+            conversation = Conversation(
+                "acc-1", "c-1", channel=world["channel"], priority=world["conversation.priority"],
+                labels=world["labels"], attributes=world["attributes"])
+            own = rules.evaluate(vector(world, rules.detail_results(conversation)))
+            held = compiled.evaluate(vector(world, compiled.detail_results(conversation)), own)
+            both = durable.evaluate(vector(world, durable.detail_results(conversation)))
+            assert both - published == own, "the rules' categories are the rules'"
+            assert held == both & published, (world, views)
+
+    agree()
