@@ -624,10 +624,13 @@ def _request(tag: int, body: dict[str, Any] | bytes, reply_to: str | None = "rep
                     queue="inbox-rules.requests")
 
 
-def test_a_snapshot_request_is_answered_from_the_state_its_events_left() -> None:
+@pytest.mark.parametrize("views", [0.0, 0.1])
+def test_a_snapshot_request_is_answered_from_the_state_its_events_left(views: float) -> None:
+    """Its conversations, seq and counts are those the agent's updates left (with
+    views: the counts of the agent's views too, as its updates give them)."""
     from contracts.requests import SnapshotReply
 
-    events = event_stream(seed=23, count=80)
+    events = event_stream(seed=23, count=80, views=views)
     driver, link, _ = _driver(batch_size=100)
     _deliver(driver, encode(events))
     updates = _replayed(events)

@@ -309,12 +309,17 @@ class Step:
             return unanswerable
         properties = delivery.properties
         reply_to: str = properties.reply_to
-        rules = in_force.for_account(request.account_id).rules
+        categoriser = in_force.for_account(request.account_id)
+        rules = categoriser.rules
         state = cache.get(request.account_id, rules.version)
         try:
             if isinstance(request, SnapshotRequest):
+                # Counted as the agent's updates count them: the rules' categories, then
+                # its views' (views are published like categories, in snapshots too).
+                names = categoriser.views.category_names(state.account.views,
+                                                         request.agent_id)
                 body = orjson.dumps(snapshot(
-                    state, request.agent_id, rules.categories, rules.version,
+                    state, request.agent_id, names, rules.version,
                     categories=request.categories, after=request.after, limit=request.limit))
             elif isinstance(rules, CompiledRules):
                 # Read only: the facts and categories of the state as the events before
