@@ -5,13 +5,16 @@ durable-rules, given each view as a category of the rule set, on every fact vect
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contracts import parse_event_object
 from contracts.events import PRIORITIES
+from tests.spec_oracle import CATEGORIES, SpecOracle, when
 from tests.support.streams import (
     ATTRIBUTE_TEST_VALUES,
     PLANS,
@@ -23,8 +26,9 @@ from tests.support.streams import (
     view_conditions,
     view_lists,
 )
-from tests.test_properties import check_against_the_oracle, check_snapshots
+from tests.test_properties import check_against_the_oracle, check_snapshots, nonzero
 from worker.domain.facts import FACT_NAMES, PRIORITY_RANK, FactVector
+from worker.domain.inbox import Inbox
 from worker.domain.state import Conversation
 from worker.rulebook.compiler import Definitions, compile_ruleset
 from worker.rulebook.engine import CompiledRules, default_rules_dir, load_rules
@@ -62,10 +66,53 @@ def test_seeded_streams_with_views_match_the_oracle(profile: str,
     check_snapshots(inbox, oracle)
 
 
-# -- the Python evaluator of views against durable-rules ----------------------------------
 RULE_SETS = {"default": default_rules_dir(),
              "helpdesk": default_rules_dir() / "examples" / "helpdesk",
              "sla": default_rules_dir() / "examples" / "sla"}
+HELPDESK = load_rules(RULE_SETS["helpdesk"])
+
+
+def modelled(categories: Iterable[str]) -> list[str]:
+    """The categories the oracle knows: the default rules' and views."""
+    return [c for c in categories if c in CATEGORIES or c.startswith("view:")]
+
+
+def modelled_counts(counts: dict[str, int]) -> dict[str, int]:
+    return {name: counts[name] for name in modelled(nonzero(counts))}
+
+
+@SETTINGS
+@given(VIEWS_OFTEN)
+def test_views_under_rules_that_tell_unread_agents_apart_match_the_oracle(
+        stream: list[dict[str, Any]]) -> None:
+    """The helpdesk rules keep the default categories and add others, some testing
+    agent.unread and agent.mentioned (so the worker keeps sixteen relations per
+    conversation, not four): after every event, every agent's default categories and
+    views are the oracle's all the same; at the end, their counts too."""
+    inbox, oracle = Inbox(HELPDESK), SpecOracle()
+    for event in stream:
+        for instant, account_id in oracle.due(when(event["occurred_at"])):
+            oracle.cross(account_id, instant)
+        oracle.apply(event)
+        inbox.handle(parse_event_object(event))
+        state = inbox.accounts[event["account_id"]]
+        for account_id, conv_id in oracle.convs:
+            if account_id != event["account_id"]:
+                continue
+            for agent in state.account.agents:
+                assert set(modelled(inbox.categories_of(account_id, conv_id, agent))) == (
+                    oracle.categories(account_id, conv_id, agent)), (agent, conv_id, event)
+    for account_id, state in inbox.accounts.items():
+        assert state.account.agents == oracle.accounts[account_id].agents
+        for agent in state.account.agents:
+            names = inbox.categoriser.views.category_names(state.account.views, agent)
+            assert modelled(names) == oracle.category_names(account_id, agent)
+            assert modelled_counts(state.counts_of(agent)) == oracle.counts(account_id, agent)
+            assert modelled_counts(state.unread_counts_of(agent)) == oracle.unread_counts(
+                account_id, agent)
+
+
+# -- the Python evaluator of views against durable-rules ----------------------------------
 LABELS = ("vip", "billing", "invoice", "refunded", "escalated", "l-1")
 CHANNELS = ("web", "email")
 ATTRIBUTE_KEYS = ("vip", "mrr", "tier", "seats", "other")
