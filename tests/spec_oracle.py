@@ -9,22 +9,25 @@ rule language of its own (:func:`holds`), over the facts of one (agent, conversa
 as this model has them (:meth:`SpecOracle.facts`), the default rules' predicates written
 out in Python (:data:`PREDICATES`) and the categories of the table. A view holds only
 for an unresolved (open or snoozed) conversation; shared views are every agent's,
-personal views their agent's. Facts the model does not keep (custom attributes,
-waiting time) are not modelled: a view that tests one is refused (``NotModelled``).
+personal views their agent's. Custom attributes are not modelled: a view that tests
+one is refused (``NotModelled``).
 
-Time: a snoozed conversation with an ``until`` wakes at that instant. As replay does,
-before each event every wake due at or before its ``occurred_at`` happens first, in
-time order (accounts by id at one instant): :meth:`SpecOracle.due` lists them and
-:meth:`SpecOracle.cross` makes one; :meth:`SpecOracle.apply` does not. An account's
-clock (its newest event or wake) never goes back: an event that occurred earlier is
-taken to happen at the clock.
+Time: a snoozed conversation with an ``until`` wakes at that instant, and a view that
+tests ``conversation.waiting_seconds`` (whole seconds since the conversation began
+waiting: since it was first seen, reopened, woken, or written to by the visitor after
+an agent) may change when the waiting time reaches a value the view names, or one more.
+As replay does, before each event every such instant at or before its ``occurred_at``
+comes first, in time order (accounts by id at one instant): :meth:`SpecOracle.due` lists
+them and :meth:`SpecOracle.cross` makes one; :meth:`SpecOracle.apply` does not. An
+account's clock (its newest event or instant) never goes back: an event that occurred
+earlier is taken to happen at the clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 Key = tuple[str, str, str]  # (account, agent, conversation)
@@ -34,6 +37,7 @@ CATEGORIES = ("all", "new", "mine", "primary", "resolved")
 UNRESOLVED = ("open", "snoozed")
 PRIORITIES = ("none", "low", "medium", "high", "urgent")
 VIEW_EVENTS = ("account.views_updated", "agent.views_updated")
+WAITING = "conversation.waiting_seconds"
 
 
 class Shown(NamedTuple):
@@ -59,6 +63,7 @@ class _Conv:
     joined: set[str] = field(default_factory=set)
     seq: int | None = None
     until: datetime | None = None  # snoozed: when it wakes by itself (None: never)
+    since: datetime | None = None  # waiting for an agent since then (None: not waiting)
     # Unread, by the order of events: the number of the event that brought the last
     # visitor message, and per agent of their last read (a read, or writing into it)
     # and of the last message that mentioned them.
@@ -71,8 +76,9 @@ class _Conv:
     labels: set[str] = field(default_factory=set)
     last_by: str = "none"  # who wrote last: visitor | agent | none
 
-    def wake(self) -> None:
-        self.status, self.until = "open", None
+    def wake(self, at: datetime) -> None:
+        """Open again (reopened or woken): waiting again, from ``at``."""
+        self.status, self.until, self.since = "open", None, at
 
 
 @dataclass
@@ -93,6 +99,14 @@ class _Account:
 
     def views_of(self, agent: str) -> list[_View]:
         return self.shared + self.personal.get(agent, [])
+
+    def waiting_points(self) -> set[int]:
+        """Waiting times (seconds) at which a view may change: each value a view's
+        test of the waiting time names, and the next second (``equals 3`` changes at 3
+        and at 4, ``at_least 3`` at 3, ``greater_than 3`` at 4)."""
+        views = [*self.shared, *(v for views in self.personal.values() for v in views)]
+        values = {value for view in views for value in _waiting_values(view.when)}
+        return {point for value in values for point in (value, value + 1) if point > 0}
 
 
 class SpecOracle:
@@ -153,6 +167,9 @@ class SpecOracle:
             "account.plan": account.plan,
             "account.agent_count": len(account.agents),
             "account.group_count": len(account.groups),
+            WAITING: (0 if conv.since is None or account.clock is None
+                      or account.clock <= conv.since
+                      else (account.clock - conv.since) // timedelta(seconds=1)),
         }
 
     @staticmethod
@@ -219,19 +236,29 @@ class SpecOracle:
 
     # -- time --------------------------------------------------------------------
     def due(self, moment: datetime) -> list[tuple[datetime, str]]:
-        """(instant, account) of every wake due at or before ``moment``, in time
+        """(instant, account) of every wake, and of every waiting time at which a view
+        may change, after the account's clock and at or before ``moment``, in time
         order, accounts by id at one instant."""
-        return sorted({(conv.until, account_id)
-                       for (account_id, _), conv in self.convs.items()
-                       if conv.status == "snoozed" and conv.until is not None
-                       and conv.until <= moment})
+        due = {(conv.until, account_id) for (account_id, _), conv in self.convs.items()
+               if conv.status == "snoozed" and conv.until is not None
+               and conv.until <= moment}
+        for account_id, account in self.accounts.items():
+            points = account.waiting_points()
+            for (acc, _), conv in self.convs.items():
+                if acc != account_id or conv.since is None or not points:
+                    continue
+                instants = (conv.since + timedelta(seconds=point) for point in points)
+                due.update((instant, acc) for instant in instants
+                           if account.clock is not None and account.clock < instant <= moment)
+        return sorted(due)
 
     def cross(self, account_id: str, instant: datetime) -> None:
-        """Time reaches ``instant`` in the account: what was snoozed until then wakes."""
+        """Time reaches ``instant`` in the account: what was snoozed until then wakes
+        (and waits from then)."""
         for (acc, _), conv in self.convs.items():
             if (acc == account_id and conv.status == "snoozed" and conv.until is not None
                     and conv.until <= instant):
-                conv.wake()
+                conv.wake(instant)
         account = self.accounts.setdefault(account_id, _Account())
         account.clock = instant if account.clock is None else max(account.clock, instant)
 
@@ -255,7 +282,8 @@ class SpecOracle:
                 account.seq = seq if account.seq is None else max(seq, account.seq)
             self._account_event(account, kind, data)
             return
-        conv = self.convs.setdefault((account_id, event["conversation_id"]), _Conv())
+        # A conversation first seen began (waiting) then.
+        conv = self.convs.setdefault((account_id, event["conversation_id"]), _Conv(since=now))
         if seq is not None and conv.seq is not None and seq < conv.seq:
             return
         if seq is not None:
@@ -296,9 +324,12 @@ class SpecOracle:
             conv.last_by = data["author"]
             if data["author"] == "visitor":
                 if conv.status in ("resolved", "snoozed"):
-                    conv.wake()
+                    conv.wake(now)
+                elif conv.since is None:
+                    conv.since = now  # the first visitor message after an agent's
                 conv.last_visitor = number
             else:
+                conv.since = None  # answered
                 conv.joined.add(data["agent_id"])
                 conv.last_read[data["agent_id"]] = number  # writing into it reads it
                 for mentioned in data.get("mentions", []):
@@ -315,21 +346,22 @@ class SpecOracle:
             else:
                 conv.joined, conv.group = set(), data["to_group_id"]
         elif kind == "conversation.resolved":
-            conv.status, conv.until = "resolved", None
+            conv.status, conv.until, conv.since = "resolved", None, None
         elif kind == "conversation.reopened":
             if conv.status in ("resolved", "snoozed"):
-                conv.wake()
+                conv.wake(now)
         elif kind == "conversation.snoozed":
             until = when(data["until"]) if data.get("until") is not None else None
-            if until is not None and until <= now:
-                conv.wake()  # until a moment already past: it stays (or is) open
-            else:
-                conv.status, conv.until = "snoozed", until
+            if until is None or until > now:
+                conv.status, conv.until, conv.since = "snoozed", until, None
+            elif conv.status != "open" or conv.since is None:
+                conv.wake(now)  # until a moment already past: snoozed and woken at once
+            # else: open and waiting already, it goes on waiting
         elif kind == "conversation.unsnoozed":
             if conv.status == "snoozed":
-                conv.wake()
+                conv.wake(now)
         elif kind == "conversation.deleted":
-            conv.status, conv.until = "deleted", None
+            conv.status, conv.until, conv.since = "deleted", None, None
         elif kind == "conversation.updated":  # the fields given replace the old ones
             conv.channel = data.get("channel", conv.channel)
             conv.priority = data.get("priority", conv.priority)
@@ -355,6 +387,19 @@ PREDICATES: dict[str, Callable[[Facts], bool]] = {
     "routed_to_agent": lambda f: (not f["conversation.has_group"] or not _groups_in_effect(f)
                                   or f["agent.in_group"]),
 }
+
+
+def _waiting_values(condition: dict[str, Any]) -> list[int]:
+    """The values a condition's tests of the waiting time name."""
+    if "all" in condition or "any" in condition:
+        items = condition.get("all", condition.get("any", []))
+        return [value for item in items for value in _waiting_values(item)]
+    if "not" in condition:
+        return _waiting_values(condition["not"])
+    if condition.get("fact") != WAITING:
+        return []
+    [value] = [v for key, v in condition.items() if key != "fact"]
+    return list(value) if isinstance(value, list) else [value]
 
 
 def holds(condition: dict[str, Any], facts: Facts, categories: set[str]) -> bool:

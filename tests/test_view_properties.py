@@ -18,7 +18,6 @@ from tests.spec_oracle import CATEGORIES, SpecOracle, when
 from tests.support.streams import (
     ATTRIBUTE_TEST_VALUES,
     PLANS,
-    WAITING_TEST_VALUES,
     event_stream,
     event_streams,
     tiny_steps,
@@ -116,6 +115,7 @@ def test_views_under_rules_that_tell_unread_agents_apart_match_the_oracle(
 LABELS = ("vip", "billing", "invoice", "refunded", "escalated", "l-1")
 CHANNELS = ("web", "email")
 ATTRIBUTE_KEYS = ("vip", "mrr", "tier", "seats", "other")
+WAITING = (60, 300, 301)
 ANY_ATTRIBUTE_VALUE = st.sampled_from(sorted(
     {v for values in ATTRIBUTE_TEST_VALUES.values() for v in values}, key=repr))
 
@@ -145,7 +145,7 @@ WORLDS = st.fixed_dictionaries({
     "account.plan": st.sampled_from(PLANS),
     "account.agent_count": st.integers(0, 3),
     "account.group_count": st.integers(0, 2),
-    "conversation.waiting_seconds": st.sampled_from((*WAITING_TEST_VALUES, 299, 3600)),
+    "conversation.waiting_seconds": st.sampled_from((0, 59, *WAITING, 302, 3600)),
     "conversation.last_message_by": st.sampled_from(("visitor", "agent", "none")),
     "conversation.priority": st.sampled_from(PRIORITIES),
     "agent.unread": st.booleans(),
@@ -166,7 +166,7 @@ def test_views_in_python_agree_with_durable_rules(name: str) -> None:
     rules = load_rules(RULE_SETS[name])
     conditions = view_conditions(
         categories=rules.categories, predicates=tuple(rules.definitions.predicates),
-        labels=LABELS, channels=CHANNELS, attributes=rules.attributes, timed=True)
+        labels=LABELS, channels=CHANNELS, attributes=rules.attributes, waiting=WAITING)
 
     @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(views=view_lists(conditions, ids=("v-1", "v-2", "v-3", "v-4"), min_size=1),

@@ -316,18 +316,18 @@ _ATTRIBUTE_OPERATORS["number"] = _ATTRIBUTE_OPERATORS["integer"]
 ATTRIBUTE_TEST_VALUES: dict[str, tuple[Any, ...]] = {
     "string": ("gold", "platinum", "silver"), "integer": (0, 10, 11, 1000),
     "number": (0, 10.5, 999.5, 1000), "boolean": (True, False)}
-WAITING_TEST_VALUES = (0, 60, 300, 301)
 # A fact test: (fact, its operators, the values they take; a list operator takes one
 # to three of them, ``present`` true or false).
 FactTestShape = tuple[str, tuple[str, ...], tuple[Any, ...]]
 
 
 def view_test_shapes(labels: Sequence[str], channels: Sequence[str],
-                     attributes: dict[str, str] | None = None, timed: bool = False,
+                     attributes: dict[str, str] | None = None, waiting: Sequence[int] = (),
                      ) -> list[FactTestShape]:
     """The fact tests views of a stream make: every operator the rule language has,
     over the labels and channels the stream's conversations have, over the custom
-    attributes given (key -> declared type), and with ``timed`` over waiting time."""
+    attributes given (key -> declared type), and over the waiting time compared with
+    the values ``waiting`` gives (none: no test of it)."""
     labels, channels = tuple(labels), tuple(channels)
     shapes: list[FactTestShape] = [
         ("conversation.priority", ("equals", "not_equals", "in", "not_in", *_ORDERING),
@@ -352,9 +352,9 @@ def view_test_shapes(labels: Sequence[str], channels: Sequence[str],
     ]
     shapes += [(f"conversation.attributes.{key}", _ATTRIBUTE_OPERATORS[kind],
                 ATTRIBUTE_TEST_VALUES[kind]) for key, kind in sorted((attributes or {}).items())]
-    if timed:
-        shapes.append(("conversation.waiting_seconds", ("equals", "not_equals", *_ORDERING),
-                       WAITING_TEST_VALUES))
+    if waiting:
+        shapes.append(("conversation.waiting_seconds", ("equals", "not_equals", "in",
+                                                        *_ORDERING), tuple(waiting)))
     return shapes
 
 
@@ -425,6 +425,8 @@ VIEW_CATALOGUE: tuple[dict[str, Any], ...] = (
         "fact": "conversation.labels", "contains_all": ["churn-risk", "enterprise"]}},
     {"view_id": "my-group", "name": "My group's queue", "when": {"all": [
         {"fact": "agent.in_group", "equals": True}, {"predicate": "waiting"}]}},
+    {"view_id": "waiting-long", "name": "Waiting over 30 s", "when": {"all": [
+        {"predicate": "waiting"}, {"fact": "conversation.waiting_seconds", "at_least": 30}]}},
 )
 
 
@@ -436,7 +438,7 @@ class SeededViews:
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        self.shapes = view_test_shapes(LABELS, CHANNELS)
+        self.shapes = view_test_shapes(LABELS, CHANNELS, waiting=(10, 30, 60))
         self.made_up = itertools.count()
 
     def views(self, at_least: int = 0) -> list[dict[str, Any]]:
@@ -797,14 +799,14 @@ def _drawn_test(shape: FactTestShape) -> st.SearchStrategy[dict[str, Any]]:
 def view_conditions(*, categories: Sequence[str] = VIEW_CATEGORIES,
                     predicates: Sequence[str] = VIEW_PREDICATES,
                     labels: Sequence[str] = TINY_LABELS, channels: Sequence[str] = TINY_CHANNELS,
-                    attributes: dict[str, str] | None = None, timed: bool = False,
+                    attributes: dict[str, str] | None = None, waiting: Sequence[int] = (),
                     max_leaves: int = 5) -> st.SearchStrategy[dict[str, Any]]:
     """Views' conditions in the rule language: fact tests (half the leaves; every
     operator, :func:`view_test_shapes`), references to ``categories`` and ``predicates``,
     and all/any/not of them, at most ``max_leaves`` leaves (far from the limit of 64
     condition nodes)."""
     tests = st.one_of(*(_drawn_test(shape)
-                        for shape in view_test_shapes(labels, channels, attributes, timed)))
+                        for shape in view_test_shapes(labels, channels, attributes, waiting)))
     leaves = st.one_of(tests, st.sampled_from(categories).map(lambda name: {"category": name}),
                        tests, st.sampled_from(predicates).map(lambda name: {"predicate": name}))
 
@@ -816,7 +818,8 @@ def view_conditions(*, categories: Sequence[str] = VIEW_CATEGORIES,
     return st.recursive(leaves, combined, max_leaves=max_leaves)
 
 
-TINY_CONDITIONS = view_conditions()
+TINY_WAITING = (1, 2, 4)  # seconds: streams have an event a second
+TINY_CONDITIONS = view_conditions(waiting=TINY_WAITING)
 
 
 @st.composite
