@@ -12,12 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts import parse_event_object
+from contracts import BadEvent, parse_event_object
 from contracts.events import PRIORITIES
 from tests.spec_oracle import CATEGORIES, SpecOracle, when
 from tests.support.streams import (
     ATTRIBUTE_TEST_VALUES,
     PLANS,
+    TIME,
+    envelope,
     event_stream,
     event_streams,
     tiny_steps,
@@ -25,7 +27,7 @@ from tests.support.streams import (
     view_conditions,
     view_lists,
 )
-from tests.test_properties import check_against_the_oracle, check_snapshots, nonzero
+from tests.test_properties import RULES, check_against_the_oracle, check_snapshots, nonzero
 from worker.domain.facts import FACT_NAMES, PRIORITY_RANK, FactVector
 from worker.domain.inbox import Inbox
 from worker.domain.state import Conversation
@@ -63,6 +65,62 @@ def test_seeded_streams_with_views_match_the_oracle(profile: str,
     shared and personal, stale ones in chaos, over rich conversations."""
     inbox, oracle = check_against_the_oracle(event_stream(profile=profile, **knobs))
     check_snapshots(inbox, oracle)
+
+
+GOOD_VIEW = {"view_id": "v-1", "when": {"category": "new"}}
+# Views bodies the default rules refuse, each with a good view beside its bad one.
+BAD_VIEWS: list[tuple[str, dict[str, Any]]] = [
+    ("account.views_updated", {"views": [GOOD_VIEW, {"view_id": "v-2", "when": {
+        "category": "urgent"}}]}),
+    ("account.views_updated", {"views": [GOOD_VIEW, {"view_id": "v-2", "when": {
+        "fact": "conversation.colour", "equals": "red"}}]}),
+    ("account.views_updated", {"views": [GOOD_VIEW, {"view_id": "v-2", "when": {
+        "fact": "conversation.attributes.vip", "equals": True}}]}),
+    ("account.views_updated", {"views": [GOOD_VIEW, {"view_id": "v-1", "when": {
+        "category": "all"}}]}),
+    ("account.views_updated", {"views": [GOOD_VIEW, {"view_id": "v.2", "when": {
+        "category": "all"}}]}),
+    ("account.views_updated", {"views": [{"view_id": f"v-{i}", "when": {"category": "all"}}
+                                         for i in range(51)]}),
+    ("account.views_updated", {"views": [GOOD_VIEW, {"view_id": "v-2", "when": {"any": [
+        {"fact": "conversation.labels", "contains": f"l-{i}"} for i in range(64)]}}]}),
+    ("agent.views_updated", {"agent_id": "ag-9", "views": [
+        {"view_id": f"v-{i}", "when": {"category": "all"}} for i in range(21)]}),
+    ("agent.views_updated", {"agent_id": "ag-9", "views": [GOOD_VIEW, {
+        "view_id": "v-2", "when": {"category": "view:v-1"}}]}),
+]
+
+
+def replayed(inbox: Inbox, stream: list[dict[str, Any]], bad: str = "") -> list[bytes]:
+    """Every update, as replay publishes them: the crossings due before each event,
+    then the event's (the event ``bad`` must be refused as bad input)."""
+    bodies = []
+    for raw in stream:
+        event = parse_event_object(raw)
+        bodies += [u.body for u in inbox.cross_until(event.occurred_at)]
+        if raw["event_id"] == bad:
+            with pytest.raises(BadEvent, match=raw["type"]):
+                inbox.handle(event)
+        else:
+            bodies += [u.body for u in inbox.handle(event)]
+    return bodies
+
+
+@SETTINGS
+@given(VIEWS_OFTEN, st.data())
+def test_an_invalid_views_event_changes_nothing(stream: list[dict[str, Any]],
+                                                data: st.DataObject) -> None:
+    """Anywhere in a stream, with a sequence above every other: refused whole (its
+    good view too), the views in force stay, its sequence does not count (later
+    account events still apply), its agent is not learned; the updates are those of
+    the stream without it."""
+    position = data.draw(st.integers(0, len(stream)), label="position")
+    kind, body = data.draw(st.sampled_from(BAD_VIEWS), label="bad views")
+    account = data.draw(st.sampled_from(sorted({e["account_id"] for e in stream})))
+    bad = envelope(kind, account, body, event_id="bad", sequence=10**6,
+                   occurred_at=stream[position - 1]["occurred_at"] if position else TIME)
+    with_bad = [*stream[:position], bad, *stream[position:]]
+    assert replayed(Inbox(RULES), with_bad, bad="bad") == replayed(Inbox(RULES), stream)
 
 
 RULE_SETS = {"default": default_rules_dir(),
