@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import pytest
 
 from contracts import parse_event_object
+from tests.support.streams import event_stream
 from worker.domain.account import AccountState
 from worker.domain.categoriser import Categoriser
 from worker.domain.state import NO_ATTRIBUTES, Account, Conversation
@@ -259,6 +260,33 @@ class StoreContract:
                     == categoriser.handle(evicted, parse_event_object(event)))
         store.commit([evicted.take_write()])
         assert snapshot(load(store, "acc-1")) == snapshot(kept)
+
+    def test_views_in_force_load_as_they_were_and_carry_on(
+            self, stores: Stores, categoriser: Categoriser) -> None:
+        """Shared and personal views (and the personal views that hold per conversation)
+        are part of an account's state: committed part-way through a stream with views,
+        loaded, the account goes on as if it had never left."""
+        stream = event_stream(seed=8, count=600, accounts=2, views=0.05, rich=True)
+        store = stores.open()
+        kept = {a: fresh(a, categoriser) for a in sorted({e["account_id"] for e in stream})}
+        evicted = {a: fresh(a, categoriser) for a in kept}
+        for event in stream[:400]:
+            categoriser.handle(kept[event["account_id"]], parse_event_object(event))
+            categoriser.handle(evicted[event["account_id"]], parse_event_object(event))
+        assert any(s.account.views.shared for s in kept.values())
+        assert any(s.account.views.personal for s in kept.values())
+        store.commit([s.take_write() for s in evicted.values()])
+        store.close()
+        store = stores.open()
+        evicted = {a: load(store, a) for a in kept}
+        assert {a: snapshot(s) for a, s in evicted.items()} == {
+            a: snapshot(s) for a, s in kept.items()}
+        for event in stream[400:]:
+            account = event["account_id"]
+            assert (categoriser.handle(kept[account], parse_event_object(event))
+                    == categoriser.handle(evicted[account], parse_event_object(event)))
+        store.commit([s.take_write() for s in evicted.values()])
+        assert all(snapshot(load(store, a)) == snapshot(kept[a]) for a in kept)
 
     def test_the_event_time_keeps_its_offset(self, stores: Stores,
                                              categoriser: Categoriser) -> None:

@@ -28,6 +28,7 @@ from tests.support.streams import (
     view_lists,
 )
 from tests.test_properties import RULES, check_against_the_oracle, check_snapshots, nonzero
+from worker.domain.categoriser import Categoriser
 from worker.domain.facts import FACT_NAMES, PRIORITY_RANK, FactVector
 from worker.domain.inbox import Inbox
 from worker.domain.state import Conversation
@@ -121,6 +122,20 @@ def test_an_invalid_views_event_changes_nothing(stream: list[dict[str, Any]],
                    occurred_at=stream[position - 1]["occurred_at"] if position else TIME)
     with_bad = [*stream[:position], bad, *stream[position:]]
     assert replayed(Inbox(RULES), with_bad, bad="bad") == replayed(Inbox(RULES), stream)
+
+
+@pytest.mark.parametrize("view_sets", [1, 2])
+def test_view_caches_bounded_tight_change_no_update(view_sets: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled view sets, each account's views in force and evaluations are cached
+    and bounded: with room for one or two sets (evicted all the time, over accounts with
+    different views) and two evaluations, every update is the same."""
+    stream = event_stream(profile="mixed", views=0.05, rich=True, count=800, accounts=6)
+    roomy = replayed(Inbox(RULES), stream)
+    monkeypatch.setattr("worker.domain.viewing.MAX_CACHED", 2)
+    tight = Inbox(RULES)
+    tight.categoriser = Categoriser(RULES, view_sets=view_sets)
+    assert replayed(tight, stream) == roomy
 
 
 RULE_SETS = {"default": default_rules_dir(),
