@@ -174,14 +174,49 @@ def test_views_under_rules_that_tell_unread_agents_apart_match_the_oracle(
             for agent in state.account.agents:
                 assert set(modelled(inbox.categories_of(account_id, conv_id, agent))) == (
                     oracle.categories(account_id, conv_id, agent)), (agent, conv_id, event)
+    check_modelled(inbox, oracle)
+
+
+def check_modelled(inbox: Inbox, oracle: SpecOracle) -> None:
+    """Every agent's default categories, views and their counts are the oracle's; the
+    worker's counts are those of its categories (its other categories too)."""
     for account_id, state in inbox.accounts.items():
         assert state.account.agents == oracle.accounts[account_id].agents
         for agent in state.account.agents:
             names = inbox.categoriser.views.category_names(state.account.views, agent)
             assert modelled(names) == oracle.category_names(account_id, agent)
+            recount: dict[str, int] = {}
+            for conv_id in state.conversations:
+                held = inbox.categories_of(account_id, conv_id, agent)
+                assert set(modelled(held)) == oracle.categories(account_id, conv_id, agent)
+                for name in held:
+                    recount[name] = recount.get(name, 0) + 1
+            assert nonzero(state.counts_of(agent)) == recount
             assert modelled_counts(state.counts_of(agent)) == oracle.counts(account_id, agent)
             assert modelled_counts(state.unread_counts_of(agent)) == oracle.unread_counts(
                 account_id, agent)
+
+
+@settings(SETTINGS, max_examples=60)
+@given(VIEWS_OFTEN, st.data())
+def test_views_stay_right_through_a_change_of_rules(stream: list[dict[str, Any]],
+                                                    data: st.DataObject) -> None:
+    """The rules change part-way (to helpdesk, which keeps the default categories and
+    predicates, then back): each account's views are compiled again under the new
+    rules and every conversation re-categorised; default categories, views and counts
+    stay the oracle's."""
+    first, second = sorted(data.draw(st.lists(st.integers(0, len(stream)), min_size=2,
+                                              max_size=2)))
+    inbox, oracle = Inbox(RULES), SpecOracle()
+    for index, event in enumerate(stream):
+        if index in (first, second):
+            inbox.adopt_rules(HELPDESK if index == first else RULES)
+            check_modelled(inbox, oracle)
+        for instant, account_id in oracle.due(when(event["occurred_at"])):
+            oracle.cross(account_id, instant)
+        oracle.apply(event)
+        inbox.handle(parse_event_object(event))
+    check_modelled(inbox, oracle)
 
 
 # -- the Python evaluator of views against durable-rules ----------------------------------

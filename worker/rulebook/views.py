@@ -258,8 +258,9 @@ class CompiledViews:
     facts and over those categories, so it is evaluated here on the same fact vector
     (scalar facts, then this set's detail test results) with the categories durable-rules
     gave: each fact test by :func:`~worker.domain.facts.test_holds`, the meaning the
-    engine's own inputs are made with. ``tests/test_views.py`` holds it to durable-rules
-    over generated views and fact vectors. A view that no longer checks under the rules
+    engine's own inputs are made with. ``tests/test_view_properties.py`` holds it to
+    durable-rules over generated views and fact vectors (each view made a category of
+    the rule set). A view that no longer checks under the rules
     (a category it names is gone) is left out, and named in :attr:`problems`.
     """
 
