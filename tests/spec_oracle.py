@@ -17,8 +17,10 @@ tests ``conversation.waiting_seconds`` (whole seconds since the conversation beg
 waiting: since it was first seen, reopened, woken, or written to by the visitor after
 an agent) may change when the waiting time reaches a value the view names, or one more.
 As replay does, before each event every such instant at or before its ``occurred_at``
-comes first, in time order (accounts by id at one instant): :meth:`SpecOracle.due` lists
-them and :meth:`SpecOracle.cross` makes one; :meth:`SpecOracle.apply` does not. An
+comes first, in time order (accounts by id at one instant): :meth:`SpecOracle.next_due`
+names the first and :meth:`SpecOracle.cross` makes it (one at a time: a wake starts a
+wait, whose instants may come before the event too); :meth:`SpecOracle.catch_up` makes
+them all; :meth:`SpecOracle.apply` makes none. An
 account's clock (its newest event or instant) never goes back: an event that occurred
 earlier is taken to happen at the clock.
 """
@@ -167,9 +169,7 @@ class SpecOracle:
             "account.plan": account.plan,
             "account.agent_count": len(account.agents),
             "account.group_count": len(account.groups),
-            WAITING: (0 if conv.since is None or account.clock is None
-                      or account.clock <= conv.since
-                      else (account.clock - conv.since) // timedelta(seconds=1)),
+            WAITING: _whole_seconds(conv.since, account.clock),
         }
 
     @staticmethod
@@ -235,10 +235,21 @@ class SpecOracle:
         return counts
 
     # -- time --------------------------------------------------------------------
+    def next_due(self, moment: datetime) -> tuple[datetime, str] | None:
+        """The first (instant, account) of :meth:`due`, if any."""
+        due = self.due(moment)
+        return due[0] if due else None
+
+    def catch_up(self, moment: datetime) -> None:
+        """Make every instant due at or before ``moment``, in order."""
+        while (due := self.next_due(moment)) is not None:
+            self.cross(due[1], due[0])
+
     def due(self, moment: datetime) -> list[tuple[datetime, str]]:
         """(instant, account) of every wake, and of every waiting time at which a view
         may change, after the account's clock and at or before ``moment``, in time
-        order, accounts by id at one instant."""
+        order, accounts by id at one instant (as things stand: crossing one may make
+        others due)."""
         due = {(conv.until, account_id) for (account_id, _), conv in self.convs.items()
                if conv.status == "snoozed" and conv.until is not None
                and conv.until <= moment}
@@ -387,6 +398,13 @@ PREDICATES: dict[str, Callable[[Facts], bool]] = {
     "routed_to_agent": lambda f: (not f["conversation.has_group"] or not _groups_in_effect(f)
                                   or f["agent.in_group"]),
 }
+
+
+def _whole_seconds(since: datetime | None, now: datetime | None) -> int:
+    """Whole seconds from ``since`` to ``now`` (0 when not waiting)."""
+    if since is None or now is None or now <= since:
+        return 0
+    return (now - since) // timedelta(seconds=1)
 
 
 def _waiting_values(condition: dict[str, Any]) -> list[int]:
