@@ -18,6 +18,8 @@ its ``until``, and before each event every wake due at or before its ``occurred_
 made first (in time order; accounts by id, then conversations by id, at one instant),
 published with cause ``time:<until in UTC>``. A plain heap of (until, account,
 conversation) does it; an entry whose conversation moved on is skipped when popped.
+Each account has a clock (its newest event or wake) that never goes back: an event that
+came late is applied at it, so a snooze until a moment the clock has passed is over.
 
 Unread, per agent: a visitor ever wrote and the agent has not read since the last
 visitor message (reading is ``conversation.read`` or writing a message), or a message
@@ -375,8 +377,9 @@ def _next_sequence(last: int | None, sequence: int | None) -> int | None:
 
 def _transition(old: Conversation, kind: str, data: dict[str, Any],
                 sequence: int | None, at: datetime) -> Conversation:
-    """The conversation after one event (at ``at``); deleted is final. Raises
-    :class:`BadEvent` for more custom attributes than a conversation may hold."""
+    """The conversation after one event (applied at ``at``, the account's clock);
+    deleted is final. Raises :class:`BadEvent` for more custom attributes than a
+    conversation may hold."""
     sequence = _next_sequence(old.sequence, sequence)
     status, group, joined, until = old.status, old.group, old.joined, old.until
     if status == "deleted":
@@ -485,6 +488,8 @@ class Categoriser:
         self.seqs: dict[tuple[str, str], int] = {}
         # (until, account_id, conversation_id) of snoozes that wake by themselves.
         self.wakes: list[tuple[datetime, str, str]] = []
+        # Per account, its newest event time or wake instant.
+        self.clocks: dict[str, datetime] = {}
         # (before, after) -> the update's categories, added and removed: a few dozen
         # pairs of the category sets above, sorted once each.
         self.sorted_lists: dict[tuple[frozenset[str], frozenset[str]],
@@ -510,6 +515,8 @@ class Categoriser:
                 conversations[conversation_id] = new
                 _diff(changes, conversation_id, account.sorted_agents, account, old,
                       account, new)
+            if instant > self.clocks.get(account_id, instant):
+                self.clocks[account_id] = instant
             if changes:
                 text = format_time(instant)
                 lines += self._updates(account_id, changes, f"time:{text}", text)
@@ -527,6 +534,9 @@ class Categoriser:
         else:
             changes = self._conversation_event(account_id, event)
         self.seen.add(key)  # not for an event refused half-way (BadEvent)
+        clock = self.clocks.get(account_id)
+        if clock is None or event["at"] > clock:
+            self.clocks[account_id] = event["at"]
         if not changes:
             return []
         return self._updates(account_id, changes, event_id,
@@ -557,8 +567,9 @@ class Categoriser:
         if old is not None and _is_stale(old.sequence, event.get("sequence")):
             return []
         kind, data = event["type"], event["data"]
+        clock = self.clocks.get(account_id)
         new = _transition(old or Conversation(), kind, data, event.get("sequence"),
-                          event["at"])
+                          event["at"] if clock is None or clock < event["at"] else clock)
         conversations[conversation_id] = new
         if new.until is not None and (old is None or new.until is not old.until):
             heappush(self.wakes, (new.until, account_id, conversation_id))

@@ -22,7 +22,9 @@ names the first and :meth:`SpecOracle.cross` makes it (one at a time: a wake sta
 wait, whose instants may come before the event too); :meth:`SpecOracle.catch_up` makes
 them all; :meth:`SpecOracle.apply` makes none. An
 account's clock (its newest event or instant) never goes back: an event that occurred
-earlier is taken to happen at the clock.
+earlier (it came late) is applied at the clock - a snooze until a moment the clock has
+passed has ended by then, woken at its ``until`` - though a wait it starts began at its
+own ``occurred_at`` (the platform's clock says when things happened).
 """
 
 from __future__ import annotations
@@ -294,7 +296,8 @@ class SpecOracle:
             self._account_event(account, kind, data)
             return
         # A conversation first seen began (waiting) then.
-        conv = self.convs.setdefault((account_id, event["conversation_id"]), _Conv(since=now))
+        conv = self.convs.setdefault((account_id, event["conversation_id"]),
+                                     _Conv(since=occurred))
         if seq is not None and conv.seq is not None and seq < conv.seq:
             return
         if seq is not None:
@@ -309,7 +312,7 @@ class SpecOracle:
             account.agents.update(data.get("mentions", []))
         if conv.status == "deleted":
             return
-        self._conversation_event(conv, kind, data, now)
+        self._conversation_event(conv, kind, data, occurred, now)
 
     @staticmethod
     def _account_event(account: _Account, kind: str, data: dict[str, Any]) -> None:
@@ -325,7 +328,9 @@ class SpecOracle:
             account.agents.add(data["agent_id"])
 
     def _conversation_event(self, conv: _Conv, kind: str, data: dict[str, Any],
-                            now: datetime) -> None:
+                            occurred: datetime, now: datetime) -> None:
+        """``occurred``: the event's time, when the waits it starts begin; ``now``: the
+        account's clock, when it is applied."""
         number = self.applied
         if kind == "conversation.created":
             conv.group = data.get("group_id")
@@ -335,9 +340,9 @@ class SpecOracle:
             conv.last_by = data["author"]
             if data["author"] == "visitor":
                 if conv.status in ("resolved", "snoozed"):
-                    conv.wake(now)
+                    conv.wake(occurred)
                 elif conv.since is None:
-                    conv.since = now  # the first visitor message after an agent's
+                    conv.since = occurred  # the first visitor message after an agent's
                 conv.last_visitor = number
             else:
                 conv.since = None  # answered
@@ -360,17 +365,19 @@ class SpecOracle:
             conv.status, conv.until, conv.since = "resolved", None, None
         elif kind == "conversation.reopened":
             if conv.status in ("resolved", "snoozed"):
-                conv.wake(now)
+                conv.wake(occurred)
         elif kind == "conversation.snoozed":
             until = when(data["until"]) if data.get("until") is not None else None
             if until is None or until > now:
                 conv.status, conv.until, conv.since = "snoozed", until, None
+            elif until > occurred:
+                conv.wake(until)  # came late: by the clock, it has woken already
             elif conv.status != "open" or conv.since is None:
-                conv.wake(now)  # until a moment already past: snoozed and woken at once
+                conv.wake(occurred)  # until already past: snoozed and woken at once
             # else: open and waiting already, it goes on waiting
         elif kind == "conversation.unsnoozed":
             if conv.status == "snoozed":
-                conv.wake(now)
+                conv.wake(occurred)
         elif kind == "conversation.deleted":
             conv.status, conv.until, conv.since = "deleted", None, None
         elif kind == "conversation.updated":  # the fields given replace the old ones

@@ -286,6 +286,28 @@ def test_the_clock_never_goes_back_so_no_crossing_is_made_twice(inbox: Inbox,
     assert len(set(ids)) == len(ids)
 
 
+def test_a_late_snooze_that_has_ended_by_the_account_s_clock_makes_no_crossing(
+        ev: Events) -> None:
+    """A snooze that comes late, its ``until`` between its ``occurred_at`` and the
+    account's clock, has ended when it is applied: the conversation is open (waiting
+    from ``until``), and no crossing is made in the past - one at ``until`` was made
+    already (an earlier snooze's wake) and would be made again under its update ids
+    with other content, which downstream drops as duplicates."""
+    inbox = Inbox(load_rules())
+    start(inbox, ev)
+    inbox.handle(ev("conversation.snoozed", "c-1", occurred_at=at(1), until=at(10)))
+    woken = inbox.cross_until(moment(20))
+    assert [u.cause_event_id for u in woken] == [f"time:{at(10)}"] * 2
+    created = inbox.handle(ev("conversation.created", "c-2", occurred_at=at(20)))
+    late = inbox.handle(ev("conversation.snoozed", "c-1", occurred_at=at(5), until=at(10)))
+    assert late == [] and shown(inbox) == NEW
+    later = [*inbox.handle(ev("conversation.created", "c-3", occurred_at=at(30))),
+             *inbox.cross_until(moment(10_000))]
+    assert {u.conversation_id for u in later} == {"c-3"}
+    ids = [u.update_id for u in (*woken, *created, *later)]
+    assert len(set(ids)) == len(ids)
+
+
 def test_a_threshold_change_in_the_rule_files_moves_the_crossings(
         tmp_path: Path, ev: Events) -> None:
     def sla_at(seconds: int) -> CompiledRules:

@@ -1,7 +1,9 @@
 """Views in random streams. The worker's replay agrees with the oracle's own reading of
 views (tests/spec_oracle.py) event by event, across views defined, changed, removed and
-re-sent stale; and the Python evaluator of views (CompiledViews) agrees with
-durable-rules, given each view as a category of the rule set, on every fact vector."""
+re-sent stale, under rules that tell unread agents apart and through a change of rules;
+an invalid views event changes nothing; tight caches change no update; and the Python
+evaluator of views (CompiledViews) agrees with durable-rules, given each view as a
+category of the rule set, on every fact vector."""
 
 from __future__ import annotations
 
@@ -125,8 +127,8 @@ def test_an_invalid_views_event_changes_nothing(stream: list[dict[str, Any]],
 
 
 @pytest.mark.parametrize("view_sets", [1, 2])
-def test_view_caches_bounded_tight_change_no_update(view_sets: int,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tight_view_caches_change_no_update(view_sets: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Compiled view sets, each account's views in force and evaluations are cached
     and bounded: with room for one or two sets (evicted all the time, over accounts with
     different views) and two evaluations, every update is the same."""

@@ -238,7 +238,7 @@ class Categoriser:
                 and event.sequence < old.last_sequence):
             return []  # stale (is_stale, inlined on the hot path)
         base = old or new_conversation(event)
-        new = apply_conversation_event(base, event)
+        new = apply_conversation_event(base, event, now)
         if account is not old_account:
             # A newly seen agent can change the account's shape (one agent -> several):
             # the whole account is re-categorised, this conversation included.

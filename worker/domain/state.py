@@ -171,8 +171,11 @@ def learn_agents(account: Account, agents: Sequence[str]) -> Account:
     return replace(account, agents=account.agents | frozenset(unknown))
 
 
-def apply_conversation_event(conversation: Conversation, event: ConversationEvent) -> Conversation:
-    """The conversation after one event. A deleted conversation stays deleted.
+def apply_conversation_event(conversation: Conversation, event: ConversationEvent,
+                             now: datetime | None = None) -> Conversation:
+    """The conversation after one event, applied at ``now`` (the account's clock, which
+    is past the event's ``occurred_at`` when it came late; None: at ``occurred_at``). A
+    deleted conversation stays deleted.
 
     Waiting (for an agent) starts when the conversation is first seen (created),
     reopened, woken from a snooze, or written to by the visitor after an agent's
@@ -218,7 +221,7 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
     elif isinstance(event, ConversationResolved):
         status, waiting, until = "resolved", None, None
     elif isinstance(event, ConversationReopened | ConversationUnsnoozed | ConversationSnoozed):
-        status, waiting, until = _snooze_or_wake(event, status, waiting, until)
+        status, waiting, until = _snooze_or_wake(event, status, waiting, until, now)
     elif isinstance(event, ConversationRead):
         readers, mentioned = readers | {event.data.agent_id}, mentioned - {event.data.agent_id}
     elif isinstance(event, ConversationUpdated):
@@ -235,15 +238,22 @@ def apply_conversation_event(conversation: Conversation, event: ConversationEven
 
 def _snooze_or_wake(event: ConversationReopened | ConversationUnsnoozed | ConversationSnoozed,
                     status: str, waiting: datetime | None, until: datetime | None,
+                    applied: datetime | None = None,
                     ) -> tuple[str, datetime | None, datetime | None]:
-    """(status, waiting since, snoozed until) after a snooze, an unsnooze or a reopening.
+    """(status, waiting since, snoozed until) after a snooze, an unsnooze or a reopening,
+    applied at ``applied`` (the account's clock; None: the event's ``occurred_at``).
     Waking (unsnoozed, reopened, or a snooze until a moment already past) waits again
-    from the event, as a reopening does."""
+    from the event, as a reopening does. A snooze that came late, until a moment the
+    account's clock has passed since it occurred, has ended when it is applied: woken
+    at ``until``, and waiting from then (its wake is no crossing: one made in the past
+    would be made again under an update id already published, with other content)."""
     now = event.occurred_at
     if isinstance(event, ConversationSnoozed):
         wake = event.data.until
-        if wake is None or wake > now:
+        if wake is None or wake > (now if applied is None or applied < now else applied):
             return "snoozed", None, wake
+        if wake > now:  # came late: it has woken by now
+            return "open", wake, None
         return "open", (now if status != "open" or waiting is None else waiting), None
     if status == "snoozed" or (status == "resolved" and isinstance(event, ConversationReopened)):
         return "open", now, None
