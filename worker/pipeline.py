@@ -22,14 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import pika.data
 import pika.exceptions
 
 from contracts import BadEvent, parse_event
 from contracts.ids import MAX_ROUTING_KEY
-from contracts.requests import BadRequest, SnapshotRequest, parse_request
+from contracts.requests import BadRequest, parse_request
 from worker.accounts import AccountCache
+from worker.answers import UnanswerableError, answer
 from worker.cluster.partitions import partition_of
 from worker.control import (
     CONTROL_HEADER,
@@ -42,12 +42,9 @@ from worker.control import (
     without_internal,
 )
 from worker.domain.account import AccountWrite
-from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
 from worker.errors import RuleFileError, StoreError, UnknownRulesError
 from worker.link import Delivery, Outgoing
-from worker.rulebook.engine import CompiledRules
-from worker.rulebook.explain import explain_pair
 from worker.rules_in_force import RulesInForce
 
 log = logging.getLogger(__name__)
@@ -271,7 +268,7 @@ class Step:
             kind = delivery.routing_key
             try:
                 account_id = parse_request(delivery.body, kind,
-                                           max_bytes=self.max_message_bytes).account_id
+                                           max_bytes=self.max_message_bytes).account_id or ""
             except BadRequest as exc:
                 return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
             unanswerable = self._unanswerable(delivery, kind)
@@ -309,26 +306,19 @@ class Step:
             return unanswerable
         properties = delivery.properties
         reply_to: str = properties.reply_to
-        rules = in_force.for_account(request.account_id).rules
-        state = cache.get(request.account_id, rules.version)
+        # views.check without an account is answered by whoever owns the empty id's
+        # partition (nothing is read).
+        account_id = request.account_id or ""
         try:
-            if isinstance(request, SnapshotRequest):
-                body = orjson.dumps(snapshot(
-                    state, request.agent_id, rules.categories, rules.version,
-                    categories=request.categories, after=request.after, limit=request.limit))
-            elif isinstance(rules, CompiledRules):
-                # Read only: the facts and categories of the state as the events before
-                # this request left it, explained under the live rules.
-                body = explain_pair(rules, state, request.account_id, request.agent_id,
-                                    request.conversation_id).model_dump_json().encode()
-            else:  # rules that are not rule files (tests' doubles) have no conditions
-                return self.dead_letter(delivery, f"{kind} requests need rule files to explain")
+            body = answer(request, in_force.for_account(account_id), cache)
+        except UnanswerableError as exc:
+            return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
         except StoreError:
             raise  # the store, not the request: the batch stalls and is retried
         except Exception as exc:  # a worker bug must not stop the stream, as for an event
             log.exception("%s request for account %s failed; dead-lettering it", kind,
-                          request.account_id,
-                          extra={"context": {"account_id": request.account_id,
+                          account_id,
+                          extra={"context": {"account_id": account_id,
                                              "agent_id": request.agent_id}})
             return self.dead_letter(delivery, f"worker error: {type(exc).__name__}: {exc}")
         return Reply(Outgoing(
