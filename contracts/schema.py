@@ -17,7 +17,14 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE
 
 from contracts.events import Event
-from contracts.requests import ExplainReply, ExplainRequest, SnapshotReply, SnapshotRequest
+from contracts.requests import (
+    ExplainReply,
+    ExplainRequest,
+    SnapshotReply,
+    SnapshotRequest,
+    ViewsCheckReply,
+    ViewsCheckRequest,
+)
 from contracts.updates import CategoryUpdate
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
@@ -69,6 +76,11 @@ CONTRACTS: tuple[Contract, ...] = (
              TypeAdapter(ExplainRequest)),
     Contract("explain-reply.schema.json", "ExplainReply",
              "Explain reply (to the request's reply_to)", TypeAdapter(ExplainReply)),
+    Contract("views-check-request.schema.json", "ViewsCheckRequest",
+             "Views check request (inbox.requests, routing key views.check)",
+             TypeAdapter(ViewsCheckRequest)),
+    Contract("views-check-reply.schema.json", "ViewsCheckReply",
+             "Views check reply (to the request's reply_to)", TypeAdapter(ViewsCheckReply)),
 )
 
 

@@ -84,7 +84,8 @@ def test_document_describes_the_topology() -> None:
     actions = {name: op["action"] for name, op in doc["operations"].items()}
     assert actions == {"receiveEvents": "receive", "sendCategoryUpdates": "send",
                        "receiveSnapshotRequests": "receive",
-                       "receiveExplainRequests": "receive", "sendDeadLetters": "send"}
+                       "receiveExplainRequests": "receive",
+                       "receiveViewsCheckRequests": "receive", "sendDeadLetters": "send"}
 
 
 def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

@@ -74,6 +74,15 @@ EXAMPLE_SNAPSHOT_REPLY: dict[str, Any] = {
     "unread": ["c-4", "c-9"],
     "next_after": None,
 }
+EXAMPLE_VIEWS_CHECK_REQUEST: dict[str, Any] = {
+    "account_id": "acc-1",
+    "views": [{"view_id": "vip-waiting", "name": "VIP waiting",
+               "when": {"all": [{"category": "new"},
+                                {"fact": "conversation.labels", "contains": "vip"}]}}]}
+EXAMPLE_VIEWS_CHECK_REPLY: dict[str, Any] = {
+    "problems": [],
+    "preview": {"vip-waiting": {"ag-1": {"count": 2, "conversations": ["c-4", "c-9"]},
+                                "ag-2": {"count": 2, "conversations": ["c-4", "c-9"]}}}}
 EXAMPLE_EXPLAIN_REQUEST: dict[str, Any] = {
     "account_id": "acc-1", "agent_id": "ag-2", "conversation_id": "c-9"}
 EXAMPLE_EXPLAIN_REPLY: dict[str, Any] = {

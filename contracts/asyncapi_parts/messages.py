@@ -13,6 +13,8 @@ from contracts.asyncapi_parts.examples import (
     EXAMPLE_SNAPSHOT_REPLY,
     EXAMPLE_SNAPSHOT_REQUESTS,
     EXAMPLE_UPDATE,
+    EXAMPLE_VIEWS_CHECK_REPLY,
+    EXAMPLE_VIEWS_CHECK_REQUEST,
     example,
 )
 from contracts.events import (
@@ -28,6 +30,8 @@ from contracts.requests import (
     ExplainRequest,
     SnapshotReply,
     SnapshotRequest,
+    ViewsCheckReply,
+    ViewsCheckRequest,
 )
 from contracts.schema import CONTRACTS, Contract
 from contracts.updates import CategoryUpdate
@@ -41,6 +45,8 @@ def messages() -> dict[str, Any]:
         "snapshotReply": _snapshot_reply(),
         "explainRequest": _explain_request(),
         "explainReply": _explain_reply(),
+        "viewsCheckRequest": _views_check_request(),
+        "viewsCheckReply": _views_check_reply(),
         "deadLetter": _dead_letter(),
     }
 
@@ -190,3 +196,26 @@ def _dead_letter() -> dict[str, Any]:
         "payload": {"description": "The original message body, unchanged."},
         "bindings": message_binding(),
     }
+
+
+def _views_check_request() -> dict[str, Any]:
+    return _json_message(
+        "ViewsCheckRequest", name="viewsCheckRequest",
+        summary="Check candidate views against the live rules, and preview them.",
+        description=(
+            "The body of a views event (`agent_id`: an agent's personal views). With an "
+            "`account_id`, valid views are previewed against that account's state. Needs "
+            "`reply_to` and `correlation_id`, like a snapshot request; nothing changes."),
+        correlated=True,
+        examples=[{"name": "a shared view, previewed",
+                   "payload": example(ViewsCheckRequest, EXAMPLE_VIEWS_CHECK_REQUEST)}])
+
+
+def _views_check_reply() -> dict[str, Any]:
+    return _json_message(
+        "ViewsCheckReply", name="viewsCheckReply",
+        summary="Every problem with its path; with an account, what each view would hold.",
+        description="Sent to the request's `reply_to` with its `correlation_id`.",
+        message_type="views.check.reply", correlated=True,
+        examples=[{"name": "valid, previewed",
+                   "payload": example(ViewsCheckReply, EXAMPLE_VIEWS_CHECK_REPLY)}])
