@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
-from collections.abc import Iterator
 from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
@@ -29,16 +27,17 @@ from tests.support.harness import (
     amqp_url,
     as_messages,
     collecting,
-    fresh_database,
     wait_for,
 )
-from tests.support.oracle import final_unread, final_view, replay
+from tests.support.oracle import replay
 from tests.support.several import (
     Downstream,
+    assert_ends_as_replayed,
     fleet,
     partitioned_topology,
     settled,
     snapshots,
+    through_kills,
 )
 from tests.support.streams import event_stream, type_counts
 from worker.domain.inbox import Inbox
@@ -70,12 +69,6 @@ PERSONAL = (
 )
 INVALID = {"view_id": "broken", "when": {"all": [
     {"category": "new"}, {"fact": "conversation.colour", "equals": "red"}]}}
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 def with_views(stream: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], str]:
@@ -124,19 +117,8 @@ def test_views_through_kills_end_as_replay_says(vhost: str, database: str,
         for name in ("w1", "w2", "w3"):
             workers.add(name)
         workers.wait_dealt(PARTITIONS)
-        producer = Producer(vhost, as_messages(stream), RATE)
-        began = time.monotonic()
-        producer.start()
-        try:
-            for moment, victim, back in ((3, "w1", None), (6, "w2", "w1"), (9, None, "w2")):
-                time.sleep(max(0.0, began + moment - time.monotonic()))
-                if back is not None:
-                    workers.start(back)
-                if victim is not None:
-                    workers[victim].process.kill()
-            producer.finish()
-        finally:
-            producer.abandon()
+        through_kills(workers, Producer(vhost, as_messages(stream), RATE),
+                      ((3, "w1", None), (6, "w2", "w1"), (9, None, "w2")))
         wait_for(lambda: settled(bus, partitioned_topology(PARTITIONS), quiet=2.0), 180,
                  "the stream through, every queue drained", interval=1.0)
         downstream = Downstream.read(updates.received, PARTITIONS)
@@ -153,18 +135,7 @@ def test_views_through_kills_end_as_replay_says(vhost: str, database: str,
                       ViewsCheckReply, timeout=30)
     # Replay refuses the invalid event alike (and says so): compared without it.
     expected = replay(e for e in stream if e["event_id"] != invalid)
-    assert not downstream.conflicting, downstream.conflicting[:5]
-    assert not downstream.reused_seq, downstream.reused_seq[:5]
-    assert not downstream.gaps, downstream.gaps[:5]
-    wrong = downstream.differences(taken)
-    assert not wrong, wrong[:10]
-    view, counts = downstream.final()
-    want_view, want_counts = final_view(expected)
-    shown = {key: cats for key, cats in view.items() if cats}
-    assert shown == {key: cats for key, cats in want_view.items() if cats}
-    assert counts == want_counts
-    unread, unread_counts = downstream.unread()
-    assert (unread, unread_counts) == final_unread(expected)
+    shown = assert_ends_as_replayed(downstream, taken, expected)
     viewed = {c for cats in shown.values() for c in cats if c.startswith("view:")}
     assert {"view:hot", "view:my-unread"} <= viewed, viewed
     assert not any("view:broken" in cats for cats in shown.values())
