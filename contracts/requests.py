@@ -44,7 +44,8 @@ MAX_FILTER_CATEGORIES = 64
 # The rule compiler's category-name rule (worker/rulebook/syntax.py NAME_PATTERN),
 # repeated here because contracts must not import the worker: a name outside it can
 # never be a category, so asking for it is a bad request rather than an empty answer.
-CATEGORY_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# An account's views are categories too: ``view:<view_id>``.
+CATEGORY_PATTERN = r"^([a-z][a-z0-9_]{0,63}|view:[A-Za-z0-9_:\-]{1,128})$"
 CategoryName = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
 
 Seq = Annotated[int, Field(ge=0, le=MAX_SEQUENCE)]
