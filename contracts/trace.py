@@ -30,6 +30,8 @@ TRACESTATE = "tracestate"
 TRACE_HEADERS = (TRACEPARENT, TRACESTATE)
 # A traceparent as copied (version 00), for the AsyncAPI document and the tests.
 TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+# The shape of one that is read (any version, more fields after a later one's four).
+TRACEPARENT_READ_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"
 TRACEPARENT_LENGTH = 55
 # A later version may carry more fields; a value longer than this is not read at all.
 MAX_TRACEPARENT_INPUT = 512
