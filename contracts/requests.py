@@ -151,7 +151,9 @@ class ConditionExplanation(_Reply):
     """
 
     file: str
-    line: Annotated[int, Field(ge=1)]
+    line: Annotated[int, Field(ge=1)] | None = Field(description=(
+        "Its line in the file; null for the conditions of a view (``file`` then names "
+        "the views: they came in an event, not a file)."))
     condition: str
     holds: bool
     depth: Annotated[int, Field(ge=0)] = 0

@@ -18,6 +18,7 @@ from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
 from worker.domain.views import NO_VIEWS
 from worker.rulebook import load_rules
+from worker.rulebook.explain import explain_pair
 from worker.store.memory import MemoryStore
 from worker.store.sqlite import SqliteStore
 
@@ -232,3 +233,25 @@ def test_compiled_view_sets_are_bounded_by_the_setting() -> None:
     assert len(categoriser.views._view_sets) <= 8
     assert len(categoriser.views._in_force) <= 8
     assert inbox.categories_of("acc-1", "c-1", "ag-1") == {"all", "new", "primary", "view:v59"}
+
+
+def test_explain_says_why_each_view_of_the_agent_holds_or_not() -> None:
+    inbox = Inbox(RULES)
+    run(inbox, TEAM, event(1, "conversation.created", priority="high"), shared(2, HOT),
+        personal(3, "ag-1", UNREAD_MINE))
+    state = inbox.accounts["acc-1"]
+    reply = explain_pair(RULES, state, "acc-1", "ag-1", "c-1")
+    assert reply.categories == sorted(inbox.categories_of("acc-1", "c-1", "ag-1"))
+    assert "view:hot" in reply.categories
+    by_name = {e.name: e for e in reply.explanations}
+    assert by_name["view:hot"].holds and not by_name["view:unread-mine"].holds
+    assert [(c.condition, c.holds, c.depth) for c in by_name["view:unread-mine"].conditions
+            ][:2] == [("all of 2", False, 0), ("category mine", False, 1)]
+    assert "view:unread-mine" not in {e.name for e in explain_pair(
+        RULES, state, "acc-1", "ag-2", "c-1").explanations}
+    run(inbox, event(4, "conversation.resolved"))
+    resolved = explain_pair(RULES, state, "acc-1", "ag-1", "c-1")
+    assert resolved.categories == ["resolved"]
+    assert [c.condition for c in {e.name: e for e in resolved.explanations}[
+        "view:hot"].conditions] == ["conversation.status in [open, snoozed] (views hold for "
+                                    "unresolved conversations only)"]
