@@ -338,7 +338,7 @@ class BlockingWorker:
             raise self.lose
         if not self.pending:
             time.sleep(min(time_limit, 0.005))
-        while self.pending:
+        for _ in range(len(self.pending)):  # what came meanwhile waits for the next call
             self.pending.popleft()()
         now = time.monotonic()
         for timer, (due, callback) in sorted(self.timers.items()):
