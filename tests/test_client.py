@@ -534,8 +534,34 @@ def test_the_mirror_refuses_ids_that_cannot_be_routing_keys() -> None:
         InboxMirror(worker, account_id="acc-1", agent_ids=["ag-1", "ag#2"])
     with pytest.raises(ValueError, match="at least one"):
         InboxMirror(worker, account_id="acc-1", agent_ids=[])
+    with pytest.raises(ValueError, match="neither a category name"):
+        InboxMirror(worker, account_id="acc-1", agent_ids=["ag-1"], categories=["Not A Name"])
+    with pytest.raises(ValueError, match="neither a category name"):
+        InboxMirror(worker, account_id="acc-1", agent_ids=["ag-1"], categories=["view:a.b"])
     with pytest.raises(KeyError, match="not one of the mirror's agents"):
         InboxMirror(worker, account_id="acc-1", agent_ids=["ag-1"]).inbox("ag-2")
+
+
+@pytest.mark.parametrize("categories", [["mine", "resolved"], ["mine", "view:vip-waiting"]],
+                         ids=["rules' names", "with a view"])
+def test_a_filter_is_asked_for_when_the_request_can_carry_it(categories: list[str]) -> None:
+    """The request filters by the rules' names; a view's name makes the mirror ask for
+    the whole inbox and keep the filter itself. Either way the same conversations."""
+    streams, _account = three()
+    at: dict[str, int | None] = {agent: 30 for agent in streams}
+    worker = BlockingWorker(answering(streams, at))
+    mirror = mirror_on(worker, streams, categories=categories)
+    mirror.start()
+    s = next(iter(streams.values()))
+    worker.publish_updates(s.updates[30:])
+    pump_until(mirror, lambda: mirror.inbox(s.agent_id).seq == s.last)
+    carried = all(":" not in name for name in categories)
+    assert {tuple(r.categories or ()) for r, _, _ in worker.requests} == {
+        tuple(categories) if carried else ()}
+    want = {cid: cats for cid, cats in s.final().items() if cats & set(categories)}
+    assert want and dict(mirror.inbox(s.agent_id).conversations) == want
+    assert dict(mirror.inbox(s.agent_id).counts) == s.counts_at(s.last)
+    mirror.close()
 
 
 def test_reattach_binds_a_new_queue_and_resyncs_every_inbox() -> None:

@@ -47,7 +47,7 @@ class Options:
     """What a link asks for, and where (for messages)."""
 
     account_id: str
-    categories: tuple[str, ...] | None
+    categories: tuple[str, ...] | None  # the snapshot requests' filter
     page_limit: int | None
     timeout: float
     updates_exchange: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,7 +20,13 @@ from pydantic import ValidationError
 from contracts.asyncapi_parts.common import REQUESTS_EXCHANGE, UPDATES_EXCHANGE
 from contracts.client.inbox import Inbox, InboxKeeper
 from contracts.client.link import Link, MirrorError, Options
-from contracts.requests import DEFAULT_SNAPSHOT_LIMIT, SnapshotRequest, describe_request_error
+from contracts.ids import ID_PATTERN
+from contracts.requests import (
+    CATEGORY_PATTERN,
+    DEFAULT_SNAPSHOT_LIMIT,
+    SnapshotRequest,
+    describe_request_error,
+)
 from contracts.updates import CategoryUpdate
 
 log = logging.getLogger("contracts.client")
@@ -29,6 +36,7 @@ OnChange = Callable[[str, CategoryUpdate | None], None]
 # a ValueError): each means "connect again".
 LINK_ERRORS = (pika.exceptions.AMQPError, OSError, ValueError)
 PUMP = 0.1  # seconds of I/O between two looks at close()
+VIEW_PREFIX = "view:"  # an account's or an agent's view is published as view:<view_id>
 
 
 class InboxMirror:
@@ -47,7 +55,8 @@ class InboxMirror:
     ``on_change(agent_id, update)`` is called after every update applied, and with
     ``None`` after a snapshot replaced the inbox; on the thread that does the I/O,
     outside the mirror's lock (it may call :meth:`inbox`). ``categories`` keeps only
-    the conversations in at least one of them (counts cover the whole inbox);
+    the conversations in at least one of them (counts cover the whole inbox; the
+    worker filters the snapshots too, unless a name is a view's, ``view:<id>``);
     ``timeout`` is how long a snapshot reply may take before it is asked for again;
     ``page_limit`` the conversations per snapshot page (default: the worker's).
     """
@@ -64,10 +73,11 @@ class InboxMirror:
         wanted = tuple(categories) if categories else None
         if not agents:
             raise ValueError("agent_ids: name at least one agent")
+        asked = request_filter(wanted)
         for agent_id in agents:
             try:  # the contract's own checks: ids fit a routing key, names are categories
                 SnapshotRequest(account_id=account_id, agent_id=agent_id,
-                                categories=list(wanted) if wanted else None,
+                                categories=list(asked) if asked else None,
                                 limit=page_limit or DEFAULT_SNAPSHOT_LIMIT)
             except ValidationError as exc:
                 raise ValueError(describe_request_error(exc)) from exc
@@ -97,8 +107,8 @@ class InboxMirror:
         else:
             self._parameters = None
             self._connection = source
-            where = "the caller's connection"
-        self.options = Options(account_id, wanted, page_limit, timeout, updates_exchange,
+            where = "the broker of the caller's connection"
+        self.options = Options(account_id, asked, page_limit, timeout, updates_exchange,
                                requests_exchange, where)
 
     # -- reading --------------------------------------------------------------------
@@ -207,6 +217,8 @@ class InboxMirror:
             raise MirrorError("this mirror runs on a thread of its own: nothing to process")
         if self._link is None:
             raise MirrorError("not attached: call start() (or reattach())")
+        if not self._connection.is_open:
+            raise MirrorError("the connection is closed: reattach() an open one")
         self._connection.process_data_events(time_limit=time_limit)
         self._link.check()
 
@@ -294,6 +306,24 @@ class InboxMirror:
                     connection.close()
                 except LINK_ERRORS:
                     log.debug("closing the mirror's connection failed", exc_info=True)
+
+
+def request_filter(categories: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The snapshot requests' filter for ``categories``: a request filters by the rules'
+    names only, so with a view's name (``view:<view_id>``) among them the mirror asks
+    for the whole inbox and filters by itself. ``ValueError`` for a name that is
+    neither."""
+    if not categories:
+        return None
+    for name in categories:
+        view = name.removeprefix(VIEW_PREFIX)
+        if not (re.fullmatch(CATEGORY_PATTERN, name) or (
+                view != name and re.fullmatch(ID_PATTERN, view))):
+            raise ValueError(f"categories: {name!r} is neither a category name "
+                             f"({CATEGORY_PATTERN}) nor {VIEW_PREFIX}<view_id>")
+    if all(re.fullmatch(CATEGORY_PATTERN, name) for name in categories):
+        return categories
+    return None
 
 
 def describe(parameters: pika.connection.Parameters) -> str:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tests.support.harness import (
     WorkerProcess,
     amqp_url,
     as_messages,
+    connect,
     running,
     settings_for,
     wait_for,
@@ -119,9 +121,11 @@ def readme_example(vhost: str, tmp_path: Path) -> None:
 
 
 def docs_example(vhost: str, bus: Bus, tmp_path: Path, account_id: str, agents: list[str],
-                 rest: list[dict[str, Any]]) -> None:
+                 rest: list[dict[str, Any]], pump: Callable[[float], None],
+                 ) -> dict[str, SnapshotReply]:
     """The docs', as written: three agents followed while ``rest`` of the stream comes,
-    until Ctrl-C."""
+    until Ctrl-C; the fresh snapshots it ended equal to. ``pump`` passes the time
+    between two looks."""
     (tmp_path / "inbox.py").write_text(python_block(REPO / "docs" / "downstream.md"))
     with subprocess.Popen([sys.executable, "inbox.py", amqp_url(vhost), account_id, *agents],
                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -129,34 +133,51 @@ def docs_example(vhost: str, bus: Bus, tmp_path: Path, account_id: str, agents: 
         try:
             out = Lines(example)
             wait_for(lambda: all(any(line.startswith(f"{agent} seq ") for line in out.lines)
-                                 for agent in agents), 30, "the example's snapshots")
+                                 for agent in agents), 30, "the example's snapshots",
+                     sleep=pump)
             first = {agent: last_badges(out.lines, agent)[0] for agent in agents}
             bus.publish_events(rest)
-            wait_for(bus.drained, 60, "the worker to take the rest", interval=0.1)
+            wait_for(bus.drained, 60, "the worker to take the rest", interval=0.1, sleep=pump)
             taken = fresh(vhost, account_id, agents)
             wanted = {agent: (reply.seq, reply.counts, reply.unread_counts)
                       for agent, reply in taken.items()}
             wait_for(lambda: {agent: last_badges(out.lines, agent) for agent in agents}
-                     == wanted, 30, f"the example to print {wanted}", interval=0.1)
+                     == wanted, 30, f"the example to print {wanted}", interval=0.1,
+                     sleep=pump)
             example.send_signal(signal.SIGINT)  # Ctrl-C: it closes the mirror and ends
             assert example.wait(30) == 0
         finally:
             if example.poll() is None:
                 example.kill()
     assert all(taken[agent].seq > first[agent] for agent in agents)  # it followed updates
+    return taken
 
 
-def test_the_examples_of_the_readme_and_the_docs_run_as_written(
+def test_the_examples_run_as_written_and_a_mirror_works_on_the_callers_connection(
         vhost: str, bus: Bus, tmp_path: Path) -> None:
+    """The README's example, then the docs' while a mirror on the test's own blocking
+    connection, driven by the test's waits, follows the same agents."""
     readme_events = [json.loads(line) for line in (REPO / "README.md").read_text().split(
         "cat > events.jsonl <<'JSON'\n", 1)[1].split("\nJSON\n", 1)[0].splitlines()]
     events = event_stream(seed=31, count=300, accounts=1, agents=3)
     account_id, agents = team(events)
-    with ThreadWorker(settings_for(vhost, tmp_path / "state.sqlite3")):
-        bus.publish_events([*readme_events, *events[:150]])
-        wait_for(bus.drained, 60, "the worker to take the first events", interval=0.1)
-        readme_example(vhost, tmp_path)
-        docs_example(vhost, bus, tmp_path, account_id, agents, events[150:])
+    connection = connect(vhost)
+    try:
+        with ThreadWorker(settings_for(vhost, tmp_path / "state.sqlite3")):
+            bus.publish_events([*readme_events, *events[:150]])
+            wait_for(bus.drained, 60, "the worker to take the first events", interval=0.1)
+            readme_example(vhost, tmp_path)
+            with InboxMirror(connection, account_id=account_id, agent_ids=agents) as mirror:
+                taken = docs_example(vhost, bus, tmp_path, account_id, agents, events[150:],
+                                     pump=mirror.process)
+                wait_for(lambda: all(mirror.inbox(a).seq == taken[a].seq for a in agents),
+                         30, "the caller's mirror to catch up", sleep=mirror.process)
+                wrong = {agent: differences(mirror.inbox(agent), taken[agent])
+                         for agent in agents}
+            assert not any(wrong.values()), wrong
+            assert mirror.connections == 1 and connection.is_open
+    finally:
+        connection.close()
 
 
 def test_a_mirror_of_three_agents_ends_where_their_snapshots_are_through_worker_kills(
