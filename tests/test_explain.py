@@ -36,7 +36,7 @@ from worker.rulebook.attributes import ATTRIBUTE_OPERATORS
 from worker.rulebook.engine import default_rules_dir
 from worker.rulebook.explain import all_verdicts, explain, explain_pair
 from worker.rulebook.facts import ATTRIBUTE_PREFIX, DETAIL_FACTS
-from worker.rulebook.syntax import (
+from worker.rulebook.language import (
     LISTS,
     OPERATORS,
     ORDERING,
