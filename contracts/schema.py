@@ -3,6 +3,9 @@
 ``python -m contracts.schema`` rewrites the files; a test fails when they are stale.
 :data:`CONTRACTS` is also what ``contracts.asyncapi`` builds its message payloads from,
 so the AsyncAPI document and these files can never describe different messages.
+
+``rule-file.schema.json`` beside them is no message: it is made from the rule language
+by ``python -m worker.rulebook.schema`` (this package never imports the worker).
 """
 
 from __future__ import annotations
