@@ -27,6 +27,7 @@ from worker.rulebook.syntax import FactTest, parse_rule_file
 
 RULES = default_rules_dir()
 VALIDATOR = Draft7Validator(rule_file_schema())
+MODELINE = "# yaml-language-server: $schema="
 
 
 def schema_errors(document: object) -> list[str]:
@@ -79,6 +80,15 @@ def test_the_shipped_rule_files_are_all_found() -> None:
                          ids=lambda path: path.relative_to(RULES).as_posix())
 def test_every_shipped_rule_file_validates(path: Path) -> None:
     assert schema_errors(yaml.safe_load(path.read_text(encoding="utf-8"))) == []
+
+
+@pytest.mark.parametrize("path", shipped_rule_files(),
+                         ids=lambda path: path.relative_to(RULES).as_posix())
+def test_every_shipped_rule_file_names_the_schema_on_its_first_line(path: Path) -> None:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith(MODELINE), first
+    named = path.parent / first.removeprefix(MODELINE)
+    assert named.resolve() == SCHEMA_FILE.resolve(), f"{first} does not name {SCHEMA_FILE}"
 
 
 # -- what it refuses, rules check refuses ---------------------------------------------
