@@ -179,6 +179,10 @@ REFUSED: dict[str, tuple[str, list[str], str]] = {
         "attributes: {tier: string}\n"
         + _category(f"{{fact: conversation.attributes.tier, equals: {'g' * 257}}}"), WHEN,
         "is a string"),
+    "a null for an attribute": (
+        "attributes: {vip: boolean}\n"
+        + _category("{fact: conversation.attributes.vip, equals: null}"), WHEN,
+        "'equals' takes a value, not null"),
     "an unknown attribute type": (
         "attributes: {vip: bool}\n" + _category("{fact: agent.joined, equals: true}"),
         ["attributes", "vip"], "type must be one of string, integer, number, boolean"),

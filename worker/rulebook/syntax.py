@@ -329,7 +329,12 @@ class _Reader:
         if not isinstance(node, yaml.ScalarNode):
             self.fail(node, f"'{op}' takes one value")
             return None
-        return _resolve(node)
+        value = _resolve(node)
+        if value is None:
+            # An absent attribute is tested with present: false, never with a null.
+            self.fail(node, f"'{op}' takes a value, not null (an absent attribute: "
+                            "'present: false')")
+        return value
 
     def typed_value(self, spec: FactSpec, node: yaml.Node) -> object:
         fact = spec.name
