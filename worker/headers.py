@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pika.data
@@ -66,9 +66,9 @@ def copyable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     return {HEADERS_DROPPED_HEADER: note, **traced}
 
 
-def traced(message: Outgoing, trace: TraceContext) -> Outgoing:
-    """``message`` carrying ``trace`` (over any headers of its own of those names)."""
+def traced(messages: Sequence[Outgoing], trace: TraceContext) -> tuple[Outgoing, ...]:
+    """``messages`` carrying ``trace`` (over any headers of theirs of those names); the
+    messages without headers share one dict (nothing changes a message's headers)."""
     headers = trace.headers()
-    if message.headers:
-        headers = {**message.headers, **headers}
-    return message._replace(headers=headers)
+    return tuple([m._replace(headers={**m.headers, **headers} if m.headers else headers)
+                  for m in messages])

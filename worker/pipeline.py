@@ -209,8 +209,8 @@ class Step:
         with log_context(trace_id=trace.trace_id):
             outcome = self._one(delivery, plan, cache, rules)
         if isinstance(outcome, Publish) and outcome.messages:
-            return Publish(tuple([traced(m, trace) for m in outcome.messages]))
-        return Reply(traced(outcome.message, trace)) if isinstance(outcome, Reply) else outcome
+            return Publish(traced(outcome.messages, trace))
+        return Reply(*traced((outcome.message,), trace)) if isinstance(outcome, Reply) else outcome
 
     def _one(self, delivery: Delivery, plan: Plan, cache: AccountCache,
              rules: RulesInForce) -> Outcome:
