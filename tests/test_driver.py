@@ -12,7 +12,7 @@ import pika
 import pytest
 
 from contracts import parse_event
-from tests.support.streams import encode, event_stream
+from tests.support.streams import encode, envelope, event_stream
 from worker.amqp.properties import encoded_properties
 from worker.control import CONTROL_HEADER
 from worker.domain.inbox import Inbox
@@ -341,6 +341,30 @@ def test_a_poison_event_is_dead_lettered_and_undone_exactly(
     assert link.updates() == _replayed(without), "the poison event left no trace"
 
 
+def test_views_the_rules_refuse_are_dead_lettered_with_the_path_of_each_problem() -> None:
+    """In a stream with views, a views event naming a category the rules do not have
+    (and one of 21 personal views) is bad input: dead-lettered with its problems, and
+    the views in force, the sequence and the agents stay as they were."""
+    events = event_stream(seed=19, count=60, views=0.1)
+    account = events[30]["account_id"]
+    bad = [envelope("account.views_updated", account, {"views": [
+               {"view_id": "ok", "when": {"category": "new"}},
+               {"view_id": "v", "when": {"all": [{"category": "urgent"}]}}]},
+               event_id="bad-1", occurred_at=events[30]["occurred_at"], sequence=10**6),
+           envelope("agent.views_updated", account, {"agent_id": "ag-new", "views": [
+               {"view_id": f"v{i}", "when": {"category": "all"}} for i in range(21)]},
+               event_id="bad-2", occurred_at=events[30]["occurred_at"], sequence=10**6)]
+    driver, link, _ = _driver(batch_size=100)
+    _deliver(driver, encode([*events[:31], *bad, *events[31:]]))
+    _confirm_all(driver, link)
+    reasons = [m.headers["x-error"] for m in link.dead_letters() if m.headers]
+    assert reasons == [
+        "account.views_updated: views[1].when.all[0].category: unknown category 'urgent' "
+        "(the rules' categories: all, new, mine, primary, resolved)",
+        "agent.views_updated: views: 21 views: at most 20 personal views per agent"]
+    assert link.updates() == _replayed(events)
+
+
 def test_stop_finishes_the_batches_out_then_hands_the_rest_back_in_order() -> None:
     events = event_stream(seed=18, count=30)
     driver, link, _ = _driver(batch_size=10)
@@ -624,10 +648,13 @@ def _request(tag: int, body: dict[str, Any] | bytes, reply_to: str | None = "rep
                     queue="inbox-rules.requests")
 
 
-def test_a_snapshot_request_is_answered_from_the_state_its_events_left() -> None:
+@pytest.mark.parametrize("views", [0.0, 0.1])
+def test_a_snapshot_request_is_answered_from_the_state_its_events_left(views: float) -> None:
+    """Its conversations, seq and counts are those the agent's updates left (with
+    views: the counts of the agent's views too, as its updates give them)."""
     from contracts.requests import SnapshotReply
 
-    events = event_stream(seed=23, count=80)
+    events = event_stream(seed=23, count=80, views=views)
     driver, link, _ = _driver(batch_size=100)
     _deliver(driver, encode(events))
     updates = _replayed(events)

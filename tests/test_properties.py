@@ -35,17 +35,19 @@ Cause = tuple[str, str | datetime]  # (account, event id or the instant of a cro
 @dataclass
 class Step:
     """What one event or one crossing of one account changes, by the oracle: what each
-    changed (agent, conversation) shows before and after, and every agent's counts."""
+    changed (agent, conversation) shows before and after, and every agent's counts (and
+    the categories they are given for, in order)."""
 
     changed: dict[Key, tuple[Shown, Shown]] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     unread_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    names: dict[str, list[str]] = field(default_factory=dict)
 
 
 def step(oracle: SpecOracle, account_id: str, change: Callable[[], None]) -> Step:
-    before = oracle.snapshot()
+    before = oracle.snapshot(account_id)
     change()
-    after = oracle.snapshot()
+    after = oracle.snapshot(account_id)
     result = Step()
     for key in before.keys() | after.keys():
         old, new = before.get(key, NOTHING), after.get(key, NOTHING)
@@ -54,6 +56,7 @@ def step(oracle: SpecOracle, account_id: str, change: Callable[[], None]) -> Ste
     for agent in {agent for (_, agent, _) in result.changed}:
         result.counts[agent] = oracle.counts(account_id, agent)
         result.unread_counts[agent] = oracle.unread_counts(account_id, agent)
+        result.names[agent] = oracle.category_names(account_id, agent)
     return result
 
 
@@ -96,10 +99,10 @@ def test_rich_seeded_streams_match_the_oracle(profile: str, knobs: dict[str, Any
     check_against_the_oracle(event_stream(profile=profile, **knobs))
 
 
-def check_against_the_oracle(stream: list[dict[str, Any]]) -> None:
+def check_against_the_oracle(stream: list[dict[str, Any]]) -> tuple[Inbox, SpecOracle]:
     """Per event: the wakes due by its time, each its own cause, then the event; one
     update per (agent, conversation) whose categories or unread flag changed, with the
-    oracle's categories, flag, counts and unread counts."""
+    oracle's categories, flag, counts and unread counts. Returns both, after it."""
     inbox = Inbox(RULES)
     oracle = SpecOracle()
     for event in stream:
@@ -120,8 +123,10 @@ def check_against_the_oracle(stream: list[dict[str, Any]]) -> None:
                 key: new for key, (_old, new) in expected.changed.items()}, (cause, event)
             for (_, agent, _), body in bodies.items():
                 old, new = expected.changed[(cause[0], agent, body["conversation_id"])]
+                names = expected.names[agent]
+                assert list(body["counts"]) == names == list(body["unread_counts"])
                 assert body["counts"] == {name: expected.counts[agent].get(name, 0)
-                                          for name in RULES.categories}
+                                          for name in names}
                 assert nonzero(body["unread_counts"]) == expected.unread_counts[agent]
                 assert set(body["added"]) == new.categories - old.categories
                 assert set(body["removed"]) == old.categories - new.categories
@@ -130,6 +135,7 @@ def check_against_the_oracle(stream: list[dict[str, Any]]) -> None:
             assert nonzero(state.counts_of(agent)) == oracle.counts(account_id, agent)
             assert nonzero(state.unread_counts_of(agent)) == oracle.unread_counts(
                 account_id, agent)
+    return inbox, oracle
 
 
 @SETTINGS
@@ -143,10 +149,18 @@ def test_snapshots_match_the_oracle(stream: list[dict[str, Any]]) -> None:
         for instant, account_id in oracle.due(when(event["occurred_at"])):
             oracle.cross(account_id, instant)
         oracle.apply(event)
+    check_snapshots(inbox, oracle)
+
+
+def check_snapshots(inbox: Inbox, oracle: SpecOracle) -> None:
+    """Every agent's snapshot against the oracle's: conversations and categories, the
+    unread ones, and the counts and unread counts of every category the agent has."""
     shown = oracle.snapshot()
     for account_id, state in inbox.accounts.items():
         for agent in state.account.agents:
-            reply = snapshot(state, agent, RULES.categories, RULES.version, limit=1000)
+            names = inbox.categoriser.views.category_names(state.account.views, agent)
+            assert list(names) == oracle.category_names(account_id, agent)
+            reply = snapshot(state, agent, names, RULES.version, limit=1000)
             assert reply["conversations"] == {
                 conv: sorted(s.categories) for (acc, ag, conv), s in sorted(shown.items())
                 if (acc, ag) == (account_id, agent)}

@@ -1,6 +1,7 @@
 """The event-stream generator (tests/support/streams.py): the existing profiles keep
-their exact output (benchmarks and tests compare against them), the rich variant is
-valid and has what it promises, and the hypothesis strategy draws every event type."""
+their exact output (benchmarks and tests compare against them), the rich and views
+variants are valid and have what they promise, and the hypothesis strategy draws every
+event type."""
 
 from __future__ import annotations
 
@@ -19,10 +20,14 @@ from contracts.events import MAX_ATTRIBUTES, MAX_LABELS
 from tests.support.streams import (
     PROFILES,
     RICH_TYPES,
+    VIEWS_TYPES,
     event_stream,
     event_streams,
     soak_stream,
 )
+from worker.rulebook import load_rules
+
+DEFAULT_RULES = load_rules()
 
 # sha256 of json.dumps(stream) as the profiles made them before the rich variant:
 # adding to the generator must not move one byte of these.
@@ -64,12 +69,16 @@ def when(text: str) -> datetime:
 
 
 def check_valid(events: list[dict[str, Any]]) -> None:
-    """Every event passes the contract, and no conversation ever holds more attributes
-    or labels than it allows (attributes merged as conversation.updated says)."""
+    """Every event passes the contract, every views event holds views the default rules
+    take, and no conversation ever holds more attributes or labels than it allows
+    (attributes merged as conversation.updated says)."""
     attributes: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
     seen: set[str] = set()
     for event in events:
         parse_event_object(event)
+        if event["type"] in VIEWS_TYPES:
+            personal = event["type"] == "agent.views_updated"
+            assert DEFAULT_RULES.check_views(event["data"], personal)[1] == [], event
         if event["event_id"] in seen:
             continue  # a re-send: the worker drops it
         seen.add(event["event_id"])
@@ -143,6 +152,53 @@ def test_rich_adds_to_any_profile_and_stays_valid(profile: str) -> None:
     assert not RICH_TYPES & {e["type"] for e in event_stream(
         profile=profile, seed=5, count=3000,
         **({"conversations": 100} if profile == "heavy" else {}))}
+
+
+def test_the_views_profile_is_rich_with_shared_and_personal_views() -> None:
+    assert PROFILES["views"] == replace(PROFILES["rich"], views=PROFILES["views"].views)
+    events = event_stream(profile="views", conversations=300, views=0.02)
+    check_valid(events)
+    views = [e for e in events if e["type"] in VIEWS_TYPES]
+    assert {e["type"] for e in views} == VIEWS_TYPES
+    # Every account starts with shared views, then edits come between chats.
+    accounts = sorted({e["account_id"] for e in events})
+    firsts = [next(e for e in events if e["account_id"] == a and e["type"] != "account.updated")
+              for a in accounts]
+    assert all(e["type"] == "account.views_updated" and e["data"]["views"] for e in firsts)
+    chats = [i for i, e in enumerate(events) if "conversation_id" in e]
+    assert sum(chats[0] < i < chats[-1] for i, e in enumerate(events)
+               if e["type"] in VIEWS_TYPES) > 0.8 * (len(views) - len(accounts))
+    # Views removed (an empty set), made up, and personal ones sharing a shared id.
+    assert any(not e["data"]["views"] for e in views)
+    assert any(v["view_id"].startswith("custom-") for e in views for v in e["data"]["views"])
+    shared = {v["view_id"] for e in views if e["type"] == "account.views_updated"
+              for v in e["data"]["views"]}
+    assert any(v["view_id"] in shared for e in views if e["type"] == "agent.views_updated"
+               for v in e["data"]["views"])
+
+
+@pytest.mark.parametrize("profile", ["mixed", "chaos", "light"])
+def test_views_are_only_added_to_a_stream(profile: str) -> None:
+    """With views, the other events are those of the stream without them, in order
+    (no re-sends: those pick events by position); chaos re-sends views stale."""
+    knobs: dict[str, Any] = {"seed": 4, "count": 1500, "duplicates": 0.0, "stale": 0.0,
+                             "rich": True}
+    if profile == "light":
+        knobs.update(count=None, conversations=100)
+
+    def content(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(e["type"], e["account_id"], e.get("conversation_id"), e["data"].keys())
+                for e in events if e["type"] not in VIEWS_TYPES]
+
+    plain = event_stream(profile=profile, **knobs)
+    viewed = event_stream(profile=profile, views=0.02, **knobs)
+    check_valid(viewed)
+    assert not VIEWS_TYPES & {e["type"] for e in plain}
+    assert sum(e["type"] in VIEWS_TYPES for e in viewed) > 0.01 * len(viewed)
+    kept = content(viewed)
+    assert kept == content(plain)[:len(kept)]
+    stale = event_stream(profile="chaos", views=0.05, seed=4, count=3000)
+    assert any("-stale-" in e["event_id"] for e in stale if e["type"] in VIEWS_TYPES)
 
 
 def test_rich_is_seeded() -> None:

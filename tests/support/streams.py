@@ -12,11 +12,14 @@ Two sources of ops share that model:
   set, for memory), ``light`` and ``heavy`` (the benchmarks' realistic chat lifecycles)
   and ``rich`` (``light`` with the details inboxes sort by: labels, attributes and
   priorities set and changed, reads, mentions, snoozes that wake during the stream;
-  ``rich=True`` adds them to any profile);
+  ``rich=True`` adds them to any profile) and ``views`` (``rich`` with the account's
+  shared views and its agents' personal views defined and edited along the way;
+  ``views=RATE`` adds them to any profile);
 - :func:`event_streams`: the hypothesis strategy of the property tests: the same ops over
   a tiny universe where ids collide, agents come and go, events arrive for chats never
-  created, sequences go missing or stale and events are re-sent; hypothesis shrinks a
-  failing stream op by op.
+  created, sequences go missing or stale and events are re-sent, views are drawn from
+  the rule language (:func:`view_conditions`); hypothesis shrinks a failing stream op by
+  op.
 
 :class:`Events` builds single parsed events for unit tests with the same envelope;
 :func:`by_agent` and :func:`categories` key the updates of one event.
@@ -32,6 +35,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
 from hypothesis import strategies as st
@@ -292,6 +296,170 @@ def rich_step(rng: random.Random, details: Details, key: tuple[str, str], agent:
     return _answer(rng, agent, team)[0]
 
 
+# -- views (conditions accounts and agents define) ----------------------------------------
+VIEWS_TYPES = frozenset({"account.views_updated", "agent.views_updated"})
+# What the views of generated streams name: the default rule set's categories and
+# predicates (rules/inbox.yaml; the shipped examples keep them), and facts every rule set
+# has. No custom attribute: which ones a rule set declares is its own choice
+# (:func:`view_conditions` takes them).
+VIEW_CATEGORIES = ("all", "new", "mine", "primary", "resolved")
+VIEW_PREDICATES = ("open", "unresolved", "waiting", "groups_in_effect", "multi_agent",
+                   "routed_to_agent")
+_ORDERING = ("greater_than", "at_least", "less_than", "at_most")
+_LISTS = ("in", "not_in", "contains_any", "contains_all")
+_ATTRIBUTE_OPERATORS = {"string": ("equals", "not_equals", "in", "not_in", "present"),
+                        "integer": ("equals", "not_equals", "in", "not_in", "present",
+                                    *_ORDERING),
+                        "boolean": ("equals", "not_equals", "present")}
+_ATTRIBUTE_OPERATORS["number"] = _ATTRIBUTE_OPERATORS["integer"]
+# Values attribute tests compare with (and fact vectors hold, so that tests may hold).
+ATTRIBUTE_TEST_VALUES: dict[str, tuple[Any, ...]] = {
+    "string": ("gold", "platinum", "silver"), "integer": (0, 10, 11, 1000),
+    "number": (0, 10.5, 999.5, 1000), "boolean": (True, False)}
+# A fact test: (fact, its operators, the values they take; a list operator takes one
+# to three of them, ``present`` true or false).
+FactTestShape = tuple[str, tuple[str, ...], tuple[Any, ...]]
+
+
+def view_test_shapes(labels: Sequence[str], channels: Sequence[str],
+                     attributes: dict[str, str] | None = None, waiting: Sequence[int] = (),
+                     ) -> list[FactTestShape]:
+    """The fact tests views of a stream make: every operator the rule language has,
+    over the labels and channels the stream's conversations have, over the custom
+    attributes given (key -> declared type), and over the waiting time compared with
+    the values ``waiting`` gives (none: no test of it)."""
+    labels, channels = tuple(labels), tuple(channels)
+    shapes: list[FactTestShape] = [
+        ("conversation.priority", ("equals", "not_equals", "in", "not_in", *_ORDERING),
+         PRIORITIES),
+        ("conversation.labels", ("contains", "not_contains", "contains_any", "contains_all"),
+         labels),
+        ("conversation.channel", ("equals", "not_equals", "in", "not_in", "present"),
+         channels),
+        ("agent.unread", ("equals", "not_equals"), (True, False)),
+        ("agent.mentioned", ("equals",), (True, False)),
+        ("agent.joined", ("equals",), (True, False)),
+        ("agent.in_group", ("equals",), (True, False)),
+        ("conversation.has_group", ("equals",), (True, False)),
+        ("conversation.status", ("equals", "not_equals", "in"), ("open", "snoozed",
+                                                                 "resolved")),
+        ("conversation.joined_count", ("equals", "greater_than", "at_most"), (0, 1, 2)),
+        ("conversation.last_message_by", ("equals", "not_equals"),
+         ("visitor", "agent", "none")),
+        ("account.plan", ("equals", "not_equals"), PLANS),
+        ("account.agent_count", ("greater_than", "at_most"), (1, 2)),
+        ("account.group_count", ("equals", "greater_than"), (0, 1)),
+    ]
+    shapes += [(f"conversation.attributes.{key}", _ATTRIBUTE_OPERATORS[kind],
+                ATTRIBUTE_TEST_VALUES[kind]) for key, kind in sorted((attributes or {}).items())]
+    if waiting:
+        shapes.append(("conversation.waiting_seconds", ("equals", "not_equals", "in",
+                                                        *_ORDERING), tuple(waiting)))
+    return shapes
+
+
+def _fact_test(fact: str, op: str, value: Any) -> dict[str, Any]:
+    return {"fact": fact, op: value}
+
+
+def _seeded_test(rng: random.Random, shape: FactTestShape) -> dict[str, Any]:
+    fact, operators, values = shape
+    op = rng.choice(operators)
+    if op == "present":
+        return _fact_test(fact, op, rng.random() < 0.5)
+    if op in _LISTS:
+        return _fact_test(fact, op, rng.sample(values, rng.randint(1, min(3, len(values)))))
+    return _fact_test(fact, op, rng.choice(values))
+
+
+def seeded_condition(rng: random.Random, shapes: Sequence[FactTestShape],
+                     depth: int = 0) -> dict[str, Any]:
+    """A view's condition drawn from ``rng``: fact tests, references to the default
+    rules' categories and predicates, and all/any/not of them (two levels at most)."""
+    roll = rng.random()
+    if depth < 2 and roll < 0.3:
+        items = [seeded_condition(rng, shapes, depth + 1) for _ in range(rng.randint(1, 3))]
+        return {rng.choice(("all", "any")): items}
+    if depth < 2 and roll < 0.4:
+        return {"not": seeded_condition(rng, shapes, depth + 1)}
+    if roll < 0.55:
+        return {"category": rng.choice(VIEW_CATEGORIES)}
+    if roll < 0.65:
+        return {"predicate": rng.choice(VIEW_PREDICATES)}
+    return _seeded_test(rng, rng.choice(shapes))
+
+
+# Views an account's admins or its agents define (over the default rules and the
+# labels and channels of rich streams).
+VIEW_CATALOGUE: tuple[dict[str, Any], ...] = (
+    {"view_id": "vip-waiting", "name": "VIP waiting", "when": {"all": [
+        {"category": "new"}, {"fact": "conversation.labels", "contains": "vip"}]}},
+    {"view_id": "urgent-email", "name": "Urgent email", "when": {"all": [
+        {"predicate": "unresolved"}, {"fact": "conversation.priority", "at_least": "high"},
+        {"fact": "conversation.channel", "equals": "email"}]}},
+    {"view_id": "unread-mine", "name": "Unread, mine", "when": {"all": [
+        {"category": "mine"}, {"fact": "agent.unread", "equals": True}]}},
+    {"view_id": "mentions", "name": "Mentions", "when": {
+        "fact": "agent.mentioned", "equals": True}},
+    {"view_id": "messaging", "name": "Messaging apps", "when": {
+        "fact": "conversation.channel", "in": ["whatsapp", "messenger", "sms"]}},
+    {"view_id": "no-channel", "name": "Unknown channel", "when": {
+        "fact": "conversation.channel", "present": False}},
+    {"view_id": "billing", "name": "Billing, not spam", "when": {"all": [
+        {"fact": "conversation.labels", "contains_any": ["billing", "refund"]},
+        {"not": {"fact": "conversation.labels", "contains": "spam"}}]}},
+    {"view_id": "snoozed", "name": "Snoozed", "when": {
+        "fact": "conversation.status", "equals": "snoozed"}},
+    {"view_id": "unassigned-hot", "name": "Unassigned, high priority", "when": {"all": [
+        {"fact": "conversation.joined_count", "equals": 0},
+        {"fact": "conversation.priority", "in": ["high", "urgent"]}]}},
+    {"view_id": "colleagues", "name": "Colleagues' chats", "when": {"all": [
+        {"not": {"category": "mine"}}, {"fact": "conversation.joined_count",
+                                         "greater_than": 0}]}},
+    {"view_id": "needs-reply", "name": "Needs a reply", "when": {"any": [
+        {"fact": "conversation.last_message_by", "equals": "visitor"},
+        {"fact": "conversation.labels", "contains": "follow-up"}]}},
+    {"view_id": "quiet", "name": "Low priority, mine or new", "when": {"all": [
+        {"category": "primary"}, {"fact": "conversation.priority", "at_most": "low"}]}},
+    {"view_id": "at-risk", "name": "Enterprise at risk", "when": {
+        "fact": "conversation.labels", "contains_all": ["churn-risk", "enterprise"]}},
+    {"view_id": "my-group", "name": "My group's queue", "when": {"all": [
+        {"fact": "agent.in_group", "equals": True}, {"predicate": "waiting"}]}},
+    {"view_id": "waiting-long", "name": "Waiting over 30 s", "when": {"all": [
+        {"predicate": "waiting"}, {"fact": "conversation.waiting_seconds", "at_least": 30}]}},
+)
+
+
+class SeededViews:
+    """The views events of a stream with views, drawn from ``rng``: the account's
+    shared set or one agent's personal set replaced by a few views of the catalogue
+    (the same ids in both: a personal view may share a shared view's id), sometimes
+    one made up (:func:`seeded_condition`), sometimes none (every view removed)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.shapes = view_test_shapes(LABELS, CHANNELS, waiting=(10, 30, 60))
+        self.made_up = itertools.count()
+
+    def views(self, at_least: int = 0) -> list[dict[str, Any]]:
+        rng = self.rng
+        views = copy.deepcopy(rng.sample(VIEW_CATALOGUE, rng.randint(at_least, 5)))
+        if rng.random() < 0.4:
+            number = next(self.made_up)
+            views.append({"view_id": f"custom-{number}", "name": f"Custom {number}",
+                          "when": seeded_condition(rng, self.shapes)})
+        return views
+
+    def step(self, account: str, team: Sequence[str]) -> Step:
+        if self.rng.random() < 0.5:
+            return self.shared(account)
+        return Step("agent.views_updated", account,
+                    {"agent_id": self.rng.choice(team), "views": self.views()})
+
+    def shared(self, account: str, at_least: int = 0) -> Step:
+        return Step("account.views_updated", account, {"views": self.views(at_least)})
+
+
 # -- the seeded generator ---------------------------------------------------------------
 @dataclass(frozen=True)
 class Knobs:
@@ -326,6 +494,10 @@ class Knobs:
     # from a second generator: lifecycles get them in their script, the walk in a third
     # of its chat steps.
     rich: bool = False
+    # Views events per event (:class:`SeededViews`), drawn from a generator of their
+    # own; with any, each account starts with shared views. 0: none (and the stream is
+    # exactly what it was before views).
+    views: float = 0.0
 
 
 _LIFECYCLES = Knobs(seed=7, count=None, traffic="lifecycles", agents=2, conversations=2000,
@@ -346,6 +518,8 @@ PROFILES: dict[str, Knobs] = {
     "heavy": replace(_LIFECYCLES, routed=False),
     # light with labels, attributes, priorities, reads, mentions and snoozes.
     "rich": replace(_LIFECYCLES, rich=True),
+    # rich with shared and personal views defined and edited now and then.
+    "views": replace(_LIFECYCLES, rich=True, views=0.005),
 }
 
 
@@ -396,6 +570,7 @@ def _walk(rng: random.Random, k: Knobs) -> Iterator[Op]:
     live: dict[str, list[str]] = {account: [] for account in accounts}
     extra = random.Random(f"rich-{k.seed}")  # draws nothing unless rich
     details = Details(extra)
+    views = SeededViews(random.Random(f"views-{k.seed}"))  # draws nothing without views
 
     def snapshot(a: int) -> Step:
         if teams:
@@ -433,16 +608,27 @@ def _walk(rng: random.Random, k: Knobs) -> Iterator[Op]:
         return Step(kind, accounts[a], data, conversation, "none" if unsequenced else "next",
                     until)
 
+    def team(a: int) -> Sequence[str]:
+        return teams[a][0] if teams else pool
+
     emitted = 0
     for a in range(k.accounts):
         yield snapshot(a)
         emitted += 1
+        if k.views:
+            yield views.shared(accounts[a], at_least=1)
+            emitted += 1
         for _ in range(k.conversations):
             yield create(a)
             emitted += 1
     resend_below, stale_below, snapshot_below, create_below = itertools.accumulate(
         (k.duplicates, k.stale, k.snapshots, k.creates))
     while True:
+        if k.views and views.rng.random() < k.views:
+            chosen = views.rng.randrange(k.accounts)
+            yield views.step(accounts[chosen], team(chosen))
+            emitted += 1
+            continue
         a = rng.randrange(k.accounts)
         roll = rng.random()
         op: Op
@@ -468,6 +654,12 @@ def _lifecycles(rng: random.Random, k: Knobs) -> Iterator[Op]:
     for account, (agents, groups) in zip(accounts, teams, strict=True):
         yield Step("account.updated", account,
                    {"plan": "pro", "agents": agents, "groups": groups})
+    views = SeededViews(random.Random(f"views-{k.seed}"))  # draws nothing without views
+    emitted = len(accounts)
+    if k.views:
+        for account in accounts:
+            yield views.shared(account, at_least=1)
+            emitted += 1
     chats: list[tuple[str, str, list[Scripted]]] = []
     extra = random.Random(f"rich-{k.seed}")  # draws nothing unless rich
     details = Details(extra)
@@ -494,12 +686,15 @@ def _lifecycles(rng: random.Random, k: Knobs) -> Iterator[Op]:
         if written_after:
             steps.append(visitor)
         chats.append((accounts[c % k.accounts], f"c-{c}", steps))
-    emitted = len(accounts)
     # Interleave the chats like real traffic: a window of 64 active at a time.
     cursors = [0] * len(chats)
     pending = list(range(len(chats)))
     appeared: list[int] = []
     while pending:
+        if k.views and views.rng.random() < k.views:
+            a = views.rng.randrange(k.accounts)
+            yield views.step(accounts[a], teams[a][0])
+            emitted += 1
         index = rng.choice(pending[:64])
         account, conversation, steps = chats[index]
         if cursors[index] == 0:
@@ -557,12 +752,14 @@ TINY_AGENTS = ("ag-1", "ag-2", "ag-3")
 TINY_GROUPS = ("g-1", "g-2")
 TINY_LABELS = ("l-1", "l-2", "l-3")
 TINY_KEYS = ("k-1", "k-2", "k-3", "k-4")  # fewer than the contract's 32: merges stay valid
+TINY_CHANNELS = ("web", "email")
+TINY_VIEW_IDS = ("v-1", "v-2", "v-3")  # shared and personal views share them
 # Chats and their steps dominate real traffic; snapshots and deletes are rarer. The
 # details, reads, mentions and snoozes come after the rest (hypothesis shrinks towards
 # the first families).
 _FAMILIES = (("snapshot",) * 2 + ("created",) * 5 + ("deleted",) * 2 + ("step",) * 18
              + ("updated",) * 2 + ("snoozed",) * 4 + ("unsnoozed",) * 2 + ("read",) * 3
-             + ("mention",) * 2)
+             + ("mention",) * 2 + ("views",) * 3)
 _SEQUENCING: tuple[Sequencing, ...] = ("next", "next", "next", "none", "stale")
 # A snooze's until, seconds after the event (one event a second): soon (it wakes a few
 # events later; at 1.0 exactly when the next one occurs), between two events, none (only
@@ -573,7 +770,7 @@ _VALUES = st.one_of(st.booleans(), st.integers(-(2**53), 2**53),
                     st.text(max_size=5), st.text(min_size=MAX_ATTRIBUTE_TEXT,
                                                  max_size=MAX_ATTRIBUTE_TEXT))
 _DETAILS: dict[str, st.SearchStrategy[Any]] = {
-    "channel": st.one_of(st.none(), st.sampled_from(("web", "email"))),
+    "channel": st.one_of(st.none(), st.sampled_from(TINY_CHANNELS)),
     "priority": st.sampled_from(PRIORITIES),
     "labels": st.lists(st.sampled_from(TINY_LABELS), unique=True, max_size=3)}
 _CREATED = st.fixed_dictionaries({}, optional={
@@ -583,13 +780,81 @@ _UPDATED = st.fixed_dictionaries({}, optional={
     "attributes": st.dictionaries(st.sampled_from(TINY_KEYS), st.none() | _VALUES)})
 
 
+def _drawn_test(shape: FactTestShape) -> st.SearchStrategy[dict[str, Any]]:
+    fact, operators, values = shape
+
+    def with_operator(op: str) -> st.SearchStrategy[dict[str, Any]]:
+        value: st.SearchStrategy[Any]
+        if op == "present":
+            value = st.booleans()
+        elif op in _LISTS:
+            value = st.lists(st.sampled_from(values), min_size=1, max_size=3, unique=True)
+        else:
+            value = st.sampled_from(values)
+        return value.map(partial(_fact_test, fact, op))
+
+    return st.sampled_from(operators).flatmap(with_operator)
+
+
+def view_conditions(*, categories: Sequence[str] = VIEW_CATEGORIES,
+                    predicates: Sequence[str] = VIEW_PREDICATES,
+                    labels: Sequence[str] = TINY_LABELS, channels: Sequence[str] = TINY_CHANNELS,
+                    attributes: dict[str, str] | None = None, waiting: Sequence[int] = (),
+                    max_leaves: int = 5) -> st.SearchStrategy[dict[str, Any]]:
+    """Views' conditions in the rule language: fact tests (half the leaves; every
+    operator, :func:`view_test_shapes`), references to ``categories`` and ``predicates``,
+    and all/any/not of them, at most ``max_leaves`` leaves (far from the limit of 64
+    condition nodes)."""
+    tests = st.one_of(*(_drawn_test(shape)
+                        for shape in view_test_shapes(labels, channels, attributes, waiting)))
+    leaves = st.one_of(tests, st.sampled_from(categories).map(lambda name: {"category": name}),
+                       tests, st.sampled_from(predicates).map(lambda name: {"predicate": name}))
+
+    def combined(inner: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+        items = st.lists(inner, min_size=1, max_size=3)
+        return st.one_of(items.map(lambda c: {"all": c}), items.map(lambda c: {"any": c}),
+                         inner.map(lambda c: {"not": c}))
+
+    return st.recursive(leaves, combined, max_leaves=max_leaves)
+
+
+TINY_WAITING = (1, 2, 4)  # seconds: streams have an event a second
+TINY_CONDITIONS = view_conditions(waiting=TINY_WAITING)
+
+
+@st.composite
+def view_lists(draw: st.DrawFn, conditions: st.SearchStrategy[dict[str, Any]] = TINY_CONDITIONS,
+               ids: Sequence[str] = TINY_VIEW_IDS, min_size: int = 0) -> list[dict[str, Any]]:
+    """A set of views (a views event's ``views``): distinct ids, maybe none."""
+    chosen = draw(st.lists(st.sampled_from(ids), unique=True, min_size=min_size,
+                           max_size=len(ids)))
+    return [{"view_id": view_id, "name": f"View {view_id}", "when": draw(conditions)}
+            for view_id in chosen]
+
+
+@st.composite
+def tiny_view_steps(draw: st.DrawFn, account: str | None = None) -> Step:
+    """The shared views of an account, or the personal views of one of its agents (who
+    may not be one of its agents yet), replaced."""
+    account = account or draw(st.sampled_from(TINY_ACCOUNTS))
+    sequence = draw(st.sampled_from(_SEQUENCING))
+    views = draw(view_lists())
+    if draw(st.booleans()):
+        return Step("account.views_updated", account, {"views": views}, sequence=sequence)
+    return Step("agent.views_updated", account,
+                {"agent_id": draw(st.sampled_from(TINY_AGENTS)), "views": views},
+                sequence=sequence)
+
+
 @st.composite
 def tiny_steps(draw: st.DrawFn) -> Step:
     """One step in the tiny universe: snapshots may name no agent, or group members
     who are not agents; any step may concern a chat never created; chats get details,
-    reads, mentions (of the author too) and snoozes."""
+    reads, mentions (of the author too) and snoozes; views are defined (and removed)."""
     account = draw(st.sampled_from(TINY_ACCOUNTS))
     family = draw(st.sampled_from(_FAMILIES))
+    if family == "views":
+        return draw(tiny_view_steps(account))
     sequence = draw(st.sampled_from(_SEQUENCING))
     agent = st.sampled_from(TINY_AGENTS)
     group = st.sampled_from(TINY_GROUPS)
@@ -624,11 +889,15 @@ def tiny_steps(draw: st.DrawFn) -> Step:
 
 
 @st.composite
-def event_streams(draw: st.DrawFn, max_size: int = 40) -> list[dict[str, Any]]:
-    """Valid streams of up to ``max_size`` steps in the tiny universe; after about one
-    step in ten, an earlier event is re-sent (same id)."""
+def event_streams(draw: st.DrawFn, max_size: int = 40,
+                  steps: st.SearchStrategy[Step] | None = None,
+                  min_size: int = 1) -> list[dict[str, Any]]:
+    """Valid streams of ``min_size`` to ``max_size`` steps (of :func:`tiny_steps`
+    unless ``steps`` says) in the tiny universe; after about one step in ten, an
+    earlier event is re-sent (same id)."""
     emit = Emitter("h")
-    for step in draw(st.lists(tiny_steps(), min_size=1, max_size=max_size)):
+    drawn = tiny_steps() if steps is None else steps
+    for step in draw(st.lists(drawn, min_size=min_size, max_size=max_size)):
         emit(step)
         if draw(st.integers(0, 9)) == 0:
             emit(Resend(draw(st.integers(0, len(emit.events) - 1))))
