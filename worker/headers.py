@@ -17,7 +17,7 @@ from typing import Any
 import pika.data
 import pika.exceptions
 
-from contracts.trace import TRACE_HEADERS, TraceContext, trace_context
+from contracts.trace import TRACE_HEADERS, TRACEPARENT, TRACESTATE, TraceContext, trace_context
 from worker.link import Outgoing
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def copyable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     if not copied:
         return copied
     traced: dict[str, str] = {}
-    if TRACE_HEADERS[0] in copied or TRACE_HEADERS[1] in copied:
+    if TRACEPARENT in copied or TRACESTATE in copied:
         trace = trace_context(copied)
         for name in TRACE_HEADERS:
             copied.pop(name, None)
