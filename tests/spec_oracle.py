@@ -377,7 +377,7 @@ def _groups_in_effect(facts: Facts) -> bool:
     return bool(facts["account.plan"] == "pro" and facts["account.group_count"] > 0)
 
 
-# The default rule set's predicates (rules/inbox.yaml), as the contract words them (docs/categories.md).
+# The default rule set's predicates (rules/inbox.yaml), as docs/categories.md words them.
 PREDICATES: dict[str, Callable[[Facts], bool]] = {
     "open": lambda f: f["conversation.status"] == "open",
     "unresolved": lambda f: f["conversation.status"] in UNRESOLVED,
