@@ -69,7 +69,7 @@ __all__ = [
 ASYNCAPI_PATH = Path(__file__).parent / "asyncapi.yaml"
 # The version of the messaging API this document describes (info.version): bump it
 # when a contract changes in a way a producer or consumer must know about.
-API_VERSION = "1.1.0"
+API_VERSION = "1.2.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 

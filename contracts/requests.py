@@ -25,10 +25,13 @@ from contracts.ids import (
     too_large,
     too_large_reason,
 )
+from contracts.views import View
 
-RequestKind = Literal["snapshot", "explain"]
+RequestKind = Literal["snapshot", "explain", "views.check"]
 # The routing keys of ``inbox.requests``, one per kind of request.
-REQUEST_KINDS: tuple[RequestKind, ...] = ("snapshot", "explain")
+REQUEST_KINDS: tuple[RequestKind, ...] = ("snapshot", "explain", "views.check")
+# A preview lists at most this many conversations per view and agent (counts are exact).
+MAX_PREVIEW_CONVERSATIONS = 20
 
 # A snapshot page holds at most this many conversations unless the request asks for
 # fewer: big enough that most inboxes fit in one reply, small enough that a reply stays
@@ -41,7 +44,8 @@ MAX_FILTER_CATEGORIES = 64
 # The rule compiler's category-name rule (worker/rulebook/syntax.py NAME_PATTERN),
 # repeated here because contracts must not import the worker: a name outside it can
 # never be a category, so asking for it is a bad request rather than an empty answer.
-CATEGORY_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# An account's views are categories too: ``view:<view_id>``.
+CATEGORY_PATTERN = r"^([a-z][a-z0-9_]{0,63}|view:[A-Za-z0-9_:\-]{1,128})$"
 CategoryName = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
 
 Seq = Annotated[int, Field(ge=0, le=MAX_SEQUENCE)]
@@ -147,7 +151,9 @@ class ConditionExplanation(_Reply):
     """
 
     file: str
-    line: Annotated[int, Field(ge=1)]
+    line: Annotated[int, Field(ge=1)] | None = Field(description=(
+        "Its line in the file; null for the conditions of a view (``file`` then names "
+        "the views: they came in an event, not a file)."))
     condition: str
     holds: bool
     depth: Annotated[int, Field(ge=0)] = 0
@@ -187,11 +193,40 @@ class ExplainReply(_Reply):
     explanations: list[CategoryExplanation]
 
 
-Request = SnapshotRequest | ExplainRequest
+class ViewsCheckRequest(_Request):
+    """Check candidate views against the live rules without changing anything (routing
+    key ``views.check``): the body of a views event, ``views`` (an agent's personal
+    views when ``agent_id`` is given, else the account's shared views). With an
+    ``account_id``, valid views are also previewed against that account's current
+    state: per view and agent (``agent_id`` alone, or every agent of the account), how
+    many of its conversations the view would hold now, and which."""
+
+    views: list[View]
+    account_id: Id | None = None
+    agent_id: Id | None = None
+
+
+class ViewPreview(_Reply):
+    count: int = Field(description="How many conversations the view holds for the agent.")
+    conversations: list[Id] = Field(description=(
+        f"The first of them by id, at most {MAX_PREVIEW_CONVERSATIONS}."))
+
+
+class ViewsCheckReply(_Reply):
+    """Every problem of the candidate views (``views[2].when.all[1].fact: unknown fact
+    conversation.colour``), none when they are valid; with an ``account_id`` and no
+    problem, ``preview``: view id -> agent id -> what it would hold now."""
+
+    problems: list[str]
+    preview: dict[Id, dict[Id, ViewPreview]] | None = None
+
+
+Request = SnapshotRequest | ExplainRequest | ViewsCheckRequest
 # Keyed by plain str: the key is looked up with a routing key, which may be anything.
-_MODELS: dict[str, type[SnapshotRequest] | type[ExplainRequest]] = {
+_MODELS: dict[str, type[SnapshotRequest] | type[ExplainRequest] | type[ViewsCheckRequest]] = {
     "snapshot": SnapshotRequest,
     "explain": ExplainRequest,
+    "views.check": ViewsCheckRequest,
 }
 
 
@@ -216,6 +251,9 @@ def parse_request(body: bytes, kind: Literal["snapshot"], *,
 @overload
 def parse_request(body: bytes, kind: Literal["explain"], *,
                   max_bytes: int = ...) -> ExplainRequest: ...
+@overload
+def parse_request(body: bytes, kind: Literal["views.check"], *,
+                  max_bytes: int = ...) -> ViewsCheckRequest: ...
 @overload
 def parse_request(body: bytes, kind: str, *, max_bytes: int = ...) -> Request: ...
 

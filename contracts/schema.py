@@ -3,6 +3,9 @@
 ``python -m contracts.schema`` rewrites the files; a test fails when they are stale.
 :data:`CONTRACTS` is also what ``contracts.asyncapi`` builds its message payloads from,
 so the AsyncAPI document and these files can never describe different messages.
+
+``rule-file.schema.json`` beside them is no message: it is made from the rule language
+by ``python -m worker.rulebook.schema`` (this package never imports the worker).
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE
 
 from contracts.events import Event
-from contracts.requests import ExplainReply, ExplainRequest, SnapshotReply, SnapshotRequest
+from contracts.requests import (
+    ExplainReply,
+    ExplainRequest,
+    SnapshotReply,
+    SnapshotRequest,
+    ViewsCheckReply,
+    ViewsCheckRequest,
+)
 from contracts.updates import CategoryUpdate
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
@@ -69,6 +79,11 @@ CONTRACTS: tuple[Contract, ...] = (
              TypeAdapter(ExplainRequest)),
     Contract("explain-reply.schema.json", "ExplainReply",
              "Explain reply (to the request's reply_to)", TypeAdapter(ExplainReply)),
+    Contract("views-check-request.schema.json", "ViewsCheckRequest",
+             "Views check request (inbox.requests, routing key views.check)",
+             TypeAdapter(ViewsCheckRequest)),
+    Contract("views-check-reply.schema.json", "ViewsCheckReply",
+             "Views check reply (to the request's reply_to)", TypeAdapter(ViewsCheckReply)),
 )
 
 

@@ -1,12 +1,17 @@
 """Doubles for testing :class:`worker.amqp.link.AmqpLink`: a handler that records what the
 link reports, and a pika connection/channel pair the test drives by hand (so the
-link's state machine runs without a broker)."""
+link's state machine runs without a broker). And for the downstream client
+(:mod:`contracts.client`): :class:`BlockingWorker`, a pika ``BlockingConnection`` with a
+worker behind it."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pika
@@ -14,6 +19,9 @@ import pika.exceptions
 import pika.frame
 import pika.spec
 
+from contracts.asyncapi_parts.common import DIRECT_REPLY_TO, REQUESTS_EXCHANGE
+from contracts.requests import SnapshotReply, SnapshotRequest
+from contracts.updates import CategoryUpdate
 from worker.link import Delivery, Returned
 
 
@@ -260,3 +268,158 @@ class FakeBroker:
     @property
     def connection(self) -> FakeConnection:
         return self.connections[-1]
+
+
+# -- the downstream client's broker -------------------------------------------------------
+class Frame:
+    """A stand-in for pika's method frames and properties: the given attributes."""
+
+    def __init__(self, *args: Any, **attributes: Any) -> None:
+        if args:
+            self.method = args[0]
+        self.__dict__.update(attributes)
+
+
+Answer = Callable[[SnapshotRequest], SnapshotReply | None]
+
+
+@dataclass
+class BlockingWorker:
+    """A ``pika.BlockingConnection`` and its channels in one, with a worker behind it:
+    snapshot requests are answered by ``answer`` (None: never), or returned unrouted
+    (``returns``); :meth:`publish_updates` delivers updates to the queue bound for
+    them. Deliveries and timers (``call_later``) run in ``process_data_events``, which
+    raises ``lose`` (a lost connection) once it is set. Call it as ``connect``: it
+    records the connection and gives itself."""
+
+    answer: Answer
+    returns: bool = False
+    lose: BaseException | None = None
+    calls: list[str] = field(default_factory=list)
+    requests: list[tuple[SnapshotRequest, Any, bool]] = field(default_factory=list)
+    bindings: dict[str, str] = field(default_factory=dict)  # routing key -> queue
+    pending: deque[Callable[[], None]] = field(default_factory=deque)
+    timers: dict[int, tuple[float, Callable[[], None]]] = field(default_factory=dict)
+    consumers: dict[str, Callable[..., None]] = field(default_factory=dict)
+    on_return: Callable[..., None] | None = None
+    is_open: bool = True
+    queues: int = 0
+    channels: list[BlockingChannel] = field(default_factory=list)
+
+    @property
+    def is_closed(self) -> bool:
+        return not self.is_open
+
+    # connection
+    def __call__(self, _params: object) -> BlockingWorker:
+        self.calls.append("connect")
+        self.is_open, self.lose = True, None
+        return self
+
+    def channel(self) -> BlockingChannel:
+        self.channels.append(BlockingChannel(self))
+        return self.channels[-1]
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self.is_open = False
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> int:
+        timer = max(self.timers, default=0) + 1
+        self.timers[timer] = (time.monotonic() + delay, callback)
+        return timer
+
+    def remove_timeout(self, timer: int) -> None:
+        self.timers.pop(timer, None)
+
+    def process_data_events(self, time_limit: float = 0) -> None:
+        if self.lose is not None:
+            self.is_open = False
+            raise self.lose
+        if not self.pending:
+            time.sleep(min(time_limit, 0.005))
+        for _ in range(len(self.pending)):  # what came meanwhile waits for the next call
+            self.pending.popleft()()
+        now = time.monotonic()
+        for timer, (due, callback) in sorted(self.timers.items()):
+            if due <= now:
+                del self.timers[timer]
+                callback()
+
+    # the channel's (BlockingChannel passes them on)
+    def exchange_declare(self, exchange: str, **_kw: object) -> None:
+        self.calls.append(f"exchange_declare {exchange}")
+
+    def queue_declare(self, queue: str, **kw: object) -> Any:
+        assert kw == {"exclusive": True, "auto_delete": True}
+        self.calls.append("queue_declare")
+        self.queues += 1
+        return Frame(Frame(queue=f"amq.gen-{self.queues}"))
+
+    def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
+        self.calls.append(f"queue_bind {exchange} {routing_key}")
+        self.bindings[routing_key] = queue
+
+    def basic_consume(self, queue: str, callback: Callable[..., None],
+                      auto_ack: bool = False) -> None:
+        assert auto_ack
+        self.calls.append(f"basic_consume {queue}")
+        self.consumers[queue] = callback
+
+    def add_on_return_callback(self, callback: Callable[..., None]) -> None:
+        self.on_return = callback
+
+    def basic_publish(self, exchange: str, routing_key: str, body: bytes,
+                      properties: Any, mandatory: bool = False) -> None:
+        assert (exchange, routing_key) == (REQUESTS_EXCHANGE, "snapshot")
+        # RabbitMQ's rule: the direct reply-to is consumed before it is published with.
+        assert DIRECT_REPLY_TO in self.consumers
+        self.calls.append("basic_publish")
+        request = SnapshotRequest.model_validate_json(body)
+        self.requests.append((request, properties, mandatory))
+        if self.returns:
+            on_return = self.on_return
+            assert on_return is not None
+            method = Frame(reply_text="NO_ROUTE")
+            self.pending.append(lambda: on_return(self, method, properties, body))
+            return
+        reply = self.answer(request)
+        if reply is not None:
+            answer = Frame(correlation_id=properties.correlation_id)
+            deliver = self.consumers[DIRECT_REPLY_TO]
+            self.pending.append(
+                lambda: deliver(self, None, answer, reply.model_dump_json().encode()))
+
+    def publish_updates(self, updates: Sequence[CategoryUpdate]) -> None:
+        """Deliver ``updates`` (after whatever is pending) to the queue bound for each."""
+        for update in updates:
+            queue = self.bindings[update.routing_key]
+            body = update.model_dump_json().encode()
+            self.pending.append(partial(self._deliver, queue, body))
+
+    def _deliver(self, queue: str, body: bytes) -> None:
+        self.consumers[queue](self, None, None, body)
+
+
+class BlockingChannel:
+    """A channel of a :class:`BlockingWorker`: its own state, the worker's methods."""
+
+    def __init__(self, worker: BlockingWorker) -> None:
+        self.worker = worker
+        self.closed_by_broker = False
+        self.closed = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.worker.is_open and not (self.closed or self.closed_by_broker)
+
+    @property
+    def is_closed(self) -> bool:
+        return not self.is_open
+
+    def close(self) -> None:
+        self.worker.calls.append("channel close")
+        self.closed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.worker, name)

@@ -4,7 +4,7 @@ It recomputes every category of every agent from scratch after each event, with 
 category table of the contract written out in Python (the product keeps it in rule files),
 and what each agent has not read yet from the order in which things happened.
 
-Views (SPEC.md, "Views"): each view's condition is read here, by a small evaluator of the
+Views (docs/views.md): each view's condition is read here, by a small evaluator of the
 rule language of its own (:func:`holds`), over the facts of one (agent, conversation)
 as this model has them (:meth:`SpecOracle.facts`), the default rules' predicates written
 out in Python (:data:`PREDICATES`) and the categories of the table. A view holds only
@@ -395,7 +395,7 @@ def _groups_in_effect(facts: Facts) -> bool:
     return bool(facts["account.plan"] == "pro" and facts["account.group_count"] > 0)
 
 
-# The default rule set's predicates (rules/inbox.yaml), as SPEC.md words them.
+# The default rule set's predicates (rules/inbox.yaml), as docs/categories.md words them.
 PREDICATES: dict[str, Callable[[Facts], bool]] = {
     "open": lambda f: f["conversation.status"] == "open",
     "unresolved": lambda f: f["conversation.status"] in UNRESOLVED,

@@ -17,6 +17,7 @@ from pika.spec import BasicProperties
 
 from contracts import BadEvent, parse_event
 from contracts.ids import TruncatedBody
+from contracts.trace import trace_context
 from worker.amqp.intake import DeliveryIntake
 
 OURS = "ctag1.ours"
@@ -96,6 +97,9 @@ def stream(seed: int) -> tuple[list[bytes], list[tuple[Any, ...]], bytes]:
         if roll < 0.6:
             body = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 50, 700))))
             headers = {"x-inbox-routing-key": f"acc-{tag}"} if tag % 3 else None
+            if tag % 3 == 2:  # a trace context, as upstream sends it
+                headers = {**(headers or {}), "traceparent": f"00-{tag:032x}-{tag:016x}-01",
+                           "tracestate": f"rojo=t{tag},congo={'c' * (tag * 4)}"}
             frames += delivery_frames(1, OURS, tag, body, frame_max=rng.choice((4096, 300)),
                                       redelivered=tag % 5 == 0, headers=headers)
             expected.append((OURS, tag, tag % 5 == 0, "acc-1.ag-1", f"m-{tag}", headers,
@@ -251,3 +255,32 @@ def test_a_body_exactly_at_the_limit_is_kept_whole() -> None:
         b"".join(delivery_frames(1, OURS, 1, body, frame_max=300)))
     delivered = sink.deliveries[0][-1]
     assert delivered == body and not isinstance(delivered, TruncatedBody)
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize(("headers", "traced"), [
+    ({"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01",
+      "tracestate": "rojo=00f067aa0ba902b7, congo=t61rcWkgMzE"}, True),
+    ({"traceparent": f"01-{TRACE_ID}-00f067aa0ba902b7-01-later", "tracestate": "x=" + "y" * 256,
+      "n": 3, "nested": {"hops": [1, "two", True]}, "\u20ac": "\u20ac" * 100}, True),
+    ({"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()}, False),  # a byte array
+    ({"traceparent": "not one", "tracestate": "rojo=1"}, False),
+], ids=["plain", "later-version", "bytes", "invalid"])
+def test_trace_headers_reach_the_sink_as_pika_decodes_them(headers: dict[str, Any],
+                                                           traced: bool) -> None:
+    """The worker reads a delivery's trace context from its headers (on pika's road
+    when the intake is off): the intake's headers are pika's, value for value, so both
+    roads find the same trace context, or none."""
+    frames = delivery_frames(1, OURS, 1, b"{}", headers=headers)
+    sink = Sink()
+    DeliveryIntake(PikaSide(), sink).data_received(b"".join(frames))
+    [(*_fields, taken, _body)] = sink.deliveries
+    _size, header_frame = pika.frame.decode_frame(frames[1])
+    assert isinstance(header_frame, pika.frame.Header)
+    by_pika = header_frame.properties.headers
+    assert taken == by_pika
+    assert [type(v) for v in taken.values()] == [type(v) for v in by_pika.values()]
+    assert trace_context(taken) == trace_context(by_pika)
+    assert (trace_context(taken) is not None) is traced

@@ -6,7 +6,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from worker.amqp.properties import _shape, encoded_properties, outgoing_properties
+from worker.amqp.properties import _shape, encoded_properties, outgoing_properties, text_table
 from worker.link import Outgoing
 
 
@@ -33,6 +33,16 @@ SHAPES = [
     Outgoing("x", "k", b"", "i" * 255, type="category.update"),
     Outgoing("x", "k", b"", "", type="category.update"),
     Outgoing("x", "k", b"", "é-ü", type="category.update"),
+    # An update with its event's trace context (docs/contract.md#trace-context).
+    Outgoing("inbox.categories", "acc-1.ag-1", b"{}", "8c4e5bb0f35a4a7c9e0d7b1a2f6c3d90",
+             {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+              "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"},
+             type="category.update"),
+    # Text headers of every size, names and values beyond ASCII; none at all.
+    Outgoing("x", "k", b"", "m", {"x-error": "bad \u20ac" * 300, "\u00e9": "", "k" * 255: "v"},
+             content_type="text/plain", type="t", correlation_id="c", reply_to="r",
+             content_encoding="gzip", timestamp=1_700_000_000, app_id="up"),
+    Outgoing("x", "k", b"", "m", {}, persistent=False),
 ]
 
 
@@ -55,10 +65,13 @@ def test_each_message_gets_its_own_id_on_a_shared_shape() -> None:
 
 
 @pytest.mark.parametrize("message", [
-    SHAPES[0]._replace(headers={"x-error": "bad"}),  # a dead letter: headers vary
+    SHAPES[0]._replace(headers={"x-error": "bad", "hop": 3}),  # not all text
+    SHAPES[0]._replace(headers={"x-death": [{"count": 1}]}),
+    SHAPES[0]._replace(headers={"raw": b"bytes"}),
     SHAPES[0]._replace(message_id=None),
+    SHAPES[-3]._replace(message_id=None),  # a reply: no id, with a trace context
     SHAPES[0]._replace(type="\x01inbox-rules:message-id\x01"),  # the marker itself
-], ids=["headers", "no id", "marker in a field"])
+], ids=["headers", "a list", "bytes", "no id", "no id, headers", "marker in a field"])
 def test_other_messages_take_pikas_encoder(message: Outgoing) -> None:
     assert not _spliced(message)
     assert encoded_properties(message) == b"".join(stock(message).encode())
@@ -71,7 +84,9 @@ def test_an_id_no_short_string_holds_is_refused_as_pika_refuses_it() -> None:
 
 def _spliced(message: Outgoing) -> bool:
     """Whether ``message`` takes the spliced road (its shape could be encoded)."""
-    return message.headers is None and message.message_id is not None and _shape(
+    headers = message.headers
+    text = headers is None or text_table(headers) is not None
+    return text and message.message_id is not None and _shape(
         message.content_type, message.persistent, message.type, message.correlation_id,
         message.reply_to, message.content_encoding, message.timestamp,
-        message.app_id or "inbox-rules") is not None
+        message.app_id or "inbox-rules", headers is not None) is not None

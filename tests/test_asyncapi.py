@@ -21,6 +21,7 @@ from contracts import asyncapi
 from contracts.asyncapi import ASYNCAPI_PATH, REF_TEMPLATE, component_schemas, render
 from contracts.events import EVENT_TYPES
 from contracts.schema import CONTRACTS
+from contracts.trace import TRACEPARENT_PATTERN, TRACEPARENT_READ_PATTERN, trace_context
 from contracts.updates import CategoryUpdate
 
 CHECK_DIR = Path(asyncapi.__file__).parent / "asyncapi-check"
@@ -84,7 +85,31 @@ def test_document_describes_the_topology() -> None:
     actions = {name: op["action"] for name, op in doc["operations"].items()}
     assert actions == {"receiveEvents": "receive", "sendCategoryUpdates": "send",
                        "receiveSnapshotRequests": "receive",
-                       "receiveExplainRequests": "receive", "sendDeadLetters": "send"}
+                       "receiveExplainRequests": "receive",
+                       "receiveViewsCheckRequests": "receive", "sendDeadLetters": "send"}
+
+
+RECEIVED = ("event", "snapshotRequest", "explainRequest", "viewsCheckRequest")
+SENT = ("categoryUpdate", "snapshotReply", "explainReply", "viewsCheckReply", "deadLetter")
+
+
+def test_every_message_names_the_trace_context_headers() -> None:
+    """Received messages may carry a traceparent of any version; what the worker sends
+    carries one of version 00 (docs/contract.md#trace-context). The header examples are
+    what the worker copies."""
+    messages = _document()["components"]["messages"]
+    assert set(messages) == {*RECEIVED, *SENT}
+    for name, message in messages.items():
+        headers = message["headers"]["properties"]
+        pattern = TRACEPARENT_READ_PATTERN if name in RECEIVED else TRACEPARENT_PATTERN
+        assert headers["traceparent"]["pattern"] == pattern, name
+        assert headers["tracestate"]["type"] == "string", name
+    examples = [e["headers"] for m in messages.values() for e in m.get("examples", [])
+                if "headers" in e]
+    assert len(examples) == 4
+    for headers in examples:
+        trace = trace_context(headers)
+        assert trace is not None and trace.headers() == headers
 
 
 def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -132,10 +157,17 @@ def _break_reply_messages(doc: dict[str, Any]) -> None:
     reply["messages"] = [{"$ref": "#/channels/deadLetters/messages/deadLetter"}]
 
 
+def _break_header_example(doc: dict[str, Any]) -> None:
+    example = doc["components"]["messages"]["categoryUpdate"]["examples"][0]
+    example["headers"]["traceparent"] = example["headers"]["traceparent"].upper()
+
+
 @pytest.mark.parametrize(("breakage", "diagnostic"), [
     (_break_exchange_type, "channels.chatEvents.bindings.amqp.exchange.type"),
     (_break_example, "snapshotReply.examples[0] (complete inbox): payload/seq must be integer"),
     (_break_reply_messages, "message deadLetter is not a message of the reply channel"),
+    (_break_header_example,
+     "categoryUpdate.examples[0] (agent joins): headers/traceparent must match pattern"),
 ])
 def test_validator_rejects_a_broken_document(
         tmp_path: Path, breakage: Callable[[dict[str, Any]], None], diagnostic: str) -> None:

@@ -106,6 +106,7 @@ CASES: dict[str, tuple[int, Case, str | None]] = {
         "no deployed rules version 'nope'"),
     "rules rollback store unusable": (EXIT_TROUBLE, lambda t: [
         "rules", "rollback", "--store", str(t)], "state store"),
+    "rules schema ok": (EXIT_OK, lambda t: ["rules", "schema"], None),
     "rules history ok": (EXIT_OK, lambda t: [
         "rules", "history", "--store", _store(t, copy_rules(t, "a"))], None),
     "rules history no store": (EXIT_TROUBLE, lambda t: [

@@ -693,8 +693,8 @@ def test_bad_requests_are_dead_lettered_with_the_reason() -> None:
     assert link.acks[-1] == (3, True)
 
 
-@pytest.mark.parametrize(("kind", "target"), [("snapshot", "worker.pipeline.snapshot"),
-                                              ("explain", "worker.pipeline.explain_pair")])
+@pytest.mark.parametrize(("kind", "target"), [("snapshot", "worker.answers.snapshot"),
+                                              ("explain", "worker.answers.explain_pair")])
 def test_a_request_the_worker_fails_on_is_dead_lettered_and_the_stream_goes_on(
         kind: str, target: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -36,7 +36,7 @@ from worker.rulebook.attributes import ATTRIBUTE_OPERATORS
 from worker.rulebook.engine import default_rules_dir
 from worker.rulebook.explain import all_verdicts, explain, explain_pair
 from worker.rulebook.facts import ATTRIBUTE_PREFIX, DETAIL_FACTS
-from worker.rulebook.syntax import (
+from worker.rulebook.language import (
     LISTS,
     OPERATORS,
     ORDERING,
@@ -261,7 +261,7 @@ def _facts(**changes: Any) -> dict[str, Any]:
 
 
 def _conditions_of(rules: CompiledRules, category: str,
-                   facts: dict[str, Any]) -> list[tuple[int, int, str, bool]]:
+                   facts: dict[str, Any]) -> list[tuple[int, int | None, str, bool]]:
     verdict = next(v for v in explain(rules.definitions, facts) if v.name == category)
     return [(c.depth, c.line, c.condition, c.holds) for c in verdict.model().conditions]
 

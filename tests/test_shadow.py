@@ -65,11 +65,11 @@ def _shadow(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(main, ["shadow", *args], env=env, catch_exceptions=False)
 
 
-def _independent(candidate: Path) -> dict[str, Any]:
+def _independent(candidate: Path, events: list[dict[str, Any]] = EVENTS) -> dict[str, Any]:
     """Replay under both rule sets (the command line's replay) and diff the final
     categories and counts downstream ends up with."""
-    now_categories, now_counts = final_view(replay(EVENTS))
-    new_categories, new_counts = final_view(replay(EVENTS, candidate))
+    now_categories, now_counts = final_view(replay(events))
+    new_categories, new_counts = final_view(replay(events, candidate))
     entered: Counter[str] = Counter()
     left: Counter[str] = Counter()
     differences = 0
@@ -136,6 +136,25 @@ def test_a_variant_reports_what_replaying_under_both_rule_sets_gives(
     assert text.exit_code == 1
     assert f"{expected['differences']} of " in text.stdout
     assert "new enters for" in text.stdout and "candidate:" in text.stdout
+
+
+def test_views_follow_the_categories_they_name_into_the_report(
+        tmp_path: Path, variant: Path) -> None:
+    """A shared view on ``new``: the variant moves it with ``new``, pair for pair,
+    as replaying the same events under both rule sets says."""
+    accounts = sorted({e["account_id"] for e in EVENTS})
+    views = [{"event_id": f"views-{account}", "type": "account.views_updated",
+              "account_id": account, "occurred_at": EVENTS[0]["occurred_at"],
+              "data": {"views": [{"view_id": "waiting", "when": {"category": "new"}}]}}
+             for account in accounts]
+    events = [*views, *EVENTS]
+    path = tmp_path / "with-views.jsonl"
+    path.write_bytes(b"".join(body + b"\n" for body in encode(events)))
+    expected = _independent(variant, events)
+    assert expected["entered"]["view:waiting"] == expected["entered"]["new"] > 0
+    result = _shadow(str(path), "--candidate", str(variant), "--json")
+    assert result.exit_code == 1, result.output
+    _check(json.loads(result.stdout), expected)
 
 
 def test_trouble_exits_2(tmp_path: Path, events_file: Path, variant: Path) -> None:

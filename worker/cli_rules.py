@@ -108,6 +108,19 @@ def rules_test(directory: Path | None, with_coverage: bool, as_json: bool,
         sys.exit(EXIT_NO)
 
 
+@rules.command("schema", epilog=exit_status(
+    "the schema is printed", "it cannot be written"))
+def rules_schema() -> None:
+    """Print the JSON Schema of a rule file (draft-07), for editors that check and
+    complete YAML with one: the file contracts/schema/rule-file.schema.json of the
+    repository and of the installed package. What one file cannot show (references,
+    attribute types, duplicates) only rules check says."""
+    from contracts.schema import render
+    from worker.rulebook.schema import rule_file_schema
+
+    click.echo(render(rule_file_schema()), nl=False)
+
+
 _STORE_OPTION = click.option(
     "--store", "where", default="", metavar="PATH|URL",
     help="The workers' state store: a SQLite file or a postgresql:// URL (default: "

@@ -16,20 +16,16 @@ The driver (:mod:`worker.driver`) only carries a plan out.
 from __future__ import annotations
 
 import logging
-import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import orjson
-import pika.data
-import pika.exceptions
 
 from contracts import BadEvent, parse_event
 from contracts.ids import MAX_ROUTING_KEY
-from contracts.requests import BadRequest, SnapshotRequest, parse_request
+from contracts.requests import BadRequest, parse_request
+from contracts.trace import TRACEPARENT, trace_context
 from worker.accounts import AccountCache
+from worker.answers import UnanswerableError, answer
 from worker.cluster.partitions import partition_of
 from worker.control import (
     CONTROL_HEADER,
@@ -42,31 +38,19 @@ from worker.control import (
     without_internal,
 )
 from worker.domain.account import AccountWrite
-from worker.domain.snapshot import snapshot
 from worker.domain.updates import Update
 from worker.errors import RuleFileError, StoreError, UnknownRulesError
+from worker.headers import copyable_headers, traced
 from worker.link import Delivery, Outgoing
-from worker.rulebook.engine import CompiledRules
-from worker.rulebook.explain import explain_pair
+from worker.observability.logs import log_context
 from worker.rules_in_force import RulesInForce
 
 log = logging.getLogger(__name__)
 
-# Original headers whose AMQP encoding (pika's, the one that publishes the copy) is
-# larger than this are not copied to a dead letter or to the router's copy: half of
-# the 128 KiB frame_max RabbitMQ and pika agree on by default, so the copy's content
-# header (those headers, the few the worker adds, the other properties: short strings
-# of 255 bytes at most) always fits one frame. An original may fill its frame: a
-# bigger copy gets the connection closed (FRAME_ERROR), again on every redelivery.
-MAX_COPIED_HEADERS_BYTES = 64 * 1024
 # An x-error header must fit a frame with room to spare (frame_max is 128 KiB): a
 # reason naming 20,000 wrong fields would get the connection closed, again and again.
 # 1,000 characters are 4,000 bytes of UTF-8 at most.
 MAX_REASON_CHARS = 1000
-# Says that (and why) a copy goes without the original's headers.
-HEADERS_DROPPED_HEADER = "x-original-headers-dropped"
-# What pika's table encoder raises for a value it cannot encode again.
-_UNENCODABLE = (pika.exceptions.AMQPError, struct.error, TypeError, ValueError)
 
 
 # Headers the router adds for the partition owner (honoured only with the fleet's
@@ -192,7 +176,7 @@ class Step:
         deadline = self.clock() + self.budget
         if sweep is not None:
             self._sweep(plan, sweep, cache, rules, deadline)
-        clock, one = self.clock, self._one
+        clock, one, traced_one = self.clock, self._one, self._traced
         taken, outcomes = plan.deliveries, plan.outcomes
         for index, delivery in enumerate(deliveries):
             if (index or sweep is not None) and clock() > deadline:
@@ -201,7 +185,8 @@ class Step:
                 plan.rest = list(deliveries[index:])
                 break
             try:
-                outcome = one(delivery, plan, cache, rules)
+                outcome = (traced_one if TRACEPARENT in delivery.headers else one)(
+                    delivery, plan, cache, rules)
             except StoreError as exc:
                 plan.rest = list(deliveries[index:])
                 plan.stalled = exc
@@ -211,6 +196,21 @@ class Step:
         plan.writes = [w for w in (self._write(cache, a) for a in sorted(plan.touched))
                        if w is not None]
         return plan
+
+    def _traced(self, delivery: Delivery, plan: Plan, cache: AccountCache,
+                rules: RulesInForce) -> Outcome:
+        """A delivery with a traceparent header: if valid, the lines logged about it
+        carry its trace id, and its updates and its reply carry its trace context
+        (its dead letter or routed copy copies it with the headers: copyable_headers).
+        Ticks, adoptions and sweeps carry none (docs/contract.md#trace-context)."""
+        trace = trace_context(delivery.headers)
+        if trace is None:
+            return self._one(delivery, plan, cache, rules)
+        with log_context(trace_id=trace.trace_id):
+            outcome = self._one(delivery, plan, cache, rules)
+        if isinstance(outcome, Publish) and outcome.messages:
+            return Publish(traced(outcome.messages, trace))
+        return Reply(*traced((outcome.message,), trace)) if isinstance(outcome, Reply) else outcome
 
     def _one(self, delivery: Delivery, plan: Plan, cache: AccountCache,
              rules: RulesInForce) -> Outcome:
@@ -271,7 +271,7 @@ class Step:
             kind = delivery.routing_key
             try:
                 account_id = parse_request(delivery.body, kind,
-                                           max_bytes=self.max_message_bytes).account_id
+                                           max_bytes=self.max_message_bytes).account_id or ""
             except BadRequest as exc:
                 return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
             unanswerable = self._unanswerable(delivery, kind)
@@ -309,31 +309,19 @@ class Step:
             return unanswerable
         properties = delivery.properties
         reply_to: str = properties.reply_to
-        categoriser = in_force.for_account(request.account_id)
-        rules = categoriser.rules
-        state = cache.get(request.account_id, rules.version)
+        # views.check without an account is answered by whoever owns the empty id's
+        # partition (nothing is read).
+        account_id = request.account_id or ""
         try:
-            if isinstance(request, SnapshotRequest):
-                # Counted as the agent's updates count them: the rules' categories, then
-                # its views' (views are published like categories, in snapshots too).
-                names = categoriser.views.category_names(state.account.views,
-                                                         request.agent_id)
-                body = orjson.dumps(snapshot(
-                    state, request.agent_id, names, rules.version,
-                    categories=request.categories, after=request.after, limit=request.limit))
-            elif isinstance(rules, CompiledRules):
-                # Read only: the facts and categories of the state as the events before
-                # this request left it, explained under the live rules.
-                body = explain_pair(rules, state, request.account_id, request.agent_id,
-                                    request.conversation_id).model_dump_json().encode()
-            else:  # rules that are not rule files (tests' doubles) have no conditions
-                return self.dead_letter(delivery, f"{kind} requests need rule files to explain")
+            body = answer(request, in_force.for_account(account_id), cache)
+        except UnanswerableError as exc:
+            return self.dead_letter(delivery, f"bad {kind} request: {exc.reason}")
         except StoreError:
             raise  # the store, not the request: the batch stalls and is retried
         except Exception as exc:  # a worker bug must not stop the stream, as for an event
             log.exception("%s request for account %s failed; dead-lettering it", kind,
-                          request.account_id,
-                          extra={"context": {"account_id": request.account_id,
+                          account_id,
+                          extra={"context": {"account_id": account_id,
                                              "agent_id": request.agent_id}})
             return self.dead_letter(delivery, f"worker error: {type(exc).__name__}: {exc}")
         return Reply(Outgoing(
@@ -474,28 +462,6 @@ class Step:
             timestamp=getattr(original, "timestamp", None),
             type=getattr(original, "type", None),
             app_id=getattr(original, "app_id", None) or "inbox-rules"))
-
-
-def copyable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a message's headers to publish again with a few added, or a note in
-    their place when their encoding is over MAX_COPIED_HEADERS_BYTES. Measured in
-    encoded bytes, by pika's own encoder: strings go as UTF-8 ('€' takes 3 bytes for
-    1 character of repr) and small integers grow on the way back (a 1-byte 'b' field is
-    encoded again as a 5-byte 'I'). Headers pika cannot encode again are dropped too:
-    the publish of the copy would fail."""
-    copied = dict(headers)
-    if not copied:
-        return copied
-    try:
-        size = pika.data.encode_table([], copied)
-    except _UNENCODABLE as exc:
-        note = f"{len(copied)} header(s), not encodable: {type(exc).__name__}"
-    else:
-        if size <= MAX_COPIED_HEADERS_BYTES:
-            return copied
-        note = f"{len(copied)} header(s), too large"
-    log.warning("a message's headers are not copied (%s): its copy goes without them", note)
-    return {HEADERS_DROPPED_HEADER: note}
 
 
 def bounded(reason: str) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from worker.cluster.partitions import partition_of
 from worker.domain.categoriser import Categoriser
 from worker.domain.rules import Rules
+from worker.domain.viewing import DEFAULT_VIEW_SETS
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,15 @@ class RulesInForce:
     """The live rules, the version in force per partition (as evaluated, and as
     committed), and their categorisers."""
 
-    def __init__(self, live: Rules, partitions: int, load: Callable[[str], Rules]) -> None:
+    def __init__(self, live: Rules, partitions: int, load: Callable[[str], Rules],
+                 view_sets: int = DEFAULT_VIEW_SETS) -> None:
         self.partitions = partitions
+        self._view_sets = view_sets
         self._load = load
         self._compiled: OrderedDict[str, Categoriser] = OrderedDict()
         self._in_force: dict[int, str] = {}
         self._committed: dict[int, str] = {}
-        self.live = Categoriser(live)
+        self.live = Categoriser(live, view_sets)
         self._remember(self.live)
         # Every partition evaluates under the live rules: no partition is looked up.
         self._uniform = True
@@ -75,7 +78,7 @@ class RulesInForce:
         """The version this worker wants in force everywhere; True if it changed."""
         if rules.version == self.live.rules.version:
             return False
-        self.live = self._compiled.get(rules.version) or Categoriser(rules)
+        self.live = self._compiled.get(rules.version) or Categoriser(rules, self._view_sets)
         self._remember(self.live)
         self._refresh()
         return True
@@ -120,7 +123,7 @@ class RulesInForce:
             rules = self._load(version)
             log.info("rules version %s loaded: a partition's queue is in force under it",
                      version)
-            categoriser = self._remember(Categoriser(rules))
+            categoriser = self._remember(Categoriser(rules, self._view_sets))
         self._compiled.move_to_end(version)
         return categoriser
 

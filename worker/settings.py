@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     account_cache_size: int = Field(2000, ge=1, description=(
         "Accounts held in memory at most (least recently used evicted): with the "
         "windows, this bounds the worker's memory."))
+    view_sets: int = Field(1024, ge=1, description=(
+        "Compiled view sets kept in memory, at most (least recently used out; a set "
+        "used again is compiled again)."))
     pipeline_depth: int = Field(3, ge=1, description=(
         "Batches in flight at once: the next is evaluated while earlier ones wait for "
         "confirms and their commit."))

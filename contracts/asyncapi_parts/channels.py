@@ -25,6 +25,7 @@ def channels() -> dict[str, Any]:
         "inboxCategories": _inbox_categories(),
         "snapshotRequests": _requests("snapshot", "snapshotRequest"),
         "explainRequests": _requests("explain", "explainRequest"),
+        "viewsCheckRequests": _requests("views.check", "viewsCheckRequest"),
         "replies": _replies(),
         "deadLetters": _dead_letters(),
     }
@@ -94,6 +95,7 @@ def _replies() -> dict[str, Any]:
         "messages": {
             "snapshotReply": ref("components", "messages", "snapshotReply"),
             "explainReply": ref("components", "messages", "explainReply"),
+            "viewsCheckReply": ref("components", "messages", "viewsCheckReply"),
         },
         "bindings": {"amqp": {"is": "routingKey",
                               "exchange": {"name": "", "type": "default"},

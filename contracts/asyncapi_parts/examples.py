@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from contracts.trace import trace_context
+
 # Examples are the contract's examples validated by the models, so they are valid by
 # construction; fields a model does not (yet) have are dropped, and one it gains
 # without a value here makes generation fail loudly rather than publish a bad example.
@@ -74,6 +76,15 @@ EXAMPLE_SNAPSHOT_REPLY: dict[str, Any] = {
     "unread": ["c-4", "c-9"],
     "next_after": None,
 }
+EXAMPLE_VIEWS_CHECK_REQUEST: dict[str, Any] = {
+    "account_id": "acc-1",
+    "views": [{"view_id": "vip-waiting", "name": "VIP waiting",
+               "when": {"all": [{"category": "new"},
+                                {"fact": "conversation.labels", "contains": "vip"}]}}]}
+EXAMPLE_VIEWS_CHECK_REPLY: dict[str, Any] = {
+    "problems": [],
+    "preview": {"vip-waiting": {"ag-1": {"count": 2, "conversations": ["c-4", "c-9"]},
+                                "ag-2": {"count": 2, "conversations": ["c-4", "c-9"]}}}}
 EXAMPLE_EXPLAIN_REQUEST: dict[str, Any] = {
     "account_id": "acc-1", "agent_id": "ag-2", "conversation_id": "c-9"}
 EXAMPLE_EXPLAIN_REPLY: dict[str, Any] = {
@@ -101,6 +112,23 @@ EXAMPLE_EXPLAIN_REPLY: dict[str, Any] = {
              "holds": False, "depth": 3}]},
     ],
 }
+
+
+def trace_example(raw: Mapping[str, Any]) -> dict[str, str]:
+    """Trace headers as the worker copies them (a failure here if they are not valid)."""
+    trace = trace_context(raw)
+    if trace is None:
+        raise ValueError(f"not a valid trace context: {raw}")
+    return trace.headers()
+
+
+# W3C's own example: on the event e-123 and on the update it caused.
+EXAMPLE_TRACE = trace_example({
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"})
+# On a snapshot request and its reply.
+EXAMPLE_REQUEST_TRACE = trace_example({
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
 
 
 def example(model: Any, raw: Mapping[str, Any]) -> dict[str, Any]:

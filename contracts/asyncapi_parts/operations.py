@@ -14,7 +14,7 @@ from contracts.asyncapi_parts.common import (
 
 
 def _request_operation(kind: str, request: str, reply: str, title: str) -> dict[str, Any]:
-    channel = f"{kind}Requests"
+    channel = request.removesuffix("Request") + "Requests"  # snapshotRequests ...
     return {
         "action": "receive",
         "title": title,
@@ -66,6 +66,9 @@ def operations() -> dict[str, Any]:
             "snapshot", "snapshotRequest", "snapshotReply", "Answer snapshot requests"),
         "receiveExplainRequests": _request_operation(
             "explain", "explainRequest", "explainReply", "Answer explain requests"),
+        "receiveViewsCheckRequests": _request_operation(
+            "views.check", "viewsCheckRequest", "viewsCheckReply",
+            "Answer views.check requests"),
         "sendDeadLetters": {
             "action": "send",
             "title": "Dead-letter bad input",

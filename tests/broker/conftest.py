@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.harness import Bus, fresh_vhost
+from tests.support.harness import Bus, fresh_database, fresh_vhost
 
 
 @pytest.fixture
@@ -21,3 +21,10 @@ def bus(vhost: str) -> Iterator[Bus]:
     connection = Bus(vhost)
     yield connection
     connection.close()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A PostgreSQL database of its own, dropped afterwards."""
+    with fresh_database() as url:
+        yield url

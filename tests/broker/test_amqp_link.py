@@ -17,6 +17,7 @@ import pika
 import pytest
 from pika.adapters.select_connection import IOLoop
 
+from contracts.trace import trace_context
 from tests.amqp_doubles import RecordingHandler
 from tests.support.harness import amqp_url, blocking, close_connections, wait_for
 from worker.amqp.connection import CoalescingConnection
@@ -310,12 +311,15 @@ def test_frames_sent_as_the_link_closes_are_not_lost(vhost: str, tmp_path: Path)
 def test_deliveries_reach_the_handler_whole_and_in_order(vhost: str, tmp_path: Path,
                                                          intake: bool) -> None:
     """Every delivery on a live connection comes past pika's frame objects
-    (worker/amqp/intake.py), with its body (one over three body frames), headers and
-    routing key, in queue order, while confirms and heartbeats still reach pika; with
-    the intake turned off, pika delivers the same."""
+    (worker/amqp/intake.py), with its body (one over three body frames), headers (a
+    trace context among them) and routing key, in queue order, while confirms and
+    heartbeats still reach pika; with the intake turned off, pika delivers the same."""
     bodies = [b"event %d" % n for n in range(200)]
     bodies[7] = bytes(range(256)) * 1200  # 300 KiB: three body frames at frame_max 128K
     bodies[9] = b""  # no body frame at all
+    headers = [{"n": n} if n % 2 else
+               {"n": n, "traceparent": f"00-{n + 1:032x}-00f067aa0ba902b7-01",
+                "tracestate": f"rojo=t{n},congo={'c' * n}"} for n in range(len(bodies))]
     handler = RecordingHandler()
     # A size limit above the 300 KiB body: it is kept whole (past the limit it is cut,
     # tests/test_amqp_intake.py).
@@ -328,7 +332,7 @@ def test_deliveries_reach_the_handler_whole_and_in_order(vhost: str, tmp_path: P
             for n, body in enumerate(bodies):
                 channel.basic_publish(
                     runner.topology.events_exchange, f"acc-{n % 3}.event", body,
-                    pika.BasicProperties(message_id=f"m-{n}", headers={"n": n}))
+                    pika.BasicProperties(message_id=f"m-{n}", headers=headers[n]))
         handler.wait(lambda: handler.count("delivery") == len(bodies), WAIT,
                      "every delivery")
         runner.call(lambda: runner.link.publish(dead_letter(1)))  # a confirm: pika's
@@ -336,7 +340,8 @@ def test_deliveries_reach_the_handler_whole_and_in_order(vhost: str, tmp_path: P
         taken = runner.call(lambda: runner.link.frames_taken)
     deliveries = [payload for kind, payload in handler.events if kind == "delivery"]
     assert [d.body for d in deliveries] == bodies
-    assert [d.headers for d in deliveries] == [{"n": n} for n in range(len(bodies))]
+    assert [d.headers for d in deliveries] == headers
+    assert sum(trace_context(d.headers) is not None for d in deliveries) == len(bodies) // 2
     assert [d.properties.message_id for d in deliveries] == [f"m-{n}" for n in
                                                            range(len(bodies))]
     assert [d.routing_key for d in deliveries] == [f"acc-{n % 3}.event"

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.support.harness import blocking, fresh_database, wait_for
+from tests.support.harness import blocking, wait_for
 from tests.support.several import fleet, partitioned_topology
 from tests.support.streams import Events
 from worker.domain.account import AccountState
@@ -36,12 +35,6 @@ CONVERSATIONS = 30_000
 TEAM = [f"ag-{i}" for i in range(12)]
 ACCOUNT = "acc-large"
 SINK = "test.updates-sink"
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 def large_account(url: str) -> tuple[dict[str, Any], float]:

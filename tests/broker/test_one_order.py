@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +32,6 @@ from tests.support.harness import (
     Producer,
     as_messages,
     collecting,
-    fresh_database,
     sla_rules,
     wait_for,
 )
@@ -62,12 +61,6 @@ HEARTBEAT = 3  # the broker drops a hung worker after about two of these
 HANG = 8.0
 # INBOX_RULES_ORDER_RUNS=10 repeats the test (the guarantee is about every run).
 RUNS = int(os.environ.get("INBOX_RULES_ORDER_RUNS", "1"))
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 def deploy(where: str, rules: Path) -> str:

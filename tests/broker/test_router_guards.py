@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pika
 import pytest
 
 from tests.reliability.bad_input import FRAME_FILLING_HEADERS
-from tests.support.harness import PERSISTENT, Bus, collecting, fresh_database, wait_for
+from tests.support.harness import PERSISTENT, Bus, collecting, wait_for
 from tests.support.oracle import Oracle, judge
 from tests.support.several import (
     Member,
@@ -32,12 +31,6 @@ from worker.cluster.partitions import partition_of
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 
 PARTITIONS = 4
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 def _no_connection_loss(member: Member) -> None:

@@ -8,7 +8,6 @@ requests answered on ``reply_to`` (direct reply-to) with the request's
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,12 +16,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from contracts.client import Inbox
 from tests.support.harness import (
-    REPO,
     Bus,
     ThreadWorker,
     amqp_url,
-    connect,
     settings_for,
     wait_for,
 )
@@ -30,7 +28,7 @@ from tests.support.oracle import final_view, replay
 from tests.support.streams import event_stream
 from worker.cli import main
 from worker.settings import Settings
-from worker.tools.watch import InboxView, Watcher
+from worker.tools.watch import Watcher
 
 pytestmark = pytest.mark.broker
 
@@ -40,17 +38,17 @@ def busiest(updates: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 def expected(updates: list[dict[str, Any]], account_id: str, agent_id: str,
-             ) -> tuple[dict[str, tuple[str, ...]], dict[str, int], int]:
+             ) -> tuple[dict[str, frozenset[str]], dict[str, int], int]:
     """The oracle's final inbox of one agent: categories (non-empty), counts, last seq."""
     categories, counts = final_view(updates)
-    inbox = {conversation: tuple(cats) for (account, agent, conversation), cats
+    inbox = {conversation: frozenset(cats) for (account, agent, conversation), cats
              in categories.items() if (account, agent) == (account_id, agent_id) and cats}
     seqs = [u["seq"] for u in updates if (u["account_id"], u["agent_id"]) == (account_id,
                                                                                  agent_id)]
     return inbox, counts[(account_id, agent_id)], max(seqs)
 
 
-def assert_final(view: InboxView, updates: list[dict[str, Any]]) -> None:
+def assert_final(view: Inbox, updates: list[dict[str, Any]]) -> None:
     inbox, counts, seq = expected(updates, view.account_id, view.agent_id)
     assert view.synced
     assert view.seq == seq
@@ -126,30 +124,3 @@ def test_cli_once_prints_the_tabs_with_their_counts(vhost: str, bus: Bus,
     for tab, count in counts.items():
         assert f"{tab}  {count}" in result.output
 
-
-def test_the_example_in_docs_downstream_keeps_the_same_inbox(
-        vhost: str, bus: Bus, tmp_path: Path) -> None:
-    """The code a newcomer pastes from docs/downstream.md, run as it is written."""
-    text = (REPO / "docs" / "downstream.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
-    assert len(blocks) == 1
-    example: dict[str, Any] = {"__name__": "downstream_example"}
-    exec(compile(blocks[0], "docs/downstream.md", "exec"), example)
-
-    events = event_stream(seed=24, count=250, accounts=1)
-    updates = replay(events)
-    account_id, agent_id = busiest(updates)
-    inbox, counts, last_seq = expected(updates, account_id, agent_id)
-    settings = settings_for(vhost, tmp_path / "state.sqlite3")
-    connection = connect(vhost)
-    try:
-        with ThreadWorker(settings):
-            published_and_processed(bus, settings, events[:100])  # a snapshot with content
-            kept = example["Inbox"](connection.channel(), account_id, agent_id)
-            bus.publish_events(events[100:])
-            wait_for(lambda: kept.seq == last_seq, 120, f"the example to reach seq {last_seq}",
-                     sleep=lambda s: connection.process_data_events(time_limit=s))
-    finally:
-        connection.close()
-    assert {cid: tuple(cats) for cid, cats in kept.conversations.items()} == inbox
-    assert kept.counts == counts

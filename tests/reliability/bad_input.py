@@ -41,12 +41,18 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "conversation.snoozed": {"until": "2026-11-24T12:00:00Z"},
     "conversation.unsnoozed": {},
     "conversation.read": {"agent_id": "ag-2"},
+    "account.views_updated": {"views": [{"view_id": "v-1", "when": {"category": "new"}}]},
+    "agent.views_updated": {"agent_id": "ag-2",
+                            "views": [{"view_id": "v-2", "when": {"category": "mine"}}]},
 }
+# Events about the account as a whole: no conversation_id.
+ACCOUNT_TYPES = ("account.updated", "account.views_updated", "agent.views_updated")
 # Fields whose absence is an error, by event type (envelope fields apply to all).
 REQUIRED_DATA = {"account.updated": ["plan", "agents"], "message.created": ["author"],
                  "conversation.assigned": ["agent_id"], "conversation.unassigned": ["agent_id"],
                  "conversation.transferred": ["to_agent_id"], "conversation.read": ["agent_id"],
-                 "conversation.updated": []}
+                 "conversation.updated": [], "account.views_updated": ["views"],
+                 "agent.views_updated": ["agent_id", "views"]}
 ID_FIELDS = ("account_id", "conversation_id", "data.agent_id", "data.group_id",
              "data.to_agent_id", "data.channel")
 # Ids that may be null.
@@ -74,7 +80,7 @@ def is_bad(body: bytes) -> bool:
 def template(kind: str) -> dict[str, Any]:
     """A valid event of ``kind``, to break in one place."""
     return envelope(kind, "acc-bad", json.loads(json.dumps(TEMPLATES[kind])), event_id="bad-1",
-                    sequence=3, conversation_id=None if kind == "account.updated" else "c-bad")
+                    sequence=3, conversation_id=None if kind in ACCOUNT_TYPES else "c-bad")
 
 
 def _set(event: dict[str, Any], path: str, value: Any) -> None:
@@ -130,7 +136,7 @@ def wrong_type(draw: st.DrawFn) -> BadMessage:
     event = template(kind)
     paths = ["event_id", "type", "account_id", "occurred_at", "sequence", "data"]
     paths += [f"data.{name}" for name in TEMPLATES[kind]]
-    if kind != "account.updated":
+    if kind not in ACCOUNT_TYPES:
         paths.append("conversation_id")
     path = draw(st.sampled_from(paths))
     if path in ("event_id", "type", "account_id", "conversation_id") or path in ID_FIELDS:
@@ -159,6 +165,10 @@ def wrong_type(draw: st.DrawFn) -> BadMessage:
         value = draw(st.one_of(st.text(max_size=5), st.integers(), st.lists(json_scalars),
                                st.dictionaries(st.text(alphabet="ab", min_size=1, max_size=4),
                                                bad_values, min_size=1, max_size=40)))
+    elif path == "data.views":  # a list of views, each an object
+        value = draw(st.one_of(st.text(max_size=5), st.integers(), st.booleans(),
+                               st.lists(st.one_of(json_scalars, st.lists(json_scalars)),
+                                        min_size=1, max_size=5)))
     elif path == "data.until":  # null is no snooze end: not wrong
         value = draw(st.one_of(st.lists(st.integers(), max_size=2),
                                st.text(alphabet="xyz", min_size=1, max_size=10),
@@ -174,7 +184,7 @@ def missing_field(draw: st.DrawFn) -> BadMessage:
     kind = draw(kinds)
     event = template(kind)
     paths = ["event_id", "type", "account_id", "occurred_at"]
-    if kind != "account.updated":
+    if kind not in ACCOUNT_TYPES:
         paths.append("conversation_id")
     if kind in REQUIRED_DATA:
         paths += ["data"] + [f"data.{name}" for name in REQUIRED_DATA[kind]]

@@ -24,6 +24,7 @@ from contracts.requests import SnapshotReply, SnapshotRequest
 from tests.support.harness import (
     TEST_SETTINGS,
     Bus,
+    Producer,
     Received,
     WorkerProcess,
     amqp_url,
@@ -394,3 +395,45 @@ def snapshots(vhost: str, agents: Iterable[tuple[str, str]],
         assert merged is not None
         out[(account, agent)] = merged
     return out
+
+
+def through_kills(workers: Fleet, producer: Producer,
+                  schedule: Iterable[tuple[float, str | None, str | None]]) -> list[str]:
+    """Publish ``producer``'s stream while, at each (second, victim, back) of
+    ``schedule``, ``back`` is started again and ``victim`` SIGKILLed; what was done."""
+    done: list[str] = []
+    began = time.monotonic()
+    producer.start()
+    try:
+        for moment, victim, back in schedule:
+            time.sleep(max(0.0, began + moment - time.monotonic()))
+            if back is not None:
+                workers.start(back)
+            if victim is not None:
+                workers[victim].process.kill()
+            done.append(f"{moment} s: SIGKILL {victim}, back {back}")
+        producer.finish()
+    finally:
+        producer.abandon()
+    return done
+
+
+def assert_ends_as_replayed(downstream: Downstream, taken: Mapping[tuple[str, str], SnapshotReply],
+                            expected: list[dict[str, Any]],
+                            ) -> dict[tuple[str, str, str], list[str]]:
+    """Downstream as a clean replay of the same events ends it: no update id with two
+    bodies, no reused or skipped ``seq``, snapshots equal to the updates applied by
+    ``seq``, and the same categories, counts, unread flags and unread counts. Returns
+    what each agent is shown."""
+    assert not downstream.conflicting, downstream.conflicting[:5]
+    assert not downstream.reused_seq, downstream.reused_seq[:5]
+    assert not downstream.gaps, downstream.gaps[:5]
+    wrong = downstream.differences(dict(taken))
+    assert not wrong, wrong[:10]
+    view, counts = downstream.final()
+    want_view, want_counts = final_view(expected)
+    shown = {key: cats for key, cats in view.items() if cats}
+    assert shown == {key: cats for key, cats in want_view.items() if cats}
+    assert counts == want_counts
+    assert downstream.unread() == final_unread(expected)
+    return shown

@@ -10,14 +10,16 @@ Every evaluation is cached by the facts it reads, and every cache here is bounde
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
+from worker.domain.account import AccountState
 from worker.domain.facts import PRIORITY_RANK, FactVector
 from worker.domain.rules import Rules
 from worker.domain.state import NO_PERSONAL, RELATIONS, Account, Conversation, relation_index
 from worker.domain.updates import CountsEncoder
-from worker.domain.views import NO_VIEWS, AccountViews, ViewSet
+from worker.domain.views import NO_VIEWS, UNRESOLVED, VIEW_PREFIX, AccountViews, ViewSet
+from worker.domain.waiting import waiting_seconds
 
 # (status, has a group, joined count, plan, agent count, group count, waiting seconds,
 # last message by, priority rank, a visitor wrote, someone is mentioned): what views
@@ -83,11 +85,7 @@ class Viewing:
         viewed = self._viewed
         if len(viewed) > MAX_CACHED:
             viewed.clear()
-        facts: ViewFacts = (conversation.status, conversation.group_id is not None,
-                 len(conversation.joined), account.plan, len(account.agents),
-                 len(account.groups), waited, conversation.last_message_by,
-                 PRIORITY_RANK[conversation.priority], conversation.visitor_wrote,
-                 bool(conversation.mentioned))
+        facts = view_facts(conversation, account, waited)
         merged = categories
         shared = views.shared
         if shared is not None:
@@ -155,6 +153,13 @@ class ViewsInForce:
         return encoder
 
 
+def view_facts(conversation: Conversation, account: Account, waited: int) -> ViewFacts:
+    return (conversation.status, conversation.group_id is not None, len(conversation.joined),
+            account.plan, len(account.agents), len(account.groups), waited,
+            conversation.last_message_by, PRIORITY_RANK[conversation.priority],
+            conversation.visitor_wrote, bool(conversation.mentioned))
+
+
 def relation_vector(facts: ViewFacts, relation: tuple[bool, bool, bool, bool],
                      details: tuple[bool, ...]) -> FactVector:
     """One agent's fact vector (FACT_NAMES order, then ``details``) from a
@@ -187,3 +192,37 @@ def shared_views(shared: ViewSet, facts: ViewFacts, details: tuple[bool, ...],
     return tuple(out)
 
 
+
+
+def preview(state: AccountState, view_set: ViewSet, agents: Sequence[str],
+            limit: int) -> dict[str, dict[str, tuple[int, list[str]]]]:
+    """What candidate views would hold now in an account, as a view editor previews
+    them: view id -> agent -> (how many conversations, the first ``limit`` by id). The
+    waiting time is the real one at the account's clock, as explanations show it."""
+    account = state.account
+    agents = [a for a in agents if a in account.agents]
+    found: dict[str, dict[str, tuple[int, list[str]]]] = {
+        name.removeprefix(VIEW_PREFIX): {agent: (0, []) for agent in agents}
+        for name in view_set.categories}
+    now = state.last_occurred_at
+    for conversation_id in sorted(state.conversations):
+        conversation = state.conversations[conversation_id]
+        if conversation.status not in UNRESOLVED:
+            continue
+        waited = (waiting_seconds(conversation.waiting_since, now) if now is not None else 0)
+        facts = view_facts(conversation, account, waited)
+        details = view_set.detail_results(conversation)
+        members = account.members(conversation.group_id)
+        for agent in agents:
+            index = relation_index(agent in conversation.joined, agent in members,
+                                   conversation.unread_by(agent),
+                                   agent in conversation.mentioned)
+            held = view_set.evaluate(relation_vector(facts, RELATIONS[index], details),
+                                     conversation.categories_of(agent, account))
+            for name in held:
+                per_agent = found[name.removeprefix(VIEW_PREFIX)]
+                count, ids = per_agent[agent]
+                if count < limit:
+                    ids.append(conversation_id)
+                per_agent[agent] = (count + 1, ids)
+    return found

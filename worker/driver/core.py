@@ -65,7 +65,8 @@ class Driver:
         self.committer: Committer = committer or InlineCommitter(store)
         self.topology = topology = topology or Topology.from_settings(settings)
         # Which rules each partition's queue is in force under (worker.rules_in_force).
-        self.in_force = RulesInForce(rules, topology.partitions, partial(load_version, store))
+        self.in_force = RulesInForce(rules, topology.partitions, partial(load_version, store),
+                                     settings.view_sets)
         self.cache = AccountCache(store, settings.account_cache_size, settings.dedup_window,
                                   settings.tombstone_window)
         router = Router(frozenset(topology.consumed_queues()), topology.partitions_exchange,

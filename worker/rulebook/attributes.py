@@ -8,7 +8,8 @@ from math import isfinite
 
 from worker.errors import RuleProblem
 from worker.rulebook.facts import ATTRIBUTE_PREFIX
-from worker.rulebook.syntax import ORDERING, FactTest
+from worker.rulebook.language import ORDERING
+from worker.rulebook.syntax import FactTest
 
 # What each attribute type may be tested with (besides ``present``).
 ATTRIBUTE_OPERATORS = {

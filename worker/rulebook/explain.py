@@ -29,6 +29,7 @@ from contracts.requests import (
 )
 from worker.domain.account import AccountState
 from worker.domain.reading import facts_of
+from worker.domain.views import UNRESOLVED, AccountViews
 from worker.rulebook.compiler import Definitions
 from worker.rulebook.engine import CompiledRules
 from worker.rulebook.facts import FACTS, test_holds
@@ -81,7 +82,7 @@ class CategoryVerdict:
     def conditions(self) -> list[ConditionExplanation]:
         """The deciding conditions as the contract carries them: depth first, with the
         depth under the category (0: its own ``when``)."""
-        return [ConditionExplanation(file=v.file, line=v.line, condition=v.text,
+        return [ConditionExplanation(file=v.file, line=v.line or None, condition=v.text,
                                      holds=v.holds, depth=depth)
                 for depth, v in self.reason.walk()]
 
@@ -191,6 +192,26 @@ def all_verdicts(definitions: Definitions,
     return out
 
 
+def explain_views(rules: CompiledRules, views: AccountViews, agent_id: str,
+                  facts: Mapping[str, FactValue]) -> list[CategoryVerdict]:
+    """The agent's views in force (shared, then its own), each as a category: whether
+    it holds for these facts and why. A view's conditions have no line (they came in an
+    event); a view holds for unresolved conversations only, which is said first."""
+    verdicts = []
+    status = facts["conversation.status"]
+    for owner, text in (("shared views", views.shared),
+                        (f"{agent_id}'s views", views.personal_of(agent_id))):
+        if not text:
+            continue
+        for view in rules.compile_views(text).views:
+            reason = _Evaluator(rules.definitions, facts).condition(view.when, owner)
+            if status not in UNRESOLVED:
+                reason = Verdict(owner, 0, "conversation.status in [open, snoozed] (views "
+                                 "hold for unresolved conversations only)", False, value=status)
+            verdicts.append(CategoryVerdict(view.category, owner, 0, reason.holds, reason))
+    return verdicts
+
+
 def explain_pair(rules: CompiledRules, state: AccountState | None, account_id: str,
                  agent_id: str, conversation_id: str) -> ExplainReply:
     """The explanation of one (agent, conversation) of an account's state, as the
@@ -206,10 +227,12 @@ def explain_pair(rules: CompiledRules, state: AccountState | None, account_id: s
     facts = (facts_of(state, conversation_id, agent_id, rules.attributes)
              if state is not None else {})
     verdicts = explain(rules.definitions, facts) if facts else []
+    if facts and state is not None:
+        verdicts.extend(explain_views(rules, state.account.views, agent_id, facts))
     return ExplainReply(
         account_id=account_id, agent_id=agent_id, conversation_id=conversation_id,
         rules_version=rules.version,
         facts={name: sorted(value) if isinstance(value, frozenset) else value
                for name, value in facts.items()},
-        categories=sorted(v.name for v in verdicts if v.holds),
+        categories=sorted({v.name for v in verdicts if v.holds}),
         explanations=[v.model() for v in verdicts])

@@ -6,7 +6,6 @@ Rule files are YAML *data*: they are composed with PyYAML's safe loader into nod
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,25 +16,31 @@ from worker.rulebook.facts import (
     ATTRIBUTE_PREFIX,
     ATTRIBUTE_TYPES,
     FACTS,
-    TIME_FACTS,
     FactSpec,
 )
-
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-# Channel ids, labels and attribute keys are ids of the event contract.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_:\-]{1,128}$")
-OPERATORS = ("equals", "not_equals", "in", "not_in", "greater_than", "at_least",
-             "less_than", "at_most", "contains", "not_contains", "contains_any",
-             "contains_all", "present")
-ORDERING = ("greater_than", "at_least", "less_than", "at_most")
-LISTS = ("in", "not_in", "contains_any", "contains_all")
-SET_OPERATORS = ("contains", "not_contains", "contains_any", "contains_all")
+from worker.rulebook.language import (
+    ATTRIBUTES,
+    DEFINITION_KEYS,
+    DEFINITION_SECTIONS,
+    DESCRIPTION,
+    FACT,
+    GROUPS,
+    ID_PATTERN,
+    LISTS,
+    NAME_PATTERN,
+    NEGATION,
+    OPERATORS,
+    PRESENT,
+    REFERENCES,
+    SECTIONS,
+    SET_OPERATORS,
+    WHEN,
+    fact_operators,
+    value_type,
+)
 
 MAX_DEPTH = 32
 MAX_FILE_BYTES = 1024 * 1024
-# The longest wait a rule may compare with. A due time is the wait's start plus a
-# threshold: one far beyond any real wait only risks the calendar's end (year 9999).
-MAX_WAIT_SECONDS = 100 * 31_557_600  # 100 years of 365.25 days
 
 
 @dataclass(frozen=True)
@@ -146,16 +151,16 @@ class _Reader:
             return []
         definitions: list[Definition] = []
         for key, key_node, value in entries:
-            if key == "description":
+            if key == DESCRIPTION:
                 continue
-            if key == "attributes":
+            if key == ATTRIBUTES:
                 self.declarations(value)
                 continue
-            if key not in ("categories", "predicates"):
-                self.fail(key_node, f"unknown section {key!r}: expected categories, "
-                                    "predicates, attributes or description")
+            if key not in DEFINITION_SECTIONS:
+                self.fail(key_node, f"unknown section {key!r}: expected "
+                                    f"{', '.join(SECTIONS[:-1])} or {SECTIONS[-1]}")
                 continue
-            kind = "category" if key == "categories" else "predicate"
+            kind = DEFINITION_SECTIONS[key]
             section = self.mapping(value, key)
             for name, name_node, body in section or []:
                 definition = self.definition(kind, name, name_node, body)
@@ -165,7 +170,7 @@ class _Reader:
 
     def declarations(self, node: yaml.Node) -> None:
         """The ``attributes:`` section: custom attribute keys and their types."""
-        entries = self.mapping(node, "attributes")
+        entries = self.mapping(node, ATTRIBUTES)
         for key, key_node, value in entries or []:
             kind = _resolve(value) if isinstance(value, yaml.ScalarNode) else None
             if not ID_PATTERN.match(key):
@@ -189,19 +194,19 @@ class _Reader:
         description = ""
         when: Condition | None = None
         for key, key_node, value in entries:
-            if key == "description":
+            if key == DESCRIPTION:
                 text = _resolve(value) if isinstance(value, yaml.ScalarNode) else None
                 if not isinstance(text, str):
                     self.fail(value, f"{kind} {name!r}: description must be text")
                 else:
                     description = text
-            elif key == "when":
+            elif key == WHEN:
                 when = self.condition(value, 0)
             else:
                 self.fail(key_node, f"{kind} {name!r}: unknown key {key!r}: "
-                                    "expected when or description")
+                                    f"expected {' or '.join(DEFINITION_KEYS)}")
         if when is None:
-            if not any(key == "when" for key, _, _ in entries):
+            if not any(key == WHEN for key, _, _ in entries):
                 self.fail(body, f"{kind} {name!r} has no 'when' condition")
             return None
         return Definition(kind, name, description, when, self.file, self.line(name_node))
@@ -216,7 +221,7 @@ class _Reader:
             return None
         keys = [key for key, _, _ in entries]
         line = self.line(node)
-        if keys and keys[0] in ("all", "any"):
+        if keys and keys[0] in GROUPS:
             if len(keys) != 1:
                 self.fail(node, f"'{keys[0]}' must be alone in its condition")
                 return None
@@ -228,27 +233,27 @@ class _Reader:
             if any(item is None for item in items):
                 return None
             parsed = tuple(item for item in items if item is not None)
-            return AllOf(parsed, line) if keys[0] == "all" else AnyOf(parsed, line)
-        if keys == ["not"]:
+            return AllOf(parsed, line) if keys[0] == GROUPS[0] else AnyOf(parsed, line)
+        if keys == [NEGATION]:
             inner = self.condition(entries[0][2], depth + 1)
             return Not(inner, line) if inner is not None else None
-        if len(keys) == 1 and keys[0] in ("predicate", "category"):
+        if len(keys) == 1 and keys[0] in REFERENCES:
             target = _resolve(entries[0][2]) if isinstance(entries[0][2], yaml.ScalarNode) else None
             if not isinstance(target, str):
                 self.fail(entries[0][2], f"'{keys[0]}' takes a name")
                 return None
             return Ref(keys[0], target, line)
-        if "fact" in keys:
+        if FACT in keys:
             return self.fact_test(node, entries, line)
-        self.fail(node, "a condition is one of: all, any, not, predicate, category, "
-                        f"or a fact test (fact + one of {', '.join(OPERATORS)}); got "
+        self.fail(node, f"a condition is one of: {', '.join((*GROUPS, NEGATION, *REFERENCES))}, "
+                        f"or a fact test ({FACT} + one of {', '.join(OPERATORS)}); got "
                         f"{', '.join(keys) or 'nothing'}")
         return None
 
     def fact_test(self, node: yaml.Node, entries: list[tuple[str, yaml.Node, yaml.Node]],
                   line: int) -> FactTest | None:
         by_key = {key: (key_node, value) for key, key_node, value in entries}
-        fact_node = by_key.pop("fact")[1]
+        fact_node = by_key.pop(FACT)[1]
         fact = _resolve(fact_node) if isinstance(fact_node, yaml.ScalarNode) else None
         attribute = isinstance(fact, str) and fact.startswith(ATTRIBUTE_PREFIX)
         if attribute and not ID_PATTERN.match(str(fact).removeprefix(ATTRIBUTE_PREFIX)):
@@ -267,12 +272,12 @@ class _Reader:
             self.fail(node, f"a fact test needs exactly one operator ({', '.join(OPERATORS)})")
             return None
         op, (_, value_node) = next(iter(by_key.items()))
-        if op == "present":
+        if op == PRESENT:
             value = _resolve(value_node) if isinstance(value_node, yaml.ScalarNode) else None
             if not isinstance(value, bool):
                 self.fail(value_node, f"'present' takes true or false; {value!r} is not")
                 return None
-            if not attribute and not FACTS[fact].optional:
+            if not attribute and PRESENT not in fact_operators(FACTS[fact]):
                 self.fail(value_node, f"'present' tests an optional fact "
                                       f"(conversation.channel, {ATTRIBUTE_PREFIX}<key>); "
                                       f"{fact} is always there")
@@ -299,21 +304,18 @@ class _Reader:
 
     def operator_fits(self, spec: FactSpec, op: str, node: yaml.Node) -> bool:
         """Whether ``op`` may test ``spec``'s fact at all (its values are checked next)."""
-        if spec.kind is frozenset:
-            if op not in SET_OPERATORS:
-                self.fail(node, f"{spec.name} is a set: test it with "
-                                f"{', '.join(SET_OPERATORS)}; not {op!r}")
-                return False
+        if op in fact_operators(spec):
             return True
-        if op in SET_OPERATORS:
+        if spec.kind is frozenset:
+            self.fail(node, f"{spec.name} is a set: test it with "
+                            f"{', '.join(SET_OPERATORS)}; not {op!r}")
+        elif op in SET_OPERATORS:
             self.fail(node, f"'{op}' tests a set (conversation.labels); {spec.name} is a "
                             f"{_kind_name(spec)}")
-            return False
-        if op in ORDERING and spec.kind is not int and not spec.ordered:
+        else:  # an ordering test of a fact without order
             self.fail(node, f"'{op}' compares numbers or ordered values, but {spec.name} is "
                             f"a {_kind_name(spec)}")
-            return False
-        return True
+        return False
 
     def raw_value(self, op: str, node: yaml.Node) -> object:
         """An attribute test's value(s), typed later: a scalar, or a non-empty list."""
@@ -327,26 +329,31 @@ class _Reader:
         if not isinstance(node, yaml.ScalarNode):
             self.fail(node, f"'{op}' takes one value")
             return None
-        return _resolve(node)
+        value = _resolve(node)
+        if value is None:
+            # An absent attribute is tested with present: false, never with a null.
+            self.fail(node, f"'{op}' takes a value, not null (an absent attribute: "
+                            "'present: false')")
+        return value
 
     def typed_value(self, spec: FactSpec, node: yaml.Node) -> object:
         fact = spec.name
         value = _resolve(node) if isinstance(node, yaml.ScalarNode) else None
-        expected = str if spec.kind is frozenset else spec.kind
+        expected = value_type(spec)
         # bool is a subclass of int: check the exact type.
-        if type(value) is not expected:
+        if type(value) is not expected.kind:
             self.fail(node, f"{fact} is a {_kind_name(spec)}; {value!r} is not"
                       + (" a label" if spec.kind is frozenset else ""))
             return None
-        if spec.choices and value not in spec.choices:
-            self.fail(node, f"{fact} is one of {', '.join(spec.choices)}; {value!r} is not")
+        if expected.choices and value not in expected.choices:
+            self.fail(node, f"{fact} is one of {', '.join(expected.choices)}; {value!r} is not")
             return None
-        if expected is str and not spec.choices and not ID_PATTERN.match(str(value)):
+        if expected.is_id and not ID_PATTERN.match(str(value)):
             self.fail(node, f"{fact}: {value!r} is not an id (letters, digits, '-', '_' and "
                             "':', at most 128)")
             return None
-        if fact in TIME_FACTS and isinstance(value, int) and value > MAX_WAIT_SECONDS:
-            self.fail(node, f"{fact}: {value} is beyond the limit of {MAX_WAIT_SECONDS} "
+        if expected.maximum is not None and isinstance(value, int) and value > expected.maximum:
+            self.fail(node, f"{fact}: {value} is beyond the limit of {expected.maximum} "
                             "seconds (100 years)")
             return None
         return value

@@ -38,8 +38,8 @@ from worker.rulebook.facts import (
     FactVector,
     test_holds,
 )
+from worker.rulebook.language import ID_PATTERN
 from worker.rulebook.syntax import (
-    ID_PATTERN,
     AllOf,
     AnyOf,
     Condition,

@@ -114,7 +114,8 @@ def render_category(category: CategoryExplanation, reply: ExplainReply) -> list[
         elif kind in reply.facts:
             note = f"  (is {_value(reply.facts[kind])})"
         mark = "+" if condition.holds else "-"
-        where = f"{_short(condition.file)}:{condition.line}"
+        where = (_short(condition.file) if condition.line is None
+                 else f"{_short(condition.file)}:{condition.line}")
         out.append(f"  {'  ' * condition.depth}{mark} {where}  {text}{note}")
     return out
 

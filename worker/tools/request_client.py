@@ -6,8 +6,8 @@ kind as routing key, a ``correlation_id`` and RabbitMQ's direct reply-to as
 ``mandatory``: with no worker's queue bound, the broker returns the request at once
 instead of leaving us to time out.
 
-``inbox-rules explain --live`` uses it; ``watch`` has a transport of its own because it
-also keeps a queue of updates and pages through snapshots.
+``inbox-rules explain --live`` uses it; ``watch`` keeps a queue of updates and pages
+through snapshots, which :class:`contracts.client.InboxMirror` does for it.
 """
 
 from __future__ import annotations
