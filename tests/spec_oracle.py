@@ -20,11 +20,11 @@ As replay does, before each event every such instant at or before its ``occurred
 comes first, in time order (accounts by id at one instant): :meth:`SpecOracle.next_due`
 names the first and :meth:`SpecOracle.cross` makes it (one at a time: a wake starts a
 wait, whose instants may come before the event too); :meth:`SpecOracle.catch_up` makes
-them all; :meth:`SpecOracle.apply` makes none. An
-account's clock (its newest event or instant) never goes back: an event that occurred
-earlier (it came late) is applied at the clock - a snooze until a moment the clock has
-passed has ended by then, woken at its ``until`` - though a wait it starts began at its
-own ``occurred_at`` (the platform's clock says when things happened).
+them all; :meth:`SpecOracle.apply` makes none. An account's clock (its newest event or
+instant) never goes back: an event that occurred earlier (it came late) is applied at
+the clock - a snooze until a moment the clock has passed has ended by then, woken at its
+``until`` - though a wait it starts began at its own ``occurred_at`` (the platform's
+clock says when things happened).
 """
 
 from __future__ import annotations
