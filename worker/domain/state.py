@@ -173,16 +173,12 @@ def learn_agents(account: Account, agents: Sequence[str]) -> Account:
 
 def apply_conversation_event(conversation: Conversation, event: ConversationEvent,
                              now: datetime | None = None) -> Conversation:
-    """The conversation after one event, applied at ``now`` (the account's clock, which
-    is past the event's ``occurred_at`` when it came late; None: at ``occurred_at``). A
-    deleted conversation stays deleted.
-
-    Waiting (for an agent) starts when the conversation is first seen (created),
-    reopened, woken from a snooze, or written to by the visitor after an agent's
-    message; an agent's message ends it, and so do snoozing, resolving and deleting. It
-    is stamped with the event's ``occurred_at``: the platform's clock, never the
-    worker's. Raises :class:`BadEvent` for a change the conversation cannot hold (more
-    attributes than the contract allows)."""
+    """The conversation after one event, applied at ``now`` (the account's clock: past
+    ``occurred_at`` for a late event; None: at ``occurred_at``). Deleted stays deleted.
+    Waiting starts when first seen, reopened, woken, or written to by the visitor after
+    an agent (stamped with ``occurred_at``, never the worker's clock); an agent's
+    message, a snooze, resolving and deleting end it. :class:`BadEvent` for a change the
+    conversation cannot hold (more attributes than the contract allows)."""
     sequence = event.sequence  # the highest applied (inlined _next_sequence: hot path)
     last = conversation.last_sequence
     if sequence is None or (last is not None and last > sequence):
