@@ -196,19 +196,44 @@ class _Checker:
 
     def fact_test(self, path: str, raw: dict[str, Any]) -> FactTest | None:
         """The rule files' reader on this one test (JSON is YAML): the same checks."""
-        reader = _Reader(path)
         try:
-            node = yaml.compose(json.dumps(raw), Loader=yaml.SafeLoader)
-        except (TypeError, ValueError, yaml.YAMLError) as exc:
+            text = json.dumps(raw)
+        except (TypeError, ValueError) as exc:
             self.fail(path, f"not a fact test: {exc}")
             return None
-        entries = reader.mapping(node, "a fact test") if node is not None else None
-        test = reader.fact_test(node, entries, 0) if node is not None and entries else None
-        for problem in reader.problems:
-            self.fail(f"{path}.{_field(problem.reason, raw)}", problem.reason)
+        read = _FACT_TESTS.get(text)
+        if read is None:
+            if len(_FACT_TESTS) >= MAX_FACT_TESTS:
+                _FACT_TESTS.clear()
+            read = _FACT_TESTS[text] = _read_fact_test(text)
+        test, reasons, composed = read
+        for reason in reasons:
+            self.fail(f"{path}.{_field(reason, raw)}" if composed else path, reason)
         if test is not None and test.fact.startswith(ATTRIBUTE_PREFIX):
             self.attribute_tests.append((test, f"{path}.{test.op}"))
-        return test if not reader.problems else None
+        return test
+
+
+# A fact test's JSON text -> what the reader made of it: (the test, or None; the
+# reasons of its problems; whether it was composed: else the one reason is the text's).
+_Read = tuple[FactTest | None, tuple[str, ...], bool]
+# Read fact tests kept (emptied when full): the reading is a function of the text
+# alone, and the same tests come back in every views event and every compiled set
+# (yaml.compose is most of what checking a view costs).
+_FACT_TESTS: dict[str, _Read] = {}
+MAX_FACT_TESTS = 4096
+
+
+def _read_fact_test(text: str) -> _Read:
+    reader = _Reader("(view)")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (TypeError, ValueError, yaml.YAMLError) as exc:
+        return None, (f"not a fact test: {exc}",), False
+    entries = reader.mapping(node, "a fact test") if node is not None else None
+    test = reader.fact_test(node, entries, 0) if node is not None and entries else None
+    reasons = tuple(problem.reason for problem in reader.problems)
+    return (None if reasons else test), reasons, True
 
 
 def _field(reason: str, raw: dict[str, Any]) -> str:
