@@ -270,6 +270,19 @@ def canonical_views(raw: object) -> str:
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _read_views(text: str, definitions: Definitions) -> tuple[list[View], list[ViewProblem]]:
+    """The views of a set in force that still check under ``definitions``, and the
+    problems of those that do not (each view checked alone, at its index)."""
+    views: list[View] = []
+    problems: list[ViewProblem] = []
+    for index, item in enumerate(orjson.loads(text) if text else []):
+        checked, found = check_views({"views": [item]}, definitions, personal=False)
+        views.extend(checked)
+        problems.extend(ViewProblem(p.path.replace("views[0]", f"views[{index}]", 1),
+                                    p.reason) for p in found)
+    return views, problems
+
+
 # One agent's facts, then the set's detail test results, and their categories under
 # the rules -> whether a view holds.
 _Test = Callable[[FactVector, frozenset[str]], bool]
@@ -290,15 +303,7 @@ class CompiledViews:
 
     def __init__(self, text: str, definitions: Definitions) -> None:
         self.text = text
-        self.problems: list[ViewProblem] = []
-        views: list[View] = []
-        raw = orjson.loads(text) if text else []
-        for index, item in enumerate(raw):
-            checked, problems = check_views({"views": [item]}, definitions, personal=False)
-            views.extend(checked)
-            self.problems.extend(ViewProblem(p.path.replace("views[0]", f"views[{index}]", 1),
-                                             p.reason) for p in problems)
-        self.views = views
+        views, self.problems = _read_views(text, definitions)
         self.categories: tuple[str, ...] = tuple(dict.fromkeys(v.category for v in views))
         self._definitions = definitions
         tests: list[FactTest] = []
@@ -313,6 +318,13 @@ class CompiledViews:
         detail_index = {test: len(FACT_NAMES) + i for i, test in enumerate(self.details)}
         self._tests: list[tuple[str, _Test]] = [
             (view.category, self._compile(view.when, detail_index)) for view in views]
+
+    @property
+    def views(self) -> list[View]:
+        """The views in force, read again from :attr:`text` (tools and tests): a worker
+        keeps up to ``INBOX_RULES_VIEW_SETS`` compiled sets, and their conditions are
+        not needed to evaluate them."""
+        return _read_views(self.text, self._definitions)[0]
 
     def _collect(self, condition: Condition, tests: list[FactTest], seen: set[str]) -> None:
         """The fact tests a condition makes, through the predicates it names (the
