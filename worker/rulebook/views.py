@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import yaml
 
-from worker.domain.facts import detail_results
+from worker.domain.facts import comparison, detail_results
 from worker.domain.state import Conversation
 from worker.domain.views import VIEW_PREFIX
 from worker.rulebook.attributes import check_attribute_tests
@@ -36,7 +36,6 @@ from worker.rulebook.facts import (
     PRIORITY_RANK,
     UNREAD_FACTS,
     FactVector,
-    test_holds,
 )
 from worker.rulebook.syntax import (
     ID_PATTERN,
@@ -295,8 +294,9 @@ class CompiledViews:
     durable-rules decides the rules' categories; a view is a condition over the same
     facts and over those categories, so it is evaluated here on the same fact vector
     (scalar facts, then this set's detail test results) with the categories durable-rules
-    gave: each fact test by :func:`~worker.domain.facts.test_holds`, the meaning the
-    engine's own inputs are made with. ``tests/test_views.py`` holds it to durable-rules
+    gave: each fact test as :func:`~worker.domain.facts.test_holds` means it, the
+    meaning the engine's own inputs are made with (a detail test by it, a scalar fact's
+    by its comparison, decided when compiling). ``tests/test_views.py`` holds it to durable-rules
     over generated views and fact vectors. A view that no longer checks under the rules
     (a category it names is gone) is left out, and named in :attr:`problems`.
     """
@@ -351,16 +351,15 @@ class CompiledViews:
             if condition.fact == PRIORITY:  # the vector holds ranks
                 value = (tuple(PRIORITY_RANK[str(v)] for v in value)
                          if isinstance(value, tuple) else PRIORITY_RANK[str(value)])
-            return lambda facts, _categories: test_holds(op, facts[index], value)
+            # A scalar fact is never absent: test_holds comes down to its comparison.
+            compare = comparison(op)
+            return lambda facts, _categories: compare(facts[index], value)
         if isinstance(condition, Not):
             inner = self._compile(condition.item, details)
             return lambda facts, categories: not inner(facts, categories)
-        if isinstance(condition, AllOf):
+        if isinstance(condition, AllOf | AnyOf):
             items = [self._compile(item, details) for item in condition.items]
-            return lambda facts, categories: all(item(facts, categories) for item in items)
-        if isinstance(condition, AnyOf):
-            items = [self._compile(item, details) for item in condition.items]
-            return lambda facts, categories: any(item(facts, categories) for item in items)
+            return _all_of(items) if isinstance(condition, AllOf) else _any_of(items)
         if condition.kind == "category":
             name = condition.name
             return lambda _facts, categories: name in categories
@@ -371,4 +370,22 @@ class CompiledViews:
                               conversation.attributes, self._declared)
 
     def evaluate(self, facts: FactVector, categories: frozenset[str]) -> frozenset[str]:
-        return frozenset(name for name, holds in self._tests if holds(facts, categories))
+        return frozenset([name for name, holds in self._tests if holds(facts, categories)])
+
+
+# all() and any() of a generator cost a frame per evaluation: items are chained with
+# and/or instead, each pair a call.
+def _all_of(items: list[_Test]) -> _Test:
+    first, rest = items[0], items[1:]
+    if not rest:
+        return first
+    then = _all_of(rest)
+    return lambda facts, categories: first(facts, categories) and then(facts, categories)
+
+
+def _any_of(items: list[_Test]) -> _Test:
+    first, rest = items[0], items[1:]
+    if not rest:
+        return first
+    then = _any_of(rest)
+    return lambda facts, categories: first(facts, categories) or then(facts, categories)
