@@ -504,6 +504,27 @@ def measure(variant: Variant, broker: Bus, workdir: Path, latency_seconds: float
                worker_latency)
 
 
+def attempt(vhost: str, what: str, run: Callable[[Bus], T]) -> T:
+    """``run`` with a new :class:`Bus` on ``vhost`` (outputs collected in :data:`SINK`),
+    tried up to three times: a program that died or timed out, or a broker restart
+    (the machine is shared), fails one try, not the benchmark."""
+    for tries in range(1, 4):
+        broker: Bus | None = None
+        try:
+            broker = Bus(vhost, updates_queue=SINK)
+            return run(broker)
+        except RETRIED as exc:
+            if tries == 3:
+                raise
+            print(f"{what}: {type(exc).__name__}: {exc}; retrying once the broker "
+                  "answers", file=sys.stderr, flush=True)
+            await_broker()
+        finally:
+            if broker is not None:
+                broker.close()
+    raise AssertionError("unreachable")
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
 
@@ -646,34 +667,17 @@ def main() -> None:
     soak: Result | None = None
     with fresh_vhost("inbox-rules-compare", patient=True) as vhost, \
             tempfile.TemporaryDirectory() as tmp:
-        def attempt(what: str, run: Callable[[Bus], T]) -> T:
-            for tries in range(1, 4):
-                broker: Bus | None = None
-                try:
-                    broker = Bus(vhost, updates_queue=SINK)
-                    return run(broker)
-                except RETRIED as exc:
-                    if tries == 3:
-                        raise
-                    print(f"{what}: {type(exc).__name__}: {exc}; retrying once the broker "
-                          "answers", file=sys.stderr, flush=True)
-                    await_broker()
-                finally:
-                    if broker is not None:
-                        broker.close()
-            raise AssertionError("unreachable")
-
         work = Path(tmp)
         for variant in variants:
             def run_variant(broker: Bus, variant: Variant = variant) -> Row:
                 return measure(variant, broker, work, latency_seconds, args.profile, repeat)
 
-            rows.append(attempt(variant.name, run_variant))
+            rows.append(attempt(vhost, variant.name, run_variant))
             print(f"[{time.perf_counter() - began:5.0f} s] {variant.name} done",
                   file=sys.stderr, flush=True)
         if not args.no_soak:
             events, window = soak_stream(soak_conversations)
-            soak = attempt("soak", lambda b: throughput(
+            soak = attempt(vhost, "soak", lambda b: throughput(
                 "worker", b, as_lines(events), [str(e["type"]) for e in events], work,
                 timeout=600, dedup_window=window))
     print(f"benchmarks.compare{' --quick' if args.quick else ''}"

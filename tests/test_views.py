@@ -87,6 +87,21 @@ def test_every_problem_of_a_body_is_listed_and_no_view_is_taken() -> None:
         "views[4].when: a view needs a condition"]
 
 
+def test_a_fact_test_read_before_says_its_problems_at_each_path_again() -> None:
+    """Fact tests are read once and kept (every views event and compiled set repeats
+    them): a test seen before is judged the same, with the path it has now."""
+    bad = {"fact": "conversation.priority", "at_least": "huge"}
+    body = {"views": [{"view_id": "a", "when": bad},
+                      {"view_id": "b", "when": {"all": [{"category": "new"}, bad]}}]}
+    reason = "conversation.priority is one of none, low, medium, high, urgent; 'huge' is not"
+    expected = [f"views[0].when.at_least: {reason}", f"views[1].when.all[1].at_least: {reason}"]
+    assert problems_of(body) == expected
+    assert problems_of(body) == expected
+    good = {"views": [{"view_id": "c", "when": {"fact": "conversation.priority",
+                                                 "at_least": "high"}}]}
+    assert check_views(good, HELPDESK)[0] == check_views(good, HELPDESK)[0]
+
+
 def test_the_limits_are_per_body_and_per_view() -> None:
     shared = [{"view_id": f"v{i}", "when": {"category": "all"}} for i in
               range(MAX_SHARED_VIEWS + 1)]

@@ -154,6 +154,13 @@ def test_holds(op: str, actual: Any, expected: Any, ordered: bool = False) -> bo
     return test(actual, expected)
 
 
+def comparison(op: str) -> Callable[[Any, Any], bool]:
+    """What ``op`` does with a present value, as :func:`test_holds` does it: for a test
+    on a fact that is never absent (a scalar fact), decided once (``present`` is not
+    one: it tests absence)."""
+    return _OPERATORS[op]
+
+
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "equals": operator.eq, "not_equals": operator.ne,
     "in": lambda value, values: value in values,

@@ -183,10 +183,11 @@ class CountsEncoder:
     """Badge counts and unread counts in the rules' category order, as the JSON an
     update carries between ``"counts":`` and its unread flag, without a dict dump."""
 
-    __slots__ = ("_names", "_template")
+    __slots__ = ("_names", "_template", "_zeros")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self._names = names
+        self._zeros = (0,) * len(names)  # each name's default, for map()
         # Category names are validated identifiers in rule files: no escaping needed,
         # but go through orjson anyway so a future name with a quote stays valid JSON.
         parts = [orjson.dumps(name) + b":%d" for name in names]
@@ -194,8 +195,9 @@ class CountsEncoder:
         self._template = counts + b',"unread_counts":' + counts
 
     def encode(self, counts: dict[str, int], unread: dict[str, int]) -> bytes:
-        """One formatting of both (one per agent and event)."""
-        names = self._names
-        get, get_unread = counts.get, unread.get
-        return self._template % (*[get(name, 0) for name in names],
-                                 *[get_unread(name, 0) for name in names])
+        """One formatting of both (one per agent and event). The lookups go through
+        map(), not a comprehension: under views an agent has dozens of categories, and
+        this runs for nearly every update."""
+        names, zeros = self._names, self._zeros
+        return self._template % (*map(counts.get, names, zeros),
+                                 *map(unread.get, names, zeros))

@@ -10,8 +10,9 @@ Every evaluation is cached by the facts it reads, and every cache here is bounde
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from worker.domain.account import AccountState
 from worker.domain.facts import PRIORITY_RANK, FactVector
@@ -30,6 +31,7 @@ DEFAULT_VIEW_SETS = 1024
 # Evaluations kept, at most (the cache is emptied when full).
 MAX_CACHED = 4096
 WAITING = "conversation.waiting_seconds"
+R = TypeVar("R", bound=Hashable)
 
 
 class Viewing:
@@ -44,6 +46,12 @@ class Viewing:
         self._in_force: OrderedDict[AccountViews, ViewsInForce] = OrderedDict()
         self._max_view_sets = max(1, view_sets)
         self._viewed: dict[tuple[object, ...], object] = {}
+        # Every category set an evaluation made, and every tuple of them per relation,
+        # kept once: conversations with the same result share it, as they share the
+        # rules' own tuples (sixteen sets of half a dozen names each would be over 10 KB
+        # per conversation, for as long as its account is cached). The evaluation cache
+        # is emptied whenever a compiled set is dropped; this one only when full.
+        self._results: dict[Hashable, Any] = {}
 
     def in_force(self, views: AccountViews) -> ViewsInForce:
         """An account's views compiled under these rules (cached by value)."""
@@ -92,8 +100,9 @@ class Viewing:
             details = shared.detail_results(conversation)
             found = viewed.get((shared, facts, details, categories, views.wide))
             if found is None:
-                found = viewed[(shared, facts, details, categories, views.wide)] = (
-                    shared_views(shared, facts, details, categories, views.wide))
+                found = viewed[(shared, facts, details, categories, views.wide)] = self._one(
+                    tuple(map(self._one, shared_views(shared, facts, details, categories,
+                                                      views.wide))))
             merged = found  # type: ignore[assignment]
         if not views.personal:
             return merged, NO_PERSONAL
@@ -110,11 +119,21 @@ class Viewing:
             details = view_set.detail_results(conversation)
             held = viewed.get((view_set, facts, details, index, own))
             if held is None:
-                held = viewed[(view_set, facts, details, index, own)] = view_set.evaluate(
-                    relation_vector(facts, RELATIONS[index], details), own)
+                held = viewed[(view_set, facts, details, index, own)] = self._one(
+                    view_set.evaluate(relation_vector(facts, RELATIONS[index], details), own))
             if held:
                 personal[agent] = held  # type: ignore[assignment]
         return merged, (MappingProxyType(personal) if personal else NO_PERSONAL)
+
+    def _one(self, result: R) -> R:
+        """The result kept for this value (``result`` itself the first time)."""
+        results = self._results
+        kept: R | None = results.get(result)
+        if kept is None:
+            if len(results) >= MAX_CACHED:
+                results.clear()
+            kept = results[result] = result
+        return kept
 
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import yaml
 
-from worker.domain.facts import detail_results
+from worker.domain.facts import comparison, detail_results
 from worker.domain.state import Conversation
 from worker.domain.views import VIEW_PREFIX
 from worker.rulebook.attributes import check_attribute_tests
@@ -36,7 +36,6 @@ from worker.rulebook.facts import (
     PRIORITY_RANK,
     UNREAD_FACTS,
     FactVector,
-    test_holds,
 )
 from worker.rulebook.language import ID_PATTERN
 from worker.rulebook.syntax import (
@@ -196,19 +195,44 @@ class _Checker:
 
     def fact_test(self, path: str, raw: dict[str, Any]) -> FactTest | None:
         """The rule files' reader on this one test (JSON is YAML): the same checks."""
-        reader = _Reader(path)
         try:
-            node = yaml.compose(json.dumps(raw), Loader=yaml.SafeLoader)
-        except (TypeError, ValueError, yaml.YAMLError) as exc:
+            text = json.dumps(raw)
+        except (TypeError, ValueError) as exc:
             self.fail(path, f"not a fact test: {exc}")
             return None
-        entries = reader.mapping(node, "a fact test") if node is not None else None
-        test = reader.fact_test(node, entries, 0) if node is not None and entries else None
-        for problem in reader.problems:
-            self.fail(f"{path}.{_field(problem.reason, raw)}", problem.reason)
+        read = _FACT_TESTS.get(text)
+        if read is None:
+            if len(_FACT_TESTS) >= MAX_FACT_TESTS:
+                _FACT_TESTS.clear()
+            read = _FACT_TESTS[text] = _read_fact_test(text)
+        test, reasons, composed = read
+        for reason in reasons:
+            self.fail(f"{path}.{_field(reason, raw)}" if composed else path, reason)
         if test is not None and test.fact.startswith(ATTRIBUTE_PREFIX):
             self.attribute_tests.append((test, f"{path}.{test.op}"))
-        return test if not reader.problems else None
+        return test
+
+
+# A fact test's JSON text -> what the reader made of it: (the test, or None; the
+# reasons of its problems; whether it was composed: else the one reason is the text's).
+_Read = tuple[FactTest | None, tuple[str, ...], bool]
+# Read fact tests kept (emptied when full): the reading is a function of the text
+# alone, and the same tests come back in every views event and every compiled set
+# (yaml.compose is most of what checking a view costs).
+_FACT_TESTS: dict[str, _Read] = {}
+MAX_FACT_TESTS = 4096
+
+
+def _read_fact_test(text: str) -> _Read:
+    reader = _Reader("(view)")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (TypeError, ValueError, yaml.YAMLError) as exc:
+        return None, (f"not a fact test: {exc}",), False
+    entries = reader.mapping(node, "a fact test") if node is not None else None
+    test = reader.fact_test(node, entries, 0) if node is not None and entries else None
+    reasons = tuple(problem.reason for problem in reader.problems)
+    return (None if reasons else test), reasons, True
 
 
 def _field(reason: str, raw: dict[str, Any]) -> str:
@@ -245,6 +269,19 @@ def canonical_views(raw: object) -> str:
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _read_views(text: str, definitions: Definitions) -> tuple[list[View], list[ViewProblem]]:
+    """The views of a set in force that still check under ``definitions``, and the
+    problems of those that do not (each view checked alone, at its index)."""
+    views: list[View] = []
+    problems: list[ViewProblem] = []
+    for index, item in enumerate(orjson.loads(text) if text else []):
+        checked, found = check_views({"views": [item]}, definitions, personal=False)
+        views.extend(checked)
+        problems.extend(ViewProblem(p.path.replace("views[0]", f"views[{index}]", 1),
+                                    p.reason) for p in found)
+    return views, problems
+
+
 # One agent's facts, then the set's detail test results, and their categories under
 # the rules -> whether a view holds.
 _Test = Callable[[FactVector, frozenset[str]], bool]
@@ -257,24 +294,17 @@ class CompiledViews:
     durable-rules decides the rules' categories; a view is a condition over the same
     facts and over those categories, so it is evaluated here on the same fact vector
     (scalar facts, then this set's detail test results) with the categories durable-rules
-    gave: each fact test by :func:`~worker.domain.facts.test_holds`, the meaning the
-    engine's own inputs are made with. ``tests/test_view_properties.py`` holds it to
-    durable-rules over generated views and fact vectors (each view made a category of
-    the rule set). A view that no longer checks under the rules
+    gave: each fact test as :func:`~worker.domain.facts.test_holds` means it, the
+    meaning the engine's own inputs are made with (a detail test by it, a scalar fact's
+    by its comparison, decided when compiling). ``tests/test_view_properties.py`` holds
+    it to durable-rules over generated views and fact vectors (each view made a category
+    of the rule set). A view that no longer checks under the rules
     (a category it names is gone) is left out, and named in :attr:`problems`.
     """
 
     def __init__(self, text: str, definitions: Definitions) -> None:
         self.text = text
-        self.problems: list[ViewProblem] = []
-        views: list[View] = []
-        raw = orjson.loads(text) if text else []
-        for index, item in enumerate(raw):
-            checked, problems = check_views({"views": [item]}, definitions, personal=False)
-            views.extend(checked)
-            self.problems.extend(ViewProblem(p.path.replace("views[0]", f"views[{index}]", 1),
-                                             p.reason) for p in problems)
-        self.views = views
+        views, self.problems = _read_views(text, definitions)
         self.categories: tuple[str, ...] = tuple(dict.fromkeys(v.category for v in views))
         self._definitions = definitions
         tests: list[FactTest] = []
@@ -289,6 +319,13 @@ class CompiledViews:
         detail_index = {test: len(FACT_NAMES) + i for i, test in enumerate(self.details)}
         self._tests: list[tuple[str, _Test]] = [
             (view.category, self._compile(view.when, detail_index)) for view in views]
+
+    @property
+    def views(self) -> list[View]:
+        """The views in force, read again from :attr:`text` (tools and tests): a worker
+        keeps up to ``INBOX_RULES_VIEW_SETS`` compiled sets, and their conditions are
+        not needed to evaluate them."""
+        return _read_views(self.text, self._definitions)[0]
 
     def _collect(self, condition: Condition, tests: list[FactTest], seen: set[str]) -> None:
         """The fact tests a condition makes, through the predicates it names (the
@@ -315,16 +352,15 @@ class CompiledViews:
             if condition.fact == PRIORITY:  # the vector holds ranks
                 value = (tuple(PRIORITY_RANK[str(v)] for v in value)
                          if isinstance(value, tuple) else PRIORITY_RANK[str(value)])
-            return lambda facts, _categories: test_holds(op, facts[index], value)
+            # A scalar fact is never absent: test_holds comes down to its comparison.
+            compare = comparison(op)
+            return lambda facts, _categories: compare(facts[index], value)
         if isinstance(condition, Not):
             inner = self._compile(condition.item, details)
             return lambda facts, categories: not inner(facts, categories)
-        if isinstance(condition, AllOf):
+        if isinstance(condition, AllOf | AnyOf):
             items = [self._compile(item, details) for item in condition.items]
-            return lambda facts, categories: all(item(facts, categories) for item in items)
-        if isinstance(condition, AnyOf):
-            items = [self._compile(item, details) for item in condition.items]
-            return lambda facts, categories: any(item(facts, categories) for item in items)
+            return _all_of(items) if isinstance(condition, AllOf) else _any_of(items)
         if condition.kind == "category":
             name = condition.name
             return lambda _facts, categories: name in categories
@@ -335,4 +371,22 @@ class CompiledViews:
                               conversation.attributes, self._declared)
 
     def evaluate(self, facts: FactVector, categories: frozenset[str]) -> frozenset[str]:
-        return frozenset(name for name, holds in self._tests if holds(facts, categories))
+        return frozenset([name for name, holds in self._tests if holds(facts, categories)])
+
+
+# all() and any() of a generator cost a frame per evaluation: items are chained with
+# and/or instead, each pair a call.
+def _all_of(items: list[_Test]) -> _Test:
+    first, rest = items[0], items[1:]
+    if not rest:
+        return first
+    then = _all_of(rest)
+    return lambda facts, categories: first(facts, categories) and then(facts, categories)
+
+
+def _any_of(items: list[_Test]) -> _Test:
+    first, rest = items[0], items[1:]
+    if not rest:
+        return first
+    then = _any_of(rest)
+    return lambda facts, categories: first(facts, categories) or then(facts, categories)

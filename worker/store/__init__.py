@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from functools import lru_cache
 from typing import Any, Protocol
 
 import orjson
@@ -191,6 +192,14 @@ def not_expected(where: str, expected: str | None, live: str | None) -> StoreCon
         f"expected {expected or 'none'}); nothing was written, run it again")
 
 
+@lru_cache(maxsize=4096)
+def _categories_of(text: str) -> tuple[frozenset[str], ...]:
+    """A ``categories`` column (per relation): few distinct values, each decoded once,
+    and the loaded conversations share them as live ones do (under views, sixteen sets
+    of half a dozen names are over 10 KB per conversation)."""
+    return tuple(frozenset(c) for c in orjson.loads(text))
+
+
 def state_from_rows(account_id: str, row: Sequence[Any] | None,
                     conversation_rows: Sequence[Sequence[Any]], agents: Sequence[Sequence[Any]],
                     event_rows: Sequence[Sequence[Any]],
@@ -220,7 +229,7 @@ def state_from_rows(account_id: str, row: Sequence[Any] | None,
     state.conversations = {
         conversation_id: Conversation(
             account_id, conversation_id, status, group_id, frozenset(orjson.loads(joined)),
-            last_sequence, tuple(frozenset(c) for c in orjson.loads(categories)),
+            last_sequence, _categories_of(categories),
             None if waiting is None else datetime.fromisoformat(waiting), last_by,
             None if due is None else from_micros(due),
             *(NO_DETAILS if details is None else details_of(details)))
