@@ -32,6 +32,7 @@ from worker.domain.facts import (
     DETAIL_FACTS,
     PRIORITY_RANK,
     UNREAD_FACTS,
+    WAITING_SECONDS,
 )
 from worker.domain.reading import NO_DETAILS, ConversationFacts, fact_vector
 from worker.domain.rules import Rules
@@ -47,6 +48,7 @@ from worker.domain.state import (
     is_stale,
     learn_agents,
     new_conversation,
+    reachable,
     wake,
     with_views,
 )
@@ -62,7 +64,6 @@ Change = tuple[str, str, frozenset[str], frozenset[str], bool, bool]
 MAX_CACHED = 4096
 # Rules adoptions of an account that had no event yet are stamped with this time.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-WAITING = "conversation.waiting_seconds"
 PRIORITY = "conversation.priority"
 LAST_MESSAGE_BY = "conversation.last_message_by"
 
@@ -82,7 +83,8 @@ class Categoriser:
         self._stamp = RulesStamp(rules.version)
         # The waiting times at which a category may change (docs/time.md). None: the
         # rules test no time fact, and time costs nothing (no clock read, no index).
-        self._thresholds: tuple[int, ...] | None = tuple(rules.thresholds.get(WAITING, ())) or None
+        self._thresholds: tuple[int, ...] | None = (
+            tuple(rules.thresholds.get(WAITING_SECONDS, ())) or None)
         # Who wrote last splits the cache three ways, priorities five, detail tests and
         # unread agents more: each only when some rule asks.
         tested = rules.tested_facts
@@ -310,16 +312,14 @@ class Categoriser:
         categories = self._evaluated.get(key)
         if categories is None:
             # A relation no agent can be in is not evaluated (an engine call costs about
-            # a hundred events): nobody is in the group of a conversation without one,
-            # and nobody has joined a conversation nobody joined.
+            # a hundred events).
             evaluate = self.rules.evaluate
             has_group, joined_count, any_unread, any_mentioned = key[1], key[2], key[10], key[11]
             categories = tuple(
-                evaluate(fact_vector(key, joined, in_group, unread, mentioned))
-                if ((has_group or not in_group) and (joined_count or not joined)
-                    and (any_unread or not unread) and (any_mentioned or not mentioned))
+                evaluate(fact_vector(key, *relation))
+                if reachable(relation, has_group, joined_count, any_unread, any_mentioned)
                 else NO_CATEGORIES
-                for joined, in_group, unread, mentioned in self._relations)
+                for relation in self._relations)
             if len(self._evaluated) > MAX_CACHED:
                 self._evaluated.clear()
             self._evaluated[key] = categories

@@ -79,7 +79,8 @@ FactValue = str | bool | int | float
 FactVector = tuple[str | bool | int, ...]
 # Facts whose value changes as time passes, with no event: the rules' thresholds on
 # them decide when a conversation is looked at again.
-TIME_FACTS: tuple[str, ...] = ("conversation.waiting_seconds",)
+WAITING_SECONDS = "conversation.waiting_seconds"
+TIME_FACTS: tuple[str, ...] = (WAITING_SECONDS,)
 # Facts of the agent's relation to the conversation beyond joined / in its group: the
 # categoriser tells agents apart by them only under rules that test them.
 UNREAD_FACTS: tuple[str, ...] = ("agent.unread", "agent.mentioned")

@@ -51,6 +51,16 @@ def relation_index(joined: bool, in_group: bool, unread: bool = False,
     return 2 * joined + in_group + 4 * unread + 8 * mentioned
 
 
+def reachable(relation: Relation, has_group: bool, joined_count: int, any_unread: bool,
+              any_mentioned: bool) -> bool:
+    """Whether some agent can be in ``relation`` to a conversation: nobody is in the
+    group of one without a group, has joined one nobody joined, or is unread (or
+    mentioned) where nobody is. A relation nobody can be in is not evaluated."""
+    joined, in_group, unread, mentioned = relation
+    return ((has_group or not in_group) and (bool(joined_count) or not joined)
+            and (any_unread or not unread) and (any_mentioned or not mentioned))
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     account_id: str
@@ -118,6 +128,11 @@ class Conversation(NamedTuple):
     def unread_by(self, agent_id: str) -> bool:
         """``agent.unread``: a visitor message came after the agent last read it."""
         return self.visitor_wrote and agent_id not in self.readers
+
+    def full_relation(self, agent_id: str, members: frozenset[str]) -> int:
+        """The agent's relation among all sixteen (``members``: of its group)."""
+        return relation_index(agent_id in self.joined, agent_id in members,
+                              self.unread_by(agent_id), agent_id in self.mentioned)
 
     def relation_of(self, agent_id: str, account: Account) -> int:
         """The index of the agent's relation in :attr:`categories` (its length says

@@ -15,9 +15,9 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from worker.domain.account import AccountState
-from worker.domain.facts import PRIORITY_RANK, FactVector
+from worker.domain.facts import PRIORITY_RANK, WAITING_SECONDS, FactVector
 from worker.domain.rules import Rules
-from worker.domain.state import NO_PERSONAL, RELATIONS, Account, Conversation, relation_index
+from worker.domain.state import NO_PERSONAL, RELATIONS, Account, Conversation, reachable
 from worker.domain.updates import CountsEncoder
 from worker.domain.views import NO_VIEWS, UNRESOLVED, VIEW_PREFIX, AccountViews, ViewSet
 from worker.domain.waiting import waiting_seconds
@@ -30,7 +30,6 @@ ViewFacts = tuple[str, bool, int, str, int, int, int, str, int, bool, bool]
 DEFAULT_VIEW_SETS = 1024
 # Evaluations kept, at most (the cache is emptied when full).
 MAX_CACHED = 4096
-WAITING = "conversation.waiting_seconds"
 R = TypeVar("R", bound=Hashable)
 
 
@@ -86,8 +85,8 @@ class Viewing:
         return self.in_force(views).names(agent_id)
 
     def apply(self, views: ViewsInForce, conversation: Conversation, account: Account,
-                    waited: int, categories: tuple[frozenset[str], ...],
-                    ) -> tuple[tuple[frozenset[str], ...], Mapping[str, frozenset[str]]]:
+              waited: int, categories: tuple[frozenset[str], ...],
+              ) -> tuple[tuple[frozenset[str], ...], Mapping[str, frozenset[str]]]:
         """The categories per relation with the shared views that hold added, and the
         personal views that hold per agent (``categories``: the rules' alone)."""
         viewed = self._viewed
@@ -112,9 +111,7 @@ class Viewing:
         for agent, view_set in views.personal.items():
             if agent not in account.agents:
                 continue
-            index = relation_index(agent in conversation.joined, agent in members,
-                                   conversation.unread_by(agent),
-                                   agent in conversation.mentioned)
+            index = conversation.full_relation(agent, members)
             own = categories[index if wide else index & 3]
             details = view_set.detail_results(conversation)
             held = viewed.get((view_set, facts, details, index, own))
@@ -136,7 +133,6 @@ class Viewing:
         return kept
 
 
-
 class ViewsInForce:
     """One account's views compiled under one rule set: its shared set, each agent's
     personal set, the waiting times at which any of them (or a rule) may change, and
@@ -149,7 +145,7 @@ class ViewsInForce:
         self._rules = rules
         self.shared = shared
         self.personal = personal
-        points = set(rules.thresholds.get(WAITING, ()))
+        points = set(rules.thresholds.get(WAITING_SECONDS, ()))
         for view_set in (shared, *personal.values()):
             if view_set is not None:
                 points.update(view_set.thresholds)
@@ -195,22 +191,19 @@ def shared_views(shared: ViewSet, facts: ViewFacts, details: tuple[bool, ...],
                   ) -> tuple[frozenset[str], ...]:
     """Per relation, the rules' categories and the shared views that hold (sixteen
     relations when the rules or the views tell unread agents apart). A relation no
-    agent can be in keeps the rules' (empty) categories, as in the categoriser's own evaluation."""
+    agent can be in keeps the rules' (empty) categories, as in the categoriser's own
+    evaluation."""
     has_group, joined_count, wrote, any_mentioned = facts[1], facts[2], facts[9], facts[10]
     rules_wide = len(categories) > 4
     out = []
     for index, relation in enumerate(RELATIONS if wide or rules_wide else RELATIONS[:4]):
-        joined, in_group, unread, mentioned = relation
         own = categories[index if rules_wide else index & 3]
-        if ((has_group or not in_group) and (joined_count or not joined)
-                and (wrote or not unread) and (any_mentioned or not mentioned)):
+        if reachable(relation, has_group, joined_count, wrote, any_mentioned):
             held = shared.evaluate(relation_vector(facts, relation, details), own)
             out.append(own | held if held else own)
         else:
             out.append(own)
     return tuple(out)
-
-
 
 
 def preview(state: AccountState, view_set: ViewSet, agents: Sequence[str],
@@ -233,9 +226,7 @@ def preview(state: AccountState, view_set: ViewSet, agents: Sequence[str],
         details = view_set.detail_results(conversation)
         members = account.members(conversation.group_id)
         for agent in agents:
-            index = relation_index(agent in conversation.joined, agent in members,
-                                   conversation.unread_by(agent),
-                                   agent in conversation.mentioned)
+            index = conversation.full_relation(agent, members)
             held = view_set.evaluate(relation_vector(facts, RELATIONS[index], details),
                                      conversation.categories_of(agent, account))
             for name in held:

@@ -10,6 +10,7 @@ from worker.domain.facts import (
     PRIORITY_RANK,
     TIME_FACTS,
     UNREAD_FACTS,
+    WAITING_SECONDS,
     FactSpec,
     FactValue,
     FactVector,
@@ -18,5 +19,5 @@ from worker.domain.facts import (
 )
 
 __all__ = ["ATTRIBUTE_PREFIX", "ATTRIBUTE_TYPES", "DETAIL_FACTS", "FACTS", "FACT_NAMES",
-           "PRIORITY_RANK", "TIME_FACTS", "UNREAD_FACTS", "FactSpec", "FactValue",
-           "FactVector", "detail_value", "test_holds"]
+           "PRIORITY_RANK", "TIME_FACTS", "UNREAD_FACTS", "WAITING_SECONDS", "FactSpec",
+           "FactValue", "FactVector", "detail_value", "test_holds"]

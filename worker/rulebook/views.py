@@ -35,6 +35,7 @@ from worker.rulebook.facts import (
     FACT_NAMES,
     PRIORITY_RANK,
     UNREAD_FACTS,
+    WAITING_SECONDS,
     FactVector,
 )
 from worker.rulebook.language import ID_PATTERN
@@ -312,8 +313,7 @@ class CompiledViews:
             self._collect(view.when, tests, set())
         self.details: tuple[DetailTest, ...] = tuple(dict.fromkeys(
             (t.fact, t.op, t.value) for t in tests if is_detail(t.fact)))
-        self.thresholds: tuple[int, ...] = time_thresholds(tests).get(
-            "conversation.waiting_seconds", ())
+        self.thresholds: tuple[int, ...] = time_thresholds(tests).get(WAITING_SECONDS, ())
         self.wide = any(t.fact in UNREAD_FACTS for t in tests)
         self._declared = dict(definitions.attributes)
         detail_index = {test: len(FACT_NAMES) + i for i, test in enumerate(self.details)}
