@@ -294,6 +294,22 @@ def category_tests(definitions: Definitions) -> list[FactTest]:
     categories it refers to (each definition read once)."""
     tests: list[FactTest] = []
     seen: set[tuple[str, str]] = set()
+    for name, definition in definitions.categories.items():
+        if ("category", name) not in seen:
+            seen.add(("category", name))
+            tests.extend(referenced_tests(definition.when, definitions, seen))
+    return tests
+
+
+_REFERENCES = ("category", "predicate")
+
+
+def referenced_tests(condition: Condition, definitions: Definitions,
+                     seen: set[tuple[str, str]], follow: tuple[str, ...] = _REFERENCES,
+                     ) -> list[FactTest]:
+    """The fact tests ``condition`` makes, through the definitions of the kinds in
+    ``follow`` it refers to, each read once (``seen``: (kind, name) already read)."""
+    tests: list[FactTest] = []
 
     def visit(condition: Condition) -> None:
         if isinstance(condition, FactTest):
@@ -303,16 +319,13 @@ def category_tests(definitions: Definitions) -> list[FactTest]:
         elif isinstance(condition, AllOf | AnyOf):
             for item in condition.items:
                 visit(item)
-        elif (condition.kind, condition.name) not in seen:
+        elif condition.kind in follow and (condition.kind, condition.name) not in seen:
             seen.add((condition.kind, condition.name))
             table = (definitions.categories if condition.kind == "category"
                      else definitions.predicates)
             visit(table[condition.name].when)
 
-    for name, definition in definitions.categories.items():
-        if ("category", name) not in seen:
-            seen.add(("category", name))
-            visit(definition.when)
+    visit(condition)
     return tests
 
 

@@ -28,6 +28,7 @@ from worker.rulebook.compiler import (
     Definitions,
     DetailTest,
     is_detail,
+    referenced_tests,
     time_thresholds,
 )
 from worker.rulebook.facts import (
@@ -308,9 +309,10 @@ class CompiledViews:
         views, self.problems = _read_views(text, definitions)
         self.categories: tuple[str, ...] = tuple(dict.fromkeys(v.category for v in views))
         self._definitions = definitions
-        tests: list[FactTest] = []
-        for view in views:
-            self._collect(view.when, tests, set())
+        # The categories a view names are inputs (decided by the rules): only the
+        # predicates it names are read through.
+        tests = [test for view in views
+                 for test in referenced_tests(view.when, definitions, set(), ("predicate",))]
         self.details: tuple[DetailTest, ...] = tuple(dict.fromkeys(
             (t.fact, t.op, t.value) for t in tests if is_detail(t.fact)))
         self.thresholds: tuple[int, ...] = time_thresholds(tests).get(WAITING_SECONDS, ())
@@ -326,20 +328,6 @@ class CompiledViews:
         keeps up to ``INBOX_RULES_VIEW_SETS`` compiled sets, and their conditions are
         not needed to evaluate them."""
         return _read_views(self.text, self._definitions)[0]
-
-    def _collect(self, condition: Condition, tests: list[FactTest], seen: set[str]) -> None:
-        """The fact tests a condition makes, through the predicates it names (the
-        categories it names are inputs, decided by the rules)."""
-        if isinstance(condition, FactTest):
-            tests.append(condition)
-        elif isinstance(condition, Not):
-            self._collect(condition.item, tests, seen)
-        elif isinstance(condition, AllOf | AnyOf):
-            for item in condition.items:
-                self._collect(item, tests, seen)
-        elif condition.kind == "predicate" and condition.name not in seen:
-            seen.add(condition.name)
-            self._collect(self._definitions.predicates[condition.name].when, tests, seen)
 
     def _compile(self, condition: Condition, details: dict[DetailTest, int]) -> _Test:
         if isinstance(condition, FactTest):
