@@ -32,7 +32,10 @@ and PASS or FAIL:
    :mod:`benchmarks.compare` (``light/2``, the quick size), seven interleaved rounds
    (a few percent is sought in a noise of tens). Target: at least 0.95x. The
    in-process categoriser of both trees (a subprocess each) beside it, on the same
-   stream and on figure 1's stream without views.
+   stream and on figure 1's stream without views; with ``--instructions``, valgrind's
+   count of the instructions per event of both workers' drivers (all but AMQP, on
+   the same stream): the one figure here that the machine's load does not move (runs
+   still differ by a few percent: hash seeds and addresses order sets and dicts).
 3. **memory**: 10,000 accounts, each with a shared view set of its own (20 views,
    distinct conditions and names), its snapshot and a few events of one chat, in
    blocks of 50 accounts. The worker runs with its defaults (at most
@@ -73,6 +76,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -388,6 +392,60 @@ updates = sum(len(inbox.handle(parse_event(line))) for line in lines)
 print(json.dumps([time.process_time() - started, updates]))
 """
 
+# The worker's driver as ``inbox-rules run`` makes it (pipeline, categoriser, SQLite store
+# committed inline), over a link that publishes into the void and confirms everything:
+# the whole worker but AMQP, for counting its instructions.
+DRIVE = """
+import json, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from worker.driver import Driver
+from worker.link import Delivery
+from worker.rulebook import load_rules
+from worker.settings import Settings
+from worker.store.sqlite import SqliteStore
+class Link:
+    published = 0
+    timers = []
+    def start(self): pass
+    def close(self): pass
+    def consume(self, queues): pass
+    def cancel(self): pass
+    def abort(self, stop): pass
+    def publish(self, message):
+        self.published += 1
+        return self.published
+    def ack(self, tag, multiple): pass
+    def call_later(self, delay, callback):
+        self.timers.append(callback)
+        return callback
+    def cancel_timer(self, handle): self.timers = [t for t in self.timers if t is not handle]
+def settle():
+    confirmed = 0
+    for _ in range(50):
+        if confirmed < link.published:
+            confirmed = link.published
+            driver.on_confirm(confirmed, multiple=True, ok=True)
+            continue
+        timers, link.timers = link.timers, []
+        if not timers:
+            return
+        for timer in timers:
+            timer()
+lines = open(sys.argv[2], "rb").read().splitlines()
+driver = Driver(Settings(max_batch_delay=0.0), load_rules(),
+                SqliteStore(Path(tempfile.mkdtemp()) / "state.db"))
+link = Link()
+driver.attach(link)
+driver.on_ready()
+for tag, line in enumerate(lines, 1):
+    driver.on_delivery(Delivery(tag, json.loads(line)["type"], line))
+    if tag % 600 == 0:
+        settle()
+settle()
+"""
+REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
 
 def checkout(ref: str, into: Path) -> Path:
     """The worker's packages (worker, contracts, rules) as they were at ``ref``, from
@@ -426,6 +484,36 @@ def replay_at(tree: Path, lines_file: Path) -> tuple[float, int]:
                          capture_output=True, text=True, check=True, cwd=tree).stdout
     seconds, updates = json.loads(out.strip().splitlines()[-1])
     return float(seconds), int(updates)
+
+
+def instructions_at(tree: Path, lines_file: Path, empty_file: Path, seed: int) -> int:
+    """Instructions (valgrind's count: the same every run with the same hash seed,
+    however busy the machine) the worker of ``tree`` takes for the events of
+    ``lines_file`` on its driver (:data:`DRIVE`): a run on them less a run on none
+    (start-up, imports)."""
+    counts = []
+    for path in (lines_file, empty_file):
+        done = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+             sys.executable, "-P", "-c", DRIVE, str(tree), str(path)],
+            capture_output=True, text=True, check=True, cwd=tree,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)})
+        found = REFS.search(done.stderr)
+        if found is None:
+            raise RuntimeError(f"no instruction count from valgrind: {done.stderr[-500:]}")
+        counts.append(int(found.group(1).replace(",", "")))
+    return counts[0] - counts[1]
+
+
+def instructions(trees: dict[str, Path], lines_file: Path, empty_file: Path,
+                 seeds: Sequence[int] = (0, 1, 2)) -> dict[str, int]:
+    """Per tree, the median over hash seeds (set and dict orders move the count by a
+    few percent) of :func:`instructions_at`; two at a time (counts do not mind)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {(name, seed): pool.submit(instructions_at, tree, lines_file, empty_file, seed)
+                for name, tree in trees.items() for seed in seeds}
+        return {name: int(statistics.median(runs[(name, seed)].result() for seed in seeds))
+                for name in trees}
 
 
 # -- reporting ----------------------------------------------------------------------------
@@ -566,10 +654,20 @@ def figure_unused(vhost: str, work: Path, args: argparse.Namespace, began: float
         for name in trees:
             print(rate_row(f"in process at {name}, {label}", process[(name, label)],
                            cpu=False))
+    if args.instructions:
+        empty = work / "empty.jsonl"
+        empty.write_bytes(b"")
+        counted = instructions(trees, files[DEFAULT][0], empty)
+        print("  instructions per event on the driver (valgrind, median of 3 hash seeds; "
+              "pipeline, categoriser, SQLite store, no broker): "
+              + ", ".join(f"at {name} {counted[name] / len(default):,.0f}" for name in trees))
+        log(began, "unused: instructions counted")
     value = worker[now].rate / worker[before].rate
     cpu = worker[now].cpu_us / worker[before].cpu_us
     notes = [f"{label} {process[(now, label)].rate / process[(before, label)].rate:.2f}x"
              for label in files]
+    if args.instructions:
+        notes.append(f"instructions per event on the driver {counted[now] / counted[before]:.3f}x")
     same = all(statistics.median(process[(now, label)].updates)
                == statistics.median(process[(before, label)].updates) for label in files)
     if not same:
@@ -778,6 +876,9 @@ def arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--view-sets", type=int, default=None,
                         help="figure 3: run the worker with INBOX_RULES_VIEW_SETS=N (default: "
                         "its default)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="figure 2: also count the instructions per event of both "
+                        "workers' drivers with valgrind (noise-free; about 3 minutes)")
     parser.add_argument("--profile", action="store_true",
                         help="figure 1: py-spy summaries of the worker's last round, and "
                         "a cProfile of the in-process categoriser with views")
